@@ -1,0 +1,271 @@
+//! Wire types shared by the tcptrace eBPF program and the agent.
+//!
+//! Every type here has one `#[repr(C)]` definition, fixed-width fields ordered
+//! largest first so that there is no implicit padding, and a compile-time size
+//! assertion. Userspace never reinterprets raw bytes as these types: it decodes
+//! them field by field with length checks (see `tcptrace::decode`).
+#![no_std]
+
+/// What a ring-buffer record is. Every record starts with this as a `u32`.
+/// Numbers are never reused: a retired kind keeps its number forever.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Transition = 1,
+}
+
+impl RecordKind {
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Transition),
+            _ => None,
+        }
+    }
+}
+
+/// Linux TCP states, numbered as in `include/net/tcp_states.h`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+    ];
+
+    /// `None` for a number the kernel does not define: a decode error, never an index.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Established),
+            2 => Some(Self::SynSent),
+            3 => Some(Self::SynRecv),
+            4 => Some(Self::FinWait1),
+            5 => Some(Self::FinWait2),
+            6 => Some(Self::TimeWait),
+            7 => Some(Self::Close),
+            8 => Some(Self::CloseWait),
+            9 => Some(Self::LastAck),
+            10 => Some(Self::Listen),
+            11 => Some(Self::Closing),
+            12 => Some(Self::NewSynRecv),
+            _ => None,
+        }
+    }
+
+    /// The name `ss` and the kernel use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+
+    /// Whether the task on the CPU during `old -> new` is the socket's owner.
+    ///
+    /// Only these transitions run in the owning process's syscall; all others
+    /// may run in softirq on behalf of whatever task the CPU was running (on
+    /// loopback typically the peer). See `shared/reference/linux-tcp-states.md`.
+    pub const fn runs_in_owner_context(old: u8, new: u8) -> bool {
+        const CLOSE: u8 = TcpState::Close as u8;
+        const SYN_SENT: u8 = TcpState::SynSent as u8;
+        const LISTEN: u8 = TcpState::Listen as u8;
+        const ESTABLISHED: u8 = TcpState::Established as u8;
+        const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+        const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
+        const LAST_ACK: u8 = TcpState::LastAck as u8;
+        matches!(
+            (old, new),
+            (CLOSE, SYN_SENT)
+                | (CLOSE, LISTEN)
+                | (LISTEN, CLOSE)
+                | (ESTABLISHED, FIN_WAIT1)
+                | (CLOSE_WAIT, LAST_ACK)
+        )
+    }
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const TASK_COMM_LEN: usize = 16;
+
+/// One TCP state transition, as the probe writes it into the ring buffer.
+///
+/// `owner_tgid == 0` means the owner is unknown (tgid 0 is the idle task,
+/// which never owns a socket). IPv4 addresses use the first 4 bytes of the
+/// address fields and leave the rest zero. `netns_inode` is filled only at
+/// transitions from or to LISTEN (0 elsewhere): the agent needs it to tell
+/// listeners in different namespaces apart, and reading it costs two more
+/// kernel reads that the other transitions should not pay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionRecord {
+    pub kind: u32,
+    pub owner_tgid: u32,
+    pub timestamp_ns: u64,
+    pub cookie: u64,
+    pub skaddr: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub owner_comm: [u8; TASK_COMM_LEN],
+    pub netns_inode: u32,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub family: u16,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _reserved: u32,
+}
+
+pub const TRANSITION_RECORD_SIZE: usize = 96;
+const _: () = assert!(core::mem::size_of::<TransitionRecord>() == TRANSITION_RECORD_SIZE);
+const _: () = assert!(core::mem::align_of::<TransitionRecord>() == 8);
+
+/// Value of the probe's per-socket owner map, keyed by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub comm: [u8; TASK_COMM_LEN],
+    pub tgid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SocketOwner>() == 20);
+
+/// Slots of the probe's per-CPU counter array. Numbers are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// The ring buffer was full: the transition was dropped.
+    RingReserveFailed = 0,
+    /// The owner map was full: the owner of that socket is lost (shown unknown).
+    OwnerInsertFailed = 1,
+    /// A transition of a non-TCP socket (MPTCP, SCTP) that was skipped.
+    NotTcp = 2,
+    /// A transition dropped by an exact in-kernel filter.
+    FilteredInKernel = 3,
+    /// A kernel read of the socket failed: the transition was dropped.
+    SocketReadFailed = 4,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 5] = [
+        Self::RingReserveFailed,
+        Self::OwnerInsertFailed,
+        Self::NotTcp,
+        Self::FilteredInKernel,
+        Self::SocketReadFailed,
+    ];
+}
+
+/// Number of slots in the counter array (room to add counters without
+/// changing the map's size).
+pub const COUNTER_SLOTS: u32 = 8;
+
+/// Configuration the agent writes into the program's read-only data before
+/// loading it: struct offsets read from the running kernel's BTF (aya has no
+/// CO-RE for Rust programs) and the exact in-kernel filters.
+///
+/// All offsets are in bytes from the start of `struct sock`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// `sk_protocol` (u16).
+    pub protocol_offset: u32,
+    /// `__sk_common.skc_family` (u16).
+    pub family_offset: u32,
+    /// `__sk_common.skc_num` (u16, host order).
+    pub local_port_offset: u32,
+    /// `__sk_common.skc_dport` (u16, network order).
+    pub remote_port_offset: u32,
+    /// `__sk_common.skc_rcv_saddr` (4 bytes).
+    pub local_v4_offset: u32,
+    /// `__sk_common.skc_daddr` (4 bytes).
+    pub remote_v4_offset: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub local_v6_offset: u32,
+    /// `__sk_common.skc_v6_daddr` (16 bytes).
+    pub remote_v6_offset: u32,
+    /// `__sk_common.skc_net.net` (pointer to `struct net`).
+    pub net_offset: u32,
+    /// `ns.inum` inside `struct net` (u32).
+    pub netns_inode_offset: u32,
+    /// 1 when the two netns offsets above are valid (CONFIG_NET_NS).
+    pub has_netns: u32,
+    /// Drop transitions whose known owner has another tgid; 0 = no filter.
+    pub owner_tgid_filter: u32,
+    /// Drop transitions on neither this local nor remote port; 0 = no filter.
+    pub port_filter: u32,
+    /// Force a consumer wake-up once this many bytes wait unread.
+    pub wakeup_threshold_bytes: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+
+impl ProbeConfig {
+    pub const UNSET: ProbeConfig = ProbeConfig {
+        protocol_offset: 0,
+        family_offset: 0,
+        local_port_offset: 0,
+        remote_port_offset: 0,
+        local_v4_offset: 0,
+        remote_v4_offset: 0,
+        local_v6_offset: 0,
+        remote_v6_offset: 0,
+        net_offset: 0,
+        netns_inode_offset: 0,
+        has_netns: 0,
+        owner_tgid_filter: 0,
+        port_filter: 0,
+        wakeup_threshold_bytes: 0,
+    };
+}
+
+// SAFETY: plain old data: only integers, no padding (asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeConfig {}
+
+/// Names shared by the program and the loader.
+pub mod names {
+    pub const PROGRAM: &str = "inet_sock_set_state";
+    pub const TRACEPOINT: &str = "inet_sock_set_state";
+    pub const EVENTS_MAP: &str = "EVENTS";
+    pub const OWNERS_MAP: &str = "OWNERS";
+    pub const COUNTERS_MAP: &str = "COUNTERS";
+    pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
+}

@@ -1,0 +1,288 @@
+//! The tcptrace probe: every TCP state transition into one ring buffer.
+//!
+//! Attached as `tp_btf` to `inet_sock_set_state` because only there can the
+//! program call `bpf_get_socket_cookie`, the socket identity that is never
+//! reused and that netlink sock_diag reports too. Struct offsets come from the
+//! agent (`PROBE_CONFIG`), read from the running kernel's BTF.
+#![no_std]
+#![no_main]
+
+use core::{
+    ffi::c_void,
+    mem::size_of,
+    ptr::{addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use tcptrace_common::{
+    AF_INET, COUNTER_SLOTS, Counter, IPPROTO_TCP, ProbeConfig, RecordKind, SocketOwner,
+    TASK_COMM_LEN, TcpState, TransitionRecord,
+};
+
+/// Written by the agent before load; read-only to the program.
+#[unsafe(no_mangle)]
+static PROBE_CONFIG: ProbeConfig = ProbeConfig::UNSET;
+
+/// Sizes here are defaults; the agent sets both at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Socket cookie -> the process seen owning it at a process-context transition.
+#[map]
+static OWNERS: HashMap<u64, SocketOwner> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+macro_rules! config {
+    ($field:ident) => {
+        // Volatile: the value is patched into .rodata at load time, so the
+        // compiler must not fold the compiled-in placeholder.
+        unsafe { read_volatile(&raw const PROBE_CONFIG.$field) }
+    };
+}
+
+const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    if record_transition(sk, old_state as u8, new_state as u8).is_err() {
+        count(Counter::SocketReadFailed);
+    }
+    0
+}
+
+struct ReadFailed;
+
+fn record_transition(sk: *const u8, old_state: u8, new_state: u8) -> Result<(), ReadFailed> {
+    let protocol: u16 = read_field(sk, config!(protocol_offset))?;
+    if protocol != IPPROTO_TCP {
+        count(Counter::NotTcp);
+        return Ok(());
+    }
+    let family: u16 = read_field(sk, config!(family_offset))?;
+    let local_port: u16 = read_field(sk, config!(local_port_offset))?;
+    let remote_port = u16::from_be(read_field(sk, config!(remote_port_offset))?);
+
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let owner = track_owner(cookie, old_state, new_state);
+
+    if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
+        count(Counter::FilteredInKernel);
+        return Ok(());
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<TransitionRecord>(0) else {
+        count(Counter::RingReserveFailed);
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, exclusively owned ring-buffer slot
+    // of the right size; every field is written before submit because the
+    // slot holds stale bytes of earlier records.
+    let addresses_read = unsafe {
+        addr_of_mut!((*record).kind).write(RecordKind::Transition as u32);
+        addr_of_mut!((*record).owner_tgid).write(owner.tgid);
+        addr_of_mut!((*record).timestamp_ns).write(bpf_ktime_get_ns());
+        addr_of_mut!((*record).cookie).write(cookie);
+        addr_of_mut!((*record).skaddr).write(sk as u64);
+        addr_of_mut!((*record).owner_comm).write(owner.comm);
+        addr_of_mut!((*record).local_port).write(local_port);
+        addr_of_mut!((*record).remote_port).write(remote_port);
+        addr_of_mut!((*record).family).write(family);
+        addr_of_mut!((*record).old_state).write(old_state);
+        addr_of_mut!((*record).new_state).write(new_state);
+        addr_of_mut!((*record)._reserved).write(0);
+        let netns = if old_state == LISTEN || new_state == LISTEN {
+            read_netns_inode(sk)
+        } else {
+            0
+        };
+        addr_of_mut!((*record).netns_inode).write(netns);
+        read_addresses(sk, family, record)
+    };
+    if addresses_read.is_err() {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Err(ReadFailed);
+    }
+    entry.submit(wakeup_flag());
+    Ok(())
+}
+
+/// The owner of `cookie` after this transition: the current task where the
+/// transition runs in the owner's syscall, otherwise whatever an earlier
+/// process-context transition recorded (or unknown, tgid 0).
+fn track_owner(cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
+    let owner = if TcpState::runs_in_owner_context(old_state, new_state) {
+        let current = current_task();
+        if new_state != CLOSE {
+            remember_owner(cookie, &current);
+        }
+        current
+    } else {
+        // SAFETY: the value is copied out at once; a concurrent update can at
+        // worst mix two owners' bytes for one event, never fault.
+        match unsafe { OWNERS.get(&cookie) } {
+            Some(owner) => *owner,
+            None => SocketOwner {
+                comm: [0; TASK_COMM_LEN],
+                tgid: 0,
+            },
+        }
+    };
+    if new_state == CLOSE {
+        // Cookies are never reused, but the map is bounded: forget closed sockets.
+        let _ = OWNERS.remove(&cookie);
+    }
+    owner
+}
+
+fn remember_owner(cookie: u64, owner: &SocketOwner) {
+    if let Some(slot) = OWNERS.get_ptr_mut(&cookie) {
+        // SAFETY: a live map value of the right type; overwriting in place
+        // avoids the cost of a delete and re-insert.
+        unsafe { *slot = *owner };
+        return;
+    }
+    if OWNERS.insert(&cookie, owner, BPF_ANY as u64).is_err() {
+        count(Counter::OwnerInsertFailed);
+    }
+}
+
+fn current_task() -> SocketOwner {
+    let mut owner = SocketOwner {
+        comm: [0; TASK_COMM_LEN],
+        tgid: 0,
+    };
+    // SAFETY: helpers writing into a local buffer of the stated size.
+    unsafe {
+        owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        bpf_get_current_comm(
+            owner.comm.as_mut_ptr() as *mut c_void,
+            TASK_COMM_LEN as u32,
+        );
+    }
+    owner
+}
+
+/// Exact filters only: an owner filter drops a transition only when its owner
+/// is known, and never a listener's transition (the agent needs every
+/// listener to attribute accepted sockets); a port filter keeps a socket whose
+/// local port is not assigned yet (0 at SYN_SENT).
+fn is_filtered_out(
+    owner: &SocketOwner,
+    old_state: u8,
+    new_state: u8,
+    local_port: u16,
+    remote_port: u16,
+) -> bool {
+    let owner_filter = config!(owner_tgid_filter);
+    if owner_filter != 0
+        && owner.tgid != 0
+        && owner.tgid != owner_filter
+        && old_state != LISTEN
+        && new_state != LISTEN
+    {
+        return true;
+    }
+    let port_filter = config!(port_filter);
+    if port_filter != 0 {
+        let port = port_filter as u16;
+        return local_port != 0 && local_port != port && remote_port != port;
+    }
+    false
+}
+
+/// # Safety
+/// `record` must point to a reserved ring-buffer slot.
+unsafe fn read_addresses(
+    sk: *const u8,
+    family: u16,
+    record: *mut TransitionRecord,
+) -> Result<(), ReadFailed> {
+    let (local_offset, remote_offset, len) = if family == AF_INET {
+        (config!(local_v4_offset), config!(remote_v4_offset), 4)
+    } else {
+        (config!(local_v6_offset), config!(remote_v6_offset), 16)
+    };
+    unsafe {
+        let local = addr_of_mut!((*record).local_addr) as *mut u8;
+        let remote = addr_of_mut!((*record).remote_addr) as *mut u8;
+        local.write_bytes(0, 16);
+        remote.write_bytes(0, 16);
+        read_into(local, len, sk, local_offset)?;
+        read_into(remote, len, sk, remote_offset)
+    }
+}
+
+fn read_netns_inode(sk: *const u8) -> u32 {
+    if config!(has_netns) == 0 {
+        return 0;
+    }
+    let Ok(net) = read_field::<u64>(sk, config!(net_offset)) else {
+        return 0;
+    };
+    read_field::<u32>(net as *const u8, config!(netns_inode_offset)).unwrap_or(0)
+}
+
+fn wakeup_flag() -> u64 {
+    // Waking the reader per event costs an interrupt each; the agent also
+    // drains on a short timer, so wake it only when a backlog builds up.
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if unread >= config!(wakeup_threshold_bytes) as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+fn read_field<T: Copy + Default>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
+    let mut value = T::default();
+    // SAFETY: probe-read into a local of exactly size_of::<T>() bytes.
+    unsafe { read_into(&raw mut value as *mut u8, size_of::<T>() as u32, base, offset)? };
+    Ok(value)
+}
+
+/// # Safety
+/// `dst` must be valid for `len` bytes of writes.
+unsafe fn read_into(dst: *mut u8, len: u32, base: *const u8, offset: u32) -> Result<(), ReadFailed> {
+    let src = base.wrapping_add(offset as usize) as *const c_void;
+    match unsafe { bpf_probe_read_kernel(dst as *mut c_void, len, src) } {
+        0 => Ok(()),
+        _ => Err(ReadFailed),
+    }
+}
+
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot, and the kernel never nests this program on
+        // one CPU (a nested run is skipped and counted as a recursion miss),
+        // so a plain increment cannot race.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL: bpf_probe_read_kernel and bpf_get_current_comm are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,207 @@
+//! Command line: what the user may ask for, and its translation into options.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tcptrace_common::TcpState;
+
+use crate::{
+    filter::{Filter, IpFamily},
+    output::Format,
+    probe::{DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, validate_ring_buffer_bytes},
+    watch::WatchOptions,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcptrace",
+    version,
+    about = "Finds TCP socket leaks with eBPF: which process, which peers, how old, which code path",
+    after_help = "Exit status: 0 ok, 1 runtime error, 2 usage error.\nNeeds root (or CAP_BPF and CAP_PERFMON) and Linux >= 5.8 with BTF."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream every TCP state transition on this host, one line each.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(WatchArgs),
+}
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  tcptrace watch                         every transition, as a table
+  tcptrace watch --state close_wait      sockets entering or leaving CLOSE_WAIT
+  tcptrace watch --pid 1234 --json       one process, one JSON object per line
+  tcptrace watch --port 5432 -d 30s      both sides of port 5432, for 30 seconds
+
+PID is the socket's owner, known only from transitions that run in the owner's
+own syscall (connect, listen, close); '-' means unknown, '~PID' means inferred
+from the listening socket an accepted connection arrived on.
+FIN_WAIT2/CLOSING -> CLOSE is marked (TIME_WAIT?): the kernel then usually
+keeps a TIME_WAIT minisock, which this tracepoint never shows.";
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only sockets owned by this process (tgid).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only sockets with this local or remote port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Only transitions from or to this state (repeatable), e.g. close_wait.
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+
+    /// Only IPv4 connections (including IPv4 peers of dual-stack sockets).
+    #[arg(long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 connections.
+    #[arg(long)]
+    pub ipv6: bool,
+
+    /// Stop by itself after this long, e.g. 10s, 500ms, 5m.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Kernel ring buffer size: a power of two of at least 4K, e.g. 4M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_size,
+          default_value_t = DEFAULT_RING_BUFFER_BYTES)]
+    pub ring_buffer_size: u32,
+
+    /// Sockets whose owner the kernel probe can remember at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets: u32,
+}
+
+impl WatchArgs {
+    pub fn into_options(self) -> WatchOptions {
+        let family = match (self.ipv4, self.ipv6) {
+            (true, _) => Some(IpFamily::V4),
+            (_, true) => Some(IpFamily::V6),
+            _ => None,
+        };
+        WatchOptions {
+            probe: ProbeOptions {
+                ring_buffer_bytes: self.ring_buffer_size,
+                max_sockets: self.max_sockets,
+                owner_tgid_filter: self.pid,
+                port_filter: self.port,
+            },
+            filter: Filter {
+                owner_pid: self.pid,
+                port: self.port,
+                states: self.states,
+                family,
+            },
+            format: if self.json { Format::Json } else { Format::Text },
+            duration: self.duration,
+        }
+    }
+}
+
+pub fn parse_state(text: &str) -> Result<TcpState, String> {
+    let wanted = text.trim().to_ascii_uppercase().replace('-', "_");
+    TcpState::ALL
+        .into_iter()
+        .find(|state| state.name() == wanted)
+        .ok_or_else(|| {
+            let names: Vec<_> = TcpState::ALL.iter().map(|s| s.name().to_lowercase()).collect();
+            format!("unknown TCP state '{text}'; one of: {}", names.join(", "))
+        })
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("'{text}' is not a duration like 500ms, 10s or 5m ({e})"))?;
+    if duration.is_zero() {
+        return Err("a duration of zero would stop at once".into());
+    }
+    Ok(duration)
+}
+
+pub fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
+    let trimmed = text.trim();
+    let (digits, multiplier) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (trimmed, 1u64),
+        Some((at, _)) => {
+            let multiplier = match trimmed[at..].to_ascii_uppercase().as_str() {
+                "K" | "KB" | "KIB" => 1 << 10,
+                "M" | "MB" | "MIB" => 1 << 20,
+                "G" | "GB" | "GIB" => 1 << 30,
+                _ => return Err(format!("'{text}' is not a size like 4096, 256K or 4M")),
+            };
+            (&trimmed[..at], multiplier)
+        }
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| format!("'{text}' is not a size like 4096, 256K or 4M (at most 2G)"))?;
+    validate_ring_buffer_bytes(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn states_parse_in_any_common_spelling() {
+        assert_eq!(parse_state("close_wait"), Ok(TcpState::CloseWait));
+        assert_eq!(parse_state("CLOSE-WAIT"), Ok(TcpState::CloseWait));
+        assert_eq!(parse_state("fin_wait1"), Ok(TcpState::FinWait1));
+        let error = parse_state("closewait").unwrap_err();
+        assert!(error.contains("close_wait"), "{error}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert_eq!(parse_ring_buffer_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_buffer_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_buffer_size("256KiB"), Ok(256 << 10));
+        assert!(parse_ring_buffer_size("3M").is_err(), "not a power of two");
+        assert!(parse_ring_buffer_size("8G").is_err(), "too large");
+        assert!(parse_ring_buffer_size("4X").is_err());
+    }
+
+    #[test]
+    fn filters_reach_both_kernel_and_userspace() {
+        let cli = Cli::try_parse_from([
+            "tcptrace", "watch", "--pid", "42", "--port", "80", "--state", "listen", "--ipv6",
+        ])
+        .unwrap();
+        let Command::Watch(args) = cli.command;
+        let options = args.into_options();
+        assert_eq!(options.probe.owner_tgid_filter, Some(42));
+        assert_eq!(options.probe.port_filter, Some(80));
+        assert_eq!(options.filter.owner_pid, Some(42));
+        assert_eq!(options.filter.states, vec![TcpState::Listen]);
+        assert_eq!(options.filter.family, Some(IpFamily::V6));
+        assert!(Cli::try_parse_from(["tcptrace", "watch", "--ipv4", "--ipv6"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "watch", "--port", "0"]).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! Ring-buffer bytes -> typed records, with length checks and no unsafe.
+//!
+//! A record that is short, of an unknown kind, or carries a state or family
+//! the kernel does not define is a [`DecodeError`]: counted and skipped by the
+//! caller, never a panic and never a guess.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Buf;
+use tcptrace_common::{
+    AF_INET, AF_INET6, RecordKind, TASK_COMM_LEN, TRANSITION_RECORD_SIZE, TcpState,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes, expected {expected}")]
+    WrongLength { len: usize, expected: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown TCP state {0}")]
+    UnknownState(u8),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
+}
+
+/// A process as the kernel named it when it was seen owning a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub tgid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+    pub cookie: u64,
+    pub skaddr: u64,
+    /// The owner as the kernel knew it; `None` when no process-context
+    /// transition of this socket has been seen.
+    pub owner: Option<Process>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub old_state: TcpState,
+    pub new_state: TcpState,
+    /// Only at transitions from or to LISTEN.
+    pub netns_inode: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Transition(Transition),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let mut buf = bytes;
+    if buf.remaining() < 4 {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: TRANSITION_RECORD_SIZE,
+        });
+    }
+    let raw_kind = buf.get_u32_ne();
+    match RecordKind::from_raw(raw_kind) {
+        Some(RecordKind::Transition) => decode_transition(bytes).map(Record::Transition),
+        None => Err(DecodeError::UnknownKind(raw_kind)),
+    }
+}
+
+/// Fields are read in `TransitionRecord`'s declaration order; the unit test
+/// `decodes_what_the_probe_writes` checks that against the struct itself.
+fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    if bytes.len() != TRANSITION_RECORD_SIZE {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: TRANSITION_RECORD_SIZE,
+        });
+    }
+    let mut buf = bytes;
+    let _kind = buf.get_u32_ne();
+    let owner_tgid = buf.get_u32_ne();
+    let timestamp_ns = buf.get_u64_ne();
+    let cookie = buf.get_u64_ne();
+    let skaddr = buf.get_u64_ne();
+    let mut local_addr = [0u8; 16];
+    buf.copy_to_slice(&mut local_addr);
+    let mut remote_addr = [0u8; 16];
+    buf.copy_to_slice(&mut remote_addr);
+    let mut comm = [0u8; TASK_COMM_LEN];
+    buf.copy_to_slice(&mut comm);
+    let netns_inode = buf.get_u32_ne();
+    let local_port = buf.get_u16_ne();
+    let remote_port = buf.get_u16_ne();
+    let family = buf.get_u16_ne();
+    let old_state = buf.get_u8();
+    let new_state = buf.get_u8();
+
+    let state = |raw| TcpState::from_raw(raw).ok_or(DecodeError::UnknownState(raw));
+    let address = |raw: [u8; 16]| match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(raw))),
+        other => Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(Transition {
+        timestamp_ns,
+        cookie,
+        skaddr,
+        owner: (owner_tgid != 0).then(|| Process {
+            tgid: owner_tgid,
+            comm: comm_to_string(&comm),
+        }),
+        local: SocketAddr::new(address(local_addr)?, local_port),
+        remote: SocketAddr::new(address(remote_addr)?, remote_port),
+        old_state: state(old_state)?,
+        new_state: state(new_state)?,
+        netns_inode: (netns_inode != 0).then_some(netns_inode),
+    })
+}
+
+fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tcptrace_common::TransitionRecord;
+
+    use super::*;
+
+    pub(crate) fn sample_record() -> TransitionRecord {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..6].copy_from_slice(b"server");
+        let mut local_addr = [0u8; 16];
+        local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut remote_addr = [0u8; 16];
+        remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        TransitionRecord {
+            kind: RecordKind::Transition as u32,
+            owner_tgid: 4242,
+            timestamp_ns: 123_456_789,
+            cookie: 77,
+            skaddr: 0xffff_8880_1234_5678,
+            local_addr,
+            remote_addr,
+            owner_comm: comm,
+            netns_inode: 4026531840,
+            local_port: 8080,
+            remote_port: 45678,
+            family: AF_INET,
+            old_state: TcpState::Established as u8,
+            new_state: TcpState::CloseWait as u8,
+            _reserved: 0,
+        }
+    }
+
+    /// The bytes exactly as the probe writes them: the struct's own memory.
+    pub(crate) fn record_bytes(record: &TransitionRecord) -> Vec<u8> {
+        let TransitionRecord {
+            kind,
+            owner_tgid,
+            timestamp_ns,
+            cookie,
+            skaddr,
+            local_addr,
+            remote_addr,
+            owner_comm,
+            netns_inode,
+            local_port,
+            remote_port,
+            family,
+            old_state,
+            new_state,
+            _reserved,
+        } = *record;
+        let mut out = vec![0u8; TRANSITION_RECORD_SIZE];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            out[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        use std::mem::offset_of;
+        put(offset_of!(TransitionRecord, kind), &kind.to_ne_bytes());
+        put(offset_of!(TransitionRecord, owner_tgid), &owner_tgid.to_ne_bytes());
+        put(offset_of!(TransitionRecord, timestamp_ns), &timestamp_ns.to_ne_bytes());
+        put(offset_of!(TransitionRecord, cookie), &cookie.to_ne_bytes());
+        put(offset_of!(TransitionRecord, skaddr), &skaddr.to_ne_bytes());
+        put(offset_of!(TransitionRecord, local_addr), &local_addr);
+        put(offset_of!(TransitionRecord, remote_addr), &remote_addr);
+        put(offset_of!(TransitionRecord, owner_comm), &owner_comm);
+        put(offset_of!(TransitionRecord, netns_inode), &netns_inode.to_ne_bytes());
+        put(offset_of!(TransitionRecord, local_port), &local_port.to_ne_bytes());
+        put(offset_of!(TransitionRecord, remote_port), &remote_port.to_ne_bytes());
+        put(offset_of!(TransitionRecord, family), &family.to_ne_bytes());
+        put(offset_of!(TransitionRecord, old_state), &[old_state]);
+        put(offset_of!(TransitionRecord, new_state), &[new_state]);
+        out
+    }
+
+    #[test]
+    fn decodes_what_the_probe_writes() {
+        let Record::Transition(t) = decode(&record_bytes(&sample_record())).unwrap();
+        assert_eq!(t.timestamp_ns, 123_456_789);
+        assert_eq!(t.cookie, 77);
+        assert_eq!(t.skaddr, 0xffff_8880_1234_5678);
+        assert_eq!(
+            t.owner,
+            Some(Process {
+                tgid: 4242,
+                comm: "server".into()
+            })
+        );
+        assert_eq!(t.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.remote, "127.0.0.2:45678".parse().unwrap());
+        assert_eq!(t.old_state, TcpState::Established);
+        assert_eq!(t.new_state, TcpState::CloseWait);
+        assert_eq!(t.netns_inode, Some(4026531840));
+    }
+
+    #[test]
+    fn decodes_ipv6_and_unknown_owner() {
+        let mut record = sample_record();
+        record.family = AF_INET6;
+        record.local_addr = Ipv6Addr::LOCALHOST.octets();
+        record.remote_addr = "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap().octets();
+        record.owner_tgid = 0;
+        record.netns_inode = 0;
+        let Record::Transition(t) = decode(&record_bytes(&record)).unwrap();
+        assert_eq!(t.local, "[::1]:8080".parse().unwrap());
+        assert_eq!(t.remote, "[::ffff:10.1.2.3]:45678".parse().unwrap());
+        assert_eq!(t.owner, None);
+        assert_eq!(t.netns_inode, None);
+    }
+
+    #[test]
+    fn short_long_and_empty_records_are_errors() {
+        let bytes = record_bytes(&sample_record());
+        for len in [0, 3, 4, TRANSITION_RECORD_SIZE - 1] {
+            assert!(
+                matches!(decode(&bytes[..len]), Err(DecodeError::WrongLength { .. })),
+                "length {len}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&long),
+            Err(DecodeError::WrongLength { len: 104, .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_kind_state_and_family_are_errors() {
+        let mut bytes = record_bytes(&sample_record());
+        bytes[..4].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
+
+        let mut record = sample_record();
+        record.new_state = 13;
+        assert_eq!(
+            decode(&record_bytes(&record)),
+            Err(DecodeError::UnknownState(13))
+        );
+        record.new_state = 0;
+        assert_eq!(
+            decode(&record_bytes(&record)),
+            Err(DecodeError::UnknownState(0))
+        );
+
+        let mut record = sample_record();
+        record.family = 1;
+        assert_eq!(
+            decode(&record_bytes(&record)),
+            Err(DecodeError::UnknownFamily(1))
+        );
+    }
+
+    #[test]
+    fn state_names_match_the_kernel() {
+        for (raw, name) in [
+            (1, "ESTABLISHED"),
+            (2, "SYN_SENT"),
+            (3, "SYN_RECV"),
+            (4, "FIN_WAIT1"),
+            (5, "FIN_WAIT2"),
+            (6, "TIME_WAIT"),
+            (7, "CLOSE"),
+            (8, "CLOSE_WAIT"),
+            (9, "LAST_ACK"),
+            (10, "LISTEN"),
+            (11, "CLOSING"),
+            (12, "NEW_SYN_RECV"),
+        ] {
+            let state = TcpState::from_raw(raw).unwrap();
+            assert_eq!(state.name(), name);
+            assert_eq!(state as u8, raw);
+        }
+        assert_eq!(TcpState::from_raw(0), None);
+        assert_eq!(TcpState::from_raw(255), None);
+    }
+}

@@ -1,0 +1,39 @@
+use std::{io, process::ExitCode};
+
+use clap::Parser;
+use tcptrace::{
+    cli::{Cli, Command},
+    watch,
+};
+
+/// Exit status for a failure at run time (usage errors exit 2, through clap).
+const RUNTIME_ERROR: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tcptrace: cannot start the async runtime: {error}");
+            return ExitCode::from(RUNTIME_ERROR);
+        }
+    };
+    match cli.command {
+        Command::Watch(args) => {
+            let options = args.into_options();
+            match runtime.block_on(watch::run(options, io::stdout().lock())) {
+                Ok(summary) => {
+                    eprintln!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tcptrace: {error}");
+                    ExitCode::from(RUNTIME_ERROR)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Loads and attaches the embedded eBPF probe and gives access to its ring
+//! buffer and counters. The only module besides `watch` that touches aya;
+//! the integration tests load the probe through it too.
+
+use std::{
+    os::fd::{AsFd, AsRawFd, RawFd},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use tcptrace_common::{COUNTER_SLOTS, Counter, names};
+use thiserror::Error;
+
+use crate::{
+    btf::{Btf, BtfError, VMLINUX_BTF},
+    layout::{self, LayoutError},
+    preflight::{self, PreflightError},
+};
+
+/// The probe object, built for the bpf target by build.rs.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+pub const PAGE_SIZE: u32 = 4096;
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// A power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the in-kernel owner map.
+    pub max_sockets: u32,
+    pub owner_tgid_filter: Option<u32>,
+    pub port_filter: Option<u16>,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            max_sockets: DEFAULT_MAX_SOCKETS,
+            owner_tgid_filter: None,
+            port_filter: None,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(
+        "kernel BTF is not available ({0}): tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y ({VMLINUX_BTF})"
+    )]
+    NoBtf(#[source] BtfError),
+    #[error(
+        "this kernel has no sock:inet_sock_set_state tracepoint (Linux 4.16+ has it): nothing to attach to"
+    )]
+    NoTracepoint,
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("ring buffer size {0} bytes must be a power of two and at least {PAGE_SIZE}")]
+    BadRingBufferSize(u32),
+    #[error("loading the eBPF probe failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF probe object has no {0}; the build is broken")]
+    Missing(&'static str),
+    #[error("attaching to inet_sock_set_state failed: {0}")]
+    Attach(#[source] ProgramError),
+    #[error("reading the probe's {what} failed: {source}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading the probe's statistics failed: {0}")]
+    Stats(#[source] std::io::Error),
+}
+
+pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<u32, ProbeError> {
+    if bytes >= PAGE_SIZE && bytes.is_power_of_two() {
+        Ok(bytes)
+    } else {
+        Err(ProbeError::BadRingBufferSize(bytes))
+    }
+}
+
+/// What the probe counted instead of delivering, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ring_reserve_failed: u64,
+    pub owner_insert_failed: u64,
+    pub not_tcp: u64,
+    pub filtered_in_kernel: u64,
+    pub socket_read_failed: u64,
+}
+
+impl KernelCounters {
+    /// TCP transitions the probe ran for but could not deliver.
+    pub fn dropped(&self) -> u64 {
+        self.ring_reserve_failed + self.socket_read_failed
+    }
+}
+
+/// The kernel's own accounting of the program (run counts need bpf_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_count: u64,
+    pub run_time: Duration,
+    /// Runs the kernel skipped because the program was already running on
+    /// that CPU (an interrupt arrived mid-run). Not in `run_count`.
+    pub recursion_misses: u64,
+}
+
+pub struct Probe {
+    // Keeps the program and its link alive.
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probe {
+    pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        preflight::check_privileges()?;
+        preflight::check_kernel_version()?;
+        let ring_buffer_bytes = validate_ring_buffer_bytes(options.ring_buffer_bytes)?;
+
+        let btf = Btf::from_sys_fs().map_err(ProbeError::NoBtf)?;
+        if !btf.has_type_named(&format!("btf_trace_{}", names::TRACEPOINT)) {
+            return Err(ProbeError::NoTracepoint);
+        }
+        let mut config = layout::probe_config(&btf)?;
+        config.owner_tgid_filter = options.owner_tgid_filter.unwrap_or(0);
+        config.port_filter = options.port_filter.map_or(0, u32::from);
+        // Half full: the reader is woken with room to spare, and a steady
+        // trickle is picked up by its timer instead of by interrupts.
+        config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
+
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG_GLOBAL, &config, true)
+            .map_max_entries(names::EVENTS_MAP, ring_buffer_bytes)
+            .map_max_entries(names::OWNERS_MAP, options.max_sockets.max(1))
+            .load(PROBE_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| {
+            ProbeError::NoBtf(BtfError::Read {
+                path: VMLINUX_BTF.into(),
+                source: std::io::Error::other(e),
+            })
+        })?;
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(ProbeError::Missing("program"))?
+            .try_into()
+            .map_err(ProbeError::Attach)?;
+        program
+            .load(names::TRACEPOINT, &kernel_btf)
+            .map_err(ProbeError::Attach)?;
+        program.attach().map_err(ProbeError::Attach)?;
+
+        let events = ebpf
+            .take_map(names::EVENTS_MAP)
+            .ok_or(ProbeError::Missing("ring buffer"))?;
+        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+            what: "ring buffer",
+            source,
+        })?;
+        let counters = ebpf
+            .take_map(names::COUNTERS_MAP)
+            .ok_or(ProbeError::Missing("counters"))?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| ProbeError::Map {
+            what: "counters",
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            events,
+            counters,
+        })
+    }
+
+    /// Hands every record waiting in the ring buffer to `each`; returns how many.
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> u64 {
+        let mut drained = 0;
+        while let Some(record) = self.events.next() {
+            each(&record);
+            drained += 1;
+        }
+        drained
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let read = |counter: Counter| -> Result<u64, ProbeError> {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    what: "counters",
+                    source,
+                })?;
+            Ok(per_cpu.iter().sum())
+        };
+        debug_assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);
+        Ok(KernelCounters {
+            ring_reserve_failed: read(Counter::RingReserveFailed)?,
+            owner_insert_failed: read(Counter::OwnerInsertFailed)?,
+            not_tcp: read(Counter::NotTcp)?,
+            filtered_in_kernel: read(Counter::FilteredInKernel)?,
+            socket_read_failed: read(Counter::SocketReadFailed)?,
+        })
+    }
+
+    pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
+        let program = self
+            .ebpf
+            .program(names::PROGRAM)
+            .ok_or(ProbeError::Missing("program"))?;
+        let fd = program.fd().map_err(ProbeError::Attach)?;
+        let info = program_info(fd.as_fd().as_raw_fd()).map_err(ProbeError::Stats)?;
+        Ok(ProgramStats {
+            run_count: info.run_cnt,
+            run_time: Duration::from_nanos(info.run_time_ns),
+            recursion_misses: info.recursion_misses,
+        })
+    }
+}
+
+impl AsRawFd for Probe {
+    /// The ring buffer's: readable when the probe has woken the reader.
+    fn as_raw_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+}
+
+/// aya does not expose `recursion_misses`, so ask the kernel directly.
+fn program_info(fd: RawFd) -> std::io::Result<aya_obj::generated::bpf_prog_info> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is a plain C struct of integers; all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoByFd {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: the attr layout is the kernel's `info` member of union bpf_attr;
+    // the kernel writes at most `info_len` bytes into `info`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const attr,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(info)
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid resource id and pointer. Failure only matters on old
+    // kernels, where loading then fails with its own error.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(validate_ring_buffer_bytes(4096).unwrap(), 4096);
+        assert_eq!(validate_ring_buffer_bytes(1 << 24).unwrap(), 1 << 24);
+        for bad in [0, 1024, 4095, 12288] {
+            assert!(validate_ring_buffer_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}

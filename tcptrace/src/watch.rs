@@ -1,0 +1,254 @@
+//! `tcptrace watch`: stream every TCP state transition until stopped.
+
+use std::{
+    fmt,
+    io::{self, Write},
+    time::Duration,
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+
+use crate::{
+    clock::WallClock,
+    decode::{Record, decode},
+    filter::Filter,
+    output::{self, Format},
+    probe::{KernelCounters, Probe, ProbeOptions},
+    tracker::SocketTracker,
+};
+
+/// How often the ring buffer is drained when the probe does not wake us: it
+/// wakes the reader only when a backlog builds up, to spare an interrupt per event.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    pub probe: ProbeOptions,
+    pub filter: Filter,
+    pub format: Format,
+    pub duration: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchSummary {
+    /// Records read from the ring buffer, decodable or not.
+    pub delivered: u64,
+    pub shown: u64,
+    pub decode_errors: u64,
+    pub kernel: KernelCounters,
+    /// `None` when the kernel would not say.
+    pub recursion_misses: Option<u64>,
+}
+
+impl fmt::Display for WatchSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tcptrace: summary events={} shown={} drops={} (ring_full={} read_failed={}) \
+             decode_errors={} failed_inserts={} recursion_misses={}",
+            self.delivered,
+            self.shown,
+            self.kernel.dropped(),
+            self.kernel.ring_reserve_failed,
+            self.kernel.socket_read_failed,
+            self.decode_errors,
+            self.kernel.owner_insert_failed,
+            self.recursion_misses
+                .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        )
+    }
+}
+
+/// Turns ring-buffer records into output lines.
+struct Pipeline<W: Write> {
+    tracker: SocketTracker,
+    filter: Filter,
+    format: Format,
+    clock: WallClock,
+    out: W,
+    summary: WatchSummary,
+    /// Set when the reader of our output went away (`| head`): stop quietly.
+    output_closed: bool,
+}
+
+impl<W: Write> Pipeline<W> {
+    fn handle(&mut self, bytes: &[u8]) {
+        self.summary.delivered += 1;
+        let Record::Transition(transition) = match decode(bytes) {
+            Ok(record) => record,
+            Err(_) => {
+                self.summary.decode_errors += 1;
+                return;
+            }
+        };
+        // Track even what is not shown: durations and listener ownership
+        // need every transition of a socket.
+        let tracked = self.tracker.observe(transition);
+        if self.output_closed || !self.filter.matches(&tracked) {
+            return;
+        }
+        let time = self.clock.wall_time(tracked.transition.timestamp_ns);
+        let line = match self.format {
+            Format::Text => output::text_line(&tracked, time),
+            Format::Json => output::json_line(&tracked, time),
+        };
+        self.summary.shown += 1;
+        self.write_line(&line);
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if let Err(error) = writeln!(self.out, "{line}") {
+            self.note_write_error(error);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(error) = self.out.flush() {
+            self.note_write_error(error);
+        }
+    }
+
+    fn note_write_error(&mut self, error: io::Error) {
+        if error.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("tcptrace: writing output failed: {error}");
+        }
+        self.output_closed = true;
+    }
+}
+
+pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<WatchSummary> {
+    let probe = Probe::load(&options.probe)?;
+    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
+    // unchanged for as long as the AsyncFd holds the probe.
+    let mut probe = unsafe { AsyncFd::register(probe)? };
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut pipeline = Pipeline {
+        tracker: SocketTracker::new(),
+        filter: options.filter,
+        format: options.format,
+        clock: WallClock::new(),
+        out,
+        summary: WatchSummary::default(),
+        output_closed: false,
+    };
+    eprintln!("tcptrace: watching TCP state transitions; Ctrl-C to stop");
+    if options.format == Format::Text {
+        pipeline.write_line(output::TEXT_HEADER);
+        pipeline.flush();
+    }
+
+    let mut tick = interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            guard = probe.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().drain(|bytes| pipeline.handle(bytes));
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                probe.get_mut().drain(|bytes| pipeline.handle(bytes));
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            _ = &mut deadline, if options.duration.is_some() => break,
+        }
+        pipeline.flush();
+        if pipeline.output_closed {
+            break;
+        }
+    }
+    // What the probe wrote before we stopped is still owed to the user.
+    probe.get_mut().drain(|bytes| pipeline.handle(bytes));
+    pipeline.flush();
+
+    let probe = probe.get_ref();
+    pipeline.summary.kernel = probe.counters()?;
+    pipeline.summary.recursion_misses = probe.program_stats().ok().map(|s| s.recursion_misses);
+    Ok(pipeline.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use tcptrace_common::{TcpState, TransitionRecord};
+
+    use super::*;
+    use crate::decode::tests::{record_bytes, sample_record};
+
+    fn pipeline(filter: Filter) -> Pipeline<Vec<u8>> {
+        Pipeline {
+            tracker: SocketTracker::new(),
+            filter,
+            format: Format::Json,
+            clock: WallClock::new(),
+            out: Vec::new(),
+            summary: WatchSummary::default(),
+            output_closed: false,
+        }
+    }
+
+    #[test]
+    fn counts_decode_errors_and_keeps_going() {
+        let mut p = pipeline(Filter::default());
+        let good = record_bytes(&sample_record());
+        p.handle(&good[..10]);
+        p.handle(&good);
+        let mut bad_state: TransitionRecord = sample_record();
+        bad_state.old_state = 42;
+        p.handle(&record_bytes(&bad_state));
+        assert_eq!(p.summary.delivered, 3);
+        assert_eq!(p.summary.decode_errors, 2);
+        assert_eq!(p.summary.shown, 1);
+        let text = String::from_utf8(p.out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.contains("\"new_state\":\"CLOSE_WAIT\""));
+    }
+
+    #[test]
+    fn filtered_events_are_tracked_but_not_shown() {
+        let mut p = pipeline(Filter {
+            states: vec![TcpState::CloseWait],
+            ..Filter::default()
+        });
+        let mut record = sample_record();
+        record.old_state = TcpState::SynRecv as u8;
+        record.new_state = TcpState::Established as u8;
+        p.handle(&record_bytes(&record));
+        record.old_state = TcpState::Established as u8;
+        record.new_state = TcpState::CloseWait as u8;
+        record.timestamp_ns += 2_000_000;
+        p.handle(&record_bytes(&record));
+        assert_eq!(p.summary.shown, 1);
+        let line: serde_json::Value =
+            serde_json::from_slice(p.out.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(line["ms_in_old_state"], 2.0);
+    }
+
+    #[test]
+    fn summary_line_is_key_value() {
+        let summary = WatchSummary {
+            delivered: 10,
+            shown: 7,
+            decode_errors: 1,
+            kernel: KernelCounters {
+                ring_reserve_failed: 2,
+                socket_read_failed: 1,
+                owner_insert_failed: 4,
+                ..KernelCounters::default()
+            },
+            recursion_misses: None,
+        };
+        assert_eq!(
+            summary.to_string(),
+            "tcptrace: summary events=10 shown=7 drops=3 (ring_full=2 read_failed=1) \
+             decode_errors=1 failed_inserts=4 recursion_misses=unknown"
+        );
+    }
+}
