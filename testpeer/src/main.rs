@@ -1,1 +1,213 @@
-fn main() {}
+//! Loopback TCP peers for tcptrace's tests, each run as its own process so
+//! that ownership (which PID holds which socket) is real.
+//!
+//! Every role prints one line per step on stdout (`word key=value ...`) and,
+//! where the test must control timing, waits for a line on stdin first.
+//! Every loop is bounded; every address is given by the caller and meant to
+//! be loopback.
+
+use std::{
+    io::{BufRead, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use socket2::{Domain, Socket, Type};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Bind, wait for "go", listen, accept one connection, read to EOF, close it, close the listener.
+    Server {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Wait for "go", connect, send a few bytes, close first.
+    Client {
+        #[arg(long)]
+        connect: SocketAddr,
+    },
+    /// Make `connections` complete connections to itself, paced over about a second.
+    Bystander {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 20)]
+        connections: u32,
+    },
+    /// Make `connections` connections to itself as fast as possible from `threads` clients.
+    Churn {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().role {
+        Role::Server { addr } => server(addr),
+        Role::Client { connect } => client(connect),
+        Role::Bystander { addr, connections } => bystander(addr, connections),
+        Role::Churn {
+            addr,
+            connections,
+            threads,
+        } => churn(addr, connections, threads),
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // The test reads line by line: flush each step.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn wait_for_go() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "go" {
+        bail!("expected 'go' on stdin, got {line:?}");
+    }
+    Ok(())
+}
+
+/// The kernel's socket cookie (SO_COOKIE), the identity tcptrace reports.
+fn cookie(fd: &impl AsRawFd) -> Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket fd and an out buffer of the stated length.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_COOKIE)");
+    }
+    Ok(value)
+}
+
+fn server(addr: SocketAddr) -> Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&addr.into())?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .context("bound address is not IP")?;
+    say(&format!(
+        "bound pid={} port={} cookie={}",
+        std::process::id(),
+        bound.port(),
+        cookie(&socket)?
+    ));
+    wait_for_go()?;
+    socket.listen(16)?;
+    let listener: TcpListener = socket.into();
+    say("listening");
+    let (mut conn, peer) = listener.accept()?;
+    say(&format!("accepted cookie={} peer={peer}", cookie(&conn)?));
+    let mut buf = [0u8; 256];
+    while conn.read(&mut buf)? != 0 {}
+    say("eof");
+    drop(conn);
+    drop(listener);
+    say("closed");
+    Ok(())
+}
+
+fn client(connect: SocketAddr) -> Result<()> {
+    say(&format!("ready pid={}", std::process::id()));
+    wait_for_go()?;
+    let mut stream = TcpStream::connect(connect)?;
+    say(&format!(
+        "connected cookie={} local={}",
+        cookie(&stream)?,
+        stream.local_addr()?
+    ));
+    stream.write_all(b"hello")?;
+    drop(stream);
+    say("closed");
+    Ok(())
+}
+
+fn one_connection(listener: &TcpListener) -> Result<()> {
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut accepted, _) = listener.accept()?;
+    client.write_all(b"x")?;
+    let mut byte = [0u8; 1];
+    accepted.read_exact(&mut byte)?;
+    client.shutdown(Shutdown::Write)?;
+    let _ = accepted.read(&mut byte)?;
+    Ok(())
+}
+
+fn bystander(addr: SocketAddr, connections: u32) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    say(&format!(
+        "bystander pid={} port={}",
+        std::process::id(),
+        listener.local_addr()?.port()
+    ));
+    let pace = Duration::from_secs(1) / connections.max(1);
+    for _ in 0..connections {
+        one_connection(&listener)?;
+        thread::sleep(pace);
+    }
+    say("done");
+    Ok(())
+}
+
+fn churn(addr: SocketAddr, connections: u32, threads: u32) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    let target = listener.local_addr()?;
+    let started = Instant::now();
+    let acceptor = thread::spawn(move || -> Result<()> {
+        for _ in 0..connections {
+            let (mut conn, _) = listener.accept()?;
+            let mut buf = [0u8; 16];
+            // Read to the client's FIN, then close: no unread data, no RST.
+            while conn.read(&mut buf)? != 0 {}
+        }
+        Ok(())
+    });
+    let threads = threads.max(1);
+    let clients: Vec<_> = (0..threads)
+        .map(|i| {
+            let share = connections / threads + u32::from(i < connections % threads);
+            thread::spawn(move || -> Result<()> {
+                for _ in 0..share {
+                    let mut stream = TcpStream::connect(target)?;
+                    stream.write_all(b"ping")?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    acceptor
+        .join()
+        .map_err(|_| anyhow::anyhow!("acceptor thread panicked"))??;
+    say(&format!(
+        "done connections={connections} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}

@@ -1,1 +1,164 @@
-fn main() {}
+//! Project tasks. `cargo xtask setup` installs the eBPF toolchain;
+//! `run` and `test` install whatever is missing first.
+
+mod setup;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tcptrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF probe needs (idempotent).
+    Setup,
+    /// Set up, build tcptrace (release) and run it as root with these arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, and run every test (root tests included).
+    Test,
+    /// Formatting and clippy, for the host crates and the eBPF crate separately.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    match task {
+        Task::Setup => setup::run().map(|_| ExitCode::SUCCESS),
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "tcptrace"])?;
+            let binary = workspace_root()?.join("target/release/tcptrace");
+            let status = as_root(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+        }
+        Task::Test => {
+            setup::run()?;
+            lint()?;
+            // The tests start these peers as separate processes.
+            cargo(&["build", "--package", "tcptrace-testpeer"])?;
+            let mut test = Command::new("cargo");
+            test.args(["test", "--workspace", "--", "--test-threads=1"]);
+            if !is_root() {
+                // The integration tests load the eBPF probe.
+                test.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+            }
+            step("running all tests (the integration tests load the probe as root)");
+            check(test.status().context("starting cargo test")?, "cargo test")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Lint => {
+            setup::run()?;
+            lint().map(|_| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn lint() -> Result<()> {
+    step("checking formatting");
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    step("clippy: host crates");
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tcptrace-ebpf",
+        "--all-targets",
+        "--",
+        "--deny",
+        "warnings",
+    ])?;
+    // Separately: features unify across a workspace, and the probe is
+    // no_std with its own panic handler.
+    step("clippy: eBPF crate");
+    let status = Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "tcptrace-ebpf",
+            "--all-targets",
+            "--",
+            "--deny",
+            "warnings",
+            "-C",
+            "panic=abort",
+            "-Zpanic_abort_tests",
+        ])
+        .status()
+        .context("starting cargo +nightly clippy")?;
+    check(status, "clippy on the eBPF crate")
+}
+
+pub(crate) fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
+    check(status, &format!("cargo {}", args.join(" ")))
+}
+
+pub(crate) fn check(status: std::process::ExitStatus, what: &str) -> Result<()> {
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("{what} failed ({status})")
+    }
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// `sudo` in front unless already root.
+pub(crate) fn as_root(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.arg("-E").arg(program);
+        command
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .context("xtask has no parent directory")
+}

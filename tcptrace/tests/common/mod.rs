@@ -1,0 +1,221 @@
+//! Shared by the root integration tests: the test peers as separate
+//! processes, and `tcptrace` itself run as a child process.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    thread,
+    time::Duration,
+};
+
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Root tests fail without root rather than pass silently; set
+/// TCPTRACE_SKIP_ROOT_TESTS=1 to skip them knowingly.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("TCPTRACE_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: needs root to load the eBPF probe (TCPTRACE_SKIP_ROOT_TESTS is set)");
+        return false;
+    }
+    panic!("this test loads the eBPF probe and needs root: run `cargo xtask test`");
+}
+
+pub fn testpeer_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("TCPTRACE_TESTPEER") {
+        return path.into();
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/tcptrace-testpeer
+    let exe = std::env::current_exe().expect("current_exe");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .join("tcptrace-testpeer");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p tcptrace-testpeer` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// Lines of a child's pipe, read on a thread so waits can time out.
+fn line_channel(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `word key=value key=value` -> (word, map)
+pub fn parse_step(line: &str) -> (String, HashMap<String, String>) {
+    let mut parts = line.split_whitespace();
+    let word = parts.next().unwrap_or_default().to_owned();
+    let fields = parts
+        .filter_map(|part| part.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (word, fields)
+}
+
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    role: String,
+}
+
+impl Peer {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(testpeer_path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tcptrace-testpeer");
+        let lines = line_channel(child.stdout.take().unwrap());
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            role: args.join(" "),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the step `word` and returns its fields.
+    pub fn expect(&self, word: &str) -> HashMap<String, String> {
+        let line = self
+            .lines
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|_| panic!("peer `{}` did not say `{word}`", self.role));
+        let (said, fields) = parse_step(&line);
+        assert_eq!(said, word, "peer `{}` said {line:?}", self.role);
+        fields
+    }
+
+    pub fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("write go");
+        stdin.flush().unwrap();
+    }
+
+    pub fn wait_success(mut self) {
+        let status = self.child.wait().expect("wait peer");
+        assert!(status.success(), "peer `{}` exited with {status}", self.role);
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Watcher {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    name: String,
+}
+
+#[derive(Debug)]
+pub struct WatchResult {
+    pub events: Vec<serde_json::Value>,
+    pub summary: HashMap<String, String>,
+    pub stderr: Vec<String>,
+}
+
+impl Watcher {
+    /// Starts `tcptrace watch --json ARGS` and waits until it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .arg("watch")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcptrace");
+        let stdout = line_channel(child.stdout.take().unwrap());
+        let stderr = line_channel(child.stderr.take().unwrap());
+        let watcher = Self {
+            child,
+            stdout,
+            stderr,
+            name: format!("tcptrace watch {}", args.join(" ")),
+        };
+        let ready = watcher
+            .stderr
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|_| panic!("`{}` did not start", watcher.name));
+        assert!(
+            ready.starts_with("tcptrace: watching"),
+            "`{}` said {ready:?}",
+            watcher.name
+        );
+        watcher
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops with `signal` and returns what it printed.
+    pub fn stop(self, signal: libc::c_int) -> WatchResult {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        self.finish()
+    }
+
+    /// Waits for it to exit by itself (--duration) and returns what it printed.
+    pub fn finish(mut self) -> WatchResult {
+        let status = self.child.wait().expect("wait tcptrace");
+        assert!(status.success(), "`{}` exited with {status}", self.name);
+        // The reader threads end at EOF, so iterating waits for every line.
+        let events = self
+            .stdout
+            .iter()
+            .map(|line| {
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+            })
+            .collect();
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        let summary_line = stderr
+            .iter()
+            .find(|line| line.starts_with("tcptrace: summary"))
+            .unwrap_or_else(|| panic!("`{}` printed no summary: {stderr:?}", self.name));
+        let summary = parse_step(summary_line.trim_start_matches("tcptrace: ")).1;
+        WatchResult {
+            events,
+            summary,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
