@@ -16,8 +16,8 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -136,7 +136,7 @@ fn track_owner(cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
     } else {
         // SAFETY: the value is copied out at once; a concurrent update can at
         // worst mix two owners' bytes for one event, never fault.
-        match unsafe { OWNERS.get(&cookie) } {
+        match unsafe { OWNERS.get(cookie) } {
             Some(owner) => *owner,
             None => SocketOwner {
                 comm: [0; TASK_COMM_LEN],
@@ -146,19 +146,19 @@ fn track_owner(cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
     };
     if new_state == CLOSE {
         // Cookies are never reused, but the map is bounded: forget closed sockets.
-        let _ = OWNERS.remove(&cookie);
+        let _ = OWNERS.remove(cookie);
     }
     owner
 }
 
 fn remember_owner(cookie: u64, owner: &SocketOwner) {
-    if let Some(slot) = OWNERS.get_ptr_mut(&cookie) {
+    if let Some(slot) = OWNERS.get_ptr_mut(cookie) {
         // SAFETY: a live map value of the right type; overwriting in place
         // avoids the cost of a delete and re-insert.
         unsafe { *slot = *owner };
         return;
     }
-    if OWNERS.insert(&cookie, owner, BPF_ANY as u64).is_err() {
+    if OWNERS.insert(cookie, owner, BPF_ANY as u64).is_err() {
         count(Counter::OwnerInsertFailed);
     }
 }
@@ -171,10 +171,7 @@ fn current_task() -> SocketOwner {
     // SAFETY: helpers writing into a local buffer of the stated size.
     unsafe {
         owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        bpf_get_current_comm(
-            owner.comm.as_mut_ptr() as *mut c_void,
-            TASK_COMM_LEN as u32,
-        );
+        bpf_get_current_comm(owner.comm.as_mut_ptr() as *mut c_void, TASK_COMM_LEN as u32);
     }
     owner
 }
@@ -253,13 +250,25 @@ fn wakeup_flag() -> u64 {
 fn read_field<T: Copy + Default>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
     let mut value = T::default();
     // SAFETY: probe-read into a local of exactly size_of::<T>() bytes.
-    unsafe { read_into(&raw mut value as *mut u8, size_of::<T>() as u32, base, offset)? };
+    unsafe {
+        read_into(
+            &raw mut value as *mut u8,
+            size_of::<T>() as u32,
+            base,
+            offset,
+        )?
+    };
     Ok(value)
 }
 
 /// # Safety
 /// `dst` must be valid for `len` bytes of writes.
-unsafe fn read_into(dst: *mut u8, len: u32, base: *const u8, offset: u32) -> Result<(), ReadFailed> {
+unsafe fn read_into(
+    dst: *mut u8,
+    len: u32,
+    base: *const u8,
+    offset: u32,
+) -> Result<(), ReadFailed> {
     let src = base.wrapping_add(offset as usize) as *const c_void;
     match unsafe { bpf_probe_read_kernel(dst as *mut c_void, len, src) } {
         0 => Ok(()),

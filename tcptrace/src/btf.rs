@@ -104,7 +104,9 @@ impl Btf {
     pub fn parse(bytes: &[u8]) -> Result<Self, BtfError> {
         let mut header = Reader::new(bytes);
         if header.u16()? != MAGIC {
-            return Err(BtfError::Malformed("bad magic (not BTF, or foreign byte order)"));
+            return Err(BtfError::Malformed(
+                "bad magic (not BTF, or foreign byte order)",
+            ));
         }
         let _version = header.u8()?;
         let _flags = header.u8()?;
@@ -157,12 +159,12 @@ impl Btf {
                     });
                 }
             }
-            let (bits, found) = self.find_member(type_id, name, 0)?.ok_or_else(|| {
-                BtfError::NoSuchMember {
-                    struct_name: struct_name.to_owned(),
-                    member: path[..=depth].join("."),
-                }
-            })?;
+            let (bits, found) =
+                self.find_member(type_id, name, 0)?
+                    .ok_or_else(|| BtfError::NoSuchMember {
+                        struct_name: struct_name.to_owned(),
+                        member: path[..=depth].join("."),
+                    })?;
             if found.bitfield_size != 0 || bits % 8 != 0 {
                 return Err(BtfError::Bitfield {
                     struct_name: struct_name.to_owned(),
@@ -182,7 +184,9 @@ impl Btf {
 
     /// Whether the kernel defines a type of this name (any kind).
     pub fn has_type_named(&self, name: &str) -> bool {
-        self.types.iter().any(|t| self.name(t.name_off) == Some(name))
+        self.types
+            .iter()
+            .any(|t| self.name(t.name_off) == Some(name))
     }
 
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
@@ -435,7 +439,11 @@ pub(crate) mod tests {
             let id = self.header(name, kind, members.len() as u32, kind_flag, size);
             for &(member, type_id, bits, bitfield) in members {
                 let name_off = self.string(member);
-                let raw = if kind_flag { (bitfield << 24) | bits } else { bits };
+                let raw = if kind_flag {
+                    (bitfield << 24) | bits
+                } else {
+                    bits
+                };
                 for v in [name_off, type_id, raw] {
                     self.types.extend_from_slice(&v.to_ne_bytes());
                 }
@@ -449,7 +457,13 @@ pub(crate) mod tests {
             out.push(1);
             out.push(0);
             let type_len = self.types.len() as u32;
-            for v in [HEADER_LEN as u32, 0, type_len, type_len, self.strings.len() as u32] {
+            for v in [
+                HEADER_LEN as u32,
+                0,
+                type_len,
+                type_len,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&v.to_ne_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -466,13 +480,22 @@ pub(crate) mod tests {
         let pair = b.composite(false, "", 4, &[("lo", u16_t, 0, 0), ("hi", be16, 16, 0)]);
         let anon = b.composite(true, "", 4, &[("both", u32_t, 0, 0), ("", pair, 0, 0)]);
         let bytes = b.array(u32_t, u32_t, 4);
-        let inner = b.composite(false, "inner", 24, &[("", anon, 0, 0), ("addr", bytes, 64, 0)]);
+        let inner = b.composite(
+            false,
+            "inner",
+            24,
+            &[("", anon, 0, 0), ("addr", bytes, 64, 0)],
+        );
         let ptr = b.pointer(inner);
         b.composite(
             false,
             "outer",
             48,
-            &[("flags", u32_t, 0, 3), ("in", inner, 64, 0), ("next", ptr, 256, 0)],
+            &[
+                ("flags", u32_t, 0, 3),
+                ("in", inner, 64, 0),
+                ("next", ptr, 256, 0),
+            ],
         );
         Btf::parse(&b.build()).expect("sample BTF parses")
     }
@@ -482,15 +505,24 @@ pub(crate) mod tests {
         let btf = sample();
         assert_eq!(
             btf.member("outer", &["in", "hi"]).unwrap(),
-            MemberLocation { offset: 10, size: 2 }
+            MemberLocation {
+                offset: 10,
+                size: 2
+            }
         );
         assert_eq!(
             btf.member("outer", &["in", "addr"]).unwrap(),
-            MemberLocation { offset: 16, size: 16 }
+            MemberLocation {
+                offset: 16,
+                size: 16
+            }
         );
         assert_eq!(
             btf.member("outer", &["next"]).unwrap(),
-            MemberLocation { offset: 32, size: 8 }
+            MemberLocation {
+                offset: 32,
+                size: 8
+            }
         );
         assert_eq!(
             btf.member("inner", &["both"]).unwrap(),

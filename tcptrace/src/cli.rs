@@ -8,7 +8,9 @@ use tcptrace_common::TcpState;
 use crate::{
     filter::{Filter, IpFamily},
     output::Format,
-    probe::{DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, validate_ring_buffer_bytes},
+    probe::{
+        DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, validate_ring_buffer_bytes,
+    },
     watch::WatchOptions,
 };
 
@@ -105,7 +107,11 @@ impl WatchArgs {
                 states: self.states,
                 family,
             },
-            format: if self.json { Format::Json } else { Format::Text },
+            format: if self.json {
+                Format::Json
+            } else {
+                Format::Text
+            },
             duration: self.duration,
         }
     }
@@ -117,7 +123,10 @@ pub fn parse_state(text: &str) -> Result<TcpState, String> {
         .into_iter()
         .find(|state| state.name() == wanted)
         .ok_or_else(|| {
-            let names: Vec<_> = TcpState::ALL.iter().map(|s| s.name().to_lowercase()).collect();
+            let names: Vec<_> = TcpState::ALL
+                .iter()
+                .map(|s| s.name().to_lowercase())
+                .collect();
             format!("unknown TCP state '{text}'; one of: {}", names.join(", "))
         })
 }

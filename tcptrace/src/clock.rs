@@ -56,6 +56,9 @@ mod tests {
             .unwrap_or_else(|e| e.duration());
         assert!(skew < Duration::from_secs(1), "skew {skew:?}");
         let earlier = clock.wall_time(now_monotonic - 1_000_000_000);
-        assert_eq!(wall.duration_since(earlier).unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            wall.duration_since(earlier).unwrap(),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -180,16 +180,31 @@ pub(crate) mod tests {
         };
         use std::mem::offset_of;
         put(offset_of!(TransitionRecord, kind), &kind.to_ne_bytes());
-        put(offset_of!(TransitionRecord, owner_tgid), &owner_tgid.to_ne_bytes());
-        put(offset_of!(TransitionRecord, timestamp_ns), &timestamp_ns.to_ne_bytes());
+        put(
+            offset_of!(TransitionRecord, owner_tgid),
+            &owner_tgid.to_ne_bytes(),
+        );
+        put(
+            offset_of!(TransitionRecord, timestamp_ns),
+            &timestamp_ns.to_ne_bytes(),
+        );
         put(offset_of!(TransitionRecord, cookie), &cookie.to_ne_bytes());
         put(offset_of!(TransitionRecord, skaddr), &skaddr.to_ne_bytes());
         put(offset_of!(TransitionRecord, local_addr), &local_addr);
         put(offset_of!(TransitionRecord, remote_addr), &remote_addr);
         put(offset_of!(TransitionRecord, owner_comm), &owner_comm);
-        put(offset_of!(TransitionRecord, netns_inode), &netns_inode.to_ne_bytes());
-        put(offset_of!(TransitionRecord, local_port), &local_port.to_ne_bytes());
-        put(offset_of!(TransitionRecord, remote_port), &remote_port.to_ne_bytes());
+        put(
+            offset_of!(TransitionRecord, netns_inode),
+            &netns_inode.to_ne_bytes(),
+        );
+        put(
+            offset_of!(TransitionRecord, local_port),
+            &local_port.to_ne_bytes(),
+        );
+        put(
+            offset_of!(TransitionRecord, remote_port),
+            &remote_port.to_ne_bytes(),
+        );
         put(offset_of!(TransitionRecord, family), &family.to_ne_bytes());
         put(offset_of!(TransitionRecord, old_state), &[old_state]);
         put(offset_of!(TransitionRecord, new_state), &[new_state]);

@@ -113,9 +113,24 @@ mod tests {
         let u32_t = b.int("unsigned int", 4);
         let u8_t = b.int("unsigned char", 1);
         let in6 = b.array(u8_t, u32_t, 16);
-        let addrs = b.composite(false, "", 8, &[("skc_daddr", u32_t, 0, 0), ("skc_rcv_saddr", u32_t, 32, 0)]);
-        let addrpair = b.composite(true, "", 8, &[("skc_addrpair", u32_t, 0, 0), ("", addrs, 0, 0)]);
-        let ports = b.composite(false, "", 4, &[("skc_dport", u16_t, 0, 0), ("skc_num", u16_t, 16, 0)]);
+        let addrs = b.composite(
+            false,
+            "",
+            8,
+            &[("skc_daddr", u32_t, 0, 0), ("skc_rcv_saddr", u32_t, 32, 0)],
+        );
+        let addrpair = b.composite(
+            true,
+            "",
+            8,
+            &[("skc_addrpair", u32_t, 0, 0), ("", addrs, 0, 0)],
+        );
+        let ports = b.composite(
+            false,
+            "",
+            4,
+            &[("skc_dport", u16_t, 0, 0), ("skc_num", u16_t, 16, 0)],
+        );
         let net_ptr = b.pointer(0);
         let possible_net = b.composite(false, "", 8, &[("net", net_ptr, 0, 0)]);
         let common = b.composite(
@@ -131,14 +146,27 @@ mod tests {
                 ("skc_v6_rcv_saddr", in6, 576, 0),
             ],
         );
-        let ns_common = b.composite(false, "ns_common", 24, &[("stashed", net_ptr, 0, 0), ("inum", u32_t, 128, 0)]);
-        b.composite(false, "net", 64, &[("passive", u32_t, 0, 0), ("ns", ns_common, 64, 0)]);
+        let ns_common = b.composite(
+            false,
+            "ns_common",
+            24,
+            &[("stashed", net_ptr, 0, 0), ("inum", u32_t, 128, 0)],
+        );
+        b.composite(
+            false,
+            "net",
+            64,
+            &[("passive", u32_t, 0, 0), ("ns", ns_common, 64, 0)],
+        );
         let protocol = if protocol_size == 2 { u16_t } else { u8_t };
         b.composite(
             false,
             "sock",
             200,
-            &[("__sk_common", common, 0, 0), ("sk_protocol", protocol, 1024, 0)],
+            &[
+                ("__sk_common", common, 0, 0),
+                ("sk_protocol", protocol, 1024, 0),
+            ],
         );
         Btf::parse(&b.build()).unwrap()
     }
@@ -179,7 +207,15 @@ mod tests {
                 ("skc_v6_rcv_saddr", in6, 320, 0),
             ],
         );
-        b.composite(false, "sock", 80, &[("__sk_common", common, 0, 0), ("sk_protocol", u16_t, 512, 0)]);
+        b.composite(
+            false,
+            "sock",
+            80,
+            &[
+                ("__sk_common", common, 0, 0),
+                ("sk_protocol", u16_t, 512, 0),
+            ],
+        );
         let config = probe_config(&Btf::parse(&b.build()).unwrap()).unwrap();
         assert_eq!(config.has_netns, 0);
         assert_eq!(config.local_v6_offset, 40);

@@ -194,7 +194,10 @@ mod tests {
     fn text_marks_unknown_and_inferred_owners() {
         let line = text_line(&sample(None), at());
         assert!(line.starts_with("11:06:40.123456  -  "), "{line}");
-        assert!(line.contains("127.0.0.1:8080"), "v4-mapped shown as IPv4: {line}");
+        assert!(
+            line.contains("127.0.0.1:8080"),
+            "v4-mapped shown as IPv4: {line}"
+        );
         assert!(line.contains("FIN_WAIT2 -> CLOSE (TIME_WAIT?)"), "{line}");
         assert!(line.ends_with(" 1.500"), "{line}");
         let inferred = text_line(&sample(Some(OwnerSource::Listener)), at());

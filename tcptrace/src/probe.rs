@@ -197,13 +197,13 @@ impl Probe {
 
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let read = |counter: Counter| -> Result<u64, ProbeError> {
-            let per_cpu = self
-                .counters
-                .get(&(counter as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    what: "counters",
-                    source,
-                })?;
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| ProbeError::Map {
+                        what: "counters",
+                        source,
+                    })?;
             Ok(per_cpu.iter().sum())
         };
         debug_assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);

@@ -224,9 +224,18 @@ mod tests {
             (110, FinWait2, Close, Some(6 * MS)),
         ];
         for (at, old, new, expected) in steps {
-            let tracked =
-                tracker.observe(transition(1, at, old, new, client.clone(), "127.0.0.1:5000"));
-            assert_eq!(tracked.time_in_old_state.map(|d| d.as_nanos() as u64), expected);
+            let tracked = tracker.observe(transition(
+                1,
+                at,
+                old,
+                new,
+                client.clone(),
+                "127.0.0.1:5000",
+            ));
+            assert_eq!(
+                tracked.time_in_old_state.map(|d| d.as_nanos() as u64),
+                expected
+            );
             assert_eq!(tracked.likely_time_wait, old == FinWait2);
         }
         assert_eq!(tracker.tracked_sockets(), 0);
@@ -237,12 +246,27 @@ mod tests {
         use TcpState::*;
         let mut tracker = SocketTracker::new();
         let connecting = tracker.observe(transition(1, 0, Close, SynSent, None, "127.0.0.1:0"));
-        assert_eq!(connecting.transition.local.port(), 0, "not assigned yet: shown as is");
-        tracker.observe(transition(1, 1, SynSent, Established, None, "127.0.0.1:5000"));
+        assert_eq!(
+            connecting.transition.local.port(),
+            0,
+            "not assigned yet: shown as is"
+        );
+        tracker.observe(transition(
+            1,
+            1,
+            SynSent,
+            Established,
+            None,
+            "127.0.0.1:5000",
+        ));
         let closed = tracker.observe(transition(1, 2, Established, Close, None, "127.0.0.1:0"));
         assert_eq!(closed.transition.local, "127.0.0.1:5000".parse().unwrap());
         let unknown = tracker.observe(transition(2, 3, LastAck, Close, None, "127.0.0.1:0"));
-        assert_eq!(unknown.transition.local.port(), 0, "never seen: nothing to restore");
+        assert_eq!(
+            unknown.transition.local.port(),
+            0,
+            "never seen: nothing to restore"
+        );
     }
 
     #[test]
@@ -266,7 +290,14 @@ mod tests {
         use TcpState::*;
         let server = process(20, "server");
         let mut tracker = SocketTracker::new();
-        tracker.observe(transition(1, 0, Close, Listen, Some(server.clone()), "0.0.0.0:8080"));
+        tracker.observe(transition(
+            1,
+            0,
+            Close,
+            Listen,
+            Some(server.clone()),
+            "0.0.0.0:8080",
+        ));
 
         let child = |at, old, new, owner| transition(2, at, old, new, owner, "127.0.0.1:8080");
         let accepted = tracker.observe(child(5, Listen, SynRecv, None));
@@ -277,14 +308,24 @@ mod tests {
                 source: OwnerSource::Listener
             })
         );
-        assert_eq!(accepted.time_in_old_state, None, "a new child was never in LISTEN");
+        assert_eq!(
+            accepted.time_in_old_state, None,
+            "a new child was never in LISTEN"
+        );
         // The FIN arrives in softirq: the kernel knows no owner, the listener's still holds.
         let fin = tracker.observe(child(9, Established, CloseWait, None));
         assert_eq!(fin.owner.unwrap().source, OwnerSource::Listener);
         let closed = tracker.observe(child(12, CloseWait, LastAck, Some(server.clone())));
         assert_eq!(closed.owner.unwrap().source, OwnerSource::ProcessContext);
 
-        tracker.observe(transition(1, 20, Listen, Close, Some(server), "0.0.0.0:8080"));
+        tracker.observe(transition(
+            1,
+            20,
+            Listen,
+            Close,
+            Some(server),
+            "0.0.0.0:8080",
+        ));
         let late = tracker.observe(transition(3, 21, Listen, SynRecv, None, "127.0.0.1:8080"));
         assert_eq!(late.owner, None, "no listener left to attribute to");
     }
@@ -293,16 +334,34 @@ mod tests {
     fn no_attribution_across_namespaces_addresses_or_disagreeing_listeners() {
         use TcpState::*;
         let mut tracker = SocketTracker::new();
-        tracker.observe(transition(1, 0, Close, Listen, Some(process(20, "a")), "127.0.0.2:80"));
+        tracker.observe(transition(
+            1,
+            0,
+            Close,
+            Listen,
+            Some(process(20, "a")),
+            "127.0.0.2:80",
+        ));
         let mut other_ns = transition(2, 1, Listen, SynRecv, None, "127.0.0.3:80");
-        assert_eq!(tracker.observe(other_ns.clone()).owner, None, "other address");
+        assert_eq!(
+            tracker.observe(other_ns.clone()).owner,
+            None,
+            "other address"
+        );
         other_ns.local = "127.0.0.2:80".parse().unwrap();
         other_ns.netns_inode = Some(1);
         other_ns.cookie = 3;
         assert_eq!(tracker.observe(other_ns).owner, None, "other namespace");
 
         // Two processes listening on the same port (SO_REUSEPORT): ambiguous.
-        tracker.observe(transition(4, 2, Close, Listen, Some(process(21, "b")), "0.0.0.0:80"));
+        tracker.observe(transition(
+            4,
+            2,
+            Close,
+            Listen,
+            Some(process(21, "b")),
+            "0.0.0.0:80",
+        ));
         let child = tracker.observe(transition(5, 3, Listen, SynRecv, None, "127.0.0.2:80"));
         assert_eq!(child.owner, None);
     }

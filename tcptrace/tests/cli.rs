@@ -26,8 +26,17 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&["frobnicate"], "unrecognized subcommand"),
     ] {
         let output = tcptrace(args).output().unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
-        assert!(stderr(&output).contains(hint), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(hint),
+            "{args:?}: {}",
+            stderr(&output)
+        );
     }
 }
 

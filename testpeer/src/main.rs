@@ -200,7 +200,9 @@ fn churn(addr: SocketAddr, connections: u32, threads: u32) -> Result<()> {
         })
         .collect();
     for client in clients {
-        client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     acceptor
         .join()

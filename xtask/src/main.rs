@@ -54,7 +54,9 @@ fn run(task: Task) -> Result<ExitCode> {
                 .args(&args)
                 .status()
                 .with_context(|| format!("starting {}", binary.display()))?;
-            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
         }
         Task::Test => {
             setup::run()?;

@@ -119,7 +119,10 @@ fn ensure_llvm_dev(major: u32) -> Result<()> {
         .context("starting apt-get install")?;
     check(status, &format!("apt-get install {package}"))?;
     if !has_dev_files(&llvm_config) {
-        bail!("{package} is installed but {} does not work", llvm_config.display());
+        bail!(
+            "{package} is installed but {} does not work",
+            llvm_config.display()
+        );
     }
     Ok(())
 }

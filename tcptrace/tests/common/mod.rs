@@ -119,7 +119,11 @@ impl Peer {
 
     pub fn wait_success(mut self) {
         let status = self.child.wait().expect("wait peer");
-        assert!(status.success(), "peer `{}` exited with {status}", self.role);
+        assert!(
+            status.success(),
+            "peer `{}` exited with {status}",
+            self.role
+        );
     }
 }
 
@@ -195,8 +199,7 @@ impl Watcher {
             .stdout
             .iter()
             .map(|line| {
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
             })
             .collect();
         let stderr: Vec<String> = self.stderr.iter().collect();
