@@ -64,7 +64,14 @@ fn run(task: Task) -> Result<ExitCode> {
             // The tests start these peers as separate processes.
             cargo(&["build", "--package", "tcptrace-testpeer"])?;
             let mut test = Command::new("cargo");
-            test.args(["test", "--workspace", "--", "--test-threads=1"]);
+            test.args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "tcptrace-ebpf",
+                "--",
+                "--test-threads=1",
+            ]);
             if !is_root() {
                 // The integration tests load the eBPF probe.
                 test.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
