@@ -269,3 +269,55 @@ pub mod names {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_syscall_driven_transitions_name_the_owner() {
+        use TcpState::*;
+        let owner_context = [
+            (Close, SynSent),
+            (Close, Listen),
+            (Listen, Close),
+            (Established, FinWait1),
+            (CloseWait, LastAck),
+        ];
+        for old in TcpState::ALL {
+            for new in TcpState::ALL {
+                assert_eq!(
+                    TcpState::runs_in_owner_context(old as u8, new as u8),
+                    owner_context.contains(&(old, new)),
+                    "{} -> {}",
+                    old.name(),
+                    new.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_round_trip_and_unknown_ones_are_rejected() {
+        for state in TcpState::ALL {
+            assert_eq!(TcpState::from_raw(state as u8), Some(state));
+        }
+        assert_eq!(TcpState::from_raw(0), None);
+        assert_eq!(TcpState::from_raw(13), None);
+        assert_eq!(RecordKind::from_raw(1), Some(RecordKind::Transition));
+        assert_eq!(RecordKind::from_raw(0), None);
+    }
+
+    #[test]
+    fn wire_layout_has_no_implicit_padding() {
+        use core::mem::{offset_of, size_of};
+        // Each field starts where the previous one ended.
+        assert_eq!(offset_of!(TransitionRecord, timestamp_ns), 8);
+        assert_eq!(offset_of!(TransitionRecord, local_addr), 32);
+        assert_eq!(offset_of!(TransitionRecord, owner_comm), 64);
+        assert_eq!(offset_of!(TransitionRecord, netns_inode), 80);
+        assert_eq!(offset_of!(TransitionRecord, new_state), 91);
+        assert_eq!(offset_of!(TransitionRecord, _reserved), 92);
+        assert_eq!(size_of::<ProbeConfig>(), 14 * 4);
+    }
+}

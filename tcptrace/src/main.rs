@@ -23,6 +23,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Watch(args) => {
+            if let Some(pid) = args.pid
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                eprintln!("tcptrace: no process {pid} is running now; watching for it anyway");
+            }
             let options = args.into_options();
             match runtime.block_on(watch::run(options, io::stdout().lock())) {
                 Ok(summary) => {
