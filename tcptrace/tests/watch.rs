@@ -317,24 +317,23 @@ fn check_filters(s: &Scenario) {
     );
 }
 
-#[test]
-fn ipv4_connection_lifecycle_owners_and_filters() {
+fn lifecycle_owners_and_filters(ip: &'static str) {
     if !require_root() {
         return;
     }
-    let scenario = run_scenario("127.0.0.1");
+    let scenario = run_scenario(ip);
     check_lifecycle(&scenario);
     check_filters(&scenario);
 }
 
 #[test]
+fn ipv4_connection_lifecycle_owners_and_filters() {
+    lifecycle_owners_and_filters("127.0.0.1");
+}
+
+#[test]
 fn ipv6_connection_lifecycle_owners_and_filters() {
-    if !require_root() {
-        return;
-    }
-    let scenario = run_scenario("::1");
-    check_lifecycle(&scenario);
-    check_filters(&scenario);
+    lifecycle_owners_and_filters("::1");
 }
 
 #[test]
