@@ -43,6 +43,31 @@ enum Role {
         #[arg(long, default_value_t = 20)]
         connections: u32,
     },
+    /// Accept `connections`, read each to EOF, close all but the first `leak`,
+    /// say which it holds, and hold them until "go".
+    LeakyServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+        #[arg(long)]
+        leak: u32,
+    },
+    /// Connect `count` times, send a few bytes, close first each time.
+    Clients {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        count: u32,
+    },
+    /// Make `leak` connections to itself, close the client ends, read EOF on
+    /// the accepted ends and hold them in CLOSE_WAIT until "go".
+    SelfLeak {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        leak: u32,
+    },
     /// Make `connections` connections to itself as fast as possible from `threads` clients.
     Churn {
         #[arg(long)]
@@ -59,6 +84,13 @@ fn main() -> Result<()> {
         Role::Server { addr } => server(addr),
         Role::Client { connect } => client(connect),
         Role::Bystander { addr, connections } => bystander(addr, connections),
+        Role::LeakyServer {
+            addr,
+            connections,
+            leak,
+        } => leaky_server(addr, connections, leak),
+        Role::Clients { connect, count } => clients(connect, count),
+        Role::SelfLeak { addr, leak } => self_leak(addr, leak),
         Role::Churn {
             addr,
             connections,
@@ -171,6 +203,72 @@ fn bystander(addr: SocketAddr, connections: u32) -> Result<()> {
     }
     say("done");
     Ok(())
+}
+
+fn read_to_eof(conn: &mut TcpStream) -> Result<()> {
+    let mut buf = [0u8; 256];
+    while conn.read(&mut buf)? != 0 {}
+    Ok(())
+}
+
+fn cookie_list(held: &[TcpStream]) -> Result<String> {
+    let cookies: Result<Vec<String>> = held.iter().map(|c| Ok(cookie(c)?.to_string())).collect();
+    Ok(cookies?.join(","))
+}
+
+/// Holds `held` open, in CLOSE_WAIT, until the test says "go".
+fn hold(held: Vec<TcpStream>) -> Result<()> {
+    say(&format!(
+        "holding pid={} count={} cookies={}",
+        std::process::id(),
+        held.len(),
+        cookie_list(&held)?
+    ));
+    wait_for_go()?;
+    drop(held);
+    say("released");
+    Ok(())
+}
+
+fn leaky_server(addr: SocketAddr, connections: u32, leak: u32) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    say(&format!(
+        "listening pid={} port={}",
+        std::process::id(),
+        listener.local_addr()?.port()
+    ));
+    let mut held = Vec::new();
+    for i in 0..connections {
+        let (mut conn, _) = listener.accept()?;
+        read_to_eof(&mut conn)?;
+        if i < leak {
+            held.push(conn);
+        }
+    }
+    drop(listener);
+    hold(held)
+}
+
+fn clients(connect: SocketAddr, count: u32) -> Result<()> {
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(connect)?;
+        stream.write_all(b"request")?;
+    }
+    say("done");
+    Ok(())
+}
+
+fn self_leak(addr: SocketAddr, leak: u32) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    let mut held = Vec::new();
+    for _ in 0..leak {
+        let client = TcpStream::connect(listener.local_addr()?)?;
+        let (mut conn, _) = listener.accept()?;
+        drop(client);
+        read_to_eof(&mut conn)?;
+        held.push(conn);
+    }
+    hold(held)
 }
 
 fn churn(addr: SocketAddr, connections: u32, threads: u32) -> Result<()> {

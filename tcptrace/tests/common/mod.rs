@@ -81,8 +81,14 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(testpeer_path())
-            .args(args)
+        let mut command = Command::new(testpeer_path());
+        command.args(args);
+        Self::spawn_command(command, &args.join(" "))
+    }
+
+    /// A peer started through a wrapper (e.g. `unshare --net`).
+    pub fn spawn_command(mut command: Command, role: &str) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -92,7 +98,7 @@ impl Peer {
             stdin: child.stdin.take(),
             child,
             lines,
-            role: args.join(" "),
+            role: role.to_owned(),
         }
     }
 
@@ -115,6 +121,15 @@ impl Peer {
         let stdin = self.stdin.as_mut().expect("stdin");
         stdin.write_all(b"go\n").expect("write go");
         stdin.flush().unwrap();
+    }
+
+    /// The cookies a `hold` step listed.
+    pub fn held_cookies(fields: &HashMap<String, String>) -> Vec<u64> {
+        fields["cookies"]
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(|c| c.parse().expect("cookie"))
+            .collect()
     }
 
     pub fn wait_success(mut self) {

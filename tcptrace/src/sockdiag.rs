@@ -1,0 +1,268 @@
+//! The kernel's TCP socket table, read with netlink sock_diag (what `ss`
+//! reads), in every network namespace that has processes.
+//!
+//! The table is the ground truth that live events are reconciled against:
+//! its `cookie` is the same number the probe reports, so the two join exactly.
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::SocketAddr,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
+};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+use tcptrace_common::TcpState;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SockDiagError {
+    #[error("sock_diag netlink {step} failed: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sock_diag reply could not be decoded: {0}")]
+    Decode(String),
+    #[error("sock_diag request refused by the kernel (errno {0})")]
+    Kernel(i32),
+    #[error("cannot enter the network namespace of pid {pid}: {source}")]
+    Namespace {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One TCP socket as the kernel's table shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSocket {
+    pub cookie: u64,
+    /// 0 for sockets without a file (timewait minisocks, request socks, orphans).
+    pub inode: u64,
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub uid: u32,
+    /// Bytes received and not yet read by the application.
+    pub recv_queue: u32,
+    /// Inode of the network namespace it lives in.
+    pub netns_inode: u64,
+}
+
+/// A network namespace and one process in it, through which it is entered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetNamespace {
+    pub inode: u64,
+    pub pid: u32,
+}
+
+/// Every distinct network namespace that has at least one process.
+pub fn net_namespaces() -> Vec<NetNamespace> {
+    let mut seen = HashSet::new();
+    let mut namespaces = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return namespaces;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit at any moment: skip what cannot be read.
+        let Ok(meta) = fs::metadata(entry.path().join("ns/net")) else {
+            continue;
+        };
+        if seen.insert(meta.ino()) {
+            namespaces.push(NetNamespace {
+                inode: meta.ino(),
+                pid,
+            });
+        }
+    }
+    namespaces
+}
+
+/// The inode of this thread's own network namespace.
+pub fn own_net_namespace() -> Option<u64> {
+    fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// What a dump across namespaces found, and the namespaces it could not read
+/// (their processes exited meanwhile, or entering them was refused).
+#[derive(Debug, Default)]
+pub struct TableSnapshot {
+    pub sockets: Vec<KernelSocket>,
+    pub unreadable: Vec<(NetNamespace, SockDiagError)>,
+}
+
+/// Dumps the TCP tables of every network namespace that has processes.
+pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
+    let mut snapshot = TableSnapshot::default();
+    let own = own_net_namespace();
+    for namespace in net_namespaces() {
+        let result = if Some(namespace.inode) == own {
+            dump_tcp(states, namespace.inode)
+        } else {
+            dump_in_namespace(namespace, states)
+        };
+        match result {
+            Ok(sockets) => snapshot.sockets.extend(sockets),
+            Err(error) => snapshot.unreadable.push((namespace, error)),
+        }
+    }
+    snapshot
+}
+
+/// setns() changes only the calling thread, so each foreign namespace is
+/// read from a short-lived thread of its own.
+fn dump_in_namespace(
+    namespace: NetNamespace,
+    states: &[TcpState],
+) -> Result<Vec<KernelSocket>, SockDiagError> {
+    let path = format!("/proc/{}/ns/net", namespace.pid);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_namespace(Path::new(&path)).map_err(|source| SockDiagError::Namespace {
+                    pid: namespace.pid,
+                    source,
+                })?;
+                dump_tcp(states, namespace.inode)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(SockDiagError::Decode("namespace reader panicked".into())))
+    })
+}
+
+fn enter_namespace(path: &Path) -> std::io::Result<()> {
+    let file = fs::File::open(path)?;
+    // SAFETY: a valid namespace fd; affects only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Dumps IPv4 and IPv6 TCP sockets in `states` of the calling thread's namespace.
+pub fn dump_tcp(states: &[TcpState], netns_inode: u64) -> Result<Vec<KernelSocket>, SockDiagError> {
+    let io = |step| move |source| SockDiagError::Io { step, source };
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("socket"))?;
+    socket.bind_auto().map_err(io("bind"))?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(io("connect"))?;
+    let mut sockets = Vec::new();
+    for (family, socket_id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        send_request(&socket, family, state_flags(states), socket_id)?;
+        receive_dump(&socket, |response| {
+            if let Some(found) = kernel_socket(&response, netns_inode) {
+                sockets.push(found);
+            }
+        })?;
+    }
+    Ok(sockets)
+}
+
+fn send_request(
+    socket: &Socket,
+    family: u8,
+    states: StateFlags,
+    socket_id: SocketId,
+) -> Result<(), SockDiagError> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(|source| SockDiagError::Io {
+        step: "send",
+        source,
+    })?;
+    Ok(())
+}
+
+fn receive_dump(socket: &Socket, mut each: impl FnMut(InetResponse)) -> Result<(), SockDiagError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|source| SockDiagError::Io {
+                step: "recv",
+                source,
+            })?;
+        let mut offset = 0;
+        while offset < size {
+            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[offset..size])
+                .map_err(|e| SockDiagError::Decode(e.to_string()))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    each(*response)
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(error) => {
+                    return Err(SockDiagError::Kernel(
+                        error.code.map_or(0, |code| code.get()),
+                    ));
+                }
+                _ => {}
+            }
+            if length == 0 {
+                return Err(SockDiagError::Decode("zero-length netlink message".into()));
+            }
+            offset += length;
+        }
+    }
+}
+
+fn kernel_socket(response: &InetResponse, netns_inode: u64) -> Option<KernelSocket> {
+    let header = &response.header;
+    let id = &header.socket_id;
+    let cookie_low = u32::from_ne_bytes(id.cookie[..4].try_into().ok()?);
+    let cookie_high = u32::from_ne_bytes(id.cookie[4..].try_into().ok()?);
+    Some(KernelSocket {
+        cookie: u64::from(cookie_low) | (u64::from(cookie_high) << 32),
+        inode: u64::from(header.inode),
+        state: TcpState::from_raw(header.state)?,
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        uid: header.uid,
+        recv_queue: header.recv_queue,
+        netns_inode,
+    })
+}
+
+/// Bit N is state N, as in `ss`.
+fn state_flags(states: &[TcpState]) -> StateFlags {
+    StateFlags::from_bits_retain(states.iter().fold(0, |bits, &s| bits | 1 << (s as u32)))
+}
