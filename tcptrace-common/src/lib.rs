@@ -12,12 +12,14 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     Transition = 1,
+    Destroyed = 2,
 }
 
 impl RecordKind {
     pub const fn from_raw(raw: u32) -> Option<Self> {
         match raw {
             1 => Some(Self::Transition),
+            2 => Some(Self::Destroyed),
             _ => None,
         }
     }
@@ -130,7 +132,9 @@ pub const TASK_COMM_LEN: usize = 16;
 /// address fields and leave the rest zero. `netns_inode` is filled only at
 /// transitions from or to LISTEN (0 elsewhere): the agent needs it to tell
 /// listeners in different namespaces apart, and reading it costs two more
-/// kernel reads that the other transitions should not pay.
+/// kernel reads that the other transitions should not pay. `socket_inode` is
+/// filled only at transitions to CLOSE: non-zero means a file (an fd) still
+/// refers to the closed socket, the mark of a closed-but-held leak.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransitionRecord {
@@ -139,6 +143,7 @@ pub struct TransitionRecord {
     pub timestamp_ns: u64,
     pub cookie: u64,
     pub skaddr: u64,
+    pub socket_inode: u64,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub owner_comm: [u8; TASK_COMM_LEN],
@@ -153,9 +158,23 @@ pub struct TransitionRecord {
     pub _reserved: u32,
 }
 
-pub const TRANSITION_RECORD_SIZE: usize = 96;
+pub const TRANSITION_RECORD_SIZE: usize = 104;
 const _: () = assert!(core::mem::size_of::<TransitionRecord>() == TRANSITION_RECORD_SIZE);
 const _: () = assert!(core::mem::align_of::<TransitionRecord>() == 8);
+
+/// The kernel destroyed a TCP socket (`tcp:tcp_destroy_sock`): no fd or
+/// kernel reference is left. Sent only when the agent asks for it (leak mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestroyedRecord {
+    pub kind: u32,
+    pub _reserved: u32,
+    pub timestamp_ns: u64,
+    pub cookie: u64,
+}
+
+pub const DESTROYED_RECORD_SIZE: usize = 24;
+const _: () = assert!(core::mem::size_of::<DestroyedRecord>() == DESTROYED_RECORD_SIZE);
 
 /// Value of the probe's per-socket owner map, keyed by socket cookie.
 #[repr(C)]
@@ -181,15 +200,18 @@ pub enum Counter {
     FilteredInKernel = 3,
     /// A kernel read of the socket failed: the transition was dropped.
     SocketReadFailed = 4,
+    /// The ring buffer was full: a socket-destroyed record was dropped.
+    DestroyedReserveFailed = 5,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 6] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
         Self::FilteredInKernel,
         Self::SocketReadFailed,
+        Self::DestroyedReserveFailed,
     ];
 }
 
@@ -233,9 +255,14 @@ pub struct ProbeConfig {
     pub port_filter: u32,
     /// Force a consumer wake-up once this many bytes wait unread.
     pub wakeup_threshold_bytes: u32,
+    /// `sk_socket` (pointer to `struct socket`).
+    pub socket_offset: u32,
+    /// From a `struct socket *` to its inode number: `socket_alloc.vfs_inode`
+    /// plus `inode.i_ino` (u64).
+    pub socket_inode_number_offset: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -253,6 +280,8 @@ impl ProbeConfig {
         owner_tgid_filter: 0,
         port_filter: 0,
         wakeup_threshold_bytes: 0,
+        socket_offset: 0,
+        socket_inode_number_offset: 0,
     };
 }
 
@@ -264,6 +293,8 @@ unsafe impl aya::Pod for ProbeConfig {}
 pub mod names {
     pub const PROGRAM: &str = "inet_sock_set_state";
     pub const TRACEPOINT: &str = "inet_sock_set_state";
+    pub const DESTROY_PROGRAM: &str = "tcp_destroy_sock";
+    pub const DESTROY_TRACEPOINT: &str = "tcp_destroy_sock";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const OWNERS_MAP: &str = "OWNERS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -305,6 +336,7 @@ mod tests {
         assert_eq!(TcpState::from_raw(0), None);
         assert_eq!(TcpState::from_raw(13), None);
         assert_eq!(RecordKind::from_raw(1), Some(RecordKind::Transition));
+        assert_eq!(RecordKind::from_raw(2), Some(RecordKind::Destroyed));
         assert_eq!(RecordKind::from_raw(0), None);
     }
 
@@ -313,11 +345,13 @@ mod tests {
         use core::mem::{offset_of, size_of};
         // Each field starts where the previous one ended.
         assert_eq!(offset_of!(TransitionRecord, timestamp_ns), 8);
-        assert_eq!(offset_of!(TransitionRecord, local_addr), 32);
-        assert_eq!(offset_of!(TransitionRecord, owner_comm), 64);
-        assert_eq!(offset_of!(TransitionRecord, netns_inode), 80);
-        assert_eq!(offset_of!(TransitionRecord, new_state), 91);
-        assert_eq!(offset_of!(TransitionRecord, _reserved), 92);
-        assert_eq!(size_of::<ProbeConfig>(), 14 * 4);
+        assert_eq!(offset_of!(TransitionRecord, socket_inode), 32);
+        assert_eq!(offset_of!(TransitionRecord, local_addr), 40);
+        assert_eq!(offset_of!(TransitionRecord, owner_comm), 72);
+        assert_eq!(offset_of!(TransitionRecord, netns_inode), 88);
+        assert_eq!(offset_of!(TransitionRecord, new_state), 99);
+        assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
+        assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
+        assert_eq!(size_of::<ProbeConfig>(), 16 * 4);
     }
 }

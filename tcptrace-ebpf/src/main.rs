@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcptrace_common::{
-    AF_INET, COUNTER_SLOTS, Counter, IPPROTO_TCP, ProbeConfig, RecordKind, SocketOwner,
-    TASK_COMM_LEN, TcpState, TransitionRecord,
+    AF_INET, COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind,
+    SocketOwner, TASK_COMM_LEN, TcpState, TransitionRecord,
 };
 
 /// Written by the agent before load; read-only to the program.
@@ -113,6 +113,12 @@ fn record_transition(sk: *const u8, old_state: u8, new_state: u8) -> Result<(), 
             0
         };
         addr_of_mut!((*record).netns_inode).write(netns);
+        let inode = if new_state == CLOSE {
+            read_socket_inode(sk)
+        } else {
+            0
+        };
+        addr_of_mut!((*record).socket_inode).write(inode);
         read_addresses(sk, family, record)
     };
     if addresses_read.is_err() {
@@ -234,6 +240,42 @@ fn read_netns_inode(sk: *const u8) -> u32 {
         return 0;
     };
     read_field::<u32>(net as *const u8, config!(netns_inode_offset)).unwrap_or(0)
+}
+
+/// The inode number of the file still attached to `sk`, or 0 when the
+/// socket is orphaned (its last fd closed).
+fn read_socket_inode(sk: *const u8) -> u64 {
+    let Ok(socket) = read_field::<u64>(sk, config!(socket_offset)) else {
+        return 0;
+    };
+    if socket == 0 {
+        return 0;
+    }
+    read_field::<u64>(socket as *const u8, config!(socket_inode_number_offset)).unwrap_or(0)
+}
+
+/// Leak mode only: tells the agent a socket is gone for good, which ends a
+/// closed-but-held suspicion without scanning every process's fds.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
+        count(Counter::DestroyedReserveFailed);
+        return 0;
+    };
+    // SAFETY: a reserved slot of the right size; every field is written.
+    unsafe {
+        entry.as_mut_ptr().write(DestroyedRecord {
+            kind: RecordKind::Destroyed as u32,
+            _reserved: 0,
+            timestamp_ns: bpf_ktime_get_ns(),
+            cookie,
+        });
+    }
+    entry.submit(wakeup_flag());
+    0
 }
 
 fn wakeup_flag() -> u64 {

@@ -100,6 +100,7 @@ impl WatchArgs {
                 max_sockets: self.max_sockets,
                 owner_tgid_filter: self.pid,
                 port_filter: self.port,
+                report_destroyed: false,
             },
             filter: Filter {
                 owner_pid: self.pid,

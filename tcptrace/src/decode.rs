@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Buf;
 use tcptrace_common::{
-    AF_INET, AF_INET6, RecordKind, TASK_COMM_LEN, TRANSITION_RECORD_SIZE, TcpState,
+    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, TASK_COMM_LEN, TRANSITION_RECORD_SIZE,
+    TcpState,
 };
 use thiserror::Error;
 
@@ -46,11 +47,19 @@ pub struct Transition {
     pub new_state: TcpState,
     /// Only at transitions from or to LISTEN.
     pub netns_inode: Option<u32>,
+    /// Only at transitions to CLOSE, and only while a file still refers to
+    /// the socket: the inode of that file.
+    pub socket_inode: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Transition(Transition),
+    /// The kernel freed the socket with this cookie.
+    Destroyed {
+        timestamp_ns: u64,
+        cookie: u64,
+    },
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -64,8 +73,23 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let raw_kind = buf.get_u32_ne();
     match RecordKind::from_raw(raw_kind) {
         Some(RecordKind::Transition) => decode_transition(bytes).map(Record::Transition),
+        Some(RecordKind::Destroyed) => decode_destroyed(bytes),
         None => Err(DecodeError::UnknownKind(raw_kind)),
     }
+}
+
+fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() != DESTROYED_RECORD_SIZE {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: DESTROYED_RECORD_SIZE,
+        });
+    }
+    let mut buf = &bytes[8..];
+    Ok(Record::Destroyed {
+        timestamp_ns: buf.get_u64_ne(),
+        cookie: buf.get_u64_ne(),
+    })
 }
 
 /// Fields are read in `TransitionRecord`'s declaration order; the unit test
@@ -83,6 +107,7 @@ fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
     let timestamp_ns = buf.get_u64_ne();
     let cookie = buf.get_u64_ne();
     let skaddr = buf.get_u64_ne();
+    let socket_inode = buf.get_u64_ne();
     let mut local_addr = [0u8; 16];
     buf.copy_to_slice(&mut local_addr);
     let mut remote_addr = [0u8; 16];
@@ -115,6 +140,7 @@ fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
         old_state: state(old_state)?,
         new_state: state(new_state)?,
         netns_inode: (netns_inode != 0).then_some(netns_inode),
+        socket_inode: (socket_inode != 0).then_some(socket_inode),
     })
 }
 
@@ -142,6 +168,7 @@ pub(crate) mod tests {
             timestamp_ns: 123_456_789,
             cookie: 77,
             skaddr: 0xffff_8880_1234_5678,
+            socket_inode: 0,
             local_addr,
             remote_addr,
             owner_comm: comm,
@@ -163,6 +190,7 @@ pub(crate) mod tests {
             timestamp_ns,
             cookie,
             skaddr,
+            socket_inode,
             local_addr,
             remote_addr,
             owner_comm,
@@ -190,6 +218,10 @@ pub(crate) mod tests {
         );
         put(offset_of!(TransitionRecord, cookie), &cookie.to_ne_bytes());
         put(offset_of!(TransitionRecord, skaddr), &skaddr.to_ne_bytes());
+        put(
+            offset_of!(TransitionRecord, socket_inode),
+            &socket_inode.to_ne_bytes(),
+        );
         put(offset_of!(TransitionRecord, local_addr), &local_addr);
         put(offset_of!(TransitionRecord, remote_addr), &remote_addr);
         put(offset_of!(TransitionRecord, owner_comm), &owner_comm);
@@ -211,9 +243,23 @@ pub(crate) mod tests {
         out
     }
 
+    fn transition(bytes: &[u8]) -> Transition {
+        match decode(bytes) {
+            Ok(Record::Transition(t)) => t,
+            other => panic!("expected a transition, got {other:?}"),
+        }
+    }
+
     #[test]
     fn decodes_what_the_probe_writes() {
-        let Record::Transition(t) = decode(&record_bytes(&sample_record())).unwrap();
+        let mut record = sample_record();
+        record.new_state = TcpState::Close as u8;
+        record.socket_inode = 31337;
+        let t = transition(&record_bytes(&record));
+        assert_eq!(t.socket_inode, Some(31337));
+        assert_eq!(t.new_state, TcpState::Close);
+        let t = transition(&record_bytes(&sample_record()));
+        assert_eq!(t.socket_inode, None);
         assert_eq!(t.timestamp_ns, 123_456_789);
         assert_eq!(t.cookie, 77);
         assert_eq!(t.skaddr, 0xffff_8880_1234_5678);
@@ -239,7 +285,7 @@ pub(crate) mod tests {
         record.remote_addr = "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap().octets();
         record.owner_tgid = 0;
         record.netns_inode = 0;
-        let Record::Transition(t) = decode(&record_bytes(&record)).unwrap();
+        let t = transition(&record_bytes(&record));
         assert_eq!(t.local, "[::1]:8080".parse().unwrap());
         assert_eq!(t.remote, "[::ffff:10.1.2.3]:45678".parse().unwrap());
         assert_eq!(t.owner, None);
@@ -259,7 +305,27 @@ pub(crate) mod tests {
         long.extend_from_slice(&[0; 8]);
         assert!(matches!(
             decode(&long),
-            Err(DecodeError::WrongLength { len: 104, .. })
+            Err(DecodeError::WrongLength { len: 112, .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_destroyed_records_with_length_checks() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(RecordKind::Destroyed as u32).to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(&99u64.to_ne_bytes());
+        bytes.extend_from_slice(&4242u64.to_ne_bytes());
+        assert_eq!(
+            decode(&bytes),
+            Ok(Record::Destroyed {
+                timestamp_ns: 99,
+                cookie: 4242
+            })
+        );
+        assert!(matches!(
+            decode(&bytes[..20]),
+            Err(DecodeError::WrongLength { .. })
         ));
     }
 

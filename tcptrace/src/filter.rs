@@ -77,6 +77,7 @@ mod tests {
                 old_state: TcpState::Established,
                 new_state: TcpState::CloseWait,
                 netns_inode: None,
+                socket_inode: None,
             },
             owner: owner.map(|tgid| Owner {
                 process: Process {

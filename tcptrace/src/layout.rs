@@ -57,6 +57,10 @@ const REMOTE_V6: Field = Field {
     path: &["__sk_common", "skc_v6_daddr"],
     size: 16,
 };
+const SOCKET: Field = Field {
+    path: &["sk_socket"],
+    size: 8,
+};
 const NET: Field = Field {
     path: &["__sk_common", "skc_net", "net"],
     size: 8,
@@ -74,6 +78,20 @@ fn locate(btf: &Btf, field: &Field) -> Result<u32, LayoutError> {
     Ok(offset)
 }
 
+/// A `struct socket` is the first member of `struct socket_alloc`, whose
+/// `vfs_inode` is the socket file's inode.
+fn socket_inode_number_offset(btf: &Btf) -> Result<u32, LayoutError> {
+    let location = btf.member("socket_alloc", &["vfs_inode", "i_ino"])?;
+    if location.size != 8 {
+        return Err(LayoutError::UnexpectedSize {
+            field: "i_ino",
+            expected: 8,
+            actual: location.size,
+        });
+    }
+    Ok(location.offset)
+}
+
 /// The probe configuration with every offset filled from `btf` and no
 /// filters. The network-namespace offsets are optional (a kernel without
 /// CONFIG_NET_NS has none); everything else is required.
@@ -87,6 +105,8 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         remote_v4_offset: locate(btf, &REMOTE_V4)?,
         local_v6_offset: locate(btf, &LOCAL_V6)?,
         remote_v6_offset: locate(btf, &REMOTE_V6)?,
+        socket_offset: locate(btf, &SOCKET)?,
+        socket_inode_number_offset: socket_inode_number_offset(btf)?,
         ..ProbeConfig::UNSET
     };
     let netns_inode = btf
@@ -107,7 +127,7 @@ mod tests {
     use crate::btf::tests::BtfBuilder;
 
     /// A `struct sock` shaped like 6.x's, with made-up offsets.
-    fn fake_kernel(protocol_size: u32) -> Btf {
+    fn fake_kernel(protocol_size: u32, with_netns: bool) -> Btf {
         let mut b = BtfBuilder::new();
         let u16_t = b.int("unsigned short", 2);
         let u32_t = b.int("unsigned int", 4);
@@ -152,12 +172,29 @@ mod tests {
             24,
             &[("stashed", net_ptr, 0, 0), ("inum", u32_t, 128, 0)],
         );
+        if with_netns {
+            b.composite(
+                false,
+                "net",
+                64,
+                &[("passive", u32_t, 0, 0), ("ns", ns_common, 64, 0)],
+            );
+        }
+        let u64_t = b.int("unsigned long", 8);
+        let inode = b.composite(
+            false,
+            "inode",
+            64,
+            &[("i_mode", u16_t, 0, 0), ("i_ino", u64_t, 320, 0)],
+        );
+        let socket = b.composite(false, "socket", 48, &[("state", u32_t, 0, 0)]);
         b.composite(
             false,
-            "net",
-            64,
-            &[("passive", u32_t, 0, 0), ("ns", ns_common, 64, 0)],
+            "socket_alloc",
+            112,
+            &[("socket", socket, 0, 0), ("vfs_inode", inode, 384, 0)],
         );
+        let socket_ptr = b.pointer(socket);
         let protocol = if protocol_size == 2 { u16_t } else { u8_t };
         b.composite(
             false,
@@ -166,6 +203,7 @@ mod tests {
             &[
                 ("__sk_common", common, 0, 0),
                 ("sk_protocol", protocol, 1024, 0),
+                ("sk_socket", socket_ptr, 1088, 0),
             ],
         );
         Btf::parse(&b.build()).unwrap()
@@ -173,7 +211,7 @@ mod tests {
 
     #[test]
     fn reads_every_offset_from_btf() {
-        let config = probe_config(&fake_kernel(2)).unwrap();
+        let config = probe_config(&fake_kernel(2, true)).unwrap();
         assert_eq!(config.remote_v4_offset, 0);
         assert_eq!(config.local_v4_offset, 4);
         assert_eq!(config.remote_port_offset, 12);
@@ -184,46 +222,22 @@ mod tests {
         assert_eq!(config.local_v6_offset, 72);
         assert_eq!(config.protocol_offset, 128);
         assert_eq!(config.netns_inode_offset, 24);
+        assert_eq!(config.socket_offset, 136);
+        assert_eq!(config.socket_inode_number_offset, 48 + 40);
         assert_eq!(config.has_netns, 1);
     }
 
     #[test]
     fn a_kernel_without_namespaces_leaves_them_out() {
-        let mut b = BtfBuilder::new();
-        let u16_t = b.int("unsigned short", 2);
-        let u32_t = b.int("unsigned int", 4);
-        let in6 = b.array(u32_t, u32_t, 4);
-        let common = b.composite(
-            false,
-            "sock_common",
-            64,
-            &[
-                ("skc_daddr", u32_t, 0, 0),
-                ("skc_rcv_saddr", u32_t, 32, 0),
-                ("skc_dport", u16_t, 96, 0),
-                ("skc_num", u16_t, 112, 0),
-                ("skc_family", u16_t, 128, 0),
-                ("skc_v6_daddr", in6, 192, 0),
-                ("skc_v6_rcv_saddr", in6, 320, 0),
-            ],
-        );
-        b.composite(
-            false,
-            "sock",
-            80,
-            &[
-                ("__sk_common", common, 0, 0),
-                ("sk_protocol", u16_t, 512, 0),
-            ],
-        );
-        let config = probe_config(&Btf::parse(&b.build()).unwrap()).unwrap();
+        let config = probe_config(&fake_kernel(2, false)).unwrap();
         assert_eq!(config.has_netns, 0);
-        assert_eq!(config.local_v6_offset, 40);
+        assert_eq!(config.net_offset, 0);
+        assert_eq!(config.local_v6_offset, 72);
     }
 
     #[test]
     fn refuses_a_field_of_another_width() {
-        match probe_config(&fake_kernel(1)) {
+        match probe_config(&fake_kernel(1, true)) {
             Err(LayoutError::UnexpectedSize {
                 field,
                 expected: 2,

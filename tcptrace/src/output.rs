@@ -135,6 +135,7 @@ mod tests {
                 old_state: TcpState::FinWait2,
                 new_state: TcpState::Close,
                 netns_inode: None,
+                socket_inode: None,
             },
             owner: owner_source.map(|source| Owner {
                 process: Process {

@@ -36,6 +36,8 @@ pub struct ProbeOptions {
     pub max_sockets: u32,
     pub owner_tgid_filter: Option<u32>,
     pub port_filter: Option<u16>,
+    /// Also report sockets the kernel frees (`tcp_destroy_sock`): leak mode.
+    pub report_destroyed: bool,
 }
 
 impl Default for ProbeOptions {
@@ -45,6 +47,7 @@ impl Default for ProbeOptions {
             max_sockets: DEFAULT_MAX_SOCKETS,
             owner_tgid_filter: None,
             port_filter: None,
+            report_destroyed: false,
         }
     }
 }
@@ -97,6 +100,7 @@ pub struct KernelCounters {
     pub not_tcp: u64,
     pub filtered_in_kernel: u64,
     pub socket_read_failed: u64,
+    pub destroyed_reserve_failed: u64,
 }
 
 impl KernelCounters {
@@ -163,6 +167,17 @@ impl Probe {
             .load(names::TRACEPOINT, &kernel_btf)
             .map_err(ProbeError::Attach)?;
         program.attach().map_err(ProbeError::Attach)?;
+        if options.report_destroyed {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(names::DESTROY_PROGRAM)
+                .ok_or(ProbeError::Missing("destroy program"))?
+                .try_into()
+                .map_err(ProbeError::Attach)?;
+            program
+                .load(names::DESTROY_TRACEPOINT, &kernel_btf)
+                .map_err(ProbeError::Attach)?;
+            program.attach().map_err(ProbeError::Attach)?;
+        }
 
         let events = ebpf
             .take_map(names::EVENTS_MAP)
@@ -213,6 +228,7 @@ impl Probe {
             not_tcp: read(Counter::NotTcp)?,
             filtered_in_kernel: read(Counter::FilteredInKernel)?,
             socket_read_failed: read(Counter::SocketReadFailed)?,
+            destroyed_reserve_failed: read(Counter::DestroyedReserveFailed)?,
         })
     }
 

@@ -208,6 +208,7 @@ mod tests {
             old_state,
             new_state,
             netns_inode: listen_related.then_some(4026531840),
+            socket_inode: None,
         }
     }
 

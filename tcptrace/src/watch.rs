@@ -78,8 +78,10 @@ struct Pipeline<W: Write> {
 impl<W: Write> Pipeline<W> {
     fn handle(&mut self, bytes: &[u8]) {
         self.summary.delivered += 1;
-        let Record::Transition(transition) = match decode(bytes) {
-            Ok(record) => record,
+        let transition = match decode(bytes) {
+            Ok(Record::Transition(transition)) => transition,
+            // Only leak mode asks the probe for these.
+            Ok(Record::Destroyed { .. }) => return,
             Err(_) => {
                 self.summary.decode_errors += 1;
                 return;
