@@ -13,6 +13,7 @@ pub mod decode;
 pub mod filter;
 pub mod holders;
 pub mod layout;
+pub mod leaks;
 pub mod output;
 pub mod preflight;
 pub mod probe;
