@@ -17,6 +17,7 @@ pub mod leaks;
 pub mod output;
 pub mod preflight;
 pub mod probe;
+pub mod report;
 pub mod sockdiag;
 pub mod tracker;
 pub mod watch;
