@@ -7,10 +7,12 @@ use tcptrace_common::TcpState;
 
 use crate::{
     filter::{Filter, IpFamily},
+    leakwatch::LeaksOptions,
     output::Format,
     probe::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, validate_ring_buffer_bytes,
     },
+    report::ReportFilter,
     watch::WatchOptions,
 };
 
@@ -19,15 +21,26 @@ use crate::{
     name = "tcptrace",
     version,
     about = "Finds TCP socket leaks with eBPF: which process, which peers, how old, which code path",
-    after_help = "Exit status: 0 ok, 1 runtime error, 2 usage error.\nNeeds root (or CAP_BPF and CAP_PERFMON) and Linux >= 5.8 with BTF."
+    after_help = "Without a command, tcptrace runs `leaks`.\nExit status: 0 ok, 1 runtime error, 2 usage error, 3 leaks found (with --fail-on-leak).\nNeeds root (or CAP_BPF and CAP_PERFMON) and Linux >= 5.8 with BTF."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Plain `tcptrace` runs `leaks` with its defaults.
+    pub fn command(self) -> Command {
+        self.command
+            .unwrap_or_else(|| Command::Leaks(LeaksArgs::parse_from(["leaks"])))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Find leaking sockets: CLOSE_WAIT or closed-but-held past --min-age, per holder process.
+    #[command(after_help = LEAKS_EXAMPLES)]
+    Leaks(LeaksArgs),
     /// Stream every TCP state transition on this host, one line each.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
@@ -45,6 +58,81 @@ own syscall (connect, listen, close); '-' means unknown, '~PID' means inferred
 from the listening socket an accepted connection arrived on.
 FIN_WAIT2/CLOSING -> CLOSE is marked (TIME_WAIT?): the kernel then usually
 keeps a TIME_WAIT minisock, which this tracepoint never shows.";
+
+const LEAKS_EXAMPLES: &str = "\
+Examples:
+  tcptrace                               live view of leaking sockets, refreshed every second
+  tcptrace leaks --once                  what is in CLOSE_WAIT now, with its holders; exit
+  tcptrace leaks -d 5m --json            observe five minutes, one JSON report
+  tcptrace leaks --min-age 10s --fail-on-leak -d 1m    exit 3 if anything leaks
+
+A leak is a socket still in CLOSE_WAIT after --min-age (the peer closed, the
+application did not), or one that reached CLOSE (usually a peer RST) while an
+fd still refers to it. Holders are the processes with an fd to the socket now.
+Ages marked >= are lower bounds: the socket was already leaking when first seen.";
+
+#[derive(Debug, Parser)]
+pub struct LeaksArgs {
+    /// How long a socket must be stuck to count as a leak, e.g. 500ms, 10s, 5m.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub min_age: Duration,
+
+    /// Observe this long, print one final report, exit.
+    #[arg(short, long, value_parser = parse_duration, conflicts_with = "once")]
+    pub duration: Option<Duration>,
+
+    /// Read the kernel's socket table now, report what is in CLOSE_WAIT with its holders, exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Reports as JSON (one document per report).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit with status 3 when the final report has any leak.
+    #[arg(long)]
+    pub fail_on_leak: bool,
+
+    /// Only sockets held by this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only sockets with this local or remote port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Kernel ring buffer size: a power of two of at least 4K, e.g. 4M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_size,
+          default_value_t = DEFAULT_RING_BUFFER_BYTES)]
+    pub ring_buffer_size: u32,
+
+    /// Sockets whose owner the kernel probe can remember at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets: u32,
+}
+
+impl LeaksArgs {
+    pub fn into_options(self) -> LeaksOptions {
+        LeaksOptions {
+            // No in-kernel filters: the holder, not the owner, decides what
+            // is shown, and reconciliation needs every transition.
+            probe: ProbeOptions {
+                ring_buffer_bytes: self.ring_buffer_size,
+                max_sockets: self.max_sockets,
+                ..ProbeOptions::default()
+            },
+            min_age: self.min_age,
+            duration: self.duration,
+            once: self.once,
+            json: self.json,
+            filter: ReportFilter {
+                pid: self.pid,
+                port: self.port,
+            },
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -204,7 +292,9 @@ mod tests {
             "tcptrace", "watch", "--pid", "42", "--port", "80", "--state", "listen", "--ipv6",
         ])
         .unwrap();
-        let Command::Watch(args) = cli.command;
+        let Some(Command::Watch(args)) = cli.command else {
+            panic!("parsed as watch");
+        };
         let options = args.into_options();
         assert_eq!(options.probe.owner_tgid_filter, Some(42));
         assert_eq!(options.probe.port_filter, Some(80));
@@ -213,5 +303,29 @@ mod tests {
         assert_eq!(options.filter.family, Some(IpFamily::V6));
         assert!(Cli::try_parse_from(["tcptrace", "watch", "--ipv4", "--ipv6"]).is_err());
         assert!(Cli::try_parse_from(["tcptrace", "watch", "--port", "0"]).is_err());
+    }
+
+    #[test]
+    fn plain_tcptrace_runs_leaks_with_defaults() {
+        let Command::Leaks(args) = Cli::try_parse_from(["tcptrace"]).unwrap().command() else {
+            panic!("expected leaks");
+        };
+        assert_eq!(args.min_age, Duration::from_secs(30));
+        assert!(!args.once && !args.json && !args.fail_on_leak);
+        let Some(Command::Leaks(args)) =
+            Cli::try_parse_from(["tcptrace", "leaks", "--min-age", "500ms", "--pid", "7"])
+                .unwrap()
+                .command
+        else {
+            panic!("expected leaks");
+        };
+        let options = args.into_options();
+        assert_eq!(options.min_age, Duration::from_millis(500));
+        assert_eq!(options.filter.pid, Some(7));
+        assert_eq!(
+            options.probe.owner_tgid_filter, None,
+            "no in-kernel filter in leak mode"
+        );
+        assert!(Cli::try_parse_from(["tcptrace", "leaks", "--once", "-d", "1s"]).is_err());
     }
 }

@@ -26,6 +26,11 @@ impl WallClock {
     }
 }
 
+/// CLOCK_MONOTONIC now, the clock of the probe's timestamps.
+pub fn monotonic_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
 impl Default for WallClock {
     fn default() -> Self {
         Self::new()

@@ -250,14 +250,16 @@ impl LeakTracker {
         }
     }
 
-    /// Drops closed-but-held suspects whose inode no process holds any more
-    /// (their destroy record was lost). `held` is a fresh holder scan.
-    pub fn reconcile_closed_held(&mut self, held: &HashSet<u64>) {
+    /// Drops closed-but-held suspects whose inode a fresh holder scan of
+    /// `scanned` found nobody holding (their destroy record was lost).
+    pub fn reconcile_closed_held(&mut self, scanned: &HashSet<u64>, held: &HashSet<u64>) {
         let released: Vec<u64> = self
             .suspects
             .values()
             .filter(|s| {
-                s.kind == LeakKind::ClosedHeld && s.inode.is_some_and(|i| !held.contains(&i))
+                s.kind == LeakKind::ClosedHeld
+                    && s.inode
+                        .is_some_and(|i| scanned.contains(&i) && !held.contains(&i))
             })
             .map(|s| s.cookie)
             .collect();
@@ -443,9 +445,14 @@ mod tests {
             rst.socket_inode = Some(inode);
             tracker.observe(&rst);
         }
-        tracker.reconcile_closed_held(&HashSet::from([200]));
-        let left: Vec<u64> = tracker.suspects().map(|s| s.cookie).collect();
-        assert_eq!(left, vec![2]);
+        // Only what was scanned is judged: inode 300 was not.
+        let mut unscanned = event(3, 1, Established, Close);
+        unscanned.socket_inode = Some(300);
+        tracker.observe(&unscanned);
+        tracker.reconcile_closed_held(&HashSet::from([100, 200]), &HashSet::from([200]));
+        let mut left: Vec<u64> = tracker.suspects().map(|s| s.cookie).collect();
+        left.sort();
+        assert_eq!(left, vec![2, 3]);
         assert_eq!(tracker.corrections(), 1);
     }
 

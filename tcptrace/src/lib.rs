@@ -14,6 +14,7 @@ pub mod filter;
 pub mod holders;
 pub mod layout;
 pub mod leaks;
+pub mod leakwatch;
 pub mod output;
 pub mod preflight;
 pub mod probe;

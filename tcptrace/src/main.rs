@@ -3,11 +3,13 @@ use std::{io, process::ExitCode};
 use clap::Parser;
 use tcptrace::{
     cli::{Cli, Command},
-    watch,
+    leakwatch, watch,
 };
 
 /// Exit status for a failure at run time (usage errors exit 2, through clap).
 const RUNTIME_ERROR: u8 = 1;
+/// `leaks --fail-on-leak` found leaks.
+const LEAKS_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,7 +23,18 @@ fn main() -> ExitCode {
             return ExitCode::from(RUNTIME_ERROR);
         }
     };
-    match cli.command {
+    match cli.command() {
+        Command::Leaks(args) => {
+            let fail_on_leak = args.fail_on_leak;
+            match runtime.block_on(leakwatch::run(args.into_options(), io::stdout().lock())) {
+                Ok(outcome) if fail_on_leak && outcome.leaks_found => ExitCode::from(LEAKS_FOUND),
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tcptrace: {error}");
+                    ExitCode::from(RUNTIME_ERROR)
+                }
+            }
+        }
         Command::Watch(args) => {
             if let Some(pid) = args.pid
                 && !std::path::Path::new(&format!("/proc/{pid}")).exists()

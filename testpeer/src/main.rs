@@ -52,9 +52,35 @@ enum Role {
         connections: u32,
         #[arg(long)]
         leak: u32,
+        /// Close the others with SO_LINGER 0 (a RST straight from CLOSE_WAIT).
+        #[arg(long)]
+        rst_others: bool,
+        /// Hold the leaked ones right after accept, without reading.
+        #[arg(long)]
+        no_read: bool,
+        /// Fork after accepting: the child holds the sockets, the parent exits.
+        #[arg(long)]
+        fork_holder: bool,
     },
     /// Connect `count` times, send a few bytes, close first each time.
     Clients {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        /// Close with SO_LINGER 0: the server receives a RST instead of a FIN.
+        #[arg(long)]
+        rst: bool,
+    },
+    /// Accept `connections` and close each at once (the server closes first).
+    ClosingServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+    },
+    /// Connect `count` times, read to the server's EOF, and hold the sockets until "go".
+    LeakyClient {
         #[arg(long)]
         connect: SocketAddr,
         #[arg(long)]
@@ -88,8 +114,26 @@ fn main() -> Result<()> {
             addr,
             connections,
             leak,
-        } => leaky_server(addr, connections, leak),
-        Role::Clients { connect, count } => clients(connect, count),
+            rst_others,
+            no_read,
+            fork_holder,
+        } => leaky_server(
+            addr,
+            connections,
+            leak,
+            LeakyServerStyle {
+                rst_others,
+                no_read,
+                fork_holder,
+            },
+        ),
+        Role::Clients {
+            connect,
+            count,
+            rst,
+        } => clients(connect, count, rst),
+        Role::ClosingServer { addr, connections } => closing_server(addr, connections),
+        Role::LeakyClient { connect, count } => leaky_client(connect, count),
         Role::SelfLeak { addr, leak } => self_leak(addr, leak),
         Role::Churn {
             addr,
@@ -230,7 +274,18 @@ fn hold(held: Vec<TcpStream>) -> Result<()> {
     Ok(())
 }
 
-fn leaky_server(addr: SocketAddr, connections: u32, leak: u32) -> Result<()> {
+struct LeakyServerStyle {
+    rst_others: bool,
+    no_read: bool,
+    fork_holder: bool,
+}
+
+fn leaky_server(
+    addr: SocketAddr,
+    connections: u32,
+    leak: u32,
+    style: LeakyServerStyle,
+) -> Result<()> {
     let listener = TcpListener::bind(addr)?;
     say(&format!(
         "listening pid={} port={}",
@@ -240,22 +295,75 @@ fn leaky_server(addr: SocketAddr, connections: u32, leak: u32) -> Result<()> {
     let mut held = Vec::new();
     for i in 0..connections {
         let (mut conn, _) = listener.accept()?;
+        if i < leak && style.no_read {
+            held.push(conn);
+            continue;
+        }
         read_to_eof(&mut conn)?;
         if i < leak {
             held.push(conn);
+        } else if style.rst_others {
+            Socket::from(conn).set_linger(Some(Duration::ZERO))?;
         }
     }
     drop(listener);
+    if style.fork_holder {
+        // SAFETY: single-threaded here; the child only continues this code.
+        match unsafe { libc::fork() } {
+            -1 => return Err(std::io::Error::last_os_error()).context("fork"),
+            0 => {}
+            _parent => {
+                drop(held);
+                return Ok(());
+            }
+        }
+    }
     hold(held)
 }
 
-fn clients(connect: SocketAddr, count: u32) -> Result<()> {
+fn clients(connect: SocketAddr, count: u32, rst: bool) -> Result<()> {
+    let mut kept = Vec::new();
     for _ in 0..count {
         let mut stream = TcpStream::connect(connect)?;
         stream.write_all(b"request")?;
+        if rst {
+            // Give the server time to accept before the RST arrives.
+            kept.push(stream);
+        }
+    }
+    if rst {
+        thread::sleep(Duration::from_millis(200));
+        for stream in kept {
+            Socket::from(stream).set_linger(Some(Duration::ZERO))?;
+        }
     }
     say("done");
     Ok(())
+}
+
+fn closing_server(addr: SocketAddr, connections: u32) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    say(&format!(
+        "listening pid={} port={}",
+        std::process::id(),
+        listener.local_addr()?.port()
+    ));
+    for _ in 0..connections {
+        let (conn, _) = listener.accept()?;
+        drop(conn);
+    }
+    say("done");
+    Ok(())
+}
+
+fn leaky_client(connect: SocketAddr, count: u32) -> Result<()> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(connect)?;
+        read_to_eof(&mut stream)?;
+        held.push(stream);
+    }
+    hold(held)
 }
 
 fn self_leak(addr: SocketAddr, leak: u32) -> Result<()> {
@@ -272,39 +380,42 @@ fn self_leak(addr: SocketAddr, leak: u32) -> Result<()> {
 }
 
 fn churn(addr: SocketAddr, connections: u32, threads: u32) -> Result<()> {
-    let listener = TcpListener::bind(addr)?;
+    // A deep backlog and one acceptor per client: an overflowing backlog
+    // drops SYNs, and each drop stalls a client for a 1 s retransmit.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    let listener: TcpListener = socket.into();
     let target = listener.local_addr()?;
     let started = Instant::now();
-    let acceptor = thread::spawn(move || -> Result<()> {
-        for _ in 0..connections {
-            let (mut conn, _) = listener.accept()?;
-            let mut buf = [0u8; 16];
-            // Read to the client's FIN, then close: no unread data, no RST.
-            while conn.read(&mut buf)? != 0 {}
-        }
-        Ok(())
-    });
     let threads = threads.max(1);
-    let clients: Vec<_> = (0..threads)
-        .map(|i| {
-            let share = connections / threads + u32::from(i < connections % threads);
-            thread::spawn(move || -> Result<()> {
-                for _ in 0..share {
-                    let mut stream = TcpStream::connect(target)?;
-                    stream.write_all(b"ping")?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for client in clients {
-        client
-            .join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let share = |i: u32| connections / threads + u32::from(i < connections % threads);
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let accepts = share(i);
+        workers.push(thread::spawn(move || -> Result<()> {
+            for _ in 0..accepts {
+                let (mut conn, _) = listener.accept()?;
+                // Read to the client's FIN, then close: no unread data, no RST.
+                read_to_eof(&mut conn)?;
+            }
+            Ok(())
+        }));
+        let connects = share(i);
+        workers.push(thread::spawn(move || -> Result<()> {
+            for _ in 0..connects {
+                let mut stream = TcpStream::connect(target)?;
+                stream.write_all(b"ping")?;
+            }
+            Ok(())
+        }));
     }
-    acceptor
-        .join()
-        .map_err(|_| anyhow::anyhow!("acceptor thread panicked"))??;
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
+    }
     say(&format!(
         "done connections={connections} seconds={:.3}",
         started.elapsed().as_secs_f64()

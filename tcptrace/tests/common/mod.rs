@@ -237,3 +237,88 @@ impl Drop for Watcher {
         let _ = self.child.wait();
     }
 }
+
+/// `tcptrace leaks --json ARGS` as a child process.
+pub struct LeakRun {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+impl LeakRun {
+    /// Starts it and waits until the probe is attached and the startup
+    /// snapshot of the kernel table is taken.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .arg("leaks")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcptrace leaks");
+        let stdout = line_channel(child.stdout.take().unwrap());
+        let stderr = line_channel(child.stderr.take().unwrap());
+        let ready = stderr
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("tcptrace leaks did not start");
+        assert!(
+            ready.starts_with("tcptrace: watching for TCP socket leaks"),
+            "tcptrace leaks said {ready:?}"
+        );
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for the final report (run with --duration).
+    pub fn report(mut self) -> LeakReportView {
+        let status = self.child.wait().expect("wait tcptrace leaks");
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        assert!(
+            status.success(),
+            "tcptrace leaks exited {status}: {stderr:?}"
+        );
+        let last = self.stdout.iter().last().expect("a report on stdout");
+        LeakReportView(serde_json::from_str(&last).expect("report is JSON"))
+    }
+}
+
+impl Drop for LeakRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct LeakReportView(pub serde_json::Value);
+
+impl LeakReportView {
+    /// The report's entry for one holder process.
+    pub fn process(&self, pid: u32) -> Option<&serde_json::Value> {
+        self.0["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+    }
+
+    /// Cookies reported for `pid`, sorted.
+    pub fn cookies(&self, pid: u32) -> Vec<u64> {
+        let mut cookies: Vec<u64> = self
+            .process(pid)
+            .map(|p| {
+                p["sockets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["cookie"].as_u64().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        cookies.sort();
+        cookies
+    }
+}
