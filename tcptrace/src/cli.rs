@@ -23,16 +23,19 @@ use crate::{
     about = "Finds TCP socket leaks with eBPF: which process, which peers, how old, which code path",
     after_help = "Without a command, tcptrace runs `leaks`.\nExit status: 0 ok, 1 runtime error, 2 usage error, 3 leaks found (with --fail-on-leak).\nNeeds root (or CAP_BPF and CAP_PERFMON) and Linux >= 5.8 with BTF."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Plain `tcptrace [OPTIONS]` is `tcptrace leaks [OPTIONS]`.
+    #[command(flatten)]
+    pub leaks: LeaksArgs,
 }
 
 impl Cli {
-    /// Plain `tcptrace` runs `leaks` with its defaults.
-    pub fn command(self) -> Command {
-        self.command
-            .unwrap_or_else(|| Command::Leaks(LeaksArgs::parse_from(["leaks"])))
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Leaks(self.leaks))
     }
 }
 
@@ -71,7 +74,7 @@ application did not), or one that reached CLOSE (usually a peer RST) while an
 fd still refers to it. Holders are the processes with an fd to the socket now.
 Ages marked >= are lower bounds: the socket was already leaking when first seen.";
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Args)]
 pub struct LeaksArgs {
     /// How long a socket must be stuck to count as a leak, e.g. 500ms, 10s, 5m.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn plain_tcptrace_runs_leaks_with_defaults() {
-        let Command::Leaks(args) = Cli::try_parse_from(["tcptrace"]).unwrap().command() else {
+        let Command::Leaks(args) = Cli::try_parse_from(["tcptrace"]).unwrap().into_command() else {
             panic!("expected leaks");
         };
         assert_eq!(args.min_age, Duration::from_secs(30));
@@ -327,5 +330,13 @@ mod tests {
             "no in-kernel filter in leak mode"
         );
         assert!(Cli::try_parse_from(["tcptrace", "leaks", "--once", "-d", "1s"]).is_err());
+        let Command::Leaks(args) = Cli::try_parse_from(["tcptrace", "--min-age", "2s", "--json"])
+            .unwrap()
+            .into_command()
+        else {
+            panic!("expected leaks");
+        };
+        assert_eq!(args.min_age, Duration::from_secs(2));
+        assert!(args.json);
     }
 }

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(RUNTIME_ERROR);
         }
     };
-    match cli.command() {
+    match cli.into_command() {
         Command::Leaks(args) => {
             let fail_on_leak = args.fail_on_leak;
             match runtime.block_on(leakwatch::run(args.into_options(), io::stdout().lock())) {

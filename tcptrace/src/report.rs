@@ -128,6 +128,9 @@ impl GrowthHistory {
     }
 }
 
+/// One process's comm and its leaked sockets, each with the fd it holds.
+type HeldLeaks<'a> = (Option<String>, Vec<(&'a Suspect, Option<u32>)>);
+
 pub fn build_report(
     leaks: &[&Suspect],
     holders: &HashMap<u64, Vec<Holder>>,
@@ -138,8 +141,7 @@ pub fn build_report(
     growth: &mut GrowthHistory,
 ) -> LeakReport {
     let no_holders = Vec::new();
-    let mut by_process: BTreeMap<Option<u32>, (Option<String>, Vec<(&Suspect, Option<u32>)>)> =
-        BTreeMap::new();
+    let mut by_process: BTreeMap<Option<u32>, HeldLeaks> = BTreeMap::new();
     let mut counted = std::collections::HashSet::new();
     for &suspect in leaks {
         if let Some(port) = filter.port
