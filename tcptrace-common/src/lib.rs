@@ -13,6 +13,7 @@
 pub enum RecordKind {
     Transition = 1,
     Destroyed = 2,
+    Stack = 3,
 }
 
 impl RecordKind {
@@ -20,6 +21,7 @@ impl RecordKind {
         match raw {
             1 => Some(Self::Transition),
             2 => Some(Self::Destroyed),
+            3 => Some(Self::Stack),
             _ => None,
         }
     }
@@ -176,6 +178,66 @@ pub struct DestroyedRecord {
 pub const DESTROYED_RECORD_SIZE: usize = 24;
 const _: () = assert!(core::mem::size_of::<DestroyedRecord>() == DESTROYED_RECORD_SIZE);
 
+/// Which code path a stack shows, all taken in the owning process's syscall.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackKind {
+    /// connect(): the socket's creator on the client side.
+    Connect = 1,
+    /// The first recv() that returned data: the serving path of an accepted socket.
+    FirstIo = 2,
+    /// The recv() that returned 0 on a socket in CLOSE_WAIT: the code that saw EOF.
+    Eof = 3,
+}
+
+impl StackKind {
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Connect),
+            2 => Some(Self::FirstIo),
+            3 => Some(Self::Eof),
+            _ => None,
+        }
+    }
+}
+
+/// A user stack taken for a socket. `stack_id` indexes the probe's stack
+/// map; negative is the kernel's error (e.g. a hash-bucket collision).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackRecord {
+    pub kind: u32,
+    pub tgid: u32,
+    pub timestamp_ns: u64,
+    pub cookie: u64,
+    pub stack_id: i32,
+    pub stack_kind: u8,
+    pub _reserved: [u8; 3],
+}
+
+pub const STACK_RECORD_SIZE: usize = 32;
+const _: () = assert!(core::mem::size_of::<StackRecord>() == STACK_RECORD_SIZE);
+
+/// Key of the probe's call-site dedupe map: one stack per (process, kind,
+/// call site), so a server making thousands of connections per second walks
+/// its stack once per code path, not once per connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallSiteKey {
+    pub site: u64,
+    pub tgid: u32,
+    pub stack_kind: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 16);
+
+/// `ProbeConfig::stack_level`.
+pub const STACKS_OFF: u32 = 0;
+/// One stack per (process, kind, call site).
+pub const STACKS_DEDUPED: u32 = 1;
+/// A full stack walk for every socket.
+pub const STACKS_EVERY_SOCKET: u32 = 2;
+
 /// Value of the probe's per-socket owner map, keyed by socket cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,16 +264,19 @@ pub enum Counter {
     SocketReadFailed = 4,
     /// The ring buffer was full: a socket-destroyed record was dropped.
     DestroyedReserveFailed = 5,
+    /// The ring buffer was full: a stack record was dropped.
+    StackReserveFailed = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
         Self::FilteredInKernel,
         Self::SocketReadFailed,
         Self::DestroyedReserveFailed,
+        Self::StackReserveFailed,
     ];
 }
 
@@ -260,9 +325,17 @@ pub struct ProbeConfig {
     /// From a `struct socket *` to its inode number: `socket_alloc.vfs_inode`
     /// plus `inode.i_ino` (u64).
     pub socket_inode_number_offset: u32,
+    /// `__sk_common.skc_state` (u8).
+    pub state_offset: u32,
+    /// `pt_regs.ip` and `pt_regs.bp` (u64 each): where the user registers
+    /// saved at syscall entry keep the instruction and frame pointers.
+    pub regs_ip_offset: u32,
+    pub regs_bp_offset: u32,
+    /// STACKS_OFF, STACKS_DEDUPED or STACKS_EVERY_SOCKET.
+    pub stack_level: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -282,6 +355,10 @@ impl ProbeConfig {
         wakeup_threshold_bytes: 0,
         socket_offset: 0,
         socket_inode_number_offset: 0,
+        state_offset: 0,
+        regs_ip_offset: 0,
+        regs_bp_offset: 0,
+        stack_level: STACKS_OFF,
     };
 }
 
@@ -295,6 +372,9 @@ pub mod names {
     pub const TRACEPOINT: &str = "inet_sock_set_state";
     pub const DESTROY_PROGRAM: &str = "tcp_destroy_sock";
     pub const DESTROY_TRACEPOINT: &str = "tcp_destroy_sock";
+    pub const RECV_PROGRAM: &str = "sock_recv_length";
+    pub const RECV_TRACEPOINT: &str = "sock_recv_length";
+    pub const STACKS_MAP: &str = "STACKS";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const OWNERS_MAP: &str = "OWNERS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -337,6 +417,9 @@ mod tests {
         assert_eq!(TcpState::from_raw(13), None);
         assert_eq!(RecordKind::from_raw(1), Some(RecordKind::Transition));
         assert_eq!(RecordKind::from_raw(2), Some(RecordKind::Destroyed));
+        assert_eq!(RecordKind::from_raw(3), Some(RecordKind::Stack));
+        assert_eq!(StackKind::from_raw(3), Some(StackKind::Eof));
+        assert_eq!(StackKind::from_raw(0), None);
         assert_eq!(RecordKind::from_raw(0), None);
     }
 
@@ -352,6 +435,8 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 16 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 20 * 4);
+        assert_eq!(offset_of!(StackRecord, stack_id), 24);
+        assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }
 }

@@ -14,18 +14,23 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    EbpfContext,
+    bindings::{
+        BPF_ANY, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::generated::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_socket_cookie, bpf_get_stackid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::BtfTracePointContext,
 };
 use tcptrace_common::{
-    AF_INET, COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind,
-    SocketOwner, TASK_COMM_LEN, TcpState, TransitionRecord,
+    AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig,
+    RecordKind, STACKS_EVERY_SOCKET, STACKS_OFF, SocketOwner, StackKind, StackRecord,
+    TASK_COMM_LEN, TcpState, TransitionRecord,
 };
 
 /// Written by the agent before load; read-only to the program.
@@ -43,6 +48,25 @@ static OWNERS: HashMap<u64, SocketOwner> = HashMap::with_max_entries(65536, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// User stacks, by the id `bpf_get_stackid` returns. Without
+/// BPF_F_REUSE_STACKID an id keeps pointing at its first stack.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// (process, kind, call site) -> stack id already taken for it.
+#[map]
+static CALL_SITE_STACKS: LruHashMap<CallSiteKey, i64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Socket cookie -> which of its stacks were taken (STACK_TAKEN_* bits).
+/// LRU: cookies are never reused, so stale entries only age out.
+#[map]
+static SOCKET_STACKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+const STACK_TAKEN_FIRST_IO: u32 = 1;
+const STACK_TAKEN_EOF: u32 = 2;
+/// Frames of the frame-pointer chain hashed into a call site.
+const CALL_SITE_DEPTH: usize = 4;
+
 macro_rules! config {
     ($field:ident) => {
         // Volatile: the value is patched into .rodata at load time, so the
@@ -53,25 +77,167 @@ macro_rules! config {
 
 const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
-    if record_transition(sk, old_state as u8, new_state as u8).is_err() {
-        count(Counter::SocketReadFailed);
+    match record_transition(sk, old_state as u8, new_state as u8) {
+        Ok(Some(cookie)) if new_state as u8 == SYN_SENT && old_state as u8 == CLOSE => {
+            // connect(): the client-side creator, in its own syscall.
+            if config!(stack_level) != STACKS_OFF {
+                take_stack(&ctx, cookie, StackKind::Connect);
+            }
+        }
+        Ok(_) => {}
+        Err(ReadFailed) => count(Counter::SocketReadFailed),
     }
     0
 }
 
+/// Every recvmsg on every socket: the fast path leaves as soon as it knows
+/// there is nothing to take (an error, a non-TCP socket, or stacks already
+/// taken for this socket).
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    if ret < 0 {
+        return 0;
+    }
+    match read_field::<u16>(sk, config!(protocol_offset)) {
+        Ok(IPPROTO_TCP) => {}
+        _ => return 0,
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let taken = SOCKET_STACKS.get_ptr_mut(cookie);
+    // SAFETY: a live map value; a racing update can at worst take a stack twice.
+    let already = taken.map_or(0, |t| unsafe { *t });
+    let (kind, bit) = if ret == 0 {
+        // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
+        if already & STACK_TAKEN_EOF != 0
+            || read_field::<u8>(sk, config!(state_offset)) != Ok(CLOSE_WAIT)
+        {
+            return 0;
+        }
+        (StackKind::Eof, STACK_TAKEN_EOF)
+    } else {
+        if already & STACK_TAKEN_FIRST_IO != 0 {
+            return 0;
+        }
+        (StackKind::FirstIo, STACK_TAKEN_FIRST_IO)
+    };
+    match taken {
+        // SAFETY: as above.
+        Some(t) => unsafe { *t = already | bit },
+        None => {
+            let _ = SOCKET_STACKS.insert(cookie, bit, BPF_ANY as u64);
+        }
+    }
+    take_stack(&ctx, cookie, kind);
+    0
+}
+
+/// Sends the current user stack for `cookie`. At the default level a stack
+/// is walked once per (process, kind, call site) and its id reused after.
+fn take_stack(ctx: &BtfTracePointContext, cookie: u64, kind: StackKind) {
+    let tgid = current_tgid();
+    let stack_id = if config!(stack_level) == STACKS_EVERY_SOCKET {
+        user_stack_id(ctx)
+    } else {
+        let key = CallSiteKey {
+            site: call_site(),
+            tgid,
+            stack_kind: kind as u32,
+        };
+        // SAFETY: the value is copied out at once.
+        match unsafe { CALL_SITE_STACKS.get(key) } {
+            Some(&id) => id,
+            None => {
+                let id = user_stack_id(ctx);
+                if id >= 0 {
+                    let _ = CALL_SITE_STACKS.insert(key, id, BPF_ANY as u64);
+                }
+                id
+            }
+        }
+    };
+    let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
+        count(Counter::StackReserveFailed);
+        return;
+    };
+    // SAFETY: a reserved slot of the right size; every field is written.
+    unsafe {
+        entry.as_mut_ptr().write(StackRecord {
+            kind: RecordKind::Stack as u32,
+            tgid,
+            timestamp_ns: bpf_ktime_get_ns(),
+            cookie,
+            stack_id: stack_id as i32,
+            stack_kind: kind as u8,
+            _reserved: [0; 3],
+        });
+    }
+    entry.submit(wakeup_flag());
+}
+
+fn user_stack_id(ctx: &BtfTracePointContext) -> i64 {
+    // SAFETY: a tracing context and a stack-trace map, as the helper requires.
+    unsafe {
+        bpf_get_stackid(
+            ctx.as_ptr(),
+            &raw const STACKS as *mut c_void,
+            BPF_F_USER_STACK as u64,
+        )
+    }
+}
+
+/// A cheap fingerprint of the user call site: the instruction pointer saved
+/// at syscall entry and the first return addresses of the frame-pointer
+/// chain — a few user reads instead of a full stack walk.
+fn call_site() -> u64 {
+    let (ip_offset, bp_offset) = (config!(regs_ip_offset), config!(regs_bp_offset));
+    // SAFETY: the BTF pointer of the current task, whose saved user
+    // registers are then read with checked probe reads.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    let mut site = read_field::<u64>(regs, ip_offset).unwrap_or(0);
+    let mut frame = read_field::<u64>(regs, bp_offset).unwrap_or(0);
+    for _ in 0..CALL_SITE_DEPTH {
+        if frame == 0 {
+            break;
+        }
+        // A frame is [saved frame pointer, return address].
+        let mut pair = [0u64; 2];
+        // SAFETY: a checked read of user memory into a local of 16 bytes.
+        let failed = unsafe {
+            bpf_probe_read_user(pair.as_mut_ptr() as *mut c_void, 16, frame as *const c_void)
+        } != 0;
+        if failed {
+            break;
+        }
+        site = site.rotate_left(17) ^ pair[1];
+        frame = pair[0];
+    }
+    site
+}
+
+#[derive(PartialEq, Eq)]
 struct ReadFailed;
 
-fn record_transition(sk: *const u8, old_state: u8, new_state: u8) -> Result<(), ReadFailed> {
+/// Returns the socket's cookie when the transition was recorded.
+fn record_transition(
+    sk: *const u8,
+    old_state: u8,
+    new_state: u8,
+) -> Result<Option<u64>, ReadFailed> {
     let protocol: u16 = read_field(sk, config!(protocol_offset))?;
     if protocol != IPPROTO_TCP {
         count(Counter::NotTcp);
-        return Ok(());
+        return Ok(None);
     }
     let family: u16 = read_field(sk, config!(family_offset))?;
     let local_port: u16 = read_field(sk, config!(local_port_offset))?;
@@ -83,12 +249,12 @@ fn record_transition(sk: *const u8, old_state: u8, new_state: u8) -> Result<(), 
 
     if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
-        return Ok(());
+        return Ok(None);
     }
 
     let Some(mut entry) = EVENTS.reserve::<TransitionRecord>(0) else {
         count(Counter::RingReserveFailed);
-        return Ok(());
+        return Ok(None);
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to a reserved, exclusively owned ring-buffer slot
@@ -126,7 +292,7 @@ fn record_transition(sk: *const u8, old_state: u8, new_state: u8) -> Result<(), 
         return Err(ReadFailed);
     }
     entry.submit(wakeup_flag());
-    Ok(())
+    Ok(Some(cookie))
 }
 
 /// The owner of `cookie` after this transition: the current task where the
@@ -169,6 +335,11 @@ fn remember_owner(cookie: u64, owner: &SocketOwner) {
     }
 }
 
+fn current_tgid() -> u32 {
+    // SAFETY: a helper with no arguments.
+    (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32
+}
+
 fn current_task() -> SocketOwner {
     let mut owner = SocketOwner {
         comm: [0; TASK_COMM_LEN],
@@ -176,7 +347,7 @@ fn current_task() -> SocketOwner {
     };
     // SAFETY: helpers writing into a local buffer of the stated size.
     unsafe {
-        owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        owner.tgid = current_tgid();
         bpf_get_current_comm(owner.comm.as_mut_ptr() as *mut c_void, TASK_COMM_LEN as u32);
     }
     owner

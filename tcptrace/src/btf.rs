@@ -414,6 +414,10 @@ pub(crate) mod tests {
             self.header(name, KIND_TYPEDEF, 0, false, target)
         }
 
+        pub(crate) fn volatile(&mut self, target: u32) -> u32 {
+            self.header("", KIND_VOLATILE, 0, false, target)
+        }
+
         pub(crate) fn pointer(&mut self, target: u32) -> u32 {
             self.header("", KIND_PTR, 0, false, target)
         }

@@ -10,7 +10,8 @@ use crate::{
     leakwatch::LeaksOptions,
     output::Format,
     probe::{
-        DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, validate_ring_buffer_bytes,
+        DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
+        validate_ring_buffer_bytes,
     },
     report::ReportFilter,
     watch::WatchOptions,
@@ -104,6 +105,11 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 
+    /// Code-path stacks: off; default (connect, first-I/O and EOF stacks,
+    /// one stack walk per process and call site); full (a walk per socket).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
+    pub stacks: StackLevel,
+
     /// Kernel ring buffer size: a power of two of at least 4K, e.g. 4M.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_size,
           default_value_t = DEFAULT_RING_BUFFER_BYTES)]
@@ -115,6 +121,17 @@ pub struct LeaksArgs {
     pub max_sockets: u32,
 }
 
+pub fn parse_stack_level(text: &str) -> Result<StackLevel, String> {
+    match text.trim() {
+        "off" => Ok(StackLevel::Off),
+        "default" => Ok(StackLevel::Deduped),
+        "full" => Ok(StackLevel::EverySocket),
+        other => Err(format!(
+            "unknown stack level '{other}'; one of: off, default, full"
+        )),
+    }
+}
+
 impl LeaksArgs {
     pub fn into_options(self) -> LeaksOptions {
         LeaksOptions {
@@ -123,6 +140,7 @@ impl LeaksArgs {
             probe: ProbeOptions {
                 ring_buffer_bytes: self.ring_buffer_size,
                 max_sockets: self.max_sockets,
+                stacks: self.stacks,
                 ..ProbeOptions::default()
             },
             min_age: self.min_age,
@@ -191,7 +209,7 @@ impl WatchArgs {
                 max_sockets: self.max_sockets,
                 owner_tgid_filter: self.pid,
                 port_filter: self.port,
-                report_destroyed: false,
+                ..ProbeOptions::default()
             },
             filter: Filter {
                 owner_pid: self.pid,

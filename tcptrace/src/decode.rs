@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Buf;
 use tcptrace_common::{
-    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, TASK_COMM_LEN, TRANSITION_RECORD_SIZE,
-    TcpState,
+    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_RECORD_SIZE, StackKind,
+    TASK_COMM_LEN, TRANSITION_RECORD_SIZE, TcpState,
 };
 use thiserror::Error;
 
@@ -23,6 +23,8 @@ pub enum DecodeError {
     UnknownState(u8),
     #[error("unknown address family {0}")]
     UnknownFamily(u16),
+    #[error("unknown stack kind {0}")]
+    UnknownStackKind(u8),
 }
 
 /// A process as the kernel named it when it was seen owning a socket.
@@ -60,6 +62,18 @@ pub enum Record {
         timestamp_ns: u64,
         cookie: u64,
     },
+    Stack(StackSample),
+}
+
+/// A user stack the probe took for a socket, by id in its stack map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSample {
+    pub timestamp_ns: u64,
+    pub cookie: u64,
+    pub tgid: u32,
+    pub kind: StackKind,
+    /// `Err(errno)` when the kernel could not store the stack.
+    pub stack_id: Result<u32, i32>,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -74,8 +88,31 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     match RecordKind::from_raw(raw_kind) {
         Some(RecordKind::Transition) => decode_transition(bytes).map(Record::Transition),
         Some(RecordKind::Destroyed) => decode_destroyed(bytes),
+        Some(RecordKind::Stack) => decode_stack(bytes),
         None => Err(DecodeError::UnknownKind(raw_kind)),
     }
+}
+
+fn decode_stack(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() != STACK_RECORD_SIZE {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: STACK_RECORD_SIZE,
+        });
+    }
+    let mut buf = &bytes[4..];
+    let tgid = buf.get_u32_ne();
+    let timestamp_ns = buf.get_u64_ne();
+    let cookie = buf.get_u64_ne();
+    let stack_id = buf.get_i32_ne();
+    let raw_kind = buf.get_u8();
+    Ok(Record::Stack(StackSample {
+        timestamp_ns,
+        cookie,
+        tgid,
+        kind: StackKind::from_raw(raw_kind).ok_or(DecodeError::UnknownStackKind(raw_kind))?,
+        stack_id: u32::try_from(stack_id).map_err(|_| stack_id),
+    }))
 }
 
 fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -307,6 +344,36 @@ pub(crate) mod tests {
             decode(&long),
             Err(DecodeError::WrongLength { len: 112, .. })
         ));
+    }
+
+    #[test]
+    fn decodes_stack_records_and_rejects_unknown_kinds() {
+        let record = |stack_id: i32, kind: u8| {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&(RecordKind::Stack as u32).to_ne_bytes());
+            bytes.extend_from_slice(&77u32.to_ne_bytes());
+            bytes.extend_from_slice(&5u64.to_ne_bytes());
+            bytes.extend_from_slice(&9u64.to_ne_bytes());
+            bytes.extend_from_slice(&stack_id.to_ne_bytes());
+            bytes.extend_from_slice(&[kind, 0, 0, 0]);
+            bytes
+        };
+        assert_eq!(
+            decode(&record(12, 3)),
+            Ok(Record::Stack(StackSample {
+                timestamp_ns: 5,
+                cookie: 9,
+                tgid: 77,
+                kind: StackKind::Eof,
+                stack_id: Ok(12)
+            }))
+        );
+        let Ok(Record::Stack(failed)) = decode(&record(-17, 1)) else {
+            panic!("a failed stack is still a record");
+        };
+        assert_eq!(failed.stack_id, Err(-17));
+        assert_eq!(decode(&record(1, 9)), Err(DecodeError::UnknownStackKind(9)));
+        assert!(decode(&record(1, 1)[..31]).is_err());
     }
 
     #[test]

@@ -57,6 +57,10 @@ const REMOTE_V6: Field = Field {
     path: &["__sk_common", "skc_v6_daddr"],
     size: 16,
 };
+const STATE: Field = Field {
+    path: &["__sk_common", "skc_state"],
+    size: 1,
+};
 const SOCKET: Field = Field {
     path: &["sk_socket"],
     size: 8,
@@ -107,8 +111,18 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         remote_v6_offset: locate(btf, &REMOTE_V6)?,
         socket_offset: locate(btf, &SOCKET)?,
         socket_inode_number_offset: socket_inode_number_offset(btf)?,
+        state_offset: locate(btf, &STATE)?,
         ..ProbeConfig::UNSET
     };
+    // Only stacks need the saved user registers; without them the call-site
+    // dedupe degrades to one stack per process and kind.
+    if let (Ok(ip), Ok(bp)) = (
+        btf.member("pt_regs", &["ip"]),
+        btf.member("pt_regs", &["bp"]),
+    ) {
+        config.regs_ip_offset = ip.offset;
+        config.regs_bp_offset = bp.offset;
+    }
     let netns_inode = btf
         .member("net", &["ns", "inum"])
         .ok()
@@ -145,6 +159,8 @@ mod tests {
             8,
             &[("skc_addrpair", u32_t, 0, 0), ("", addrs, 0, 0)],
         );
+        let u8_state = b.int("unsigned char", 1);
+        let volatile_state = b.volatile(u8_state);
         let ports = b.composite(
             false,
             "",
@@ -161,6 +177,7 @@ mod tests {
                 ("", addrpair, 0, 0),
                 ("", ports, 96, 0),
                 ("skc_family", u16_t, 128, 0),
+                ("skc_state", volatile_state, 144, 0),
                 ("skc_net", possible_net, 384, 0),
                 ("skc_v6_daddr", in6, 448, 0),
                 ("skc_v6_rcv_saddr", in6, 576, 0),
@@ -195,6 +212,12 @@ mod tests {
             &[("socket", socket, 0, 0), ("vfs_inode", inode, 384, 0)],
         );
         let socket_ptr = b.pointer(socket);
+        b.composite(
+            false,
+            "pt_regs",
+            168,
+            &[("bp", u64_t, 256, 0), ("ip", u64_t, 1024, 0)],
+        );
         let protocol = if protocol_size == 2 { u16_t } else { u8_t };
         b.composite(
             false,
@@ -224,6 +247,11 @@ mod tests {
         assert_eq!(config.netns_inode_offset, 24);
         assert_eq!(config.socket_offset, 136);
         assert_eq!(config.socket_inode_number_offset, 48 + 40);
+        assert_eq!(
+            config.state_offset, 18,
+            "found through the volatile qualifier"
+        );
+        assert_eq!((config.regs_bp_offset, config.regs_ip_offset), (32, 128));
         assert_eq!(config.has_netns, 1);
     }
 
@@ -260,6 +288,8 @@ mod tests {
         };
         let config = probe_config(&btf).unwrap();
         assert_eq!(config.remote_v4_offset, 0, "skc_daddr opens sock_common");
+        assert_eq!(config.state_offset, 18);
+        assert_ne!(config.regs_ip_offset, config.regs_bp_offset);
         assert_eq!(config.local_v4_offset, 4);
         assert_eq!(config.local_port_offset, config.remote_port_offset + 2);
         assert_eq!(config.has_netns, 1);

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_common::TcpState;
+use tcptrace_common::{StackKind, TcpState};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -17,15 +17,17 @@ use tokio::{
 
 use crate::{
     clock::monotonic_now_ns,
-    decode::{Record, decode},
+    decode::{Record, StackSample, decode},
     holders::{Holder, fd_usage, socket_holders},
     leaks::LeakTracker,
     preflight,
-    probe::{Probe, ProbeOptions},
+    probe::{KernelCounters, Probe, ProbeOptions},
     report::{
-        FdUsage, GrowthHistory, LeakReport, ProbeHealth, ReportFilter, build_report, render_text,
+        FdUsage, GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
+        render_text,
     },
     sockdiag::{TableSnapshot, dump_all_namespaces},
+    symbolize::StackSymbolizer,
     watch::DRAIN_INTERVAL,
 };
 
@@ -83,6 +85,11 @@ struct Monitor {
     growth: GrowthHistory,
     holder_cache: HolderCache,
     options: LeaksOptions,
+    symbolizer: StackSymbolizer,
+    /// Resolved stacks of live sockets, by cookie; forgotten when the socket is.
+    socket_stacks: HashMap<u64, SocketStacks>,
+    /// Stack records of the current drain, resolved right after it.
+    pending_stacks: Vec<StackSample>,
 }
 
 impl Monitor {
@@ -97,16 +104,58 @@ impl Monitor {
                 holders: HashMap::new(),
             },
             options,
+            symbolizer: StackSymbolizer::new(),
+            socket_stacks: HashMap::new(),
+            pending_stacks: Vec::new(),
         }
     }
 
     fn handle(&mut self, bytes: &[u8]) {
         self.health.events += 1;
         match decode(bytes) {
-            Ok(Record::Transition(transition)) => self.tracker.observe(&transition),
-            Ok(Record::Destroyed { cookie, .. }) => self.tracker.destroyed(cookie),
+            Ok(Record::Transition(transition)) => {
+                self.tracker.observe(&transition);
+                // Closed with no file left: nothing will ever report it again.
+                if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
+                    self.socket_stacks.remove(&transition.cookie);
+                }
+            }
+            Ok(Record::Destroyed { cookie, .. }) => {
+                self.tracker.destroyed(cookie);
+                self.socket_stacks.remove(&cookie);
+            }
+            Ok(Record::Stack(sample)) => self.pending_stacks.push(sample),
             Err(_) => self.health.decode_errors += 1,
         }
+    }
+
+    /// Copies each new stack out of the probe's map and names its frames
+    /// now, while the process is alive and before the id can be reused.
+    fn resolve_stacks(&mut self, probe: &Probe) {
+        for sample in std::mem::take(&mut self.pending_stacks) {
+            let Ok(stack_id) = sample.stack_id else {
+                self.health.stack_errors += 1;
+                continue;
+            };
+            let Some(frames) = self
+                .symbolizer
+                .frames(sample.tgid, stack_id, || probe.stack_addresses(stack_id))
+            else {
+                continue;
+            };
+            let stacks = self.socket_stacks.entry(sample.cookie).or_default();
+            let slot = match sample.kind {
+                StackKind::Connect => &mut stacks.connect,
+                StackKind::FirstIo => &mut stacks.first_io,
+                StackKind::Eof => &mut stacks.eof,
+            };
+            slot.get_or_insert(frames);
+        }
+    }
+
+    fn drain(&mut self, probe: &mut Probe) {
+        probe.drain(|bytes| self.handle(bytes));
+        self.resolve_stacks(probe);
     }
 
     /// Call only after draining every event written so far.
@@ -143,6 +192,7 @@ impl Monitor {
         let mut report = build_report(
             &leaks,
             &self.holder_cache.holders,
+            &self.socket_stacks,
             now_ns,
             min_age,
             &self.options.filter,
@@ -153,6 +203,11 @@ impl Monitor {
         report.health = self.health.clone();
         report
     }
+}
+
+/// Every record the probe could not deliver, of any kind.
+fn all_drops(counters: &KernelCounters) -> u64 {
+    counters.dropped() + counters.destroyed_reserve_failed + counters.stack_reserve_failed
 }
 
 fn write_report<W: Write>(
@@ -207,6 +262,9 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         "tcptrace: watching for TCP socket leaks (CLOSE_WAIT or closed but held for >= {}); Ctrl-C to stop",
         humantime::format_duration(min_age)
     );
+    for notice in &probe.get_ref().notices {
+        eprintln!("{notice}");
+    }
 
     let mut drain_tick = interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -226,19 +284,17 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         tokio::select! {
             guard = probe.readable_mut() => {
                 let mut guard = guard?;
-                guard.get_inner_mut().drain(|bytes| monitor.handle(bytes));
+                monitor.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = drain_tick.tick() => {
-                probe.get_mut().drain(|bytes| monitor.handle(bytes));
-            }
+            _ = drain_tick.tick() => monitor.drain(probe.get_mut()),
             _ = reconcile_tick.tick() => {
-                probe.get_mut().drain(|bytes| monitor.handle(bytes));
+                monitor.drain(probe.get_mut());
                 monitor.reconcile(false);
             }
             _ = report_tick.tick(), if duration.is_none() => {
-                probe.get_mut().drain(|bytes| monitor.handle(bytes));
-                monitor.health.drops = probe.get_ref().counters().map(|c| c.dropped() + c.destroyed_reserve_failed).unwrap_or(0);
+                monitor.drain(probe.get_mut());
+                monitor.health.drops = probe.get_ref().counters().map(|c| all_drops(&c)).unwrap_or(0);
                 let report = monitor.report(min_age);
                 if write_report(&mut out, &report, json, live_terminal).is_err() {
                     break;
@@ -250,10 +306,10 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         }
     }
 
-    probe.get_mut().drain(|bytes| monitor.handle(bytes));
+    monitor.drain(probe.get_mut());
     monitor.reconcile(false);
     let counters = probe.get_ref().counters()?;
-    monitor.health.drops = counters.dropped() + counters.destroyed_reserve_failed;
+    monitor.health.drops = all_drops(&counters);
     let report = monitor.report(min_age);
     write_report(&mut out, &report, json, false)?;
     Ok(LeaksOutcome {

@@ -20,5 +20,6 @@ pub mod preflight;
 pub mod probe;
 pub mod report;
 pub mod sockdiag;
+pub mod symbolize;
 pub mod tracker;
 pub mod watch;

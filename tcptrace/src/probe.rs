@@ -9,10 +9,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, ProgramError},
 };
-use tcptrace_common::{COUNTER_SLOTS, Counter, names};
+use tcptrace_common::{
+    COUNTER_SLOTS, Counter, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
+};
 use thiserror::Error;
 
 use crate::{
@@ -28,6 +30,20 @@ pub const PAGE_SIZE: u32 = 4096;
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
 
+/// Which user stacks the probe takes, and so what it costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StackLevel {
+    /// None, and no per-recv hook.
+    #[default]
+    Off,
+    /// connect, first I/O and EOF stacks, walked once per process, kind
+    /// and call site (the probe fingerprints the call site from a few
+    /// frame-pointer reads first).
+    Deduped,
+    /// A full stack walk for every socket (about 1 µs each).
+    EverySocket,
+}
+
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     /// A power of two, at least one page.
@@ -38,6 +54,7 @@ pub struct ProbeOptions {
     pub port_filter: Option<u16>,
     /// Also report sockets the kernel frees (`tcp_destroy_sock`): leak mode.
     pub report_destroyed: bool,
+    pub stacks: StackLevel,
 }
 
 impl Default for ProbeOptions {
@@ -48,6 +65,7 @@ impl Default for ProbeOptions {
             owner_tgid_filter: None,
             port_filter: None,
             report_destroyed: false,
+            stacks: StackLevel::Off,
         }
     }
 }
@@ -101,6 +119,7 @@ pub struct KernelCounters {
     pub filtered_in_kernel: u64,
     pub socket_read_failed: u64,
     pub destroyed_reserve_failed: u64,
+    pub stack_reserve_failed: u64,
 }
 
 impl KernelCounters {
@@ -125,6 +144,9 @@ pub struct Probe {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    stacks: StackTraceMap<MapData>,
+    /// Features this kernel could not give, one line each for the user.
+    pub notices: Vec<String>,
 }
 
 impl Probe {
@@ -143,6 +165,20 @@ impl Probe {
         // Half full: the reader is woken with room to spare, and a steady
         // trickle is picked up by its timer instead of by interrupts.
         config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
+        config.stack_level = match options.stacks {
+            StackLevel::Off => STACKS_OFF,
+            StackLevel::Deduped => STACKS_DEDUPED,
+            StackLevel::EverySocket => STACKS_EVERY_SOCKET,
+        };
+        let mut notices = Vec::new();
+        let recv_hook = format!("btf_trace_{}", names::RECV_TRACEPOINT);
+        let attach_recv = options.stacks != StackLevel::Off && btf.has_type_named(&recv_hook);
+        if options.stacks != StackLevel::Off && !attach_recv {
+            notices.push(
+                "tcptrace: no first-I/O or EOF stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); connect stacks only"
+                    .to_owned(),
+            );
+        }
 
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -178,6 +214,17 @@ impl Probe {
                 .map_err(ProbeError::Attach)?;
             program.attach().map_err(ProbeError::Attach)?;
         }
+        if attach_recv {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(names::RECV_PROGRAM)
+                .ok_or(ProbeError::Missing("recv program"))?
+                .try_into()
+                .map_err(ProbeError::Attach)?;
+            program
+                .load(names::RECV_TRACEPOINT, &kernel_btf)
+                .map_err(ProbeError::Attach)?;
+            program.attach().map_err(ProbeError::Attach)?;
+        }
 
         let events = ebpf
             .take_map(names::EVENTS_MAP)
@@ -193,11 +240,26 @@ impl Probe {
             what: "counters",
             source,
         })?;
+        let stacks = ebpf
+            .take_map(names::STACKS_MAP)
+            .ok_or(ProbeError::Missing("stack map"))?;
+        let stacks = StackTraceMap::try_from(stacks).map_err(|source| ProbeError::Map {
+            what: "stack map",
+            source,
+        })?;
         Ok(Self {
             ebpf,
             events,
             counters,
+            stacks,
+            notices,
         })
+    }
+
+    /// The instruction pointers of stack `id`, innermost first.
+    pub fn stack_addresses(&self, id: u32) -> Option<Vec<u64>> {
+        let trace = self.stacks.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|frame| frame.ip).collect())
     }
 
     /// Hands every record waiting in the ring buffer to `each`; returns how many.
@@ -229,6 +291,7 @@ impl Probe {
             filtered_in_kernel: read(Counter::FilteredInKernel)?,
             socket_read_failed: read(Counter::SocketReadFailed)?,
             destroyed_reserve_failed: read(Counter::DestroyedReserveFailed)?,
+            stack_reserve_failed: read(Counter::StackReserveFailed)?,
         })
     }
 

@@ -15,7 +15,32 @@ use crate::{
     holders::Holder,
     leaks::{LeakKind, Suspect},
     output::endpoint,
+    symbolize::Frames,
 };
+
+/// The stacks the probe took for one socket, resolved.
+#[derive(Clone, Debug, Default)]
+pub struct SocketStacks {
+    pub connect: Option<Frames>,
+    pub first_io: Option<Frames>,
+    pub eof: Option<Frames>,
+}
+
+/// Leaked sockets of one process that share their code paths.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CodePath {
+    pub sockets: usize,
+    /// "connect" (the client that opened it) or "first_io" (the first recv
+    /// that returned data: an accepted socket's serving path); `None` when no
+    /// stack was taken.
+    pub origin: Option<&'static str>,
+    pub origin_stack: Vec<String>,
+    /// The recv that returned EOF and was never followed by close().
+    pub eof_stack: Vec<String>,
+}
+
+/// Frames shown per stack in the text report (JSON has them all).
+const TEXT_FRAMES: usize = 8;
 
 /// Open fds and the soft RLIMIT_NOFILE of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +94,8 @@ pub struct ProcessLeaks {
     pub fds_exhausted_in_s: Option<f64>,
     pub peers: Vec<PeerCount>,
     pub peer_pattern: Option<&'static str>,
+    /// Most sockets first.
+    pub code_paths: Vec<CodePath>,
     pub sockets: Vec<LeakedSocket>,
 }
 
@@ -79,6 +106,8 @@ pub struct ProbeHealth {
     pub decode_errors: u64,
     pub corrections: u64,
     pub unreadable_namespaces: usize,
+    /// Stacks the kernel could not store (map full, bucket collision).
+    pub stack_errors: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -131,9 +160,11 @@ impl GrowthHistory {
 /// One process's comm and its leaked sockets, each with the fd it holds.
 type HeldLeaks<'a> = (Option<String>, Vec<(&'a Suspect, Option<u32>)>);
 
+#[allow(clippy::too_many_arguments)] // the report's inputs, each from another source
 pub fn build_report(
     leaks: &[&Suspect],
     holders: &HashMap<u64, Vec<Holder>>,
+    stacks: &HashMap<u64, SocketStacks>,
     now_ns: u64,
     min_age: Duration,
     filter: &ReportFilter,
@@ -176,7 +207,9 @@ pub fn build_report(
     growth.retain(&pids);
     let mut processes: Vec<ProcessLeaks> = by_process
         .into_iter()
-        .map(|(pid, (comm, sockets))| process_leaks(pid, comm, &sockets, now_ns, &fd_usage, growth))
+        .map(|(pid, (comm, sockets))| {
+            process_leaks(pid, comm, &sockets, stacks, now_ns, &fd_usage, growth)
+        })
         .collect();
     processes.sort_by(|a, b| {
         (b.close_wait + b.closed_held)
@@ -195,6 +228,7 @@ fn process_leaks(
     pid: Option<u32>,
     comm: Option<String>,
     sockets: &[(&Suspect, Option<u32>)],
+    stacks: &HashMap<u64, SocketStacks>,
     now_ns: u64,
     fd_usage: &impl Fn(u32) -> Option<FdUsage>,
     growth: &mut GrowthHistory,
@@ -246,7 +280,70 @@ fn process_leaks(
         fds_exhausted_in_s,
         peers,
         peer_pattern,
+        code_paths: code_paths(sockets.iter().map(|(s, _)| stacks.get(&s.cookie))),
         sockets: listed,
+    }
+}
+
+fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Vec<CodePath> {
+    let mut paths: HashMap<(Option<&'static str>, Vec<String>, Vec<String>), usize> =
+        HashMap::new();
+    for stacks in sockets {
+        let (origin, origin_stack, eof_stack) = match stacks {
+            Some(s) => {
+                let (origin, frames) = match (&s.connect, &s.first_io) {
+                    (Some(frames), _) => (Some("connect"), frames.to_vec()),
+                    (None, Some(frames)) => (Some("first_io"), frames.to_vec()),
+                    (None, None) => (None, Vec::new()),
+                };
+                (
+                    origin,
+                    frames,
+                    s.eof.as_ref().map(|f| f.to_vec()).unwrap_or_default(),
+                )
+            }
+            None => (None, Vec::new(), Vec::new()),
+        };
+        *paths.entry((origin, origin_stack, eof_stack)).or_default() += 1;
+    }
+    let mut paths: Vec<CodePath> = paths
+        .into_iter()
+        .map(|((origin, origin_stack, eof_stack), sockets)| CodePath {
+            sockets,
+            origin,
+            origin_stack,
+            eof_stack,
+        })
+        .collect();
+    paths.sort_by(|a, b| {
+        b.sockets
+            .cmp(&a.sockets)
+            .then_with(|| a.origin_stack.cmp(&b.origin_stack))
+            .then_with(|| a.eof_stack.cmp(&b.eof_stack))
+    });
+    paths
+}
+
+fn write_stack(out: &mut String, label: &str, frames: &[String]) {
+    if frames.is_empty() {
+        let _ = writeln!(out, "      {label}: (no stack)");
+        return;
+    }
+    for (i, frame) in frames.iter().take(TEXT_FRAMES).enumerate() {
+        let lead = if i == 0 {
+            format!("{label}:")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "      {lead:<10} {frame}");
+    }
+    if frames.len() > TEXT_FRAMES {
+        let _ = writeln!(
+            out,
+            "      {:<10} ... {} more",
+            "",
+            frames.len() - TEXT_FRAMES
+        );
     }
 }
 
@@ -360,6 +457,20 @@ pub fn render_text(report: &LeakReport) -> String {
         if let Some(pattern) = p.peer_pattern {
             let _ = writeln!(out, "    ({pattern})");
         }
+        for path in &p.code_paths {
+            let _ = writeln!(
+                out,
+                "    code path of {} socket{}:",
+                path.sockets,
+                if path.sockets == 1 { "" } else { "s" }
+            );
+            let origin = match path.origin {
+                Some("connect") => "connect",
+                _ => "first I/O",
+            };
+            write_stack(&mut out, origin, &path.origin_stack);
+            write_stack(&mut out, "EOF", &path.eof_stack);
+        }
         for s in &p.sockets {
             let _ = writeln!(
                 out,
@@ -429,6 +540,7 @@ mod tests {
         let report = build_report(
             &refs,
             &holders,
+            &HashMap::new(),
             100 * S,
             Duration::from_secs(30),
             &ReportFilter::default(),
@@ -462,6 +574,7 @@ mod tests {
             build_report(
                 &refs,
                 &holders,
+                &HashMap::new(),
                 10 * S,
                 Duration::ZERO,
                 &filter,
@@ -514,6 +627,7 @@ mod tests {
         let report = build_report(
             &refs,
             &holders,
+            &HashMap::new(),
             60 * S,
             Duration::ZERO,
             &ReportFilter::default(),
@@ -524,6 +638,57 @@ mod tests {
         assert_eq!(p.growth_per_minute, Some(1.0));
         // 924 fds left at one per minute.
         assert_eq!(p.fds_exhausted_in_s, Some(924.0 * 60.0));
+    }
+
+    #[test]
+    fn sockets_sharing_stacks_share_a_code_path() {
+        let frames = |names: &[&str]| -> Frames {
+            std::sync::Arc::new(names.iter().map(|n| n.to_string()).collect())
+        };
+        let serve = frames(&["read_request", "serve_connection"]);
+        let eof = frames(&["drain_until_eof", "serve_connection"]);
+        let leaks: Vec<Suspect> = (1..=4)
+            .map(|c| suspect(c, 10 + c, "10.0.0.1:1", 0, LeakKind::CloseWait))
+            .collect();
+        let refs: Vec<&Suspect> = leaks.iter().collect();
+        let holders: HashMap<u64, Vec<Holder>> = (1..=4)
+            .map(|c| (10 + c, vec![holder(7, c as u32)]))
+            .collect();
+        let mut stacks = HashMap::new();
+        for cookie in 1..=3 {
+            stacks.insert(
+                cookie,
+                SocketStacks {
+                    connect: None,
+                    first_io: Some(serve.clone()),
+                    eof: Some(eof.clone()),
+                },
+            );
+        }
+        let report = build_report(
+            &refs,
+            &holders,
+            &stacks,
+            10 * S,
+            Duration::ZERO,
+            &ReportFilter::default(),
+            |_| None,
+            &mut GrowthHistory::default(),
+        );
+        let paths = &report.processes[0].code_paths;
+        assert_eq!(paths.len(), 2, "{paths:#?}");
+        assert_eq!(paths[0].sockets, 3);
+        assert_eq!(paths[0].origin, Some("first_io"));
+        assert_eq!(paths[0].eof_stack, eof.to_vec());
+        assert_eq!(
+            (paths[1].sockets, paths[1].origin),
+            (1, None),
+            "no stack taken"
+        );
+        let text = render_text(&report);
+        assert!(text.contains("code path of 3 sockets"), "{text}");
+        assert!(text.contains("first I/O: read_request"), "{text}");
+        assert!(text.contains("EOF:       drain_until_eof"), "{text}");
     }
 
     #[test]
@@ -551,6 +716,7 @@ mod tests {
         let report = build_report(
             &refs,
             &holders,
+            &HashMap::new(),
             45 * S,
             Duration::from_secs(30),
             &ReportFilter::default(),

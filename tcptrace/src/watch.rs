@@ -81,7 +81,7 @@ impl<W: Write> Pipeline<W> {
         let transition = match decode(bytes) {
             Ok(Record::Transition(transition)) => transition,
             // Only leak mode asks the probe for these.
-            Ok(Record::Destroyed { .. }) => return,
+            Ok(Record::Destroyed { .. } | Record::Stack(_)) => return,
             Err(_) => {
                 self.summary.decode_errors += 1;
                 return;

@@ -100,6 +100,88 @@ fn ipv6_server_close_wait_leak() {
     }
 }
 
+fn stack_text(frames: &serde_json::Value) -> String {
+    frames
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_stacks_name_the_serving_path_and_the_eof_path() {
+    if !require_root() {
+        return;
+    }
+    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
+    let mut server = Peer::spawn(&[
+        "leaky-service",
+        "--addr",
+        "127.0.0.1:0",
+        "--connections",
+        "5",
+        "--leak",
+        "3",
+    ]);
+    let port = server.expect("listening")["port"].clone();
+    let clients = Peer::spawn(&[
+        "clients",
+        "--connect",
+        &addr("127.0.0.1", &port),
+        "--count",
+        "5",
+    ]);
+    let held = sorted(Peer::held_cookies(&server.expect("holding")));
+    clients.expect("done");
+    let report = run.report();
+    assert_eq!(report.cookies(server.pid()), held);
+    let entry = report.process(server.pid()).unwrap();
+    let paths = entry["code_paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 1, "one code path for all three: {paths:#?}");
+    let path = &paths[0];
+    assert_eq!(path["sockets"], 3);
+    assert_eq!(path["origin"], "first_io");
+    let origin = stack_text(&path["origin_stack"]);
+    let eof = stack_text(&path["eof_stack"]);
+    assert!(origin.contains("serve_request"), "serving path:\n{origin}");
+    assert!(
+        !origin.contains("wait_for_hangup"),
+        "serving path:\n{origin}"
+    );
+    assert!(eof.contains("wait_for_hangup"), "EOF path:\n{eof}");
+    assert!(!eof.contains("serve_request"), "EOF path:\n{eof}");
+    assert!(
+        eof.contains("leaky_service"),
+        "callers are named too:\n{eof}"
+    );
+    assert!(
+        eof.contains("main.rs:"),
+        "file and line where debug info exists:\n{eof}"
+    );
+    // No stack points at the clients: they never held these sockets.
+    assert!(!origin.contains("clients") && !eof.contains("clients"));
+    server.go();
+    server.expect("released");
+}
+
+#[test]
+fn with_stacks_off_nothing_is_walked() {
+    if !require_root() {
+        return;
+    }
+    let run = LeakRun::start(&["--duration", "2s", "--min-age", "500ms", "--stacks", "off"]);
+    let mut leaker = Peer::spawn(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "1"]);
+    leaker.expect("holding");
+    let report = run.report();
+    let path = &report.process(leaker.pid()).unwrap()["code_paths"][0];
+    assert_eq!(path["origin"], serde_json::Value::Null);
+    assert_eq!(path["eof_stack"], serde_json::json!([]));
+    leaker.go();
+    leaker.expect("released");
+}
+
 #[test]
 fn a_server_that_closes_properly_reports_nothing() {
     if require_root() {
@@ -187,6 +269,14 @@ fn a_client_that_never_closes_leaks_close_wait() {
     let report = run.report();
     assert_eq!(report.cookies(client.pid()), held);
     assert!(report.process(server.pid()).is_none());
+    let path = &report.process(client.pid()).unwrap()["code_paths"][0];
+    assert_eq!(path["origin"], "connect");
+    let connect = stack_text(&path["origin_stack"]);
+    assert!(
+        connect.contains("open_upstream_connection"),
+        "connect path:\n{connect}"
+    );
+    assert!(stack_text(&path["eof_stack"]).contains("leaky_client"));
     client.go();
     client.expect("released");
 }

@@ -72,6 +72,17 @@ enum Role {
         #[arg(long)]
         rst: bool,
     },
+    /// Like leaky-server, with each step in a function of its own so tests
+    /// can check the stacks: accept_connections, serve_request (first read),
+    /// wait_for_hangup (reads EOF), keep_forgotten_sockets (holds `leak`).
+    LeakyService {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+        #[arg(long)]
+        leak: u32,
+    },
     /// Accept `connections` and close each at once (the server closes first).
     ClosingServer {
         #[arg(long)]
@@ -132,6 +143,11 @@ fn main() -> Result<()> {
             count,
             rst,
         } => clients(connect, count, rst),
+        Role::LeakyService {
+            addr,
+            connections,
+            leak,
+        } => leaky_service(addr, connections, leak),
         Role::ClosingServer { addr, connections } => closing_server(addr, connections),
         Role::LeakyClient { connect, count } => leaky_client(connect, count),
         Role::SelfLeak { addr, leak } => self_leak(addr, leak),
@@ -341,6 +357,57 @@ fn clients(connect: SocketAddr, count: u32, rst: bool) -> Result<()> {
     Ok(())
 }
 
+// The named steps of leaky-service. `inline(never)` keeps each a frame of
+// its own; the stacks name the function that calls the read helper, since
+// the libc wrapper itself keeps no frame pointer.
+#[inline(never)]
+fn leaky_service(addr: SocketAddr, connections: u32, leak: u32) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    say(&format!(
+        "listening pid={} port={}",
+        std::process::id(),
+        listener.local_addr()?.port()
+    ));
+    let accepted = accept_connections(&listener, connections)?;
+    drop(listener);
+    let mut kept = Vec::new();
+    for (i, mut conn) in accepted.into_iter().enumerate() {
+        serve_request(&mut conn)?;
+        wait_for_hangup(&mut conn)?;
+        if (i as u32) < leak {
+            kept.push(conn);
+        }
+    }
+    keep_forgotten_sockets(kept)
+}
+
+#[inline(never)]
+fn accept_connections(listener: &TcpListener, count: u32) -> Result<Vec<TcpStream>> {
+    (0..count).map(|_| Ok(listener.accept()?.0)).collect()
+}
+
+#[inline(never)]
+fn serve_request(conn: &mut TcpStream) -> Result<()> {
+    let mut request = [0u8; 7];
+    read_some(conn, &mut request)?;
+    Ok(())
+}
+
+#[inline(never)]
+fn wait_for_hangup(conn: &mut TcpStream) -> Result<()> {
+    read_to_eof(conn)
+}
+
+#[inline(never)]
+fn read_some(conn: &mut TcpStream, buf: &mut [u8]) -> Result<usize> {
+    Ok(conn.read(buf)?)
+}
+
+#[inline(never)]
+fn keep_forgotten_sockets(kept: Vec<TcpStream>) -> Result<()> {
+    hold(kept)
+}
+
 fn closing_server(addr: SocketAddr, connections: u32) -> Result<()> {
     let listener = TcpListener::bind(addr)?;
     say(&format!(
@@ -359,11 +426,16 @@ fn closing_server(addr: SocketAddr, connections: u32) -> Result<()> {
 fn leaky_client(connect: SocketAddr, count: u32) -> Result<()> {
     let mut held = Vec::new();
     for _ in 0..count {
-        let mut stream = TcpStream::connect(connect)?;
+        let mut stream = open_upstream_connection(connect)?;
         read_to_eof(&mut stream)?;
         held.push(stream);
     }
     hold(held)
+}
+
+#[inline(never)]
+fn open_upstream_connection(connect: SocketAddr) -> Result<TcpStream> {
+    Ok(TcpStream::connect(connect)?)
 }
 
 fn self_leak(addr: SocketAddr, leak: u32) -> Result<()> {
