@@ -285,9 +285,11 @@ fn process_leaks(
     }
 }
 
+/// (origin kind, origin stack, EOF stack): what makes two code paths one.
+type CodePathKey = (Option<&'static str>, Vec<String>, Vec<String>);
+
 fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Vec<CodePath> {
-    let mut paths: HashMap<(Option<&'static str>, Vec<String>, Vec<String>), usize> =
-        HashMap::new();
+    let mut paths: HashMap<CodePathKey, usize> = HashMap::new();
     for stacks in sockets {
         let (origin, origin_stack, eof_stack) = match stacks {
             Some(s) => {
