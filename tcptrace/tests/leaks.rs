@@ -350,6 +350,135 @@ fn leaks_from_before_the_start_are_pre_existing_in_any_namespace() {
     }
 }
 
+/// Two network namespaces of the test's own, joined by a veth pair;
+/// removed on drop. Addresses exist only inside them.
+struct NamespacePair {
+    server: String,
+    client: String,
+}
+
+const SERVER_IP: &str = "10.213.0.1";
+const CLIENT_IP: &str = "10.213.0.2";
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+impl NamespacePair {
+    fn create() -> Self {
+        let tag = std::process::id();
+        let pair = Self {
+            server: format!("tcptrace-srv-{tag}"),
+            client: format!("tcptrace-cli-{tag}"),
+        };
+        ip(&["netns", "add", &pair.server]);
+        ip(&["netns", "add", &pair.client]);
+        ip(&[
+            "link",
+            "add",
+            "tt-srv0",
+            "netns",
+            &pair.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tt-cli0",
+            "netns",
+            &pair.client,
+        ]);
+        for (ns, dev, address) in [
+            (&pair.server, "tt-srv0", SERVER_IP),
+            (&pair.client, "tt-cli0", CLIENT_IP),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{address}/30"),
+                "dev",
+                dev,
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    fn command(namespace: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace]);
+        command.arg(testpeer_path());
+        command.args(args);
+        command
+    }
+}
+
+impl Drop for NamespacePair {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn a_pre_existing_leak_between_two_namespaces_names_its_holder() {
+    if !require_root() {
+        return;
+    }
+    let pair = NamespacePair::create();
+    let server_args = [
+        "leaky-server",
+        "--addr",
+        &format!("{SERVER_IP}:0"),
+        "--connections",
+        "3",
+        "--leak",
+        "2",
+    ];
+    let mut server = Peer::spawn_command(
+        NamespacePair::command(&pair.server, &server_args),
+        "leaky-server in its namespace",
+    );
+    let listening = server.expect("listening");
+    let server_pid: u32 = listening["pid"].parse().unwrap();
+    let target = format!("{SERVER_IP}:{}", listening["port"]);
+    let clients = Peer::spawn_command(
+        NamespacePair::command(
+            &pair.client,
+            &["clients", "--connect", &target, "--count", "3"],
+        ),
+        "clients in the other namespace",
+    );
+    clients.expect("done");
+    let held = sorted(Peer::held_cookies(&server.expect("holding")));
+
+    // tcptrace starts after the leak: it learns of it from the kernel table.
+    let report = LeakRun::start(&["--duration", "2s", "--min-age", "1s"]).report();
+    assert_eq!(report.cookies(server_pid), held, "{:#}", report.0);
+    for socket in report.process(server_pid).unwrap()["sockets"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(socket["provenance"], "pre_existing");
+        assert_eq!(
+            socket["local"].as_str().unwrap().split(':').next(),
+            Some(SERVER_IP)
+        );
+        assert_eq!(
+            socket["remote"].as_str().unwrap().split(':').next(),
+            Some(CLIENT_IP)
+        );
+    }
+    let peers = &report.process(server_pid).unwrap()["peers"];
+    assert_eq!(peers[0]["address"], CLIENT_IP);
+    server.go();
+    server.expect("released");
+}
+
 #[test]
 fn ring_buffer_drops_never_change_the_leak_count() {
     if !require_root() {
