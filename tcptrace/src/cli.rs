@@ -110,6 +110,13 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
     pub stacks: StackLevel,
 
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Sizes of the probe's kernel buffers, shared by every command.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
     /// Kernel ring buffer size: a power of two of at least 4K, e.g. 4M.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_size,
           default_value_t = DEFAULT_RING_BUFFER_BYTES)]
@@ -119,6 +126,16 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sockets: u32,
+}
+
+impl KernelArgs {
+    fn probe_options(&self) -> ProbeOptions {
+        ProbeOptions {
+            ring_buffer_bytes: self.ring_buffer_size,
+            max_sockets: self.max_sockets,
+            ..ProbeOptions::default()
+        }
+    }
 }
 
 pub fn parse_stack_level(text: &str) -> Result<StackLevel, String> {
@@ -138,10 +155,8 @@ impl LeaksArgs {
             // No in-kernel filters: the holder, not the owner, decides what
             // is shown, and reconciliation needs every transition.
             probe: ProbeOptions {
-                ring_buffer_bytes: self.ring_buffer_size,
-                max_sockets: self.max_sockets,
                 stacks: self.stacks,
-                ..ProbeOptions::default()
+                ..self.kernel.probe_options()
             },
             min_age: self.min_age,
             duration: self.duration,
@@ -185,15 +200,8 @@ pub struct WatchArgs {
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Kernel ring buffer size: a power of two of at least 4K, e.g. 4M.
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_size,
-          default_value_t = DEFAULT_RING_BUFFER_BYTES)]
-    pub ring_buffer_size: u32,
-
-    /// Sockets whose owner the kernel probe can remember at once.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sockets: u32,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 impl WatchArgs {
@@ -205,11 +213,9 @@ impl WatchArgs {
         };
         WatchOptions {
             probe: ProbeOptions {
-                ring_buffer_bytes: self.ring_buffer_size,
-                max_sockets: self.max_sockets,
                 owner_tgid_filter: self.pid,
                 port_filter: self.port,
-                ..ProbeOptions::default()
+                ..self.kernel.probe_options()
             },
             filter: Filter {
                 owner_pid: self.pid,

@@ -16,7 +16,7 @@ use std::{
 use blazesym::{
     Pid,
     symbolize::{
-        Input, Sym, Symbolized, Symbolizer,
+        CodeInfo, Input, Sym, Symbolized, Symbolizer,
         source::{Process, Source},
     },
 };
@@ -107,23 +107,19 @@ impl StackSymbolizer {
 /// `function (file:line)`, with inlined callees first, innermost first.
 fn push_symbol(frames: &mut Vec<String>, sym: &Sym<'_>) {
     for inlined in sym.inlined.iter().rev() {
-        let place = inlined
-            .code_info
-            .as_ref()
-            .map(|info| place(&info.file.to_string_lossy(), info.line))
-            .unwrap_or_default();
+        let place = place(inlined.code_info.as_ref());
         frames.push(format!("{}{place} [inlined]", inlined.name));
     }
-    let place = sym
-        .code_info
-        .as_ref()
-        .map(|info| place(&info.file.to_string_lossy(), info.line))
-        .unwrap_or_default();
-    frames.push(format!("{}{place}", sym.name));
+    frames.push(format!("{}{}", sym.name, place(sym.code_info.as_deref())));
 }
 
-fn place(file: &str, line: Option<u32>) -> String {
-    match line {
+/// ` (file:line)`, or nothing without debug info.
+fn place(info: Option<&CodeInfo<'_>>) -> String {
+    let Some(info) = info else {
+        return String::new();
+    };
+    let file = info.file.to_string_lossy();
+    match info.line {
         Some(line) => format!(" ({file}:{line})"),
         None => format!(" ({file})"),
     }

@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::{
-    collections::HashSet, fs, os::unix::fs::MetadataExt, process::Command, thread, time::Duration,
-};
+use std::{collections::HashSet, fs, os::unix::fs::MetadataExt, thread, time::Duration};
 
-use common::{Peer, require_root, testpeer_path};
+use common::{Peer, require_root};
 use tcptrace::{
     holders::socket_holders,
     sockdiag::{dump_all_namespaces, dump_tcp, own_net_namespace},
@@ -62,16 +60,8 @@ fn sockets_in_another_network_namespace_are_found() {
         return;
     }
     // A namespace of our own, alive as long as the peer: loopback only.
-    let mut command = Command::new("unshare");
-    command.args([
-        "--net",
-        "sh",
-        "-c",
-        "ip link set lo up && exec \"$0\" \"$@\"",
-    ]);
-    command.arg(testpeer_path());
-    command.args(["self-leak", "--addr", "127.0.0.1:0", "--leak", "2"]);
-    let mut leaker = Peer::spawn_command(command, "self-leak in a new netns");
+    let mut leaker =
+        Peer::spawn_in_new_netns(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "2"]);
     let holding = leaker.expect("holding");
     let cookies = Peer::held_cookies(&holding);
     let pid: u32 = holding["pid"].parse().unwrap();

@@ -19,45 +19,73 @@ fn addr(ip: &str, port: &str) -> String {
     }
 }
 
-/// A server keeps `leak` of `connections` accepted sockets after reading EOF;
-/// clients (another process) close first; a bystander makes its own traffic.
-fn server_leak(ip: &str, connections: &str, leak: &str, extra: &[&str]) {
-    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
+/// A leaking server (`role` plus `server_args`, serving `count` connections
+/// on `ip`) and its clients, another process closing first (`client_args`
+/// appended). Returns once the server holds its leaks.
+struct ServedClients {
+    server: Peer,
+    clients: Peer,
+    /// Who holds the leaks: the server, or the child it forked.
+    holder: u32,
+    held: Vec<u64>,
+}
+
+fn serve_clients(
+    ip: &str,
+    role: &str,
+    count: &str,
+    server_args: &[&str],
+    client_args: &[&str],
+) -> ServedClients {
     let mut args = vec![
-        "leaky-server",
+        role,
         "--addr",
         if ip.contains(':') {
             "[::1]:0"
         } else {
             "127.0.0.1:0"
         },
-        "--connections",
-        connections,
-        "--leak",
-        leak,
     ];
-    args.extend_from_slice(extra);
-    let mut server = Peer::spawn(&args);
+    args.extend_from_slice(&["--connections", count]);
+    args.extend_from_slice(server_args);
+    let server = Peer::spawn(&args);
     let port = server.expect("listening")["port"].clone();
-    let clients = Peer::spawn(&[
-        "clients",
-        "--connect",
-        &addr(ip, &port),
-        "--count",
-        connections,
-    ]);
-    let bystander = Peer::spawn(&["bystander", "--addr", &addr(ip, "0"), "--connections", "10"]);
+    let target = addr(ip, &port);
+    let mut client_command = vec!["clients", "--connect", &target, "--count", count];
+    client_command.extend_from_slice(client_args);
+    let clients = Peer::spawn(&client_command);
     let holding = server.expect("holding");
-    let held = sorted(Peer::held_cookies(&holding));
-    let holder: u32 = holding["pid"].parse().unwrap();
     clients.expect("done");
+    ServedClients {
+        holder: holding["pid"].parse().unwrap(),
+        held: sorted(Peer::held_cookies(&holding)),
+        server,
+        clients,
+    }
+}
+
+impl ServedClients {
+    fn release(mut self) {
+        self.server.go();
+        self.server.expect("released");
+    }
+}
+
+/// A server keeps `leak` of `connections` accepted sockets after reading EOF;
+/// clients (another process) close first; a bystander makes its own traffic.
+fn server_leak(ip: &str, connections: &str, leak: &str, extra: &[&str]) {
+    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
+    let bystander = Peer::spawn(&["bystander", "--addr", &addr(ip, "0"), "--connections", "10"]);
+    let mut server_args = vec!["--leak", leak];
+    server_args.extend_from_slice(extra);
+    let served = serve_clients(ip, "leaky-server", connections, &server_args, &[]);
     bystander.expect("bystander");
     bystander.expect("done");
 
     let report = run.report();
-    assert_eq!(report.cookies(holder), held, "{:#}", report.0);
-    if let Some(entry) = report.process(holder) {
-        assert_eq!(entry["close_wait"].as_u64(), Some(held.len() as u64));
+    assert_eq!(report.cookies(served.holder), served.held, "{:#}", report.0);
+    if let Some(entry) = report.process(served.holder) {
+        assert_eq!(entry["close_wait"].as_u64(), Some(served.held.len() as u64));
         assert_eq!(entry["comm"], "tcptrace-testpe");
         for socket in entry["sockets"].as_array().unwrap() {
             assert_eq!(socket["kind"], "close_wait");
@@ -67,7 +95,7 @@ fn server_leak(ip: &str, connections: &str, leak: &str, extra: &[&str]) {
         }
     }
     assert!(
-        report.process(clients.pid()).is_none(),
+        report.process(served.clients.pid()).is_none(),
         "clients leak nothing"
     );
     assert!(
@@ -82,8 +110,7 @@ fn server_leak(ip: &str, connections: &str, leak: &str, extra: &[&str]) {
         "{:#}",
         report.0["health"]
     );
-    server.go();
-    server.expect("released");
+    served.release();
 }
 
 #[test]
@@ -116,28 +143,10 @@ fn the_stacks_name_the_serving_path_and_the_eof_path() {
         return;
     }
     let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
-    let mut server = Peer::spawn(&[
-        "leaky-service",
-        "--addr",
-        "127.0.0.1:0",
-        "--connections",
-        "5",
-        "--leak",
-        "3",
-    ]);
-    let port = server.expect("listening")["port"].clone();
-    let clients = Peer::spawn(&[
-        "clients",
-        "--connect",
-        &addr("127.0.0.1", &port),
-        "--count",
-        "5",
-    ]);
-    let held = sorted(Peer::held_cookies(&server.expect("holding")));
-    clients.expect("done");
+    let served = serve_clients("127.0.0.1", "leaky-service", "5", &["--leak", "3"], &[]);
     let report = run.report();
-    assert_eq!(report.cookies(server.pid()), held);
-    let entry = report.process(server.pid()).unwrap();
+    assert_eq!(report.cookies(served.holder), served.held);
+    let entry = report.process(served.holder).unwrap();
     let paths = entry["code_paths"].as_array().unwrap();
     assert_eq!(paths.len(), 1, "one code path for all three: {paths:#?}");
     let path = &paths[0];
@@ -162,8 +171,7 @@ fn the_stacks_name_the_serving_path_and_the_eof_path() {
     );
     // No stack points at the clients: they never held these sockets.
     assert!(!origin.contains("clients") && !eof.contains("clients"));
-    server.go();
-    server.expect("released");
+    served.release();
 }
 
 #[test]
@@ -213,35 +221,19 @@ fn a_closed_but_held_socket_is_a_leak() {
         return;
     }
     let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
-    let mut server = Peer::spawn(&[
+    let served = serve_clients(
+        "127.0.0.1",
         "leaky-server",
-        "--addr",
-        "127.0.0.1:0",
-        "--connections",
         "3",
-        "--leak",
-        "3",
-        "--no-read",
-    ]);
-    let port = server.expect("listening")["port"].clone();
-    let clients = Peer::spawn(&[
-        "clients",
-        "--connect",
-        &addr("127.0.0.1", &port),
-        "--count",
-        "3",
-        "--rst",
-    ]);
-    let holding = server.expect("holding");
-    let held = sorted(Peer::held_cookies(&holding));
-    clients.expect("done");
+        &["--leak", "3", "--no-read"],
+        &["--rst"],
+    );
     let report = run.report();
-    let entry = report.process(server.pid()).expect("server reported");
+    let entry = report.process(served.holder).expect("server reported");
     assert_eq!(entry["closed_held"], 3, "{entry:#}");
     assert_eq!(entry["close_wait"], 0);
-    assert_eq!(report.cookies(server.pid()), held);
-    server.go();
-    server.expect("released");
+    assert_eq!(report.cookies(served.holder), served.held);
+    served.release();
 }
 
 #[test]
@@ -320,16 +312,8 @@ fn leaks_from_before_the_start_are_pre_existing_in_any_namespace() {
     }
     let mut here = Peer::spawn(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "2"]);
     let here_cookies = sorted(Peer::held_cookies(&here.expect("holding")));
-    let mut command = Command::new("unshare");
-    command.args([
-        "--net",
-        "sh",
-        "-c",
-        "ip link set lo up && exec \"$0\" \"$@\"",
-    ]);
-    command.arg(testpeer_path());
-    command.args(["self-leak", "--addr", "127.0.0.1:0", "--leak", "1"]);
-    let mut there = Peer::spawn_command(command, "self-leak in a new netns");
+    let mut there =
+        Peer::spawn_in_new_netns(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "1"]);
     let holding = there.expect("holding");
     let there_pid: u32 = holding["pid"].parse().unwrap();
     let there_cookies = Peer::held_cookies(&holding);
@@ -494,32 +478,13 @@ fn ring_buffer_drops_never_change_the_leak_count() {
         "4096",
     ]);
     let churn = Peer::spawn(&["churn", "--addr", "127.0.0.1:0", "--connections", "3000"]);
-    let mut server = Peer::spawn(&[
-        "leaky-server",
-        "--addr",
-        "127.0.0.1:0",
-        "--connections",
-        "5",
-        "--leak",
-        "3",
-    ]);
-    let port = server.expect("listening")["port"].clone();
-    let clients = Peer::spawn(&[
-        "clients",
-        "--connect",
-        &addr("127.0.0.1", &port),
-        "--count",
-        "5",
-    ]);
-    let held = sorted(Peer::held_cookies(&server.expect("holding")));
-    clients.expect("done");
+    let served = serve_clients("127.0.0.1", "leaky-server", "5", &["--leak", "3"], &[]);
     churn.expect("done");
     let report = run.report();
     assert!(
         report.0["health"]["drops"].as_u64().unwrap() > 0,
         "the flood must overflow the ring"
     );
-    assert_eq!(report.cookies(server.pid()), held, "{:#}", report.0);
-    server.go();
-    server.expect("released");
+    assert_eq!(report.cookies(served.holder), served.held, "{:#}", report.0);
+    served.release();
 }

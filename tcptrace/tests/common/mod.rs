@@ -123,6 +123,21 @@ impl Peer {
         stdin.flush().unwrap();
     }
 
+    /// A peer in a network namespace of its own (alive as long as the peer,
+    /// loopback only).
+    pub fn spawn_in_new_netns(args: &[&str]) -> Self {
+        let mut command = Command::new("unshare");
+        command.args([
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ]);
+        command.arg(testpeer_path());
+        command.args(args);
+        Self::spawn_command(command, &format!("{} (own netns)", args.join(" ")))
+    }
+
     /// The cookies a `hold` step listed.
     pub fn held_cookies(fields: &HashMap<String, String>) -> Vec<u64> {
         fields["cookies"]
