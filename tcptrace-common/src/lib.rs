@@ -161,6 +161,47 @@ pub struct TransitionRecord {
 }
 
 pub const TRANSITION_RECORD_SIZE: usize = 104;
+
+impl TransitionRecord {
+    /// The bytes the probe writes for this record (its memory, field by
+    /// field, without unsafe): for tests and benchmarks of the decoder.
+    pub fn to_bytes(&self) -> [u8; TRANSITION_RECORD_SIZE] {
+        use core::mem::offset_of;
+        let mut out = [0u8; TRANSITION_RECORD_SIZE];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            out[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        put(offset_of!(Self, kind), &self.kind.to_ne_bytes());
+        put(offset_of!(Self, owner_tgid), &self.owner_tgid.to_ne_bytes());
+        put(
+            offset_of!(Self, timestamp_ns),
+            &self.timestamp_ns.to_ne_bytes(),
+        );
+        put(offset_of!(Self, cookie), &self.cookie.to_ne_bytes());
+        put(offset_of!(Self, skaddr), &self.skaddr.to_ne_bytes());
+        put(
+            offset_of!(Self, socket_inode),
+            &self.socket_inode.to_ne_bytes(),
+        );
+        put(offset_of!(Self, local_addr), &self.local_addr);
+        put(offset_of!(Self, remote_addr), &self.remote_addr);
+        put(offset_of!(Self, owner_comm), &self.owner_comm);
+        put(
+            offset_of!(Self, netns_inode),
+            &self.netns_inode.to_ne_bytes(),
+        );
+        put(offset_of!(Self, local_port), &self.local_port.to_ne_bytes());
+        put(
+            offset_of!(Self, remote_port),
+            &self.remote_port.to_ne_bytes(),
+        );
+        put(offset_of!(Self, family), &self.family.to_ne_bytes());
+        put(offset_of!(Self, old_state), &[self.old_state]);
+        put(offset_of!(Self, new_state), &[self.new_state]);
+        put(offset_of!(Self, _reserved), &self._reserved.to_ne_bytes());
+        out
+    }
+}
 const _: () = assert!(core::mem::size_of::<TransitionRecord>() == TRANSITION_RECORD_SIZE);
 const _: () = assert!(core::mem::align_of::<TransitionRecord>() == 8);
 

@@ -221,63 +221,7 @@ pub(crate) mod tests {
 
     /// The bytes exactly as the probe writes them: the struct's own memory.
     pub(crate) fn record_bytes(record: &TransitionRecord) -> Vec<u8> {
-        let TransitionRecord {
-            kind,
-            owner_tgid,
-            timestamp_ns,
-            cookie,
-            skaddr,
-            socket_inode,
-            local_addr,
-            remote_addr,
-            owner_comm,
-            netns_inode,
-            local_port,
-            remote_port,
-            family,
-            old_state,
-            new_state,
-            _reserved,
-        } = *record;
-        let mut out = vec![0u8; TRANSITION_RECORD_SIZE];
-        let mut put = |offset: usize, bytes: &[u8]| {
-            out[offset..offset + bytes.len()].copy_from_slice(bytes);
-        };
-        use std::mem::offset_of;
-        put(offset_of!(TransitionRecord, kind), &kind.to_ne_bytes());
-        put(
-            offset_of!(TransitionRecord, owner_tgid),
-            &owner_tgid.to_ne_bytes(),
-        );
-        put(
-            offset_of!(TransitionRecord, timestamp_ns),
-            &timestamp_ns.to_ne_bytes(),
-        );
-        put(offset_of!(TransitionRecord, cookie), &cookie.to_ne_bytes());
-        put(offset_of!(TransitionRecord, skaddr), &skaddr.to_ne_bytes());
-        put(
-            offset_of!(TransitionRecord, socket_inode),
-            &socket_inode.to_ne_bytes(),
-        );
-        put(offset_of!(TransitionRecord, local_addr), &local_addr);
-        put(offset_of!(TransitionRecord, remote_addr), &remote_addr);
-        put(offset_of!(TransitionRecord, owner_comm), &owner_comm);
-        put(
-            offset_of!(TransitionRecord, netns_inode),
-            &netns_inode.to_ne_bytes(),
-        );
-        put(
-            offset_of!(TransitionRecord, local_port),
-            &local_port.to_ne_bytes(),
-        );
-        put(
-            offset_of!(TransitionRecord, remote_port),
-            &remote_port.to_ne_bytes(),
-        );
-        put(offset_of!(TransitionRecord, family), &family.to_ne_bytes());
-        put(offset_of!(TransitionRecord, old_state), &[old_state]);
-        put(offset_of!(TransitionRecord, new_state), &[new_state]);
-        out
+        record.to_bytes().to_vec()
     }
 
     fn transition(bytes: &[u8]) -> Transition {

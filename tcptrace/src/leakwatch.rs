@@ -23,8 +23,8 @@ use crate::{
     preflight,
     probe::{KernelCounters, Probe, ProbeOptions},
     report::{
-        FdUsage, GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
-        render_text,
+        FdUsage, GrowthHistory, LeakReport, ProbeHealth, ProgramHealth, ReportFilter, SocketStacks,
+        build_report, render_text,
     },
     sockdiag::{TableSnapshot, dump_all_namespaces},
     symbolize::StackSymbolizer,
@@ -310,6 +310,17 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     monitor.reconcile(false);
     let counters = probe.get_ref().counters()?;
     monitor.health.drops = all_drops(&counters);
+    monitor.health.programs = probe
+        .get_ref()
+        .all_program_stats()
+        .into_iter()
+        .map(|(program, stats)| ProgramHealth {
+            program,
+            runs: stats.run_count,
+            run_ns: stats.run_time.as_nanos() as u64,
+            recursion_misses: stats.recursion_misses,
+        })
+        .collect();
     let report = monitor.report(min_age);
     write_report(&mut out, &report, json, false)?;
     Ok(LeaksOutcome {

@@ -42,7 +42,10 @@ fn main() -> ExitCode {
                 eprintln!("tcptrace: no process {pid} is running now; watching for it anyway");
             }
             let options = args.into_options();
-            match runtime.block_on(watch::run(options, io::stdout().lock())) {
+            // Stdout is line-buffered even into a pipe or file: one write(2)
+            // per event. Buffer instead; watch flushes after every drain.
+            let out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+            match runtime.block_on(watch::run(options, out)) {
                 Ok(summary) => {
                     eprintln!("{summary}");
                     ExitCode::SUCCESS

@@ -295,11 +295,25 @@ impl Probe {
         })
     }
 
+    /// The transition program's statistics.
     pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
+        self.stats_of(names::PROGRAM)
+    }
+
+    /// Statistics of every program attached, by name.
+    pub fn all_program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
+        [names::PROGRAM, names::DESTROY_PROGRAM, names::RECV_PROGRAM]
+            .into_iter()
+            .filter_map(|name| Some((name, self.stats_of(name).ok()?)))
+            .collect()
+    }
+
+    fn stats_of(&self, name: &'static str) -> Result<ProgramStats, ProbeError> {
         let program = self
             .ebpf
-            .program(names::PROGRAM)
+            .program(name)
             .ok_or(ProbeError::Missing("program"))?;
+        // A program that was never loaded has no fd: it has no stats either.
         let fd = program.fd().map_err(ProbeError::Attach)?;
         let info = program_info(fd.as_fd().as_raw_fd()).map_err(ProbeError::Stats)?;
         Ok(ProgramStats {

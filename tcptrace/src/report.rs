@@ -108,6 +108,17 @@ pub struct ProbeHealth {
     pub unreadable_namespaces: usize,
     /// Stacks the kernel could not store (map full, bucket collision).
     pub stack_errors: u64,
+    /// Each attached program's kernel statistics (counted only while
+    /// bpf_stats is enabled).
+    pub programs: Vec<ProgramHealth>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ProgramHealth {
+    pub program: &'static str,
+    pub runs: u64,
+    pub run_ns: u64,
+    pub recursion_misses: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -42,6 +42,10 @@ pub struct WatchSummary {
     pub kernel: KernelCounters,
     /// `None` when the kernel would not say.
     pub recursion_misses: Option<u64>,
+    /// The program's run count and total run time: counted by the kernel
+    /// only while bpf_stats is enabled (0 otherwise).
+    pub probe_runs: u64,
+    pub probe_run_ns: u64,
 }
 
 impl fmt::Display for WatchSummary {
@@ -49,7 +53,7 @@ impl fmt::Display for WatchSummary {
         write!(
             f,
             "tcptrace: summary events={} shown={} drops={} (ring_full={} read_failed={}) \
-             decode_errors={} failed_inserts={} recursion_misses={}",
+             decode_errors={} failed_inserts={} recursion_misses={} probe_runs={} probe_run_ns={}",
             self.delivered,
             self.shown,
             self.kernel.dropped(),
@@ -59,6 +63,8 @@ impl fmt::Display for WatchSummary {
             self.kernel.owner_insert_failed,
             self.recursion_misses
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+            self.probe_runs,
+            self.probe_run_ns,
         )
     }
 }
@@ -173,7 +179,10 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
 
     let probe = probe.get_ref();
     pipeline.summary.kernel = probe.counters()?;
-    pipeline.summary.recursion_misses = probe.program_stats().ok().map(|s| s.recursion_misses);
+    let stats = probe.program_stats().ok();
+    pipeline.summary.recursion_misses = stats.map(|s| s.recursion_misses);
+    pipeline.summary.probe_runs = stats.map_or(0, |s| s.run_count);
+    pipeline.summary.probe_run_ns = stats.map_or(0, |s| s.run_time.as_nanos() as u64);
     Ok(pipeline.summary)
 }
 
@@ -246,11 +255,13 @@ mod tests {
                 ..KernelCounters::default()
             },
             recursion_misses: None,
+            probe_runs: 5,
+            probe_run_ns: 600,
         };
         assert_eq!(
             summary.to_string(),
             "tcptrace: summary events=10 shown=7 drops=3 (ring_full=2 read_failed=1) \
-             decode_errors=1 failed_inserts=4 recursion_misses=unknown"
+             decode_errors=1 failed_inserts=4 recursion_misses=unknown probe_runs=5 probe_run_ns=600"
         );
     }
 }

@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod load;
+
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use socket2::{Domain, Socket, Type};
@@ -105,6 +107,51 @@ enum Role {
         #[arg(long)]
         leak: u32,
     },
+    /// Benchmark churn server: answer, then close after the client (or
+    /// first); keep every Nth socket open after EOF; report on "go".
+    ChurnServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        #[arg(long)]
+        close_first: bool,
+        /// Keep every Nth socket (0: none).
+        #[arg(long, default_value_t = 0)]
+        leak_every: u64,
+    },
+    /// Benchmark churn clients: connect, send, read, close, for `seconds`.
+    ChurnClient {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Benchmark bulk receiver: `recv_size` recvs until each sender closes.
+    BulkServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        connections: u32,
+        #[arg(long, default_value_t = 16384)]
+        recv_size: usize,
+    },
+    /// Benchmark bulk senders, for `seconds`.
+    BulkClient {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        connections: u32,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// getppid() in a loop for `seconds`: a syscall no socket hook should tax.
+    SyscallLoop {
+        #[arg(long)]
+        seconds: f64,
+    },
     /// Make `connections` connections to itself as fast as possible from `threads` clients.
     Churn {
         #[arg(long)]
@@ -151,6 +198,28 @@ fn main() -> Result<()> {
         Role::ClosingServer { addr, connections } => closing_server(addr, connections),
         Role::LeakyClient { connect, count } => leaky_client(connect, count),
         Role::SelfLeak { addr, leak } => self_leak(addr, leak),
+        Role::ChurnServer {
+            addr,
+            threads,
+            close_first,
+            leak_every,
+        } => load::churn_server(addr, threads, close_first, leak_every),
+        Role::ChurnClient {
+            connect,
+            threads,
+            seconds,
+        } => load::churn_client(connect, threads, Duration::from_secs_f64(seconds)),
+        Role::BulkServer {
+            addr,
+            connections,
+            recv_size,
+        } => load::bulk_server(addr, connections, recv_size),
+        Role::BulkClient {
+            connect,
+            connections,
+            seconds,
+        } => load::bulk_client(connect, connections, Duration::from_secs_f64(seconds)),
+        Role::SyscallLoop { seconds } => load::syscall_loop(Duration::from_secs_f64(seconds)),
         Role::Churn {
             addr,
             connections,

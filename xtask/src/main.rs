@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask setup` installs the eBPF toolchain;
 //! `run` and `test` install whatever is missing first.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -31,6 +32,12 @@ enum Task {
     Test,
     /// Formatting and clippy, for the host crates and the eBPF crate separately.
     Lint,
+    /// Measure what tracing costs (as root, about 5 minutes); writes docs/PERFORMANCE.md.
+    Bench {
+        /// Rounds per configuration (at least 3 for the document).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +91,24 @@ fn run(task: Task) -> Result<ExitCode> {
             setup::run()?;
             lint().map(|_| ExitCode::SUCCESS)
         }
+        Task::Bench { rounds } => {
+            setup::run()?;
+            if !is_root() {
+                bail!(
+                    "the benchmark loads the eBPF probe: run it as root (sudo -E cargo xtask bench)"
+                );
+            }
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "tcptrace",
+                "--package",
+                "tcptrace-testpeer",
+            ])?;
+            bench::run(&workspace_root()?, rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -127,7 +152,7 @@ pub(crate) fn step(what: &str) {
     eprintln!("xtask: {what}");
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new("cargo")
         .args(args)
         .status()
@@ -145,12 +170,7 @@ pub(crate) fn check(status: std::process::ExitStatus, what: &str) -> Result<()> 
 
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// `sudo` in front unless already root.
