@@ -1,6 +1,11 @@
 //! How a transition is shown: one aligned text line, or one JSON object.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{
+    fmt,
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
+};
 
 use serde::Serialize;
 
@@ -62,19 +67,36 @@ pub fn text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
     )
 }
 
+/// Serializes through `Display` straight into the output: no String per field.
+struct Shown<T: fmt::Display>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+struct Hex(u64);
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 #[derive(Serialize)]
 struct JsonTransition<'a> {
-    time: String,
+    time: Shown<humantime::Rfc3339Timestamp>,
     timestamp_ns: u64,
     cookie: u64,
-    skaddr: String,
+    skaddr: Shown<Hex>,
     pid: Option<u32>,
     comm: Option<&'a str>,
     owner_source: Option<&'static str>,
     family: &'static str,
-    local_addr: String,
+    local_addr: Shown<IpAddr>,
     local_port: u16,
-    remote_addr: String,
+    remote_addr: Shown<IpAddr>,
     remote_port: u16,
     old_state: &'static str,
     new_state: &'static str,
@@ -83,21 +105,27 @@ struct JsonTransition<'a> {
     netns_inode: Option<u32>,
 }
 
-pub fn json_line(tracked: &TrackedTransition, time: SystemTime) -> String {
+/// One JSON object and a newline, written straight into `out`: this runs
+/// for every event `watch --json` shows.
+pub fn write_json(
+    out: &mut impl Write,
+    tracked: &TrackedTransition,
+    time: SystemTime,
+) -> io::Result<()> {
     let t = &tracked.transition;
     let local_ip = t.local.ip().to_canonical();
     let json = JsonTransition {
-        time: humantime::format_rfc3339_micros(time).to_string(),
+        time: Shown(humantime::format_rfc3339_micros(time)),
         timestamp_ns: t.timestamp_ns,
         cookie: t.cookie,
-        skaddr: format!("{:#x}", t.skaddr),
+        skaddr: Shown(Hex(t.skaddr)),
         pid: tracked.owner.as_ref().map(|o| o.process.tgid),
         comm: tracked.owner.as_ref().map(|o| o.process.comm.as_str()),
         owner_source: tracked.owner.as_ref().map(|o| o.source.name()),
         family: if local_ip.is_ipv4() { "ipv4" } else { "ipv6" },
-        local_addr: local_ip.to_string(),
+        local_addr: Shown(local_ip),
         local_port: t.local.port(),
-        remote_addr: t.remote.ip().to_canonical().to_string(),
+        remote_addr: Shown(t.remote.ip().to_canonical()),
         remote_port: t.remote.port(),
         old_state: t.old_state.name(),
         new_state: t.new_state.name(),
@@ -107,8 +135,8 @@ pub fn json_line(tracked: &TrackedTransition, time: SystemTime) -> String {
         likely_time_wait: tracked.likely_time_wait,
         netns_inode: t.netns_inode,
     };
-    // Serializing a struct of strings and numbers cannot fail.
-    serde_json::to_string(&json).unwrap_or_default()
+    serde_json::to_writer(&mut *out, &json).map_err(io::Error::from)?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -151,6 +179,14 @@ mod tests {
 
     fn at() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456)
+    }
+
+    fn json_line(tracked: &TrackedTransition, time: SystemTime) -> String {
+        let mut out = Vec::new();
+        write_json(&mut out, tracked, time).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
+        line
     }
 
     #[test]

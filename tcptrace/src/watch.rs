@@ -100,12 +100,14 @@ impl<W: Write> Pipeline<W> {
             return;
         }
         let time = self.clock.wall_time(tracked.transition.timestamp_ns);
-        let line = match self.format {
-            Format::Text => output::text_line(&tracked, time),
-            Format::Json => output::json_line(&tracked, time),
-        };
         self.summary.shown += 1;
-        self.write_line(&line);
+        let written = match self.format {
+            Format::Text => writeln!(self.out, "{}", output::text_line(&tracked, time)),
+            Format::Json => output::write_json(&mut self.out, &tracked, time),
+        };
+        if let Err(error) = written {
+            self.note_write_error(error);
+        }
     }
 
     fn write_line(&mut self, line: &str) {
