@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// A process holding a socket, and through which fd.
@@ -14,6 +14,19 @@ pub struct Holder {
     pub pid: u32,
     pub comm: String,
     pub fd: u32,
+}
+
+/// Every process in `/proc`: its tgid and its directory. Processes may exit
+/// while the caller looks: readers skip what they cannot read.
+pub fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            Some((pid, entry.path()))
+        })
 }
 
 /// The holders of each socket inode in `inodes`. Processes that exit or

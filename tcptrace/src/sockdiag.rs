@@ -24,6 +24,8 @@ use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIA
 use tcptrace_common::TcpState;
 use thiserror::Error;
 
+use crate::holders;
+
 #[derive(Debug, Error)]
 pub enum SockDiagError {
     #[error("sock_diag netlink {step} failed: {source}")]
@@ -71,19 +73,8 @@ pub struct NetNamespace {
 pub fn net_namespaces() -> Vec<NetNamespace> {
     let mut seen = HashSet::new();
     let mut namespaces = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return namespaces;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // A process may exit at any moment: skip what cannot be read.
-        let Ok(meta) = fs::metadata(entry.path().join("ns/net")) else {
+    for (pid, dir) in holders::processes() {
+        let Ok(meta) = fs::metadata(dir.join("ns/net")) else {
             continue;
         };
         if seen.insert(meta.ino()) {
