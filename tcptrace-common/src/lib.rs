@@ -135,8 +135,9 @@ pub const TASK_COMM_LEN: usize = 16;
 /// transitions from or to LISTEN (0 elsewhere): the agent needs it to tell
 /// listeners in different namespaces apart, and reading it costs two more
 /// kernel reads that the other transitions should not pay. `socket_inode` is
-/// filled only at transitions to CLOSE: non-zero means a file (an fd) still
-/// refers to the closed socket, the mark of a closed-but-held leak.
+/// filled only in leak mode and only at transitions to CLOSE: non-zero means a
+/// file (an fd) still refers to the closed socket, the mark of a
+/// closed-but-held leak.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransitionRecord {
@@ -374,9 +375,11 @@ pub struct ProbeConfig {
     pub regs_bp_offset: u32,
     /// STACKS_OFF, STACKS_DEDUPED or STACKS_EVERY_SOCKET.
     pub stack_level: u32,
+    /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
+    pub read_socket_inode: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 84);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -400,6 +403,7 @@ impl ProbeConfig {
         regs_ip_offset: 0,
         regs_bp_offset: 0,
         stack_level: STACKS_OFF,
+        read_socket_inode: 0,
     };
 }
 
@@ -476,7 +480,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 20 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 21 * 4);
         assert_eq!(offset_of!(StackRecord, stack_id), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

@@ -256,6 +256,7 @@ fn record_transition(
         count(Counter::RingReserveFailed);
         return Ok(None);
     };
+    let wants_inode = new_state == CLOSE && config!(read_socket_inode) != 0;
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to a reserved, exclusively owned ring-buffer slot
     // of the right size; every field is written before submit because the
@@ -279,7 +280,7 @@ fn record_transition(
             0
         };
         addr_of_mut!((*record).netns_inode).write(netns);
-        let inode = if new_state == CLOSE {
+        let inode = if wants_inode {
             read_socket_inode(sk)
         } else {
             0

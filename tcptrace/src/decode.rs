@@ -49,7 +49,7 @@ pub struct Transition {
     pub new_state: TcpState,
     /// Only at transitions from or to LISTEN.
     pub netns_inode: Option<u32>,
-    /// Only at transitions to CLOSE, and only while a file still refers to
+    /// Only in leak mode, at transitions to CLOSE, while a file still refers to
     /// the socket: the inode of that file.
     pub socket_inode: Option<u64>,
 }

@@ -244,7 +244,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     }
 
     let probe = Probe::load(&ProbeOptions {
-        report_destroyed: true,
+        track_closed_held: true,
         ..options.probe.clone()
     })?;
     // SAFETY: the probe owns the ring buffer's fd and keeps it open and

@@ -52,8 +52,9 @@ pub struct ProbeOptions {
     pub max_sockets: u32,
     pub owner_tgid_filter: Option<u32>,
     pub port_filter: Option<u16>,
-    /// Also report sockets the kernel frees (`tcp_destroy_sock`): leak mode.
-    pub report_destroyed: bool,
+    /// Leak mode: the inode of a socket still held at CLOSE, and a record
+    /// when the kernel frees a socket (`tcp_destroy_sock`).
+    pub track_closed_held: bool,
     pub stacks: StackLevel,
 }
 
@@ -64,7 +65,7 @@ impl Default for ProbeOptions {
             max_sockets: DEFAULT_MAX_SOCKETS,
             owner_tgid_filter: None,
             port_filter: None,
-            report_destroyed: false,
+            track_closed_held: false,
             stacks: StackLevel::Off,
         }
     }
@@ -88,7 +89,7 @@ pub enum ProbeError {
     BadRingBufferSize(u32),
     #[error("loading the eBPF probe failed: {0}")]
     Load(#[source] aya::EbpfError),
-    #[error("the eBPF probe object has no {0}; the build is broken")]
+    #[error("the eBPF probe object has no {0}: the build is broken")]
     Missing(&'static str),
     #[error("attaching to inet_sock_set_state failed: {0}")]
     Attach(#[source] ProgramError),
@@ -165,6 +166,7 @@ impl Probe {
         // Half full: the reader is woken with room to spare, and a steady
         // trickle is picked up by its timer instead of by interrupts.
         config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
+        config.read_socket_inode = u32::from(options.track_closed_held);
         config.stack_level = match options.stacks {
             StackLevel::Off => STACKS_OFF,
             StackLevel::Deduped => STACKS_DEDUPED,
@@ -194,59 +196,27 @@ impl Probe {
                 source: std::io::Error::other(e),
             })
         })?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or(ProbeError::Missing("program"))?
-            .try_into()
-            .map_err(ProbeError::Attach)?;
-        program
-            .load(names::TRACEPOINT, &kernel_btf)
-            .map_err(ProbeError::Attach)?;
-        program.attach().map_err(ProbeError::Attach)?;
-        if options.report_destroyed {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(names::DESTROY_PROGRAM)
-                .ok_or(ProbeError::Missing("destroy program"))?
-                .try_into()
-                .map_err(ProbeError::Attach)?;
-            program
-                .load(names::DESTROY_TRACEPOINT, &kernel_btf)
-                .map_err(ProbeError::Attach)?;
-            program.attach().map_err(ProbeError::Attach)?;
+        attach(&mut ebpf, names::PROGRAM, names::TRACEPOINT, &kernel_btf)?;
+        if options.track_closed_held {
+            attach(
+                &mut ebpf,
+                names::DESTROY_PROGRAM,
+                names::DESTROY_TRACEPOINT,
+                &kernel_btf,
+            )?;
         }
         if attach_recv {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(names::RECV_PROGRAM)
-                .ok_or(ProbeError::Missing("recv program"))?
-                .try_into()
-                .map_err(ProbeError::Attach)?;
-            program
-                .load(names::RECV_TRACEPOINT, &kernel_btf)
-                .map_err(ProbeError::Attach)?;
-            program.attach().map_err(ProbeError::Attach)?;
+            attach(
+                &mut ebpf,
+                names::RECV_PROGRAM,
+                names::RECV_TRACEPOINT,
+                &kernel_btf,
+            )?;
         }
 
-        let events = ebpf
-            .take_map(names::EVENTS_MAP)
-            .ok_or(ProbeError::Missing("ring buffer"))?;
-        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
-            what: "ring buffer",
-            source,
-        })?;
-        let counters = ebpf
-            .take_map(names::COUNTERS_MAP)
-            .ok_or(ProbeError::Missing("counters"))?;
-        let counters = PerCpuArray::try_from(counters).map_err(|source| ProbeError::Map {
-            what: "counters",
-            source,
-        })?;
-        let stacks = ebpf
-            .take_map(names::STACKS_MAP)
-            .ok_or(ProbeError::Missing("stack map"))?;
-        let stacks = StackTraceMap::try_from(stacks).map_err(|source| ProbeError::Map {
-            what: "stack map",
-            source,
-        })?;
+        let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
+        let stacks = take_map(&mut ebpf, names::STACKS_MAP, StackTraceMap::try_from)?;
         Ok(Self {
             ebpf,
             events,
@@ -329,6 +299,31 @@ impl AsRawFd for Probe {
     fn as_raw_fd(&self) -> RawFd {
         self.events.as_raw_fd()
     }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<(), ProbeError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::Missing(program))?
+        .try_into()
+        .map_err(ProbeError::Attach)?;
+    program.load(tracepoint, btf).map_err(ProbeError::Attach)?;
+    program.attach().map_err(ProbeError::Attach)?;
+    Ok(())
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    convert(map).map_err(|source| ProbeError::Map { what: name, source })
 }
 
 /// aya does not expose `recursion_misses`, so ask the kernel directly.
