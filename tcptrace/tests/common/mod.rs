@@ -164,12 +164,66 @@ impl Drop for Peer {
     }
 }
 
-pub struct Watcher {
+/// `tcptrace COMMAND --json ARGS` as a child process, killed on drop.
+struct Agent {
     child: Child,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
     name: String,
 }
+
+impl Agent {
+    /// Starts it and waits for its "attached" line on stderr (for `leaks`,
+    /// also after the startup snapshot of the kernel table).
+    fn start(command: &str, args: &[&str], ready_line: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .arg(command)
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcptrace");
+        let agent = Self {
+            stdout: line_channel(child.stdout.take().unwrap()),
+            stderr: line_channel(child.stderr.take().unwrap()),
+            child,
+            name: format!("tcptrace {command} {}", args.join(" ")),
+        };
+        let ready = agent
+            .stderr
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|_| panic!("`{}` did not start", agent.name));
+        assert!(
+            ready.starts_with(ready_line),
+            "`{}` said {ready:?}",
+            agent.name
+        );
+        agent
+    }
+
+    /// Waits for a successful exit; returns stdout and stderr lines.
+    fn finish(mut self) -> (Vec<String>, Vec<String>) {
+        let status = self.child.wait().expect("wait tcptrace");
+        // The reader threads end at EOF, so iterating waits for every line.
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        assert!(
+            status.success(),
+            "`{}` exited with {status}: {stderr:?}",
+            self.name
+        );
+        (self.stdout.iter().collect(), stderr)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Watcher(Agent);
 
 #[derive(Debug)]
 pub struct WatchResult {
@@ -181,62 +235,38 @@ pub struct WatchResult {
 impl Watcher {
     /// Starts `tcptrace watch --json ARGS` and waits until it is attached.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-            .arg("watch")
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tcptrace");
-        let stdout = line_channel(child.stdout.take().unwrap());
-        let stderr = line_channel(child.stderr.take().unwrap());
-        let watcher = Self {
-            child,
-            stdout,
-            stderr,
-            name: format!("tcptrace watch {}", args.join(" ")),
-        };
-        let ready = watcher
-            .stderr
-            .recv_timeout(STEP_TIMEOUT)
-            .unwrap_or_else(|_| panic!("`{}` did not start", watcher.name));
-        assert!(
-            ready.starts_with("tcptrace: watching"),
-            "`{}` said {ready:?}",
-            watcher.name
-        );
-        watcher
+        Self(Agent::start(
+            "watch",
+            args,
+            "tcptrace: watching TCP state transitions",
+        ))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.child.id()
     }
 
     /// Stops with `signal` and returns what it printed.
     pub fn stop(self, signal: libc::c_int) -> WatchResult {
         // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
         self.finish()
     }
 
     /// Waits for it to exit by itself (--duration) and returns what it printed.
-    pub fn finish(mut self) -> WatchResult {
-        let status = self.child.wait().expect("wait tcptrace");
-        assert!(status.success(), "`{}` exited with {status}", self.name);
-        // The reader threads end at EOF, so iterating waits for every line.
-        let events = self
-            .stdout
+    pub fn finish(self) -> WatchResult {
+        let name = self.0.name.clone();
+        let (stdout, stderr) = self.0.finish();
+        let events = stdout
             .iter()
             .map(|line| {
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
             })
             .collect();
-        let stderr: Vec<String> = self.stderr.iter().collect();
         let summary_line = stderr
             .iter()
             .find(|line| line.starts_with("tcptrace: summary"))
-            .unwrap_or_else(|| panic!("`{}` printed no summary: {stderr:?}", self.name));
+            .unwrap_or_else(|| panic!("`{name}` printed no summary: {stderr:?}"));
         let summary = parse_step(summary_line.trim_start_matches("tcptrace: ")).1;
         WatchResult {
             events,
@@ -246,65 +276,23 @@ impl Watcher {
     }
 }
 
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `tcptrace leaks --json ARGS` as a child process.
-pub struct LeakRun {
-    child: Child,
-    stdout: Receiver<String>,
-    stderr: Receiver<String>,
-}
+/// `tcptrace leaks --json ARGS`.
+pub struct LeakRun(Agent);
 
 impl LeakRun {
-    /// Starts it and waits until the probe is attached and the startup
-    /// snapshot of the kernel table is taken.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-            .arg("leaks")
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tcptrace leaks");
-        let stdout = line_channel(child.stdout.take().unwrap());
-        let stderr = line_channel(child.stderr.take().unwrap());
-        let ready = stderr
-            .recv_timeout(STEP_TIMEOUT)
-            .expect("tcptrace leaks did not start");
-        assert!(
-            ready.starts_with("tcptrace: watching for TCP socket leaks"),
-            "tcptrace leaks said {ready:?}"
-        );
-        Self {
-            child,
-            stdout,
-            stderr,
-        }
+        Self(Agent::start(
+            "leaks",
+            args,
+            "tcptrace: watching for TCP socket leaks",
+        ))
     }
 
     /// Waits for the final report (run with --duration).
-    pub fn report(mut self) -> LeakReportView {
-        let status = self.child.wait().expect("wait tcptrace leaks");
-        let stderr: Vec<String> = self.stderr.iter().collect();
-        assert!(
-            status.success(),
-            "tcptrace leaks exited {status}: {stderr:?}"
-        );
-        let last = self.stdout.iter().last().expect("a report on stdout");
-        LeakReportView(serde_json::from_str(&last).expect("report is JSON"))
-    }
-}
-
-impl Drop for LeakRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn report(self) -> LeakReportView {
+        let (stdout, _) = self.0.finish();
+        let last = stdout.last().expect("a report on stdout");
+        LeakReportView(serde_json::from_str(last).expect("report is JSON"))
     }
 }
 
@@ -322,18 +310,27 @@ impl LeakReportView {
 
     /// Cookies reported for `pid`, sorted.
     pub fn cookies(&self, pid: u32) -> Vec<u64> {
-        let mut cookies: Vec<u64> = self
-            .process(pid)
-            .map(|p| {
-                p["sockets"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s["cookie"].as_u64().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut cookies: Vec<u64> = self.process(pid).map(socket_cookies).unwrap_or_default();
         cookies.sort();
         cookies
     }
+
+    /// Every cookie the report names, under any holder.
+    pub fn all_cookies(&self) -> Vec<u64> {
+        self.0["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .flat_map(socket_cookies)
+            .collect()
+    }
+}
+
+fn socket_cookies(process: &serde_json::Value) -> Vec<u64> {
+    process["sockets"]
+        .as_array()
+        .expect("sockets")
+        .iter()
+        .map(|s| s["cookie"].as_u64().expect("cookie"))
+        .collect()
 }
