@@ -32,7 +32,7 @@ enum Task {
     Test,
     /// Formatting and clippy, for the host crates and the eBPF crate separately.
     Lint,
-    /// Measure what tracing costs (as root, about 5 minutes); writes docs/PERFORMANCE.md.
+    /// Measure what tracing costs (as root, about 4 minutes after the builds); writes docs/PERFORMANCE.md.
     Bench {
         /// Rounds per configuration (at least 3 for the document).
         #[arg(long, default_value_t = 3)]
