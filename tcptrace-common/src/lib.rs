@@ -412,6 +412,10 @@ impl ProbeConfig {
 unsafe impl aya::Pod for ProbeConfig {}
 
 /// Names shared by the program and the loader.
+/// In the probe's per-socket receive map, the count of EOF reads in
+/// CLOSE_WAIT sits above this many bits of stack-taken flags.
+pub const EOF_READ_SHIFT: u32 = 8;
+
 pub mod names {
     pub const PROGRAM: &str = "inet_sock_set_state";
     pub const TRACEPOINT: &str = "inet_sock_set_state";
@@ -423,6 +427,7 @@ pub mod names {
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const OWNERS_MAP: &str = "OWNERS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
+    pub const SOCKET_RECV_MAP: &str = "SOCKET_RECV";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 

@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tcptrace_common::{
-    AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig,
-    RecordKind, STACKS_EVERY_SOCKET, STACKS_OFF, SocketOwner, StackKind, StackRecord,
+    AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, EOF_READ_SHIFT, IPPROTO_TCP,
+    ProbeConfig, RecordKind, STACKS_EVERY_SOCKET, STACKS_OFF, SocketOwner, StackKind, StackRecord,
     TASK_COMM_LEN, TcpState, TransitionRecord,
 };
 
@@ -57,13 +57,15 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 static CALL_SITE_STACKS: LruHashMap<CallSiteKey, i64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Socket cookie -> which of its stacks were taken (STACK_TAKEN_* bits).
+/// Socket cookie -> which of its stacks were taken (STACK_TAKEN_* bits) and,
+/// above EOF_READ_SHIFT, how many reads returned EOF in CLOSE_WAIT: the agent
+/// reads the count of its CLOSE_WAIT sockets to find code spinning on EOF.
 /// LRU: cookies are never reused, so stale entries only age out.
 #[map]
-static SOCKET_STACKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+static SOCKET_RECV: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
-const STACK_TAKEN_FIRST_IO: u32 = 1;
-const STACK_TAKEN_EOF: u32 = 2;
+const STACK_TAKEN_FIRST_IO: u64 = 1;
+const STACK_TAKEN_EOF: u64 = 2;
 /// Frames of the frame-pointer chain hashed into a call site.
 const CALL_SITE_DEPTH: usize = 4;
 
@@ -114,28 +116,40 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let taken = SOCKET_STACKS.get_ptr_mut(cookie);
-    // SAFETY: a live map value; a racing update can at worst take a stack twice.
-    let already = taken.map_or(0, |t| unsafe { *t });
+    let entry = SOCKET_RECV.get_ptr_mut(cookie);
+    // SAFETY: a live map value. Updates are plain read-modify-writes: two
+    // CPUs reading one socket at once can lose an EOF count (a lower bound)
+    // or take a stack twice, never more.
+    let seen = entry.map_or(0, |e| unsafe { *e });
     let (kind, bit) = if ret == 0 {
         // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
-        if already & STACK_TAKEN_EOF != 0
-            || read_field::<u8>(sk, config!(state_offset)) != Ok(CLOSE_WAIT)
-        {
+        if read_field::<u8>(sk, config!(state_offset)) != Ok(CLOSE_WAIT) {
+            return 0;
+        }
+        if seen & STACK_TAKEN_EOF != 0 {
+            if let Some(e) = entry {
+                // SAFETY: as above.
+                unsafe { *e = seen.saturating_add(1 << EOF_READ_SHIFT) };
+            }
             return 0;
         }
         (StackKind::Eof, STACK_TAKEN_EOF)
     } else {
-        if already & STACK_TAKEN_FIRST_IO != 0 {
+        if seen & STACK_TAKEN_FIRST_IO != 0 {
             return 0;
         }
         (StackKind::FirstIo, STACK_TAKEN_FIRST_IO)
     };
-    match taken {
+    let eof_read = if kind == StackKind::Eof {
+        1 << EOF_READ_SHIFT
+    } else {
+        0
+    };
+    match entry {
         // SAFETY: as above.
-        Some(t) => unsafe { *t = already | bit },
+        Some(e) => unsafe { *e = (seen | bit) + eof_read },
         None => {
-            let _ = SOCKET_STACKS.insert(cookie, bit, BPF_ANY as u64);
+            let _ = SOCKET_RECV.insert(cookie, bit + eof_read, BPF_ANY as u64);
         }
     }
     take_stack(&ctx, cookie, kind);

@@ -305,6 +305,7 @@ mod tests {
             remote: "127.0.0.1:40000".parse().unwrap(),
             uid: 0,
             recv_queue: 0,
+            send_queue: 0,
             netns_inode: 4026531840,
         }
     }

@@ -9,11 +9,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, ProgramError},
 };
 use tcptrace_common::{
-    COUNTER_SLOTS, Counter, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
+    COUNTER_SLOTS, Counter, EOF_READ_SHIFT, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
 };
 use thiserror::Error;
 
@@ -146,6 +146,8 @@ pub struct Probe {
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
+    /// Per-socket receive bookkeeping; `None` when the receive hook is not attached.
+    socket_recv: Option<AyaHashMap<MapData, u64, u64>>,
     /// Features this kernel could not give, one line each for the user.
     pub notices: Vec<String>,
 }
@@ -217,11 +219,21 @@ impl Probe {
         let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
         let stacks = take_map(&mut ebpf, names::STACKS_MAP, StackTraceMap::try_from)?;
+        let socket_recv = if attach_recv {
+            Some(take_map(
+                &mut ebpf,
+                names::SOCKET_RECV_MAP,
+                AyaHashMap::try_from,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             events,
             counters,
             stacks,
+            socket_recv,
             notices,
         })
     }
@@ -230,6 +242,18 @@ impl Probe {
     pub fn stack_addresses(&self, id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|frame| frame.ip).collect())
+    }
+
+    /// How many reads of socket `cookie` returned EOF in CLOSE_WAIT (a lower
+    /// bound: see the probe); `None` without the receive hook or the entry.
+    pub fn eof_reads(&self, cookie: u64) -> Option<u64> {
+        let value = self.socket_recv.as_ref()?.get(&cookie, 0).ok()?;
+        Some(value >> EOF_READ_SHIFT)
+    }
+
+    /// Whether EOF reads are counted at all (the receive hook is attached).
+    pub fn counts_eof_reads(&self) -> bool {
+        self.socket_recv.is_some()
     }
 
     /// Hands every record waiting in the ring buffer to `each`; returns how many.

@@ -58,6 +58,9 @@ pub struct KernelSocket {
     pub uid: u32,
     /// Bytes received and not yet read by the application.
     pub recv_queue: u32,
+    /// Bytes sent and not yet acknowledged; for a listener, its accept backlog
+    /// (and `recv_queue` the connections waiting in its accept queue).
+    pub send_queue: u32,
     /// Inode of the network namespace it lives in.
     pub netns_inode: u64,
 }
@@ -249,6 +252,7 @@ fn kernel_socket(response: &InetResponse, netns_inode: u64) -> Option<KernelSock
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         uid: header.uid,
         recv_queue: header.recv_queue,
+        send_queue: header.send_queue,
         netns_inode,
     })
 }
