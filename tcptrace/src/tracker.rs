@@ -140,6 +140,22 @@ impl SocketTracker {
         }
     }
 
+    /// A listener that existed before tracing began, owned by `owner`
+    /// according to the holder scan.
+    pub fn seed_listener(
+        &mut self,
+        cookie: u64,
+        netns_inode: Option<u32>,
+        local: SocketAddr,
+        owner: Process,
+    ) {
+        self.listeners.entry(cookie).or_insert(Listener {
+            netns_inode,
+            local,
+            owner,
+        });
+    }
+
     fn update_listeners(&mut self, t: &Transition) {
         if t.new_state == TcpState::Listen {
             if let Some(owner) = &t.owner {
