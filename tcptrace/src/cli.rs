@@ -8,12 +8,16 @@ use tcptrace_common::TcpState;
 use crate::{
     filter::{Filter, IpFamily},
     leakwatch::LeaksOptions,
+    metrics::MetricsLimits,
     output::Format,
     probe::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
         validate_ring_buffer_bytes,
     },
     report::ReportFilter,
+    serve::{DEFAULT_LISTEN, ServeOptions},
+    top::{RowFilter, SortKey},
+    topwatch::TopOptions,
     watch::WatchOptions,
 };
 
@@ -48,7 +52,33 @@ pub enum Command {
     /// Stream every TCP state transition on this host, one line each.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
+    /// Per-process TCP activity, sockets per state, leaks and diagnoses, refreshed.
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
+    /// Long-running agent: Prometheus /metrics, /leaks JSON, new leaks logged on stderr.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
 }
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  tcptrace top                           every process doing TCP, refreshed every 2 s
+  tcptrace top --sort time-wait          the biggest TIME_WAIT producers first
+  tcptrace top --comm nginx --json -d 1m one JSON snapshot per refresh, for a minute
+
+Processes are the sockets' owners (never the task that happened to be on the
+CPU). Counts are since tcptrace started; sockets per state come from the
+kernel's table, TIME_WAIT included (attributed through the socket cookie the
+kernel keeps for the TIME_WAIT entry). RESETS counts moves to CLOSE straight
+from ESTABLISHED, CLOSE_WAIT, FIN_WAIT1 or SYN_RECV: a reset or an abortive close.";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  tcptrace serve                         http://127.0.0.1:9464/metrics and /leaks
+  tcptrace serve --listen 0.0.0.0:9464   reachable from other hosts (a Prometheus elsewhere)
+
+Stops cleanly on SIGTERM or Ctrl-C. Each new leak is also logged on stderr as
+one JSON line (event \"tcp_socket_leak\").";
 
 const WATCH_EXAMPLES: &str = "\
 Examples:
@@ -233,6 +263,125 @@ impl WatchArgs {
     }
 }
 
+/// What `top` and `serve` share: the leak threshold and the probe.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// How long a socket must be stuck to count as a leak.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub min_age: Duration,
+
+    /// Code-path stacks for leaks: off, default or full (see `tcptrace leaks --help`).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
+    pub stacks: StackLevel,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+impl HostArgs {
+    fn leaks_options(self) -> LeaksOptions {
+        LeaksOptions {
+            probe: ProbeOptions {
+                stacks: self.stacks,
+                ..self.kernel.probe_options()
+            },
+            min_age: self.min_age,
+            duration: None,
+            once: false,
+            json: false,
+            filter: ReportFilter::default(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Sort by this column (numbers biggest first).
+    #[arg(long, value_enum, default_value = "connect-rate")]
+    pub sort: SortKey,
+
+    /// Only this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only processes with this command name (as in /proc/PID/comm).
+    #[arg(long, value_name = "COMM")]
+    pub comm: Option<String>,
+
+    /// One JSON snapshot per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Time between refreshes.
+    #[arg(short, long, value_parser = parse_duration, default_value = "2s")]
+    pub interval: Duration,
+
+    /// Stop by itself after this long, with a final snapshot.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Processes shown in the table (JSON has all).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: u64,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+impl TopArgs {
+    pub fn into_options(self) -> TopOptions {
+        TopOptions {
+            leaks: self.host.leaks_options(),
+            interval: self.interval,
+            duration: self.duration,
+            json: self.json,
+            sort: self.sort,
+            filter: RowFilter {
+                pid: self.pid,
+                comm: self.comm,
+            },
+            rows: usize::try_from(self.rows).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve on. Loopback by default: another address must be asked for.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+
+    /// How often the kernel's table is read and the metrics recomputed.
+    #[arg(short, long, value_parser = parse_duration, default_value = "5s")]
+    pub interval: Duration,
+
+    /// Comms with series of their own; the rest are folded into comm="other".
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top_comms: u64,
+
+    /// Leaking processes with a pid-labelled series.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub top_leaking_pids: u64,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+impl ServeArgs {
+    pub fn into_options(self) -> ServeOptions {
+        ServeOptions {
+            leaks: self.host.leaks_options(),
+            listen: self.listen,
+            interval: self.interval,
+            // Both bounded to 1000 by the parser.
+            limits: MetricsLimits {
+                comms: self.top_comms as usize,
+                leaking_pids: self.top_leaking_pids as usize,
+            },
+        }
+    }
+}
+
 pub fn parse_state(text: &str) -> Result<TcpState, String> {
     let wanted = text.trim().to_ascii_uppercase().replace('-', "_");
     TcpState::ALL
@@ -362,5 +511,46 @@ mod tests {
         };
         assert_eq!(args.min_age, Duration::from_secs(2));
         assert!(args.json);
+    }
+
+    #[test]
+    fn top_and_serve_options() {
+        let Some(Command::Top(args)) = Cli::try_parse_from([
+            "tcptrace",
+            "top",
+            "--sort",
+            "time-wait",
+            "--comm",
+            "nginx",
+            "--json",
+            "-i",
+            "1s",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected top");
+        };
+        let options = args.into_options();
+        assert_eq!(options.sort, SortKey::TimeWait);
+        assert_eq!(options.filter.comm.as_deref(), Some("nginx"));
+        assert_eq!(options.interval, Duration::from_secs(1));
+        assert!(options.json);
+        assert!(Cli::try_parse_from(["tcptrace", "top", "--sort", "bogus"]).is_err());
+
+        let Some(Command::Serve(args)) =
+            Cli::try_parse_from(["tcptrace", "serve"]).unwrap().command
+        else {
+            panic!("expected serve");
+        };
+        let options = args.into_options();
+        assert_eq!(
+            options.listen,
+            "127.0.0.1:9464".parse().unwrap(),
+            "loopback unless asked"
+        );
+        assert_eq!(options.limits.comms, 20);
+        assert!(Cli::try_parse_from(["tcptrace", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "serve", "--top-comms", "0"]).is_err());
     }
 }

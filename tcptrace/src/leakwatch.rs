@@ -26,7 +26,7 @@ use crate::{
         FdUsage, GrowthHistory, LeakReport, ProbeHealth, ProgramHealth, ReportFilter, SocketStacks,
         build_report, render_text,
     },
-    sockdiag::{TableSnapshot, dump_all_namespaces},
+    sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
     symbolize::StackSymbolizer,
     watch::DRAIN_INTERVAL,
 };
@@ -79,9 +79,9 @@ impl HolderCache {
     }
 }
 
-struct Monitor {
-    tracker: LeakTracker,
-    health: ProbeHealth,
+pub(crate) struct Monitor {
+    pub(crate) tracker: LeakTracker,
+    pub(crate) health: ProbeHealth,
     growth: GrowthHistory,
     holder_cache: HolderCache,
     options: LeaksOptions,
@@ -93,7 +93,7 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn new(options: LeaksOptions) -> Self {
+    pub(crate) fn new(options: LeaksOptions) -> Self {
         Self {
             tracker: LeakTracker::new(),
             health: ProbeHealth::default(),
@@ -113,25 +113,32 @@ impl Monitor {
     fn handle(&mut self, bytes: &[u8]) {
         self.health.events += 1;
         match decode(bytes) {
-            Ok(Record::Transition(transition)) => {
+            Ok(record) => self.handle_record(record),
+            Err(_) => self.health.decode_errors += 1,
+        }
+    }
+
+    /// A decoded record; the caller counts it in `health.events`.
+    pub(crate) fn handle_record(&mut self, record: Record) {
+        match record {
+            Record::Transition(transition) => {
                 self.tracker.observe(&transition);
                 // Closed with no file left: nothing will ever report it again.
                 if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
                     self.socket_stacks.remove(&transition.cookie);
                 }
             }
-            Ok(Record::Destroyed { cookie, .. }) => {
+            Record::Destroyed { cookie, .. } => {
                 self.tracker.destroyed(cookie);
                 self.socket_stacks.remove(&cookie);
             }
-            Ok(Record::Stack(sample)) => self.pending_stacks.push(sample),
-            Err(_) => self.health.decode_errors += 1,
+            Record::Stack(sample) => self.pending_stacks.push(sample),
         }
     }
 
     /// Copies each new stack out of the probe's map and names its frames
     /// now, while the process is alive and before the id can be reused.
-    fn resolve_stacks(&mut self, probe: &Probe) {
+    pub(crate) fn resolve_stacks(&mut self, probe: &Probe) {
         for sample in std::mem::take(&mut self.pending_stacks) {
             let Ok(stack_id) = sample.stack_id else {
                 self.health.stack_errors += 1;
@@ -161,17 +168,31 @@ impl Monitor {
     /// Call only after draining every event written so far.
     fn reconcile(&mut self, startup: bool) {
         let snapshot_ns = monotonic_now_ns();
-        let TableSnapshot {
-            sockets,
-            unreadable,
-        } = dump_all_namespaces(&[TcpState::CloseWait]);
-        self.health.unreadable_namespaces = unreadable.len();
+        let table = dump_all_namespaces(&[TcpState::CloseWait]);
+        self.reconcile_with(&table, snapshot_ns, startup);
+    }
+
+    /// `table` may list any states; only its CLOSE_WAIT sockets are used.
+    /// Call only after draining every event written before `snapshot_ns`.
+    pub(crate) fn reconcile_with(
+        &mut self,
+        table: &TableSnapshot,
+        snapshot_ns: u64,
+        startup: bool,
+    ) {
+        self.health.unreadable_namespaces = table.unreadable.len();
+        let close_wait: Vec<KernelSocket> = table
+            .sockets
+            .iter()
+            .filter(|s| s.state == TcpState::CloseWait)
+            .cloned()
+            .collect();
         self.tracker
-            .reconcile_close_wait(&sockets, snapshot_ns, startup);
+            .reconcile_close_wait(&close_wait, snapshot_ns, startup);
         self.health.corrections = self.tracker.corrections();
     }
 
-    fn report(&mut self, min_age: Duration) -> LeakReport {
+    pub(crate) fn report(&mut self, min_age: Duration) -> LeakReport {
         let now_ns = monotonic_now_ns();
         let leak_inodes: HashSet<u64> = self
             .tracker
@@ -206,7 +227,7 @@ impl Monitor {
 }
 
 /// Every record the probe could not deliver, of any kind.
-fn all_drops(counters: &KernelCounters) -> u64 {
+pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
     counters.dropped() + counters.destroyed_reserve_failed + counters.stack_reserve_failed
 }
 

@@ -3,7 +3,7 @@ use std::{io, process::ExitCode};
 use clap::Parser;
 use tcptrace::{
     cli::{Cli, Command},
-    leakwatch, watch,
+    leakwatch, serve, topwatch, watch,
 };
 
 /// Exit status for a failure at run time (usage errors exit 2, through clap).
@@ -35,6 +35,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Top(args) => {
+            let out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+            match runtime.block_on(topwatch::run(args.into_options(), out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tcptrace: {error}");
+                    ExitCode::from(RUNTIME_ERROR)
+                }
+            }
+        }
+        Command::Serve(args) => match runtime.block_on(serve::run(args.into_options())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tcptrace: {error:#}");
+                ExitCode::from(RUNTIME_ERROR)
+            }
+        },
         Command::Watch(args) => {
             if let Some(pid) = args.pid
                 && !std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -77,7 +77,7 @@ pub struct PeerCount {
     pub sockets: usize,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ProcessLeaks {
     /// `None`: sockets no process holds (e.g. never accepted from a backlog).
     pub pid: Option<u32>,

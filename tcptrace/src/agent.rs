@@ -1,0 +1,471 @@
+//! The host view shared by `tcptrace top` and `tcptrace serve`: every
+//! transition feeds the leak monitor, the socket tracker and the per-process
+//! activity; each refresh reads the kernel's whole TCP table, attributes its
+//! sockets, and runs the diagnoses.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use tcptrace_common::TcpState;
+
+use crate::{
+    activity::Activity,
+    clock::monotonic_now_ns,
+    container::{container_of, net_namespace_of},
+    decode::{Process, Record, decode},
+    diagnose::{
+        ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
+        ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
+        fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
+    },
+    holders::{Holder, socket_holders},
+    leakwatch::{LeaksOptions, Monitor, all_drops},
+    metrics::AgentTotals,
+    probe::{KernelCounters, Probe},
+    report::LeakReport,
+    sockdiag::{KernelSocket, dump_all_namespaces},
+    top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
+    tracker::SocketTracker,
+};
+
+/// The holder scan walks every process's fds; sockets with no history are
+/// attributed through it at most this often.
+const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// A new unattributed socket triggers an earlier scan, but not more often.
+const HOLDER_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+fn owner_label(pid: u32, comm: &str) -> String {
+    format!("pid {pid} ({comm})")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[derive(Default)]
+struct UnattributedHolders {
+    scanned: HashSet<u64>,
+    holders: HashMap<u64, Vec<Holder>>,
+    at: Option<Instant>,
+}
+
+impl UnattributedHolders {
+    fn refresh(&mut self, inodes: HashSet<u64>) {
+        let since = self.at.map(|at| at.elapsed());
+        let stale = since.is_none_or(|s| s >= HOLDER_RESCAN_INTERVAL);
+        let new_inodes = !inodes.is_subset(&self.scanned);
+        if stale || (new_inodes && since.is_none_or(|s| s >= HOLDER_MIN_INTERVAL)) {
+            self.holders = socket_holders(&inodes);
+            self.scanned = inodes;
+            self.at = Some(Instant::now());
+        }
+    }
+}
+
+/// Counts at the previous refresh, for the diagnoses that need a rate.
+#[derive(Default)]
+struct Previous {
+    at_ns: Option<u64>,
+    connects: HashMap<(u32, SocketAddr), (u64, u64)>,
+    eof_reads: HashMap<u64, (u64, u64)>,
+    /// FIN_WAIT2 sockets first seen in the table (no history): a lower bound.
+    fin_wait2_seen: HashMap<u64, u64>,
+}
+
+pub struct HostAgent {
+    monitor: Monitor,
+    tracker: SocketTracker,
+    activity: Activity,
+    rates: RateBaseline,
+    holders: UnattributedHolders,
+    placements: HashMap<u32, Placement>,
+    previous: Previous,
+    settings: Option<PortSettings>,
+    min_age: Duration,
+    /// Kernel counters at the last refresh.
+    kernel: KernelCounters,
+    pub notices: Vec<String>,
+}
+
+impl HostAgent {
+    pub fn new(options: LeaksOptions) -> Self {
+        let mut notices = Vec::new();
+        let settings = match PortSettings::read() {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                notices.push(format!(
+                    "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses: {error}"
+                ));
+                None
+            }
+        };
+        Self {
+            min_age: options.min_age,
+            monitor: Monitor::new(options),
+            tracker: SocketTracker::new(),
+            activity: Activity::new(),
+            rates: RateBaseline::default(),
+            holders: UnattributedHolders::default(),
+            placements: HashMap::new(),
+            previous: Previous::default(),
+            settings,
+            kernel: KernelCounters::default(),
+            notices,
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        self.monitor.health.events += 1;
+        match decode(bytes) {
+            Ok(record) => {
+                if let Record::Transition(transition) = &record {
+                    let tracked = self.tracker.observe(transition.clone());
+                    self.activity.observe(&tracked);
+                }
+                self.monitor.handle_record(record);
+            }
+            Err(_) => self.monitor.health.decode_errors += 1,
+        }
+    }
+
+    pub fn drain(&mut self, probe: &mut Probe) {
+        probe.drain(|bytes| self.handle(bytes));
+        self.monitor.resolve_stacks(probe);
+    }
+
+    /// Listeners opened before start: their owners come from the holder
+    /// scan, so connections they accept are attributed from the first one.
+    pub fn seed_listeners(&mut self) {
+        let table = dump_all_namespaces(&[TcpState::Listen]);
+        let inodes: HashSet<u64> = table
+            .sockets
+            .iter()
+            .map(|s| s.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let holders = socket_holders(&inodes);
+        for listener in &table.sockets {
+            let Some(held) = holders.get(&listener.inode) else {
+                continue;
+            };
+            let mut pids: Vec<&Holder> = held.iter().collect();
+            pids.dedup_by_key(|h| h.pid);
+            // Several processes share it (pre-fork servers): whichever
+            // accepts is unknown until it shows itself.
+            if let [only] = pids.as_slice() {
+                self.tracker.seed_listener(
+                    listener.cookie,
+                    u32::try_from(listener.netns_inode).ok(),
+                    listener.local,
+                    Process {
+                        tgid: only.pid,
+                        comm: only.comm.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drains, reads the kernel's table and builds the view.
+    pub fn refresh(&mut self, probe: &mut Probe, startup: bool) -> (TopSnapshot, LeakReport) {
+        self.drain(probe);
+        if let Ok(counters) = probe.counters() {
+            self.monitor.health.drops = all_drops(&counters);
+            self.kernel = counters;
+        }
+        let dump_started_ns = monotonic_now_ns();
+        let table = dump_all_namespaces(&TcpState::ALL);
+        let now_ns = monotonic_now_ns();
+
+        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+        self.activity
+            .reconcile_live(&|cookie| listed.contains(&cookie), dump_started_ns);
+        self.activity.expire_time_wait(now_ns);
+        self.monitor
+            .reconcile_with(&table, dump_started_ns, startup);
+        let leaks = self.monitor.report(self.min_age);
+
+        let unattributed: HashSet<u64> = table
+            .sockets
+            .iter()
+            .filter(|s| s.inode != 0 && self.activity.owner_of(s.cookie, s.state).is_none())
+            .map(|s| s.inode)
+            .collect();
+        self.holders.refresh(unattributed);
+
+        self.activity.retain_processes(alive);
+        self.placements.retain(|pid, _| alive(*pid));
+        let (rates, span) = self.rates.advance(&self.activity, now_ns);
+        let placements = &mut self.placements;
+        let mut placement = |pid: u32| {
+            placements
+                .entry(pid)
+                .or_insert_with(|| {
+                    let container = container_of(pid);
+                    Placement {
+                        container: container
+                            .as_ref()
+                            .map(|c| c.short_label())
+                            .unwrap_or_default(),
+                        pod_uid: container.and_then(|c| c.pod_uid),
+                        netns: net_namespace_of(pid),
+                    }
+                })
+                .clone()
+        };
+        let mut snapshot = build_snapshot(SnapshotInputs {
+            activity: &self.activity,
+            table: &table.sockets,
+            holders: &self.holders.holders,
+            leaks: &leaks,
+            rates: &rates,
+            span,
+            alive: &alive,
+            placement: &mut placement,
+        });
+        snapshot.findings = self.diagnose(&table.sockets, &leaks, probe, now_ns);
+        (snapshot, leaks)
+    }
+
+    pub fn totals(&self) -> AgentTotals {
+        let health = &self.monitor.health;
+        AgentTotals {
+            events: health.events,
+            dropped: health.drops,
+            decode_errors: health.decode_errors,
+            map_insert_failures: self.kernel.owner_insert_failed + self.activity.dropped_entries,
+            reconcile_corrections: health.corrections,
+        }
+    }
+
+    fn owner_of(&self, socket: &KernelSocket) -> Option<String> {
+        socket_owner(socket, &self.activity, &self.holders.holders)
+            .map(|(pid, comm)| owner_label(pid, &comm))
+    }
+
+    fn diagnose(
+        &mut self,
+        table: &[KernelSocket],
+        leaks: &LeakReport,
+        probe: &Probe,
+        now_ns: u64,
+    ) -> Vec<Finding> {
+        let window = self
+            .previous
+            .at_ns
+            .map(|at| Duration::from_nanos(now_ns.saturating_sub(at)))
+            .unwrap_or_default();
+        let mut findings = leak_findings(
+            &leaks
+                .processes
+                .iter()
+                .map(|p| ProcessLeakSummary {
+                    owner: match (p.pid, &p.comm) {
+                        (Some(pid), Some(comm)) => owner_label(pid, comm),
+                        _ => "no process holds them".to_owned(),
+                    },
+                    leaking_sockets: (p.close_wait + p.closed_held) as u64,
+                    oldest_age: Duration::from_millis(p.oldest_age_ms),
+                    leaks_per_minute: p.growth_per_minute,
+                    open_fds: p.fds_open,
+                    fd_limit: p.fd_limit,
+                })
+                .collect::<Vec<_>>(),
+        );
+
+        // Connects per destination and owner since the last refresh.
+        let mut outcomes = Vec::new();
+        let mut destination_rates: HashMap<SocketAddr, f64> = HashMap::new();
+        let mut connects = HashMap::new();
+        for (tgid, destination, counts) in self.activity.destinations() {
+            let (attempted_before, failed_before) = self
+                .previous
+                .connects
+                .get(&(tgid, destination))
+                .copied()
+                .unwrap_or((0, 0));
+            let attempted = counts.attempted.saturating_sub(attempted_before);
+            let failed = counts.failed.saturating_sub(failed_before);
+            connects.insert((tgid, destination), (counts.attempted, counts.failed));
+            if window.is_zero() {
+                continue;
+            }
+            *destination_rates.entry(destination).or_default() +=
+                attempted as f64 / window.as_secs_f64();
+            if attempted > 0 || failed > 0 {
+                let comm = self
+                    .activity
+                    .process(tgid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default();
+                outcomes.push(ConnectOutcomes {
+                    owner: owner_label(tgid, &comm),
+                    destination,
+                    attempted,
+                    failed,
+                    window,
+                });
+            }
+        }
+        self.previous.connects = connects;
+        findings.extend(connect_failure_findings(&outcomes));
+
+        if let Some(settings) = self.settings.clone() {
+            findings.extend(self.port_findings(table, &destination_rates, &settings));
+            findings.extend(self.fin_wait2(table, &settings, now_ns));
+        }
+        findings.extend(self.eof_spins(table, probe, now_ns, window));
+        findings.extend(syn_backlog_findings(&self.listener_loads(table)));
+        self.previous.at_ns = Some(now_ns);
+        sort_findings(&mut findings);
+        findings
+    }
+
+    fn port_findings(
+        &self,
+        table: &[KernelSocket],
+        rates: &HashMap<SocketAddr, f64>,
+        settings: &PortSettings,
+    ) -> Vec<Finding> {
+        let ephemeral = settings.ephemeral_low..=settings.ephemeral_high;
+        let mut loads: HashMap<SocketAddr, DestinationLoad> = HashMap::new();
+        for socket in table {
+            if socket.state == TcpState::Listen || !ephemeral.contains(&socket.local.port()) {
+                continue;
+            }
+            let load = loads
+                .entry(socket.remote)
+                .or_insert_with(|| DestinationLoad {
+                    destination: socket.remote,
+                    time_wait: 0,
+                    other_in_use: 0,
+                    connects_per_second: rates.get(&socket.remote).copied().unwrap_or(0.0),
+                });
+            if socket.state == TcpState::TimeWait {
+                load.time_wait += 1;
+            } else {
+                load.other_in_use += 1;
+            }
+        }
+        loads
+            .values()
+            .filter_map(|load| time_wait_finding(load, settings))
+            .collect()
+    }
+
+    fn fin_wait2(
+        &mut self,
+        table: &[KernelSocket],
+        settings: &PortSettings,
+        now_ns: u64,
+    ) -> Vec<Finding> {
+        let mut seen = HashMap::new();
+        let mut stuck = Vec::new();
+        for socket in table {
+            if socket.state != TcpState::FinWait2 || socket.inode == 0 {
+                continue;
+            }
+            let (since_ns, lower_bound) = match self.activity.live_socket(socket.cookie) {
+                Some(live) if live.state == TcpState::FinWait2 => (live.since_ns, false),
+                _ => (
+                    self.previous
+                        .fin_wait2_seen
+                        .get(&socket.cookie)
+                        .copied()
+                        .unwrap_or(now_ns),
+                    true,
+                ),
+            };
+            if lower_bound {
+                seen.insert(socket.cookie, since_ns);
+            }
+            stuck.push(StuckSocket {
+                owner: self
+                    .owner_of(socket)
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                local: socket.local,
+                remote: socket.remote,
+                age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
+                age_is_lower_bound: lower_bound,
+            });
+        }
+        self.previous.fin_wait2_seen = seen;
+        fin_wait2_findings(&stuck, settings)
+    }
+
+    fn eof_spins(
+        &mut self,
+        table: &[KernelSocket],
+        probe: &Probe,
+        now_ns: u64,
+        window: Duration,
+    ) -> Vec<Finding> {
+        let mut samples = HashMap::new();
+        let mut reads = Vec::new();
+        for socket in table.iter().filter(|s| s.state == TcpState::CloseWait) {
+            let Some(count) = probe.eof_reads(socket.cookie) else {
+                continue;
+            };
+            samples.insert(socket.cookie, (count, now_ns));
+            let Some(&(before, at_ns)) = self.previous.eof_reads.get(&socket.cookie) else {
+                continue;
+            };
+            let span = Duration::from_nanos(now_ns.saturating_sub(at_ns));
+            if span.is_zero() || window.is_zero() {
+                continue;
+            }
+            reads.push(EofReads {
+                owner: self
+                    .owner_of(socket)
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                cookie: socket.cookie,
+                remote: socket.remote,
+                eof_reads: count.saturating_sub(before),
+                window: span,
+            });
+        }
+        self.previous.eof_reads = samples;
+        eof_spin_findings(&reads)
+    }
+
+    fn listener_loads(&self, table: &[KernelSocket]) -> Vec<ListenerLoad> {
+        let mut syn_recv: HashMap<(u64, u16), Vec<SocketAddr>> = HashMap::new();
+        for socket in table.iter().filter(|s| s.state == TcpState::SynRecv) {
+            syn_recv
+                .entry((socket.netns_inode, socket.local.port()))
+                .or_default()
+                .push(socket.local);
+        }
+        table
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|listener| {
+                let half_open = syn_recv
+                    .get(&(listener.netns_inode, listener.local.port()))
+                    .map_or(0, |locals| {
+                        locals
+                            .iter()
+                            .filter(|local| {
+                                listener.local.ip().is_unspecified()
+                                    || local.ip().to_canonical()
+                                        == listener.local.ip().to_canonical()
+                            })
+                            .count()
+                    });
+                ListenerLoad {
+                    owner: self
+                        .owner_of(listener)
+                        .unwrap_or_else(|| "unknown".to_owned()),
+                    local: listener.local,
+                    syn_recv: half_open as u64,
+                    accept_queue: u64::from(listener.recv_queue),
+                    accept_backlog: u64::from(listener.send_queue),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,221 @@
+//! `tcptrace serve`: the long-running agent. `/metrics` in OpenMetrics text
+//! for Prometheus, `/leaks` as the leak report's JSON, and each new leak as
+//! one JSON line on stderr for log pipelines.
+
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::{
+    io::unix::AsyncFd,
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+
+use crate::{
+    agent::HostAgent,
+    leakwatch::LeaksOptions,
+    metrics::{CONTENT_TYPE, MetricsLimits, MetricsState},
+    probe::{Probe, ProbeOptions},
+    report::LeakReport,
+    watch::DRAIN_INTERVAL,
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub leaks: LeaksOptions,
+    pub listen: SocketAddr,
+    /// How often the kernel's table is read and the metrics recomputed.
+    pub interval: Duration,
+    pub limits: MetricsLimits,
+}
+
+/// What the HTTP side serves: rebuilt by the agent loop each refresh, so a
+/// scrape costs a copy, never a walk of the kernel's table.
+#[derive(Default)]
+struct Published {
+    metrics: String,
+    leaks_json: String,
+}
+
+/// One line on stderr per socket that became a leak.
+#[derive(Serialize)]
+struct LeakLogLine<'a> {
+    event: &'static str,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    kind: &'static str,
+    cookie: u64,
+    local: &'a str,
+    remote: &'a str,
+    age_ms: u64,
+    provenance: &'static str,
+}
+
+/// Logs leaks not logged before; forgets those that ended.
+fn log_new_leaks(report: &LeakReport, announced: &mut HashSet<u64>) {
+    let mut current = HashSet::new();
+    for process in &report.processes {
+        for socket in &process.sockets {
+            current.insert(socket.cookie);
+            if announced.contains(&socket.cookie) {
+                continue;
+            }
+            let line = LeakLogLine {
+                event: "tcp_socket_leak",
+                pid: process.pid,
+                comm: process.comm.as_deref(),
+                kind: socket.kind,
+                cookie: socket.cookie,
+                local: &socket.local,
+                remote: &socket.remote,
+                age_ms: socket.age_ms,
+                provenance: socket.provenance,
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                eprintln!("{json}");
+            }
+        }
+    }
+    *announced = current;
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn route(published: &Mutex<Published>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    // A poisoned lock means a panic elsewhere; serve what is there.
+    let published = published.lock().unwrap_or_else(|e| e.into_inner());
+    match request.uri().path() {
+        "/metrics" => respond(StatusCode::OK, CONTENT_TYPE, published.metrics.clone()),
+        "/leaks" => respond(
+            StatusCode::OK,
+            "application/json",
+            published.leaks_json.clone(),
+        ),
+        "/" => respond(
+            StatusCode::OK,
+            "text/plain",
+            "tcptrace: /metrics (OpenMetrics), /leaks (JSON)\n".into(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+async fn serve_http(listener: TcpListener, published: Arc<Mutex<Published>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of fds, say: back off rather than spin.
+            sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let published = published.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = route(&published, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
+    if !options.listen.ip().is_loopback() {
+        eprintln!(
+            "tcptrace: serving on {}, reachable from other hosts: /leaks shows process names and peer addresses",
+            options.listen
+        );
+    }
+    // Bind first: a taken port fails before the probe is loaded.
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let listen = listener.local_addr()?;
+
+    let probe = Probe::load(&ProbeOptions {
+        track_closed_held: true,
+        ..options.leaks.probe.clone()
+    })?;
+    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
+    // unchanged for as long as the AsyncFd holds the probe.
+    let mut probe = unsafe { AsyncFd::register(probe)? };
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+
+    let mut agent = HostAgent::new(options.leaks.clone());
+    agent.seed_listeners();
+    for notice in probe.get_ref().notices.iter().chain(&agent.notices) {
+        eprintln!("{notice}");
+    }
+    let mut metrics = MetricsState::new(options.limits);
+    let published = Arc::new(Mutex::new(Published::default()));
+    let mut announced = HashSet::new();
+    let mut publish = |agent: &mut HostAgent, probe: &mut Probe, startup: bool| {
+        let (snapshot, leaks) = agent.refresh(probe, startup);
+        metrics.update_transitions(&snapshot);
+        let text = metrics.render(&snapshot, &leaks, &agent.totals());
+        let leaks_json = serde_json::to_string(&leaks).unwrap_or_default();
+        log_new_leaks(&leaks, &mut announced);
+        let mut published = published.lock().unwrap_or_else(|e| e.into_inner());
+        published.metrics = text;
+        published.leaks_json = leaks_json;
+    };
+    publish(&mut agent, probe.get_mut(), true);
+
+    let server = tokio::spawn(serve_http(listener, published.clone()));
+    eprintln!(
+        "tcptrace: serving http://{listen}/metrics and http://{listen}/leaks (refresh every {}); SIGTERM or Ctrl-C to stop",
+        humantime::format_duration(options.interval)
+    );
+
+    let mut drain_tick = interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refresh_tick = interval(options.interval);
+    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    refresh_tick.tick().await;
+    loop {
+        tokio::select! {
+            guard = probe.readable_mut() => {
+                let mut guard = guard?;
+                agent.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => agent.drain(probe.get_mut()),
+            _ = refresh_tick.tick() => publish(&mut agent, probe.get_mut(), false),
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    server.abort();
+    eprintln!("tcptrace: stopped");
+    Ok(())
+}

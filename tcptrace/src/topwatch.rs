@@ -1,0 +1,117 @@
+//! `tcptrace top`: the per-process table, refreshed in place on a terminal,
+//! appended otherwise, or one JSON snapshot per line.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+
+use crate::{
+    agent::HostAgent,
+    leakwatch::LeaksOptions,
+    probe::{Probe, ProbeOptions},
+    top::{RowFilter, SortKey, TopSnapshot, render_text, select},
+    watch::DRAIN_INTERVAL,
+};
+
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    pub leaks: LeaksOptions,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub json: bool,
+    pub sort: SortKey,
+    pub filter: RowFilter,
+    /// Rows in the text view (JSON has them all).
+    pub rows: usize,
+}
+
+fn write_snapshot<W: Write>(
+    out: &mut W,
+    snapshot: &TopSnapshot,
+    options: &TopOptions,
+    clear: bool,
+) -> std::io::Result<()> {
+    if options.json {
+        // Strings and numbers only: always serializes.
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(snapshot).unwrap_or_default()
+        )?;
+    } else {
+        if clear {
+            // Home and clear: a refreshed view, no alternate screen to restore.
+            write!(out, "\x1b[H\x1b[2J")?;
+        }
+        write!(out, "{}", render_text(snapshot, options.rows))?;
+        if !clear {
+            writeln!(out)?;
+        }
+    }
+    out.flush()
+}
+
+pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()> {
+    let probe = Probe::load(&ProbeOptions {
+        track_closed_held: true,
+        ..options.leaks.probe.clone()
+    })?;
+    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
+    // unchanged for as long as the AsyncFd holds the probe.
+    let mut probe = unsafe { AsyncFd::register(probe)? };
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let live_terminal = !options.json && std::io::stdout().is_terminal();
+
+    let mut agent = HostAgent::new(options.leaks.clone());
+    agent.seed_listeners();
+    // The first refresh sets the baseline for rates and reconciles leaks.
+    let _ = agent.refresh(probe.get_mut(), true);
+    for notice in probe.get_ref().notices.iter().chain(&agent.notices) {
+        eprintln!("{notice}");
+    }
+    eprintln!(
+        "tcptrace: per-process TCP activity every {}; Ctrl-C to stop",
+        humantime::format_duration(options.interval)
+    );
+
+    let mut drain_tick = interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refresh_tick = interval(options.interval);
+    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    refresh_tick.tick().await;
+    let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            guard = probe.readable_mut() => {
+                let mut guard = guard?;
+                agent.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => agent.drain(probe.get_mut()),
+            _ = refresh_tick.tick() => {
+                let (mut snapshot, _) = agent.refresh(probe.get_mut(), false);
+                select(&mut snapshot, &options.filter, options.sort);
+                if write_snapshot(&mut out, &snapshot, &options, live_terminal).is_err() {
+                    // The reader went away (a closed pipe): nothing to show to.
+                    return Ok(());
+                }
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            _ = &mut deadline, if options.duration.is_some() => break,
+        }
+    }
+    let (mut snapshot, _) = agent.refresh(probe.get_mut(), false);
+    select(&mut snapshot, &options.filter, options.sort);
+    write_snapshot(&mut out, &snapshot, &options, false)?;
+    Ok(())
+}
