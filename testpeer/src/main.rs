@@ -128,6 +128,9 @@ enum Role {
         threads: u32,
         #[arg(long)]
         seconds: f64,
+        /// After reporting, stay alive until "go" (tests read the process's counts).
+        #[arg(long)]
+        hold: bool,
     },
     /// Benchmark bulk receiver: `recv_size` recvs until each sender closes.
     BulkServer {
@@ -208,7 +211,16 @@ fn main() -> Result<()> {
             connect,
             threads,
             seconds,
-        } => load::churn_client(connect, threads, Duration::from_secs_f64(seconds)),
+            hold,
+        } => {
+            load::churn_client(connect, threads, Duration::from_secs_f64(seconds))?;
+            if hold {
+                // Any line, or stdin closing, ends it.
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+            }
+            Ok(())
+        }
         Role::BulkServer {
             addr,
             connections,

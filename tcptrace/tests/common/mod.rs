@@ -176,9 +176,15 @@ impl Agent {
     /// Starts it and waits for its "attached" line on stderr (for `leaks`,
     /// also after the startup snapshot of the kernel table).
     fn start(command: &str, args: &[&str], ready_line: &str) -> Self {
+        let mut full = vec![command, "--json"];
+        full.extend_from_slice(args);
+        Self::launch(&full, ready_line).0
+    }
+
+    /// `tcptrace ARGS`; waits for the line starting with `ready_line` (notices
+    /// may come first) and returns it.
+    fn launch(args: &[&str], ready_line: &str) -> (Self, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-            .arg(command)
-            .arg("--json")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -188,18 +194,24 @@ impl Agent {
             stdout: line_channel(child.stdout.take().unwrap()),
             stderr: line_channel(child.stderr.take().unwrap()),
             child,
-            name: format!("tcptrace {command} {}", args.join(" ")),
+            name: format!("tcptrace {}", args.join(" ")),
         };
-        let ready = agent
-            .stderr
-            .recv_timeout(STEP_TIMEOUT)
-            .unwrap_or_else(|_| panic!("`{}` did not start", agent.name));
-        assert!(
-            ready.starts_with(ready_line),
-            "`{}` said {ready:?}",
-            agent.name
-        );
-        agent
+        let mut said = Vec::new();
+        loop {
+            let line = agent
+                .stderr
+                .recv_timeout(STEP_TIMEOUT)
+                .unwrap_or_else(|_| panic!("`{}` did not start; it said {said:?}", agent.name));
+            if line.starts_with(ready_line) {
+                return (agent, line);
+            }
+            assert!(
+                line.starts_with("tcptrace: ") && said.len() < 5,
+                "`{}` said {line:?} before {ready_line:?}",
+                agent.name
+            );
+            said.push(line);
+        }
     }
 
     /// Waits for a successful exit; returns stdout and stderr lines.
@@ -333,4 +345,97 @@ fn socket_cookies(process: &serde_json::Value) -> Vec<u64> {
         .iter()
         .map(|s| s["cookie"].as_u64().expect("cookie"))
         .collect()
+}
+
+/// `tcptrace top --json ARGS`.
+pub struct TopRun(Agent);
+
+impl TopRun {
+    pub fn start(args: &[&str]) -> Self {
+        Self(Agent::start(
+            "top",
+            args,
+            "tcptrace: per-process TCP activity",
+        ))
+    }
+
+    /// The next snapshot it prints.
+    pub fn next_snapshot(&self) -> serde_json::Value {
+        let line = self
+            .0
+            .stdout
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|_| panic!("`{}` printed no snapshot", self.0.name));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    }
+}
+
+/// The row of process `pid` in a top snapshot.
+pub fn top_row(snapshot: &serde_json::Value, pid: u32) -> Option<&serde_json::Value> {
+    snapshot["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|row| row["pid"].as_u64() == Some(u64::from(pid)))
+}
+
+/// `tcptrace serve ARGS` on a loopback port of its choosing.
+pub struct ServeRun {
+    agent: Agent,
+    pub address: String,
+}
+
+impl ServeRun {
+    pub fn start(args: &[&str]) -> Self {
+        let mut full = vec!["serve", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let (agent, ready) = Agent::launch(&full, "tcptrace: serving http://");
+        let address = ready
+            .trim_start_matches("tcptrace: serving http://")
+            .split('/')
+            .next()
+            .expect("an address in the ready line")
+            .to_owned();
+        Self { agent, address }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String, String) {
+        http_get(&self.address, path)
+    }
+
+    /// Stops it with SIGTERM; returns its stderr lines after a clean exit.
+    pub fn stop(self) -> Vec<String> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.agent.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.agent.finish().1
+    }
+}
+
+/// A plain HTTP/1.0 GET: status, content type, body. Tests only talk to
+/// loopback servers they started.
+pub fn http_get(address: &str, path: &str) -> (u16, String, String) {
+    use std::net::TcpStream;
+    let mut stream =
+        TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
 }

@@ -1,0 +1,289 @@
+//! The files under deploy/: the alerting rules pass promtool and use only
+//! metrics `tcptrace serve` exports; the DaemonSet and the systemd unit run
+//! `serve` and say why they grant each capability. Needs no root.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Where `cargo xtask setup` unpacks Debian's prometheus package.
+const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
+
+/// What `tcptrace serve` exports (counters with their `_total`).
+const EXPORTED_METRICS: [&str; 11] = [
+    "tcptrace_leaking_sockets",
+    "tcptrace_oldest_leak_age_seconds",
+    "tcptrace_process_leaking_sockets",
+    "tcptrace_sockets",
+    "tcptrace_transitions_total",
+    "tcptrace_findings",
+    "tcptrace_events_total",
+    "tcptrace_events_dropped_total",
+    "tcptrace_decode_errors_total",
+    "tcptrace_map_insert_failures_total",
+    "tcptrace_reconcile_corrections_total",
+];
+
+/// Both deployments grant these, and nothing else.
+const CAPABILITIES: [&str; 6] = [
+    "BPF",
+    "PERFMON",
+    "SYS_PTRACE",
+    "SYS_ADMIN",
+    "SYS_RESOURCE",
+    "DAC_READ_SEARCH",
+];
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tcptrace crate sits in the workspace")
+}
+
+fn read(relative: &str) -> String {
+    let path = workspace_root().join(relative);
+    fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+}
+
+/// `$TCPTRACE_PROMTOOL` (`cargo xtask test` sets it), else the one promtool
+/// `cargo xtask setup` unpacked.
+fn promtool() -> PathBuf {
+    if let Some(path) = std::env::var_os("TCPTRACE_PROMTOOL").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let found: Vec<PathBuf> = fs::read_dir(PROMETHEUS_CACHE)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("prometheus-")
+        })
+        .map(|entry| entry.path().join("usr/bin/promtool"))
+        .filter(|path| path.is_file())
+        .collect();
+    match found.as_slice() {
+        [promtool] => promtool.clone(),
+        _ => panic!(
+            "TCPTRACE_PROMTOOL is not set and {PROMETHEUS_CACHE}/prometheus-*/usr/bin/promtool \
+             is not exactly one file (found {found:?}): run the tests with `cargo xtask test`, \
+             or run `cargo xtask setup` first"
+        ),
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let promtool = promtool();
+    let rules = workspace_root().join("deploy/prometheus/alerts.yaml");
+    let output = Command::new(&promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "starting {}: {error} (`cargo xtask setup` unpacks it)",
+                promtool.display()
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{} check rules {} failed ({}):\n{text}",
+        promtool.display(),
+        rules.display(),
+        output.status
+    );
+
+    // promtool read every rule of the file.
+    let yaml = read("deploy/prometheus/alerts.yaml");
+    let alerts: Vec<&str> = yaml
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert:"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        text.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+        "promtool did not find the file's {} rules:\n{text}",
+        alerts.len()
+    );
+    for name in [
+        "TcpSocketLeak",
+        "TcpSocketLeakGrowing",
+        "TcpSocketLeakOld",
+        "TcpTimeWaitPortExhaustion",
+        "TcpFinWait2Stuck",
+        "TcpEofSpin",
+        "TcpConnectFailures",
+        "TcpSynBacklog",
+        "TcptraceDroppingEvents",
+        "TcptraceDown",
+    ] {
+        assert!(alerts.contains(&name), "no alert {name} in {alerts:?}");
+    }
+
+    // promtool cannot know which metrics exist: a misspelt name is a rule
+    // that never fires.
+    for (number, line) in yaml.lines().enumerate() {
+        for (start, _) in line.match_indices("tcptrace_") {
+            let name: String = line[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                EXPORTED_METRICS.contains(&name.as_str()),
+                "alerts.yaml line {}: {name} is not a metric tcptrace serve exports",
+                number + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn daemonset_and_unit_name_the_serve_command() {
+    let daemonset = read("deploy/kubernetes/daemonset.yaml");
+    for expected in [
+        "kind: DaemonSet",
+        "namespace: tcptrace",
+        "kind: ServiceAccount",
+        r#"args: ["serve", "--listen", "0.0.0.0:9464"]"#,
+        "containerPort: 9464",
+        r#"prometheus.io/scrape: "true""#,
+        r#"prometheus.io/port: "9464""#,
+        r#"prometheus.io/path: "/metrics""#,
+        "hostPID: true",
+        "privileged: false",
+        "path: /metrics",
+        "terminationGracePeriodSeconds: 10",
+        "path: /sys/kernel/btf",
+    ] {
+        assert!(
+            daemonset.contains(expected),
+            "daemonset.yaml lacks `{expected}`"
+        );
+    }
+    let granted = yaml_capabilities(&daemonset);
+    for (capability, commented) in &granted {
+        assert!(
+            commented,
+            "daemonset.yaml adds {capability} without a comment saying why"
+        );
+    }
+    assert_eq!(
+        granted
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(CAPABILITIES),
+        "daemonset.yaml capabilities"
+    );
+
+    let unit = read("deploy/systemd/tcptrace.service");
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    for expected in [
+        // Loopback by default (no --listen): 127.0.0.1:9464.
+        "ExecStart=/usr/local/bin/tcptrace serve",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=10",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+    ] {
+        assert!(
+            settings.contains(&expected),
+            "tcptrace.service lacks `{expected}`"
+        );
+    }
+    assert!(unit.contains("9464"), "tcptrace.service names no port");
+    for hiding in ["PrivateNetwork=", "ProtectProc=", "RestrictNamespaces="] {
+        assert!(
+            !settings.iter().any(|line| line.starts_with(hiding)),
+            "tcptrace.service sets {hiding}, which hides what tcptrace reads"
+        );
+    }
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    let mut ambient = BTreeSet::new();
+    let mut bounding = BTreeSet::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some((set, capability)) = unit_capability(line) else {
+            continue;
+        };
+        match set {
+            "AmbientCapabilities" => ambient.insert(capability),
+            _ => bounding.insert(capability),
+        };
+        // Up past the other set's line for the same capability, to its comment.
+        let above = lines[..index]
+            .iter()
+            .rev()
+            .find(|line| unit_capability(line).is_none_or(|(_, other)| other != capability));
+        assert!(
+            above.is_some_and(|line| line.starts_with('#')),
+            "tcptrace.service grants {capability} without a comment above saying why"
+        );
+    }
+    let expected: BTreeSet<String> = CAPABILITIES.iter().map(|c| format!("CAP_{c}")).collect();
+    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(ambient, expected, "tcptrace.service AmbientCapabilities");
+    assert_eq!(bounding, expected, "tcptrace.service CapabilityBoundingSet");
+}
+
+/// The items of the `add:` list, each with whether a comment is on its line
+/// or the line above.
+fn yaml_capabilities(yaml: &str) -> Vec<(String, bool)> {
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    let start = lines
+        .iter()
+        .position(|line| *line == "add:")
+        .expect("daemonset.yaml has a capabilities `add:` list");
+    let mut capabilities = Vec::new();
+    for (index, line) in lines.iter().enumerate().skip(start + 1) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(item) = line.strip_prefix("- ") else {
+            break;
+        };
+        let (name, same_line) = match item.split_once('#') {
+            Some((name, _)) => (name, true),
+            None => (item, false),
+        };
+        let name = name.trim().trim_matches('"').to_owned();
+        capabilities.push((name, same_line || lines[index - 1].starts_with('#')));
+    }
+    capabilities
+}
+
+/// `AmbientCapabilities=CAP_BPF` -> ("AmbientCapabilities", "CAP_BPF"). One
+/// capability a line, so that each has its comment.
+fn unit_capability(line: &str) -> Option<(&str, &str)> {
+    let (key, value) = line.split_once('=')?;
+    if key != "AmbientCapabilities" && key != "CapabilityBoundingSet" {
+        return None;
+    }
+    let mut names = value.split_whitespace();
+    let name = names
+        .next()
+        .unwrap_or_else(|| panic!("tcptrace.service: `{line}` names no capability"));
+    assert!(
+        names.next().is_none(),
+        "tcptrace.service: `{line}` names several capabilities: one a line, each with its comment"
+    );
+    Some((key, name))
+}
