@@ -1,5 +1,6 @@
-//! Project tasks. `cargo xtask setup` installs the eBPF toolchain;
-//! `run` and `test` install whatever is missing first.
+//! Project tasks. `cargo xtask setup` installs the eBPF toolchain and the
+//! Prometheus binaries the tests use; `run` and `test` install whatever is
+//! missing first.
 
 mod bench;
 mod setup;
@@ -21,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building the eBPF probe needs (idempotent).
+    /// Install what building the eBPF probe and running the tests need (idempotent).
     Setup,
     /// Set up, build tcptrace (release) and run it as root with these arguments.
     Run {
@@ -66,7 +67,7 @@ fn run(task: Task) -> Result<ExitCode> {
             ))
         }
         Task::Test => {
-            setup::run()?;
+            let installed = setup::run()?;
             lint()?;
             // The tests start these peers as separate processes.
             cargo(&["build", "--package", "tcptrace-testpeer"])?;
@@ -79,6 +80,9 @@ fn run(task: Task) -> Result<ExitCode> {
                 "--",
                 "--test-threads=1",
             ]);
+            // Inherited through the `sudo -E` runner too.
+            test.env("TCPTRACE_PROMETHEUS", &installed.prometheus.server)
+                .env("TCPTRACE_PROMTOOL", &installed.prometheus.promtool);
             if !is_root() {
                 // The integration tests load the eBPF probe.
                 test.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");

@@ -1,8 +1,12 @@
-//! Installs the eBPF toolchain, checking real artifacts (binaries that run,
-//! components rustup lists), never marker files. Each step says what it finds
-//! and what it does; a second run installs nothing.
+//! Installs the eBPF toolchain and the Prometheus binaries the tests use,
+//! checking real artifacts (binaries that run, components rustup lists), never
+//! marker files. Each step says what it finds and what it does; a second run
+//! installs nothing.
 
 use std::{
+    ffi::OsStr,
+    fs::DirBuilder,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -16,7 +20,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
 const NIGHTLY: &str = "nightly";
 
-pub fn run() -> Result<()> {
+/// What later tasks need to be told about (the toolchain is found on its own).
+pub struct Installed {
+    pub prometheus: Prometheus,
+}
+
+pub fn run() -> Result<Installed> {
     let llvm_major = nightly_llvm_major()?;
     if !BPF_LINKER_LLVM_MAJORS.contains(&llvm_major) {
         bail!(
@@ -27,7 +36,8 @@ pub fn run() -> Result<()> {
     ensure_rust_src()?;
     ensure_llvm_dev(llvm_major)?;
     ensure_bpf_linker(llvm_major)?;
-    Ok(())
+    let prometheus = ensure_prometheus()?;
+    Ok(Installed { prometheus })
 }
 
 fn output(command: &mut Command) -> Result<String> {
@@ -104,13 +114,9 @@ fn ensure_llvm_dev(major: u32) -> Result<()> {
     step(&format!(
         "setup: {package}: missing, installing with apt-get (bpf-linker links against it)"
     ));
-    if !apt_has_candidate(&package) {
+    if apt_candidate(&package).is_none() {
         step("setup: apt-get update (the package lists do not offer it yet)");
-        let status = as_root("apt-get")
-            .args(["update", "-q"])
-            .status()
-            .context("starting apt-get update")?;
-        check(status, "apt-get update")?;
+        apt_update()?;
     }
     let status = as_root("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -127,16 +133,26 @@ fn ensure_llvm_dev(major: u32) -> Result<()> {
     Ok(())
 }
 
-fn apt_has_candidate(package: &str) -> bool {
-    Command::new("apt-cache")
+fn apt_update() -> Result<()> {
+    let status = as_root("apt-get")
+        .args(["update", "-q"])
+        .status()
+        .context("starting apt-get update")?;
+    check(status, "apt-get update")
+}
+
+/// The version apt would install, if its package lists offer one.
+fn apt_candidate(package: &str) -> Option<String> {
+    let out = Command::new("apt-cache")
         .args(["policy", package])
         .output()
-        .is_ok_and(|out| {
-            let text = String::from_utf8_lossy(&out.stdout);
-            text.lines()
-                .find_map(|line| line.trim().strip_prefix("Candidate:"))
-                .is_some_and(|candidate| candidate.trim() != "(none)")
-        })
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|candidate| !candidate.is_empty() && *candidate != "(none)")
+        .map(str::to_owned)
 }
 
 fn cargo_bin_dir() -> PathBuf {
@@ -202,4 +218,187 @@ fn ensure_bpf_linker(llvm_major: u32) -> Result<()> {
     bpf_linker_matches(llvm_major)
         .map(|_| ())
         .context("bpf-linker was installed but does not run or links the wrong LLVM")
+}
+
+/// Outside the clone: every checkout shares one copy, and `cargo clean` or
+/// `git clean` leaves it alone.
+const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
+const PROMETHEUS_PACKAGE: &str = "prometheus";
+
+/// A private Prometheus server and promtool for the tests, unpacked from
+/// Debian's package, which is never installed (no service, no user, no
+/// maintainer scripts).
+pub struct Prometheus {
+    pub server: PathBuf,
+    pub promtool: PathBuf,
+}
+
+impl Prometheus {
+    fn in_dir(dir: &Path) -> Self {
+        let bin = dir.join("usr/bin");
+        Self {
+            server: bin.join("prometheus"),
+            promtool: bin.join("promtool"),
+        }
+    }
+
+    fn runs(&self) -> bool {
+        [&self.server, &self.promtool].into_iter().all(|binary| {
+            Command::new(binary)
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+    }
+}
+
+/// Makes sure `prometheus` and `promtool` run from
+/// `/var/cache/tcptrace/prometheus-<Debian version>/usr/bin`, and returns their
+/// paths. Any version unpacked there will do; only when none runs is apt asked
+/// for the one it offers (`rm -rf /var/cache/tcptrace` to fetch a newer one).
+pub fn ensure_prometheus() -> Result<Prometheus> {
+    let cache = Path::new(PROMETHEUS_CACHE);
+    let prefix = format!("{PROMETHEUS_PACKAGE}-");
+    // apt-cache alone takes most of a second where its cache is disabled (as
+    // in container images): not asked when a copy is already there.
+    if let Some(dir) = cached_prometheus(cache)
+        .into_iter()
+        .rev()
+        .find(|dir| Prometheus::in_dir(dir).runs())
+    {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        step(&format!(
+            "setup: prometheus {}: present in {}",
+            name.strip_prefix(&prefix).unwrap_or(&name),
+            dir.display()
+        ));
+        return Ok(Prometheus::in_dir(&dir));
+    }
+    let version = match apt_candidate(PROMETHEUS_PACKAGE) {
+        Some(version) => version,
+        None => {
+            step("setup: apt-get update (the package lists do not offer prometheus yet)");
+            apt_update()?;
+            apt_candidate(PROMETHEUS_PACKAGE).context(
+                "apt offers no prometheus package even after apt-get update \
+                 (Debian 12 has it in main)",
+            )?
+        }
+    };
+    let dir = cache.join(format!("{prefix}{version}"));
+    let prometheus = Prometheus::in_dir(&dir);
+    step(&format!(
+        "setup: prometheus {version}: missing, unpacking Debian's package into {} \
+         (the tests run their own server and promtool; the package is not installed)",
+        dir.display()
+    ));
+    let download = TempDir::new("tcptrace-prometheus")?;
+    let status = Command::new("apt-get")
+        .current_dir(download.path())
+        // As root, apt downloads as user _apt, who cannot write into a private
+        // temporary directory; it would fall back to root with a warning.
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        .arg(format!("{PROMETHEUS_PACKAGE}={version}"))
+        .status()
+        .context("starting apt-get download")?;
+    check(
+        status,
+        &format!("apt-get download {PROMETHEUS_PACKAGE}={version}"),
+    )?;
+    let deb = std::fs::read_dir(download.path())
+        .with_context(|| format!("reading {}", download.path().display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| path.extension() == Some(OsStr::new("deb")))
+        .with_context(|| {
+            format!(
+                "apt-get download left no .deb in {}",
+                download.path().display()
+            )
+        })?;
+    // Unpacked beside its final place, then renamed: a half-unpacked copy
+    // never has the name the tests look for.
+    let staging = cache.join(format!(".{PROMETHEUS_PACKAGE}-{version}.partial"));
+    root_does("mkdir", [OsStr::new("-p"), cache.as_os_str()])?;
+    root_does(
+        "rm",
+        [OsStr::new("-rf"), staging.as_os_str(), dir.as_os_str()],
+    )?;
+    root_does(
+        "dpkg",
+        [OsStr::new("-x"), deb.as_os_str(), staging.as_os_str()],
+    )?;
+    root_does(
+        "mv",
+        [OsStr::new("-T"), staging.as_os_str(), dir.as_os_str()],
+    )?;
+    if !prometheus.runs() {
+        bail!(
+            "unpacked {PROMETHEUS_PACKAGE} {version}, but `{} --version` or `{} --version` fails",
+            prometheus.server.display(),
+            prometheus.promtool.display()
+        );
+    }
+    // One version in the cache: the tests find it by themselves when run
+    // without xtask.
+    for old in cached_prometheus(cache) {
+        if old != dir {
+            step(&format!(
+                "setup: removing {}, which does not run",
+                old.display()
+            ));
+            root_does("rm", [OsStr::new("-rf"), old.as_os_str()])?;
+        }
+    }
+    Ok(prometheus)
+}
+
+/// The unpacked `prometheus-<version>` directories, sorted.
+fn cached_prometheus(cache: &Path) -> Vec<PathBuf> {
+    let prefix = format!("{PROMETHEUS_PACKAGE}-");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Runs a command that changes the cache, which belongs to root.
+fn root_does<'a>(program: &str, args: impl IntoIterator<Item = &'a OsStr>) -> Result<()> {
+    let mut command = as_root(program);
+    command.args(args);
+    let status = command.status().with_context(|| {
+        format!("starting {command:?} ({PROMETHEUS_CACHE} needs root: run as root or with sudo)")
+    })?;
+    check(status, &format!("{command:?}"))
+}
+
+/// A private directory under the temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        // Left by an earlier process that had the same pid.
+        let _ = std::fs::remove_dir_all(&path);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
