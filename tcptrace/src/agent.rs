@@ -27,7 +27,7 @@ use crate::{
     metrics::AgentTotals,
     probe::{KernelCounters, Probe},
     report::LeakReport,
-    sockdiag::{KernelSocket, dump_all_namespaces},
+    sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces, dump_tcp, in_each_namespace},
     top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
     tracker::SocketTracker,
 };
@@ -84,25 +84,17 @@ pub struct HostAgent {
     holders: UnattributedHolders,
     placements: HashMap<u32, Placement>,
     previous: Previous,
-    settings: Option<PortSettings>,
+    /// Each network namespace's port and timeout sysctls, read inside it.
+    settings: HashMap<u64, PortSettings>,
+    /// Namespaces whose settings could not be read, told once each.
+    settings_unreadable: HashSet<u64>,
     min_age: Duration,
     /// Kernel counters at the last refresh.
     kernel: KernelCounters,
-    pub notices: Vec<String>,
 }
 
 impl HostAgent {
     pub fn new(options: LeaksOptions) -> Self {
-        let mut notices = Vec::new();
-        let settings = match PortSettings::read() {
-            Ok(settings) => Some(settings),
-            Err(error) => {
-                notices.push(format!(
-                    "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses: {error}"
-                ));
-                None
-            }
-        };
         Self {
             min_age: options.min_age,
             monitor: Monitor::new(options),
@@ -112,9 +104,9 @@ impl HostAgent {
             holders: UnattributedHolders::default(),
             placements: HashMap::new(),
             previous: Previous::default(),
-            settings,
+            settings: HashMap::new(),
+            settings_unreadable: HashSet::new(),
             kernel: KernelCounters::default(),
-            notices,
         }
     }
 
@@ -178,7 +170,7 @@ impl HostAgent {
             self.kernel = counters;
         }
         let dump_started_ns = monotonic_now_ns();
-        let table = dump_all_namespaces(&TcpState::ALL);
+        let table = self.read_namespaces();
         let now_ns = monotonic_now_ns();
 
         let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
@@ -229,6 +221,37 @@ impl HostAgent {
         });
         snapshot.findings = self.diagnose(&table.sockets, &leaks, probe, now_ns);
         (snapshot, leaks)
+    }
+
+    /// Every namespace's TCP table, and its settings, read from inside it.
+    fn read_namespaces(&mut self) -> TableSnapshot {
+        let mut table = TableSnapshot::default();
+        self.settings.clear();
+        for (namespace, result) in in_each_namespace(|namespace| {
+            let sockets = dump_tcp(&TcpState::ALL, namespace.inode)?;
+            Ok((sockets, PortSettings::read()))
+        }) {
+            match result {
+                Ok((sockets, settings)) => {
+                    table.sockets.extend(sockets);
+                    match settings {
+                        Ok(settings) => {
+                            self.settings.insert(namespace.inode, settings);
+                        }
+                        Err(error) => {
+                            if self.settings_unreadable.insert(namespace.inode) {
+                                eprintln!(
+                                    "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses in network namespace {}: {error}",
+                                    namespace.inode
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(error) => table.unreadable.push((namespace, error)),
+            }
+        }
+        table
     }
 
     pub fn totals(&self) -> AgentTotals {
@@ -314,10 +337,8 @@ impl HostAgent {
         self.previous.connects = connects;
         findings.extend(connect_failure_findings(&outcomes));
 
-        if let Some(settings) = self.settings.clone() {
-            findings.extend(self.port_findings(table, &destination_rates, &settings));
-            findings.extend(self.fin_wait2(table, &settings, now_ns));
-        }
+        findings.extend(self.port_findings(table, &destination_rates));
+        findings.extend(self.fin_wait2(table, now_ns));
         findings.extend(self.eof_spins(table, probe, now_ns, window));
         findings.extend(syn_backlog_findings(&self.listener_loads(table)));
         self.previous.at_ns = Some(now_ns);
@@ -329,16 +350,19 @@ impl HostAgent {
         &self,
         table: &[KernelSocket],
         rates: &HashMap<SocketAddr, f64>,
-        settings: &PortSettings,
     ) -> Vec<Finding> {
-        let ephemeral = settings.ephemeral_low..=settings.ephemeral_high;
-        let mut loads: HashMap<SocketAddr, DestinationLoad> = HashMap::new();
+        // Per namespace: each has its own ports and its own sysctls.
+        let mut loads: HashMap<(u64, SocketAddr), DestinationLoad> = HashMap::new();
         for socket in table {
+            let Some(settings) = self.settings.get(&socket.netns_inode) else {
+                continue;
+            };
+            let ephemeral = settings.ephemeral_low..=settings.ephemeral_high;
             if socket.state == TcpState::Listen || !ephemeral.contains(&socket.local.port()) {
                 continue;
             }
             let load = loads
-                .entry(socket.remote)
+                .entry((socket.netns_inode, socket.remote))
                 .or_insert_with(|| DestinationLoad {
                     destination: socket.remote,
                     time_wait: 0,
@@ -352,19 +376,14 @@ impl HostAgent {
             }
         }
         loads
-            .values()
-            .filter_map(|load| time_wait_finding(load, settings))
+            .iter()
+            .filter_map(|((netns, _), load)| time_wait_finding(load, self.settings.get(netns)?))
             .collect()
     }
 
-    fn fin_wait2(
-        &mut self,
-        table: &[KernelSocket],
-        settings: &PortSettings,
-        now_ns: u64,
-    ) -> Vec<Finding> {
+    fn fin_wait2(&mut self, table: &[KernelSocket], now_ns: u64) -> Vec<Finding> {
         let mut seen = HashMap::new();
-        let mut stuck = Vec::new();
+        let mut stuck: HashMap<u64, Vec<StuckSocket>> = HashMap::new();
         for socket in table {
             if socket.state != TcpState::FinWait2 || socket.inode == 0 {
                 continue;
@@ -383,18 +402,27 @@ impl HostAgent {
             if lower_bound {
                 seen.insert(socket.cookie, since_ns);
             }
-            stuck.push(StuckSocket {
-                owner: self
-                    .owner_of(socket)
-                    .unwrap_or_else(|| "unknown".to_owned()),
-                local: socket.local,
-                remote: socket.remote,
-                age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
-                age_is_lower_bound: lower_bound,
-            });
+            stuck
+                .entry(socket.netns_inode)
+                .or_default()
+                .push(StuckSocket {
+                    owner: self
+                        .owner_of(socket)
+                        .unwrap_or_else(|| "unknown".to_owned()),
+                    local: socket.local,
+                    remote: socket.remote,
+                    age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
+                    age_is_lower_bound: lower_bound,
+                });
         }
         self.previous.fin_wait2_seen = seen;
-        fin_wait2_findings(&stuck, settings)
+        stuck
+            .iter()
+            .filter_map(|(netns, sockets)| {
+                Some(fin_wait2_findings(sockets, self.settings.get(netns)?))
+            })
+            .flatten()
+            .collect()
     }
 
     fn eof_spins(

@@ -524,7 +524,7 @@ pub fn eof_spin_findings(reads: &[EofReads]) -> Vec<Finding> {
                     plural(spinning.len() as u64, "socket"),
                     rate_text(rate),
                     worst.eof_reads,
-                    humantime::format_duration(worst.window),
+                    humantime::format_duration(round_to_millis(worst.window)),
                     worst.cookie,
                     endpoint(worst.remote),
                 ),
@@ -752,6 +752,11 @@ fn non_negative(rate: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Windows are measured to the nanosecond; evidence reads better in ms.
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
 }
 
 fn round_to_seconds(duration: Duration) -> Duration {

@@ -173,7 +173,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
 
     let mut agent = HostAgent::new(options.leaks.clone());
     agent.seed_listeners();
-    for notice in probe.get_ref().notices.iter().chain(&agent.notices) {
+    for notice in &probe.get_ref().notices {
         eprintln!("{notice}");
     }
     let mut metrics = MetricsState::new(options.limits);

@@ -108,13 +108,7 @@ pub struct TableSnapshot {
 /// Dumps the TCP tables of every network namespace that has processes.
 pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
     let mut snapshot = TableSnapshot::default();
-    let own = own_net_namespace();
-    for namespace in net_namespaces() {
-        let result = if Some(namespace.inode) == own {
-            dump_tcp(states, namespace.inode)
-        } else {
-            dump_in_namespace(namespace, states)
-        };
+    for (namespace, result) in in_each_namespace(|namespace| dump_tcp(states, namespace.inode)) {
         match result {
             Ok(sockets) => snapshot.sockets.extend(sockets),
             Err(error) => snapshot.unreadable.push((namespace, error)),
@@ -123,12 +117,31 @@ pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
     snapshot
 }
 
-/// setns() changes only the calling thread, so each foreign namespace is
-/// read from a short-lived thread of its own.
-fn dump_in_namespace(
+/// Runs `read` inside every network namespace that has processes: what it
+/// reads of /proc/sys/net or sock_diag is that namespace's. setns() changes
+/// only the calling thread, so each foreign namespace is read from a
+/// short-lived thread of its own.
+pub fn in_each_namespace<T: Send>(
+    read: impl Fn(NetNamespace) -> Result<T, SockDiagError> + Sync,
+) -> Vec<(NetNamespace, Result<T, SockDiagError>)> {
+    let own = own_net_namespace();
+    net_namespaces()
+        .into_iter()
+        .map(|namespace| {
+            let result = if Some(namespace.inode) == own {
+                read(namespace)
+            } else {
+                in_namespace(namespace, &read)
+            };
+            (namespace, result)
+        })
+        .collect()
+}
+
+fn in_namespace<T: Send>(
     namespace: NetNamespace,
-    states: &[TcpState],
-) -> Result<Vec<KernelSocket>, SockDiagError> {
+    read: &(impl Fn(NetNamespace) -> Result<T, SockDiagError> + Sync),
+) -> Result<T, SockDiagError> {
     let path = format!("/proc/{}/ns/net", namespace.pid);
     std::thread::scope(|scope| {
         scope
@@ -137,7 +150,7 @@ fn dump_in_namespace(
                     pid: namespace.pid,
                     source,
                 })?;
-                dump_tcp(states, namespace.inode)
+                read(namespace)
             })
             .join()
             .unwrap_or_else(|_| Err(SockDiagError::Decode("namespace reader panicked".into())))

@@ -74,7 +74,7 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
     agent.seed_listeners();
     // The first refresh sets the baseline for rates and reconciles leaks.
     let _ = agent.refresh(probe.get_mut(), true);
-    for notice in probe.get_ref().notices.iter().chain(&agent.notices) {
+    for notice in &probe.get_ref().notices {
         eprintln!("{notice}");
     }
     eprintln!(

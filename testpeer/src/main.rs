@@ -15,6 +15,7 @@ use std::{
 };
 
 mod load;
+mod trouble;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -155,6 +156,47 @@ enum Role {
         #[arg(long)]
         seconds: f64,
     },
+    /// Read EOF in a loop for `seconds` instead of closing, then hold until "go".
+    EofSpinner {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// `count` connects with a timeout each, failures counted; hold until "go".
+    ConnectAttempts {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 200)]
+        timeout_ms: u64,
+    },
+    /// Listen with `backlog`, never accept, connect to itself `connects`
+    /// times to fill the accept queue; hold until "go".
+    StalledListener {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        backlog: i32,
+        #[arg(long, default_value_t = 4)]
+        connects: u32,
+        #[arg(long, default_value_t = 200)]
+        timeout_ms: u64,
+    },
+    /// Churn connections to itself from one source address for `seconds`
+    /// (TIME_WAIT on the client side); hold until "go".
+    TimeWaitChurn {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// A connection to itself, half-closed by the client, never closed by the server.
+    HalfClosed {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
     /// Make `connections` connections to itself as fast as possible from `threads` clients.
     Churn {
         #[arg(long)]
@@ -237,17 +279,35 @@ fn main() -> Result<()> {
             connections,
             threads,
         } => churn(addr, connections, threads),
+        Role::EofSpinner { addr, seconds } => {
+            trouble::eof_spinner(addr, Duration::from_secs_f64(seconds))
+        }
+        Role::ConnectAttempts {
+            connect,
+            count,
+            timeout_ms,
+        } => trouble::connect_attempts(connect, count, Duration::from_millis(timeout_ms)),
+        Role::StalledListener {
+            addr,
+            backlog,
+            connects,
+            timeout_ms,
+        } => trouble::stalled_listener(addr, backlog, connects, Duration::from_millis(timeout_ms)),
+        Role::TimeWaitChurn { addr, seconds } => {
+            trouble::time_wait_churn(addr, Duration::from_secs_f64(seconds))
+        }
+        Role::HalfClosed { addr } => trouble::half_closed(addr),
     }
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     // The test reads line by line: flush each step.
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 
-fn wait_for_go() -> Result<()> {
+pub(crate) fn wait_for_go() -> Result<()> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "go" {

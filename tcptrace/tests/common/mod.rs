@@ -126,13 +126,25 @@ impl Peer {
     /// A peer in a network namespace of its own (alive as long as the peer,
     /// loopback only).
     pub fn spawn_in_new_netns(args: &[&str]) -> Self {
+        Self::spawn_in_new_netns_with(&[], args)
+    }
+
+    /// The same, with the namespace's sysctls set first: (name under
+    /// /proc/sys/net/ipv4, value). They are the namespace's own: the host's
+    /// stay as they are.
+    pub fn spawn_in_new_netns_with(sysctls: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut script = String::from("ip link set lo up");
+        for (name, value) in sysctls {
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && value.chars().all(|c| c.is_ascii_digit() || c == ' '),
+                "a sysctl name and numbers only: {name}={value}"
+            );
+            script.push_str(&format!(" && echo '{value}' > /proc/sys/net/ipv4/{name}"));
+        }
+        script.push_str(" && exec \"$0\" \"$@\"");
         let mut command = Command::new("unshare");
-        command.args([
-            "--net",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ]);
+        command.args(["--net", "sh", "-c", &script]);
         command.arg(testpeer_path());
         command.args(args);
         Self::spawn_command(command, &format!("{} (own netns)", args.join(" ")))
@@ -438,4 +450,30 @@ pub fn http_get(address: &str, path: &str) -> (u16, String, String) {
         })
         .unwrap_or_default();
     (status, content_type, body.to_owned())
+}
+
+/// Waits, snapshot by snapshot, for a finding of `kind` about `subject`
+/// (a substring); panics after `snapshots` snapshots without one.
+pub fn wait_for_finding(
+    top: &TopRun,
+    kind: &str,
+    subject: &str,
+    snapshots: usize,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..snapshots {
+        last = top.next_snapshot();
+        let found = last["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .find(|f| {
+                f["kind"] == kind && f["subject"].as_str().is_some_and(|s| s.contains(subject))
+            })
+            .cloned();
+        if let Some(finding) = found {
+            return finding;
+        }
+    }
+    panic!("no {kind} finding about {subject:?} in {snapshots} snapshots; the last:\n{last:#}");
 }
