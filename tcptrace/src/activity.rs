@@ -222,12 +222,15 @@ impl Activity {
     }
 
     /// The owner of a socket the table lists, if its history says: a live
-    /// socket's owner, or the owner of the socket a TIME_WAIT entry replaced.
-    pub fn owner_of(&self, cookie: u64, state: TcpState) -> Option<&Process> {
-        if state == TcpState::TimeWait {
-            return self.time_wait_owners.get(&cookie).map(|(p, _)| p);
+    /// socket's owner, or the owner of the socket a timewait minisock
+    /// replaced. Those are listed as TIME_WAIT, or as FIN_WAIT2 when an
+    /// orphan's FIN_WAIT2 is handed to a minisock; cookies are never reused,
+    /// so the cookie alone says which.
+    pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
+        match self.live.get(&cookie) {
+            Some(socket) => socket.owner.as_ref(),
+            None => self.time_wait_owners.get(&cookie).map(|(p, _)| p),
         }
-        self.live.get(&cookie).and_then(|s| s.owner.as_ref())
     }
 
     pub fn remembered(&self) -> (usize, usize, usize) {
@@ -302,9 +305,7 @@ mod tests {
         assert_eq!(counts.transitions.values().sum::<u64>(), 5);
         assert_eq!(counts.transitions[&(FinWait2, Close)], 1);
         assert!(activity.live_socket(1).is_none());
-        assert_eq!(activity.owner_of(1, TimeWait).unwrap().tgid, 10);
-        // Not a live socket any more: only TIME_WAIT entries find it.
-        assert!(activity.owner_of(1, Established).is_none());
+        assert_eq!(activity.owner_of(1).unwrap().tgid, 10);
         let destinations: Vec<_> = activity.destinations().collect();
         assert_eq!(
             destinations,
@@ -319,9 +320,9 @@ mod tests {
         );
 
         activity.expire_time_wait(1_000_000_000 + TIME_WAIT_MEMORY.as_nanos() as u64 - 1);
-        assert!(activity.owner_of(1, TimeWait).is_some());
+        assert!(activity.owner_of(1).is_some());
         activity.expire_time_wait(1_000_000_000 + TIME_WAIT_MEMORY.as_nanos() as u64);
-        assert!(activity.owner_of(1, TimeWait).is_none());
+        assert!(activity.owner_of(1).is_none());
     }
 
     #[test]
@@ -348,7 +349,7 @@ mod tests {
             }]
         );
         // Closed from LAST_ACK: not TIME_WAIT.
-        assert!(activity.owner_of(4, TimeWait).is_none());
+        assert!(activity.owner_of(4).is_none());
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl HostAgent {
         let unattributed: HashSet<u64> = table
             .sockets
             .iter()
-            .filter(|s| s.inode != 0 && self.activity.owner_of(s.cookie, s.state).is_none())
+            .filter(|s| s.inode != 0 && self.activity.owner_of(s.cookie).is_none())
             .map(|s| s.inode)
             .collect();
         self.holders.refresh(unattributed);

@@ -170,7 +170,7 @@ pub fn socket_owner(
     activity: &Activity,
     holders: &HashMap<u64, Vec<Holder>>,
 ) -> Option<(u32, String)> {
-    if let Some(process) = activity.owner_of(socket.cookie, socket.state) {
+    if let Some(process) = activity.owner_of(socket.cookie) {
         return Some((process.tgid, process.comm.clone()));
     }
     if socket.inode == 0 {

@@ -24,6 +24,10 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&["watch", "--duration", "soon"], "duration"),
         (&["watch", "--ipv4", "--ipv6"], "cannot be used"),
         (&["frobnicate"], "unrecognized subcommand"),
+        (&["top", "--sort", "bogus"], "connect-rate"),
+        (&["top", "--interval", "0s"], "zero"),
+        (&["serve", "--listen", "nowhere"], "nowhere"),
+        (&["serve", "--top-comms", "0"], "top-comms"),
     ] {
         let output = tcptrace(args).output().unwrap();
         assert_eq!(
@@ -71,4 +75,18 @@ fn without_privileges_says_to_use_sudo_in_one_line() {
     assert!(message.contains("needs root"), "{message}");
     assert!(message.contains("sudo"), "{message}");
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn serve_on_a_taken_port_says_so_in_one_line_and_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = tcptrace(&["serve", "--listen", &address]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains(&format!("cannot listen on {address}")),
+        "{message}"
+    );
 }

@@ -160,3 +160,28 @@ fn sockets_from_before_start_are_attributed_and_filters_apply() {
     assert_eq!(rows[0]["comm"], "tt-other-peer");
     assert_eq!(rows[0]["sockets"]["CLOSE_WAIT"], 2, "{snapshot:#}");
 }
+
+#[test]
+fn closed_ends_waiting_in_the_kernel_keep_their_owner() {
+    if !require_root() {
+        return;
+    }
+    let top = TopRun::start(&["--interval", "500ms"]);
+    // Two connections to itself; the client ends are closed at once and
+    // become minisocks (FIN_WAIT2, no file) while the server ends wait in
+    // CLOSE_WAIT.
+    let mut peer = Peer::spawn(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "2"]);
+    peer.expect("holding");
+    let mut snapshot = top.next_snapshot();
+    for _ in 0..2 {
+        snapshot = top.next_snapshot();
+    }
+    let row = top_row(&snapshot, peer.pid()).unwrap_or_else(|| panic!("{snapshot:#}"));
+    assert_eq!(row["sockets"]["CLOSE_WAIT"], 2, "{row:#}");
+    assert_eq!(row["sockets"]["LISTEN"], 1, "{row:#}");
+    assert_eq!(
+        row["sockets"]["FIN_WAIT2"], 2,
+        "the minisocks carry the cookies of the sockets they replaced: {row:#}"
+    );
+    peer.go();
+}
