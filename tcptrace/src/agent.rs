@@ -38,6 +38,9 @@ const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 /// A new unattributed socket triggers an earlier scan, but not more often.
 const HOLDER_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a process's container and namespace are taken as known.
+const PLACEMENT_REREAD_INTERVAL: Duration = Duration::from_secs(30);
+
 fn owner_label(pid: u32, comm: &str) -> String {
     format!("pid {pid} ({comm})")
 }
@@ -82,7 +85,8 @@ pub struct HostAgent {
     activity: Activity,
     rates: RateBaseline,
     holders: UnattributedHolders,
-    placements: HashMap<u32, Placement>,
+    /// Each process's container and namespace, and when they were read.
+    placements: HashMap<u32, (Placement, Instant)>,
     previous: Previous,
     /// Each network namespace's port and timeout sysctls, read inside it.
     settings: HashMap<u64, PortSettings>,
@@ -194,20 +198,24 @@ impl HostAgent {
         let (rates, span) = self.rates.advance(&self.activity, now_ns);
         let placements = &mut self.placements;
         let mut placement = |pid: u32| {
-            placements
+            let entry = placements
                 .entry(pid)
-                .or_insert_with(|| {
-                    let container = container_of(pid);
-                    Placement {
-                        container: container
-                            .as_ref()
-                            .map(|c| c.short_label())
-                            .unwrap_or_default(),
-                        pod_uid: container.and_then(|c| c.pod_uid),
-                        netns: net_namespace_of(pid),
-                    }
-                })
-                .clone()
+                .or_insert_with(|| (Placement::default(), Instant::now()));
+            // A process can be moved to another cgroup or namespace: re-read
+            // now and then, not on every refresh (a file read per process).
+            if entry.0 == Placement::default() || entry.1.elapsed() >= PLACEMENT_REREAD_INTERVAL {
+                let container = container_of(pid);
+                entry.0 = Placement {
+                    container: container
+                        .as_ref()
+                        .map(|c| c.short_label())
+                        .unwrap_or_default(),
+                    pod_uid: container.and_then(|c| c.pod_uid),
+                    netns: net_namespace_of(pid),
+                };
+                entry.1 = Instant::now();
+            }
+            entry.0.clone()
         };
         let mut snapshot = build_snapshot(SnapshotInputs {
             activity: &self.activity,

@@ -185,3 +185,75 @@ fn closed_ends_waiting_in_the_kernel_keep_their_owner() {
     );
     peer.go();
 }
+
+/// A cgroup v2 directory named the way docker names its containers'
+/// scopes, removed on drop. Only the name matters to tcptrace.
+struct FakeContainer {
+    dir: std::path::PathBuf,
+    id: String,
+}
+
+impl FakeContainer {
+    fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        let root = mounts
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].to_owned())
+            })
+            .expect("a cgroup2 mount");
+        let id: String = format!(
+            "{:032x}{:032x}",
+            std::process::id(),
+            0x7463_7074_7261_6365u64
+        );
+        let dir = std::path::Path::new(&root).join(format!("system.slice/docker-{id}.scope"));
+        std::fs::create_dir_all(&dir).expect("create the cgroup");
+        Self { dir, id }
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move into the cgroup");
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        // The process leaves it when it exits; rmdir fails until then.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn processes_show_their_container_and_network_namespace() {
+    if !require_root() {
+        return;
+    }
+    let container = FakeContainer::new();
+    let mut peer = Peer::spawn_in_new_netns(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "1"]);
+    peer.expect("holding");
+    container.enter(peer.pid());
+    let netns = std::fs::metadata(format!("/proc/{}/ns/net", peer.pid()))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let host_netns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    assert_ne!(netns, host_netns);
+
+    let top = TopRun::start(&["--interval", "500ms", "--pid", &peer.pid().to_string()]);
+    let snapshot = top.next_snapshot();
+    let row = top_row(&snapshot, peer.pid()).unwrap_or_else(|| panic!("{snapshot:#}"));
+    assert_eq!(row["container"], container.id[..12], "{row:#}");
+    assert_eq!(row["netns"], netns, "{row:#}");
+    assert_eq!(row["sockets"]["CLOSE_WAIT"], 1, "{row:#}");
+    peer.go();
+    peer.wait_success();
+}
