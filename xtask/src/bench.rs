@@ -40,15 +40,23 @@ enum Config {
     Untraced,
     Watch,
     Leaks(&'static str),
+    /// The long-running agent: the probe of `leaks --stacks default` plus a
+    /// full table read, attribution and diagnoses every refresh.
+    Serve,
 }
 
-const CONFIGS: [Config; 5] = [
+const CONFIGS: [Config; 6] = [
     Config::Untraced,
     Config::Watch,
     Config::Leaks("off"),
     Config::Leaks("default"),
     Config::Leaks("full"),
+    Config::Serve,
 ];
+/// `serve` refreshes this often in the benchmark: its default.
+const SERVE_INTERVAL: &str = "5s";
+/// Past one refresh after the load ends.
+const SERVE_REPORT_DELAY_S: u64 = 6;
 
 impl Config {
     fn name(self) -> String {
@@ -56,6 +64,7 @@ impl Config {
             Self::Untraced => "untraced".into(),
             Self::Watch => "watch --json > /dev/null".into(),
             Self::Leaks(level) => format!("leaks --stacks {level}"),
+            Self::Serve => format!("serve --interval {SERVE_INTERVAL}"),
         }
     }
 
@@ -73,6 +82,16 @@ impl Config {
                 "1s".into(),
                 "--stacks".into(),
                 level.into(),
+            ]),
+            // Runs until SIGTERM; `duration` is not its business.
+            Self::Serve => Some(vec![
+                "serve".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--interval".into(),
+                SERVE_INTERVAL.into(),
+                "--min-age".into(),
+                "1s".into(),
             ]),
         }
     }
@@ -176,6 +195,8 @@ impl Drop for Proc {
 struct Tracer {
     proc: Proc,
     stderr: Receiver<String>,
+    /// `serve`'s HTTP address, from its ready line.
+    address: Option<String>,
 }
 
 struct TracerExit {
@@ -212,15 +233,39 @@ impl Tracer {
                 reaped: false,
             },
             stderr,
+            address: None,
         };
+        let mut tracer = tracer;
         let ready = tracer
             .stderr
             .recv_timeout(STEP_TIMEOUT)
             .context("tcptrace did not start")?;
-        if !ready.starts_with("tcptrace: watching") {
+        if let Some(rest) = ready.strip_prefix("tcptrace: serving http://") {
+            tracer.address = rest.split('/').next().map(str::to_owned);
+        } else if !ready.starts_with("tcptrace: watching") {
             bail!("tcptrace said {ready:?}");
         }
         Ok(tracer)
+    }
+
+    /// `serve`'s leak report, as a scrape would get it.
+    fn leaks_over_http(&self) -> Result<serde_json::Value> {
+        let address = self.address.as_deref().context("not serve")?;
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+        write!(stream, "GET /leaks HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .context("no HTTP body")?;
+        Ok(serde_json::from_str(body)?)
+    }
+
+    fn terminate(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.proc.child.id() as libc::pid_t, libc::SIGTERM) };
     }
 
     fn wait(mut self) -> Result<TracerExit> {
@@ -364,12 +409,19 @@ fn run_round(bin: &Binaries, config: Config) -> Result<Round> {
     };
     let mut round = Round::default();
     let mut exit = None;
+    let mut served_report = None;
     let (per_second, leaked) = churn(bin, CHURN_SECONDS, || {
         let (bytes, recvs) = bulk(bin)?;
         round.bulk_bytes_per_second = bytes;
         round.recvs_per_second = recvs;
         round.syscalls_per_second = syscalls(bin)?;
         if let Some(tracer) = tracer {
+            if config == Config::Serve {
+                // Past one refresh after the load, as a scrape would see it.
+                thread::sleep(Duration::from_secs(SERVE_REPORT_DELAY_S));
+                served_report = Some(tracer.leaks_over_http()?);
+                tracer.terminate();
+            }
             exit = Some(tracer.wait()?);
         }
         Ok(())
@@ -390,6 +442,12 @@ fn run_round(bin: &Binaries, config: Config) -> Result<Round> {
                 round.events = report["health"]["events"].as_u64();
                 round.drops = report["health"]["drops"].as_u64();
                 // The churn server is the only leaker the benchmark makes.
+                round.leaks_reported = report["leaking_sockets"].as_u64();
+            }
+            Config::Serve => {
+                let report = served_report.context("serve's /leaks")?;
+                round.events = report["health"]["events"].as_u64();
+                round.drops = report["health"]["drops"].as_u64();
                 round.leaks_reported = report["leaking_sockets"].as_u64();
             }
             Config::Untraced => {}
@@ -533,7 +591,11 @@ pub fn run(root: &Path, rounds: u32) -> Result<()> {
     let mut kernel = Vec::new();
     {
         let _stats = BpfStatsGuard::enable()?;
-        for config in &CONFIGS[1..] {
+        // serve attaches what `leaks --stacks default` does.
+        for config in CONFIGS[1..]
+            .iter()
+            .filter(|c| matches!(c, Config::Watch | Config::Leaks(_)))
+        {
             kernel.push((config.name(), kernel_cost(&bin, *config)?));
         }
     }
@@ -713,7 +775,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "Load (tcptrace-testpeer, separate processes, loopback only): churn = {CLIENT_THREADS} client threads doing connect → send → read answer → close for {CHURN_SECONDS} s against a server that keeps one socket in {LEAK_EVERY} open after EOF (the leaks to find), sources spread over 127.1.x.y; bulk = 2 streams received with 16 KiB recv() for {BULK_SECONDS} s; syscalls = getppid() in a loop for {SYSCALL_SECONDS} s. Each traced round runs the tracer for {TRACE_SECONDS} s around all three.\n"
+        "Load (tcptrace-testpeer, separate processes, loopback only): churn = {CLIENT_THREADS} client threads doing connect → send → read answer → close for {CHURN_SECONDS} s against a server that keeps one socket in {LEAK_EVERY} open after EOF (the leaks to find), sources spread over 127.1.x.y; bulk = 2 streams received with 16 KiB recv() for {BULK_SECONDS} s; syscalls = getppid() in a loop for {SYSCALL_SECONDS} s. Each traced round runs the tracer for {TRACE_SECONDS} s around all three; `serve` runs until SIGTERM, and its events, drops and leaks are what its `/leaks` endpoint said {SERVE_REPORT_DELAY_S} s after the load (its agent CPU includes reading the whole table and attributing every socket every {SERVE_INTERVAL}).\n"
     );
     let _ = writeln!(out, "## Connection churn\n");
     let _ = writeln!(
@@ -755,7 +817,7 @@ fn render(
             } else {
                 drops.to_string()
             },
-            if matches!(config, Config::Leaks(_)) {
+            if matches!(config, Config::Leaks(_) | Config::Serve) {
                 leaks
             } else {
                 "–".into()
