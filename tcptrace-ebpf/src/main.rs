@@ -23,9 +23,9 @@ use aya_ebpf::{
         bpf_get_socket_cookie, bpf_get_stackid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_task_pt_regs,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fexit, map},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FExitContext},
 };
 use tcptrace_common::{
     AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, EOF_READ_SHIFT, IPPROTO_TCP,
@@ -97,6 +97,33 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         Ok(_) => {}
         Err(ReadFailed) => count(Counter::SocketReadFailed),
     }
+    0
+}
+
+/// Where fexit works (most kernels, not every one): the accepted socket and
+/// the process that accepted it, in its own accept() syscall. Its later
+/// transitions then carry that owner instead of the listener's guess, with
+/// no cost to any other syscall.
+#[fexit(function = "inet_csk_accept")]
+pub fn inet_csk_accept(ctx: FExitContext) -> i32 {
+    // The return value follows the parameters, whose number changed in 6.10:
+    // (sk, flags, err, kern) before, (sk, arg) since. The constant branch is
+    // pruned at load, so only the valid index is ever verified.
+    let accepted: *const u8 = match config!(accept_return_arg) {
+        2 => ctx.arg(2),
+        4 => ctx.arg(4),
+        _ => return 0,
+    };
+    if accepted.is_null() {
+        return 0;
+    }
+    match read_field::<u16>(accepted, config!(protocol_offset)) {
+        Ok(IPPROTO_TCP) => {}
+        _ => return 0,
+    }
+    // SAFETY: a socket pointer the kernel just returned from accept.
+    let cookie = unsafe { bpf_get_socket_cookie(accepted as *mut c_void) };
+    remember_owner(cookie, &current_task());
     0
 }
 

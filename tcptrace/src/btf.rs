@@ -80,6 +80,8 @@ struct Type {
     size_or_type: u32,
     members: Vec<Member>,
     array: Option<(u32, u32)>,
+    /// Parameters of a FUNC_PROTO.
+    params: usize,
 }
 
 pub struct Btf {
@@ -134,6 +136,7 @@ impl Btf {
             size_or_type: 0,
             members: Vec::new(),
             array: None,
+            params: 0,
         }];
         let mut reader = Reader::new(type_section);
         while !reader.is_empty() {
@@ -183,6 +186,17 @@ impl Btf {
     }
 
     /// Whether the kernel defines a type of this name (any kind).
+    /// How many parameters kernel function `name` takes, from its prototype:
+    /// an fexit program finds the return value right after them.
+    pub fn function_params(&self, name: &str) -> Option<usize> {
+        let function = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_FUNC && self.name(t.name_off) == Some(name))?;
+        let prototype = self.types.get(function.size_or_type as usize)?;
+        (prototype.kind == KIND_FUNC_PROTO).then_some(prototype.params)
+    }
+
     pub fn has_type_named(&self, name: &str) -> bool {
         self.types
             .iter()
@@ -283,6 +297,7 @@ fn read_type(reader: &mut Reader<'_>) -> Result<Type, BtfError> {
         size_or_type,
         members: Vec::new(),
         array: None,
+        params: if kind == KIND_FUNC_PROTO { vlen } else { 0 },
     };
     match kind {
         KIND_INT | KIND_VAR | KIND_DECL_TAG => reader.skip(4)?,
@@ -455,6 +470,18 @@ pub(crate) mod tests {
             id
         }
 
+        /// A function taking `params` parameters of type `param`, returning `ret`.
+        pub(crate) fn function(&mut self, name: &str, ret: u32, params: &[u32]) -> u32 {
+            let prototype = self.header("", KIND_FUNC_PROTO, params.len() as u32, false, ret);
+            for &param in params {
+                let name_off = self.string("arg");
+                for v in [name_off, param] {
+                    self.types.extend_from_slice(&v.to_ne_bytes());
+                }
+            }
+            self.header(name, KIND_FUNC, 0, false, prototype)
+        }
+
         pub(crate) fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend_from_slice(&MAGIC.to_ne_bytes());
@@ -532,6 +559,20 @@ pub(crate) mod tests {
             btf.member("inner", &["both"]).unwrap(),
             MemberLocation { offset: 0, size: 4 }
         );
+    }
+
+    #[test]
+    fn counts_a_function_parameters() {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        let ptr = b.pointer(int);
+        // inet_csk_accept before 6.10 took (sk, flags, err, kern); after, (sk, arg).
+        b.function("old_accept", ptr, &[ptr, int, ptr, int]);
+        b.function("new_accept", ptr, &[ptr, ptr]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.function_params("old_accept"), Some(4));
+        assert_eq!(btf.function_params("new_accept"), Some(2));
+        assert_eq!(btf.function_params("missing"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
     COUNTER_SLOTS, Counter, EOF_READ_SHIFT, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
@@ -150,6 +150,8 @@ pub struct Probe {
     socket_recv: Option<AyaHashMap<MapData, u64, u64>>,
     /// Features this kernel could not give, one line each for the user.
     pub notices: Vec<String>,
+    /// Accepted sockets get their owner at accept() (fexit), not at close.
+    pub accept_hook: bool,
 }
 
 impl Probe {
@@ -215,6 +217,30 @@ impl Probe {
                 &kernel_btf,
             )?;
         }
+        // Optional: where the kernel refuses fexit (or its prototype is new
+        // to us) accepted sockets keep the listener's owner until they close.
+        let accept_hook = if config.accept_return_arg == 0 {
+            notices.push(
+                "tcptrace: accepted sockets are attributed through their listener: inet_csk_accept has a prototype this version does not know".to_owned(),
+            );
+            false
+        } else {
+            match attach_fexit(
+                &mut ebpf,
+                names::ACCEPT_PROGRAM,
+                names::ACCEPT_FUNCTION,
+                &kernel_btf,
+            ) {
+                Ok(()) => true,
+                Err(error) => {
+                    notices.push(format!(
+                        "tcptrace: accepted sockets are attributed through their listener: this kernel refuses fexit on inet_csk_accept ({})",
+                        error
+                    ));
+                    false
+                }
+            }
+        };
 
         let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
@@ -235,6 +261,7 @@ impl Probe {
             stacks,
             socket_recv,
             notices,
+            accept_hook,
         })
     }
 
@@ -296,10 +323,15 @@ impl Probe {
 
     /// Statistics of every program attached, by name.
     pub fn all_program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
-        [names::PROGRAM, names::DESTROY_PROGRAM, names::RECV_PROGRAM]
-            .into_iter()
-            .filter_map(|name| Some((name, self.stats_of(name).ok()?)))
-            .collect()
+        [
+            names::PROGRAM,
+            names::DESTROY_PROGRAM,
+            names::RECV_PROGRAM,
+            names::ACCEPT_PROGRAM,
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name, self.stats_of(name).ok()?)))
+        .collect()
     }
 
     fn stats_of(&self, name: &'static str) -> Result<ProgramStats, ProbeError> {
@@ -338,6 +370,21 @@ fn attach(
         .map_err(ProbeError::Attach)?;
     program.load(tracepoint, btf).map_err(ProbeError::Attach)?;
     program.attach().map_err(ProbeError::Attach)?;
+    Ok(())
+}
+
+fn attach_fexit(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    function: &str,
+    btf: &aya::Btf,
+) -> Result<(), ProgramError> {
+    let Some(found) = ebpf.program_mut(program) else {
+        return Err(ProgramError::UnexpectedProgramType);
+    };
+    let program: &mut FExit = found.try_into()?;
+    program.load(function, btf)?;
+    program.attach()?;
     Ok(())
 }
 

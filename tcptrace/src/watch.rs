@@ -46,6 +46,8 @@ pub struct WatchSummary {
     /// only while bpf_stats is enabled (0 otherwise).
     pub probe_runs: u64,
     pub probe_run_ns: u64,
+    /// Accepted sockets got their owner at accept() (the fexit hook).
+    pub accept_hook: bool,
 }
 
 impl fmt::Display for WatchSummary {
@@ -53,7 +55,8 @@ impl fmt::Display for WatchSummary {
         write!(
             f,
             "tcptrace: summary events={} shown={} drops={} (ring_full={} read_failed={}) \
-             decode_errors={} failed_inserts={} recursion_misses={} probe_runs={} probe_run_ns={}",
+             decode_errors={} failed_inserts={} recursion_misses={} probe_runs={} probe_run_ns={} \
+             accepted_owner={}",
             self.delivered,
             self.shown,
             self.kernel.dropped(),
@@ -65,6 +68,11 @@ impl fmt::Display for WatchSummary {
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
             self.probe_runs,
             self.probe_run_ns,
+            if self.accept_hook {
+                "accept"
+            } else {
+                "listener"
+            },
         )
     }
 }
@@ -147,6 +155,10 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
         output_closed: false,
     };
     eprintln!("tcptrace: watching TCP state transitions; Ctrl-C to stop");
+    for notice in &probe.get_ref().notices {
+        eprintln!("{notice}");
+    }
+    pipeline.summary.accept_hook = probe.get_ref().accept_hook;
     if options.format == Format::Text {
         pipeline.write_line(output::TEXT_HEADER);
         pipeline.flush();
@@ -259,11 +271,13 @@ mod tests {
             recursion_misses: None,
             probe_runs: 5,
             probe_run_ns: 600,
+            accept_hook: false,
         };
         assert_eq!(
             summary.to_string(),
             "tcptrace: summary events=10 shown=7 drops=3 (ring_full=2 read_failed=1) \
-             decode_errors=1 failed_inserts=4 recursion_misses=unknown probe_runs=5 probe_run_ns=600"
+             decode_errors=1 failed_inserts=4 recursion_misses=unknown probe_runs=5 probe_run_ns=600 \
+             accepted_owner=listener"
         );
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Peer, TopRun, require_root, wait_for_finding};
+use common::{Peer, TopRun, kernel_has_recv_tracepoint, require_root, wait_for_finding};
 
 /// Snapshots (500 ms apart) to wait for a finding.
 const SNAPSHOTS: usize = 20;
@@ -26,6 +26,25 @@ fn a_process_reading_eof_in_a_loop_is_spinning() {
     let mut spinner =
         Peer::spawn_in_new_netns(&["eof-spinner", "--addr", "127.0.0.1:0", "--seconds", "4"]);
     spinner.expect("spinning");
+    if !kernel_has_recv_tracepoint() {
+        // EOF reads are counted by the per-recv hook (Linux 6.3+): without
+        // it there is nothing to count, and no finding may be guessed.
+        let mut snapshot = top.next_snapshot();
+        for _ in 0..4 {
+            snapshot = top.next_snapshot();
+        }
+        assert!(
+            !snapshot["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["kind"] == "eof_spin"),
+            "{snapshot:#}"
+        );
+        spinner.expect("spun");
+        spinner.go();
+        return;
+    }
     let finding = wait_for_finding(&top, "eof_spin", &pid_subject(&spinner), SNAPSHOTS);
     // A tight read loop makes far more than 10 000 reads a second.
     assert_eq!(finding["severity"], "critical", "{finding:#}");

@@ -34,7 +34,7 @@ enum Role {
         #[arg(long)]
         addr: SocketAddr,
     },
-    /// Wait for "go", connect, send a few bytes, close first.
+    /// Wait for "go", connect, send a few bytes, wait for another "go", close first.
     Client {
         #[arg(long)]
         connect: SocketAddr,
@@ -374,6 +374,9 @@ fn client(connect: SocketAddr) -> Result<()> {
         stream.local_addr()?
     ));
     stream.write_all(b"hello")?;
+    // Closing waits for the test: the server has accepted by then, so the
+    // FIN reaches a socket whose owner the accept showed.
+    wait_for_go()?;
     drop(stream);
     say("closed");
     Ok(())

@@ -28,6 +28,16 @@ pub fn require_root() -> bool {
     panic!("this test loads the eBPF probe and needs root: run `cargo xtask test`");
 }
 
+/// Whether the running kernel has `sock:sock_recv_length` (Linux 6.3+),
+/// which the first-I/O and EOF stacks need. Read from the kernel's own BTF,
+/// not from what tcptrace says, so a tcptrace that wrongly skips the hook
+/// still fails.
+pub fn kernel_has_recv_tracepoint() -> bool {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let name = b"\0btf_trace_sock_recv_length\0";
+    btf.windows(name.len()).any(|w| w == name)
+}
+
 pub fn testpeer_path() -> PathBuf {
     if let Some(path) = std::env::var_os("TCPTRACE_TESTPEER") {
         return path.into();
