@@ -236,16 +236,24 @@ impl Tracer {
             address: None,
         };
         let mut tracer = tracer;
-        let ready = tracer
-            .stderr
-            .recv_timeout(STEP_TIMEOUT)
-            .context("tcptrace did not start")?;
-        if let Some(rest) = ready.strip_prefix("tcptrace: serving http://") {
-            tracer.address = rest.split('/').next().map(str::to_owned);
-        } else if !ready.starts_with("tcptrace: watching") {
-            bail!("tcptrace said {ready:?}");
+        // Notices about what this kernel cannot do may come first.
+        for _ in 0..5 {
+            let ready = tracer
+                .stderr
+                .recv_timeout(STEP_TIMEOUT)
+                .context("tcptrace did not start")?;
+            if let Some(rest) = ready.strip_prefix("tcptrace: serving http://") {
+                tracer.address = rest.split('/').next().map(str::to_owned);
+                return Ok(tracer);
+            }
+            if ready.starts_with("tcptrace: watching") {
+                return Ok(tracer);
+            }
+            if !ready.starts_with("tcptrace: ") {
+                bail!("tcptrace said {ready:?}");
+            }
         }
-        Ok(tracer)
+        bail!("tcptrace did not say it was ready")
     }
 
     /// `serve`'s leak report, as a scrape would get it.
