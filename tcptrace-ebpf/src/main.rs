@@ -80,6 +80,8 @@ macro_rules! config {
 const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
+const SYN_RECV: u8 = TcpState::SynRecv as u8;
+const ESTABLISHED: u8 = TcpState::Established as u8;
 const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -315,7 +317,13 @@ fn record_transition(
         addr_of_mut!((*record).old_state).write(old_state);
         addr_of_mut!((*record).new_state).write(new_state);
         addr_of_mut!((*record)._reserved).write(0);
-        let netns = if old_state == LISTEN || new_state == LISTEN {
+        // Also where an accepted socket may show itself first (kernels that
+        // create it in SYN_RECV silently): the agent matches it to its
+        // listener by namespace.
+        let netns = if old_state == LISTEN
+            || new_state == LISTEN
+            || (old_state == SYN_RECV && new_state == ESTABLISHED)
+        {
             read_netns_inode(sk)
         } else {
             0

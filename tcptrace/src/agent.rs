@@ -177,9 +177,12 @@ impl HostAgent {
         let table = self.read_namespaces();
         let now_ns = monotonic_now_ns();
 
-        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
-        self.activity
-            .reconcile_live(&|cookie| listed.contains(&cookie), dump_started_ns);
+        // An incomplete table would wrongly end sockets it could not list.
+        if table.unreadable.is_empty() {
+            let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+            self.activity
+                .reconcile_live(&|cookie| listed.contains(&cookie), dump_started_ns);
+        }
         self.activity.expire_time_wait(now_ns);
         self.monitor
             .reconcile_with(&table, dump_started_ns, startup);

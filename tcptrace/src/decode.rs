@@ -47,7 +47,8 @@ pub struct Transition {
     pub remote: SocketAddr,
     pub old_state: TcpState,
     pub new_state: TcpState,
-    /// Only at transitions from or to LISTEN.
+    /// Only at transitions from or to LISTEN, and SYN_RECV -> ESTABLISHED
+    /// (where an accepted socket may first show itself).
     pub netns_inode: Option<u32>,
     /// Only in leak mode, at transitions to CLOSE, while a file still refers to
     /// the socket: the inode of that file.

@@ -188,10 +188,14 @@ impl LeakTracker {
     /// Aligns CLOSE_WAIT suspects with `table`, the kernel's CLOSE_WAIT
     /// sockets in every namespace, dumped at `snapshot_ns` after every event
     /// up to then was observed. At `startup`, what the table holds is
-    /// pre-existing rather than missed.
+    /// pre-existing rather than missed. A namespace in `unreadable` was not
+    /// dumped: its suspects stay, and so does any whose namespace is not
+    /// known while some namespace was unreadable (a failed read is not an
+    /// empty table).
     pub fn reconcile_close_wait(
         &mut self,
         table: &[KernelSocket],
+        unreadable: &HashSet<u64>,
         snapshot_ns: u64,
         startup: bool,
     ) {
@@ -209,6 +213,10 @@ impl LeakTracker {
                 s.kind == LeakKind::CloseWait
                     && s.since_ns <= snapshot_ns
                     && !in_kernel.contains_key(&s.cookie)
+                    && match s.netns_inode {
+                        Some(netns) => !unreadable.contains(&netns),
+                        None => unreadable.is_empty(),
+                    }
             })
             .map(|s| s.cookie)
             .collect();
@@ -360,7 +368,12 @@ mod tests {
     #[test]
     fn a_lost_entry_is_recovered_from_the_kernel_table() {
         let mut tracker = LeakTracker::new();
-        tracker.reconcile_close_wait(&[close_wait_in_kernel(1, 50)], 20 * S, false);
+        tracker.reconcile_close_wait(
+            &[close_wait_in_kernel(1, 50)],
+            &HashSet::new(),
+            20 * S,
+            false,
+        );
         let leaks = tracker.leaks(25 * S, Duration::from_secs(1));
         assert_eq!(leaks.len(), 1);
         assert_eq!(leaks[0].provenance, Provenance::Recovered);
@@ -378,7 +391,7 @@ mod tests {
         let mut tracker = LeakTracker::new();
         tracker.observe(&event(1, 0, Established, CloseWait));
         // The CLOSE_WAIT -> LAST_ACK event was dropped; the kernel no longer has it.
-        tracker.reconcile_close_wait(&[], 60 * S, false);
+        tracker.reconcile_close_wait(&[], &HashSet::new(), 60 * S, false);
         assert!(tracker.leaks(120 * S, Duration::ZERO).is_empty());
         assert_eq!(tracker.corrections(), 1);
     }
@@ -387,7 +400,12 @@ mod tests {
     fn late_events_after_a_reconcile_are_races_not_losses() {
         let mut tracker = LeakTracker::new();
         // Entered CLOSE_WAIT just before the snapshot; its event arrives after.
-        tracker.reconcile_close_wait(&[close_wait_in_kernel(1, 50)], 20 * S, false);
+        tracker.reconcile_close_wait(
+            &[close_wait_in_kernel(1, 50)],
+            &HashSet::new(),
+            20 * S,
+            false,
+        );
         tracker.observe(&event(1, 19, Established, CloseWait));
         let suspect = tracker.suspects().next().unwrap();
         assert_eq!(suspect.provenance, Provenance::Observed);
@@ -400,9 +418,22 @@ mod tests {
         assert_eq!(tracker.corrections(), 0);
 
         // Left CLOSE_WAIT just before the snapshot; its event arrives after.
-        tracker.reconcile_close_wait(&[], 30 * S, false);
+        tracker.reconcile_close_wait(&[], &HashSet::new(), 30 * S, false);
         tracker.observe(&event(1, 29, CloseWait, LastAck));
         assert_eq!(tracker.corrections(), 0);
+        assert_eq!(tracker.suspects().count(), 0);
+    }
+
+    #[test]
+    fn an_unreadable_namespace_is_not_an_empty_table() {
+        let mut tracker = LeakTracker::new();
+        tracker.observe(&event(1, 10, Established, CloseWait));
+        // The namespace of the suspect is unknown, and one read failed.
+        tracker.reconcile_close_wait(&[], &HashSet::from([7]), 20 * S, false);
+        assert_eq!(tracker.suspects().count(), 1, "kept");
+        assert_eq!(tracker.corrections(), 0);
+        // Everything read: now the table's word counts.
+        tracker.reconcile_close_wait(&[], &HashSet::new(), 20 * S, false);
         assert_eq!(tracker.suspects().count(), 0);
     }
 
@@ -411,6 +442,7 @@ mod tests {
         let mut tracker = LeakTracker::new();
         tracker.reconcile_close_wait(
             &[close_wait_in_kernel(3, 70), close_wait_in_kernel(4, 71)],
+            &HashSet::new(),
             100 * S,
             true,
         );
@@ -434,7 +466,7 @@ mod tests {
     fn a_suspect_newer_than_the_snapshot_is_not_dropped_by_it() {
         let mut tracker = LeakTracker::new();
         tracker.observe(&event(1, 21, Established, CloseWait));
-        tracker.reconcile_close_wait(&[], 20 * S, false);
+        tracker.reconcile_close_wait(&[], &HashSet::new(), 20 * S, false);
         assert_eq!(tracker.suspects().count(), 1);
     }
 

@@ -90,6 +90,7 @@ pub(crate) struct Monitor {
     socket_stacks: HashMap<u64, SocketStacks>,
     /// Stack records of the current drain, resolved right after it.
     pending_stacks: Vec<StackSample>,
+    told_unreadable: bool,
 }
 
 impl Monitor {
@@ -107,6 +108,7 @@ impl Monitor {
             symbolizer: StackSymbolizer::new(),
             socket_stacks: HashMap::new(),
             pending_stacks: Vec::new(),
+            told_unreadable: false,
         }
     }
 
@@ -187,8 +189,20 @@ impl Monitor {
             .filter(|s| s.state == TcpState::CloseWait)
             .cloned()
             .collect();
+        let unreadable: HashSet<u64> = table.unreadable.iter().map(|(ns, _)| ns.inode).collect();
+        if !self.told_unreadable
+            && let Some((namespace, error)) = table.unreadable.first()
+        {
+            // Said once: it usually means no sock_diag for TCP (the tcp_diag
+            // module), which every later read would repeat.
+            self.told_unreadable = true;
+            eprintln!(
+                "tcptrace: cannot read the TCP table of network namespace {} ({error}); its leaks are tracked from events alone",
+                namespace.inode
+            );
+        }
         self.tracker
-            .reconcile_close_wait(&close_wait, snapshot_ns, startup);
+            .reconcile_close_wait(&close_wait, &unreadable, snapshot_ns, startup);
         self.health.corrections = self.tracker.corrections();
     }
 

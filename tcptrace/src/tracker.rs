@@ -85,7 +85,13 @@ impl SocketTracker {
             timestamp_ns,
             ..
         } = transition;
-        let is_new_child = old_state == TcpState::Listen && new_state == TcpState::SynRecv;
+        // Kernels before 6.x (6.1 among them) create the child already in
+        // SYN_RECV without a transition: there it first shows itself at
+        // SYN_RECV -> ESTABLISHED.
+        let is_new_child = (old_state == TcpState::Listen && new_state == TcpState::SynRecv)
+            || (old_state == TcpState::SynRecv
+                && new_state == TcpState::Established
+                && !self.sockets.contains_key(&cookie));
         let is_new_socket = old_state == TcpState::Close || is_new_child;
 
         // A stale entry under a new socket's cookie cannot happen (cookies are
@@ -213,7 +219,9 @@ mod tests {
         owner: Option<Process>,
         local: &str,
     ) -> Transition {
-        let listen_related = old_state == TcpState::Listen || new_state == TcpState::Listen;
+        let listen_related = old_state == TcpState::Listen
+            || new_state == TcpState::Listen
+            || (old_state == TcpState::SynRecv && new_state == TcpState::Established);
         Transition {
             timestamp_ns: at_ms * MS,
             cookie,
@@ -345,6 +353,35 @@ mod tests {
         ));
         let late = tracker.observe(transition(3, 21, Listen, SynRecv, None, "127.0.0.1:8080"));
         assert_eq!(late.owner, None, "no listener left to attribute to");
+    }
+
+    /// 6.1 creates the child in SYN_RECV without a transition.
+    #[test]
+    fn a_child_first_seen_established_takes_the_listener_owner() {
+        use TcpState::*;
+        let server = process(20, "server");
+        let mut tracker = SocketTracker::new();
+        tracker.observe(transition(
+            1,
+            0,
+            Close,
+            Listen,
+            Some(server.clone()),
+            "0.0.0.0:8080",
+        ));
+        let child = |at, old, new| transition(2, at, old, new, None, "127.0.0.1:8080");
+        let established = tracker.observe(child(5, SynRecv, Established));
+        assert_eq!(
+            established.owner,
+            Some(Owner {
+                process: server.clone(),
+                source: OwnerSource::Listener
+            })
+        );
+        assert_eq!(established.time_in_old_state, None);
+        let fin = tracker.observe(child(9, Established, CloseWait));
+        assert_eq!(fin.owner.unwrap().process, server);
+        assert_eq!(fin.time_in_old_state, Some(Duration::from_millis(4)));
     }
 
     #[test]

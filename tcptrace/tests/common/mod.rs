@@ -38,6 +38,15 @@ pub fn kernel_has_recv_tracepoint() -> bool {
     btf.windows(name.len()).any(|w| w == name)
 }
 
+/// The running kernel's (major, minor).
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
 pub fn testpeer_path() -> PathBuf {
     if let Some(path) = std::env::var_os("TCPTRACE_TESTPEER") {
         return path.into();
