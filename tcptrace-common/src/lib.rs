@@ -377,12 +377,9 @@ pub struct ProbeConfig {
     pub stack_level: u32,
     /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
     pub read_socket_inode: u32,
-    /// Index of `inet_csk_accept`'s return value among an fexit program's
-    /// arguments (its parameter count: 4 before 6.10, 2 since); 0 = unknown.
-    pub accept_return_arg: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 84);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -407,7 +404,6 @@ impl ProbeConfig {
         regs_bp_offset: 0,
         stack_level: STACKS_OFF,
         read_socket_inode: 0,
-        accept_return_arg: 0,
     };
 }
 
@@ -427,7 +423,9 @@ pub mod names {
     pub const DESTROY_TRACEPOINT: &str = "tcp_destroy_sock";
     pub const RECV_PROGRAM: &str = "sock_recv_length";
     pub const RECV_TRACEPOINT: &str = "sock_recv_length";
-    pub const ACCEPT_PROGRAM: &str = "inet_csk_accept";
+    /// fexit programs for `inet_csk_accept` with 4 parameters (before 6.10) and 2.
+    pub const ACCEPT_PROGRAM_FOUR_PARAMS: &str = "inet_csk_accept_four_params";
+    pub const ACCEPT_PROGRAM_TWO_PARAMS: &str = "inet_csk_accept_two_params";
     pub const ACCEPT_FUNCTION: &str = "inet_csk_accept";
     pub const STACKS_MAP: &str = "STACKS";
     pub const EVENTS_MAP: &str = "EVENTS";
@@ -491,7 +489,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 22 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 21 * 4);
         assert_eq!(offset_of!(StackRecord, stack_id), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

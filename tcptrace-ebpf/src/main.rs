@@ -105,28 +105,35 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// Where fexit works (most kernels, not every one): the accepted socket and
 /// the process that accepted it, in its own accept() syscall. Its later
 /// transitions then carry that owner instead of the listener's guess, with
-/// no cost to any other syscall.
+/// no cost to any other syscall. The return value follows the parameters,
+/// whose number changed in 6.10: one program per prototype, each reading a
+/// constant context offset (the verifier refuses a computed one), and the
+/// agent loads the one the kernel's BTF matches.
 #[fexit(function = "inet_csk_accept")]
-pub fn inet_csk_accept(ctx: FExitContext) -> i32 {
-    // The return value follows the parameters, whose number changed in 6.10:
-    // (sk, flags, err, kern) before, (sk, arg) since. The constant branch is
-    // pruned at load, so only the valid index is ever verified.
-    let accepted: *const u8 = match config!(accept_return_arg) {
-        2 => ctx.arg(2),
-        4 => ctx.arg(4),
-        _ => return 0,
-    };
+pub fn inet_csk_accept_four_params(ctx: FExitContext) -> i32 {
+    // (sk, flags, err, kern) before 6.10.
+    remember_accepting_owner(ctx.arg(4));
+    0
+}
+
+#[fexit(function = "inet_csk_accept")]
+pub fn inet_csk_accept_two_params(ctx: FExitContext) -> i32 {
+    // (sk, arg) since 6.10.
+    remember_accepting_owner(ctx.arg(2));
+    0
+}
+
+fn remember_accepting_owner(accepted: *const u8) {
     if accepted.is_null() {
-        return 0;
+        return;
     }
     match read_field::<u16>(accepted, config!(protocol_offset)) {
         Ok(IPPROTO_TCP) => {}
-        _ => return 0,
+        _ => return,
     }
     // SAFETY: a socket pointer the kernel just returned from accept.
     let cookie = unsafe { bpf_get_socket_cookie(accepted as *mut c_void) };
     remember_owner(cookie, &current_task());
-    0
 }
 
 /// Every recvmsg on every socket: the fast path leaves as soon as it knows

@@ -151,6 +151,9 @@ impl Activity {
             {
                 self.remember_time_wait(t.cookie, process.clone(), t.timestamp_ns);
             }
+        } else if t.cookie == 0 {
+            // A new child before the kernel gave it a cookie: its own
+            // transitions follow under its real one.
         } else if self.live.len() < MAX_LIVE_SOCKETS || self.live.contains_key(&t.cookie) {
             self.live.insert(
                 t.cookie,

@@ -132,12 +132,6 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         config.netns_inode_offset = inode.offset;
         config.has_netns = 1;
     }
-    // Only the two prototypes the probe knows; anything else leaves the
-    // accept hook off rather than reading the wrong argument.
-    config.accept_return_arg = match btf.function_params("inet_csk_accept") {
-        Some(params @ (2 | 4)) => params as u32,
-        _ => 0,
-    };
     Ok(config)
 }
 

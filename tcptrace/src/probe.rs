@@ -219,29 +219,31 @@ impl Probe {
         }
         // Optional: where the kernel refuses fexit (or its prototype is new
         // to us) accepted sockets keep the listener's owner until they close.
-        let accept_hook = if config.accept_return_arg == 0 {
-            notices.push(
-                "tcptrace: accepted sockets are attributed through their listener: inet_csk_accept has a prototype this version does not know".to_owned(),
-            );
-            false
-        } else {
-            match attach_fexit(
-                &mut ebpf,
-                names::ACCEPT_PROGRAM,
-                names::ACCEPT_FUNCTION,
-                &kernel_btf,
-            ) {
-                Ok(()) => true,
-                Err(error) => {
-                    notices.push(format!(
+        let accept_program = match btf.function_params(names::ACCEPT_FUNCTION) {
+            Some(4) => Some(names::ACCEPT_PROGRAM_FOUR_PARAMS),
+            Some(2) => Some(names::ACCEPT_PROGRAM_TWO_PARAMS),
+            _ => None,
+        };
+        let accept_hook = match accept_program {
+            None => {
+                notices.push(
+                    "tcptrace: accepted sockets are attributed through their listener: inet_csk_accept has a prototype this version does not know".to_owned(),
+                );
+                false
+            }
+            Some(program) => {
+                match attach_fexit(&mut ebpf, program, names::ACCEPT_FUNCTION, &kernel_btf) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        notices.push(format!(
                         "tcptrace: accepted sockets are attributed through their listener: this kernel refuses fexit on inet_csk_accept ({})",
-                        error
+                        first_line(&error.to_string())
                     ));
-                    false
+                        false
+                    }
                 }
             }
         };
-
         let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
         let stacks = take_map(&mut ebpf, names::STACKS_MAP, StackTraceMap::try_from)?;
@@ -327,7 +329,8 @@ impl Probe {
             names::PROGRAM,
             names::DESTROY_PROGRAM,
             names::RECV_PROGRAM,
-            names::ACCEPT_PROGRAM,
+            names::ACCEPT_PROGRAM_FOUR_PARAMS,
+            names::ACCEPT_PROGRAM_TWO_PARAMS,
         ]
         .into_iter()
         .filter_map(|name| Some((name, self.stats_of(name).ok()?)))
@@ -386,6 +389,11 @@ fn attach_fexit(
     program.load(function, btf)?;
     program.attach()?;
     Ok(())
+}
+
+/// A verifier log is many lines; a notice is one.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 fn take_map<T>(

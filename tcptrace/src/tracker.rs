@@ -78,6 +78,17 @@ impl SocketTracker {
     }
 
     pub fn observe(&mut self, mut transition: Transition) -> TrackedTransition {
+        // Up to 6.12 the kernel reports a new child while it still carries
+        // the cookie copied from its listener (it gets its own later): that
+        // event is the child's, its cookie not known yet (0), and the owner
+        // the probe looked up under the listener's cookie is not the child's.
+        if transition.old_state == TcpState::Listen
+            && transition.new_state == TcpState::SynRecv
+            && self.listeners.contains_key(&transition.cookie)
+        {
+            transition.cookie = 0;
+            transition.owner = None;
+        }
         let Transition {
             cookie,
             old_state,
@@ -126,7 +137,8 @@ impl SocketTracker {
         };
 
         self.update_listeners(&transition);
-        if new_state != TcpState::Close {
+        // Cookie 0: a new child whose own cookie the kernel had not given yet.
+        if new_state != TcpState::Close && cookie != 0 {
             self.sockets.insert(
                 cookie,
                 SocketState {
@@ -174,7 +186,9 @@ impl SocketTracker {
                     },
                 );
             }
-        } else if t.old_state == TcpState::Listen {
+        } else if t.old_state == TcpState::Listen && t.new_state == TcpState::Close {
+            // LISTEN -> SYN_RECV is always a new child, even when (before
+            // the kernel gives it its own) it shows its listener's cookie.
             self.listeners.remove(&t.cookie);
         }
     }
@@ -355,11 +369,15 @@ mod tests {
         assert_eq!(late.owner, None, "no listener left to attribute to");
     }
 
-    /// 6.1 creates the child in SYN_RECV without a transition.
+    /// 6.1 and 6.12 report a new child while it still carries its
+    /// listener's cookie: shown as cookie 0, the listener stays a listener,
+    /// and the child's own cookie shows up at SYN_RECV -> ESTABLISHED.
     #[test]
-    fn a_child_first_seen_established_takes_the_listener_owner() {
+    fn a_child_reported_under_its_listeners_cookie_keeps_the_listener() {
         use TcpState::*;
         let server = process(20, "server");
+        // The listener's cookie, 1, is what the kernel showed.
+        let clone_cookie = 1;
         let mut tracker = SocketTracker::new();
         tracker.observe(transition(
             1,
@@ -369,6 +387,17 @@ mod tests {
             Some(server.clone()),
             "0.0.0.0:8080",
         ));
+        // The probe found the listener's owner under the listener's cookie.
+        let clone = tracker.observe(transition(
+            clone_cookie,
+            4,
+            Listen,
+            SynRecv,
+            Some(server.clone()),
+            "127.0.0.1:8080",
+        ));
+        assert_eq!(clone.transition.cookie, 0, "not the listener's cookie");
+        assert_eq!(clone.owner.unwrap().source, OwnerSource::Listener);
         let child = |at, old, new| transition(2, at, old, new, None, "127.0.0.1:8080");
         let established = tracker.observe(child(5, SynRecv, Established));
         assert_eq!(
@@ -376,12 +405,15 @@ mod tests {
             Some(Owner {
                 process: server.clone(),
                 source: OwnerSource::Listener
-            })
+            }),
+            "listener owner"
         );
         assert_eq!(established.time_in_old_state, None);
         let fin = tracker.observe(child(9, Established, CloseWait));
         assert_eq!(fin.owner.unwrap().process, server);
         assert_eq!(fin.time_in_old_state, Some(Duration::from_millis(4)));
+        // The listener's entry and the child's; no entry under cookie 0.
+        assert_eq!(tracker.tracked_sockets(), 2);
     }
 
     #[test]

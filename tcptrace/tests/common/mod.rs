@@ -331,6 +331,16 @@ impl LeakRun {
         ))
     }
 
+    /// Waits `wait`, stops it with SIGINT, and returns its final report:
+    /// for tests whose timing depends on how fast the machine is (a guest
+    /// under emulation is many times slower than the host).
+    pub fn stop_after(self, wait: Duration) -> LeakReportView {
+        thread::sleep(wait);
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.child.id() as libc::pid_t, libc::SIGINT) };
+        self.report()
+    }
+
     /// Waits for the final report (run with --duration).
     pub fn report(self) -> LeakReportView {
         let (stdout, _) = self.0.finish();
