@@ -4,10 +4,12 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::PathBuf,
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -38,6 +40,23 @@ enum Task {
         /// Rounds per configuration (at least 3 for the document).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+    },
+    /// Set up, then run the root integration tests (leaks, watch, kernel_table) in QEMU
+    /// guests booting Debian's 6.1 and 6.12 kernels; arguments after `--` go to the test
+    /// binaries (e.g. a test name filter).
+    VmTest {
+        /// Only this kernel series (6.1 or 6.12); may be repeated.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Seconds one guest may take from boot to power-off before it is killed.
+        #[arg(long, default_value_t = vm::Options::default().timeout.as_secs())]
+        timeout: u64,
+        /// Guest memory in MiB (the initramfs holds the debug binaries).
+        #[arg(long, default_value_t = vm::Options::default().memory_mb)]
+        memory: u32,
+        /// Passed to each test binary after `--test-threads=1`, e.g. a test name filter.
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
 }
 
@@ -112,6 +131,25 @@ fn run(task: Task) -> Result<ExitCode> {
             ])?;
             bench::run(&workspace_root()?, rounds)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Task::VmTest {
+            kernels,
+            timeout,
+            memory,
+            test_args,
+        } => {
+            setup::run()?;
+            let options = vm::Options {
+                kernels,
+                test_args,
+                timeout: Duration::from_secs(timeout),
+                memory_mb: memory,
+            };
+            Ok(if vm::run(&workspace_root()?, &options)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

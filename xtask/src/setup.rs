@@ -40,7 +40,7 @@ pub fn run() -> Result<Installed> {
     Ok(Installed { prometheus })
 }
 
-fn output(command: &mut Command) -> Result<String> {
+pub(crate) fn output(command: &mut Command) -> Result<String> {
     let out = command
         .output()
         .with_context(|| format!("starting {command:?}"))?;
@@ -114,16 +114,7 @@ fn ensure_llvm_dev(major: u32) -> Result<()> {
     step(&format!(
         "setup: {package}: missing, installing with apt-get (bpf-linker links against it)"
     ));
-    if apt_candidate(&package).is_none() {
-        step("setup: apt-get update (the package lists do not offer it yet)");
-        apt_update()?;
-    }
-    let status = as_root("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends", &package])
-        .status()
-        .context("starting apt-get install")?;
-    check(status, &format!("apt-get install {package}"))?;
+    apt_install(&[&package])?;
     if !has_dev_files(&llvm_config) {
         bail!(
             "{package} is installed but {} does not work",
@@ -133,7 +124,29 @@ fn ensure_llvm_dev(major: u32) -> Result<()> {
     Ok(())
 }
 
-fn apt_update() -> Result<()> {
+/// `apt-get install --no-install-recommends`, after `apt-get update` only if
+/// the package lists do not offer one of them yet.
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+    if packages
+        .iter()
+        .any(|package| apt_candidate(package).is_none())
+    {
+        step(&format!(
+            "apt-get update (the package lists do not offer all of {} yet)",
+            packages.join(" ")
+        ));
+        apt_update()?;
+    }
+    let status = as_root("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .status()
+        .context("starting apt-get install")?;
+    check(status, &format!("apt-get install {}", packages.join(" ")))
+}
+
+pub(crate) fn apt_update() -> Result<()> {
     let status = as_root("apt-get")
         .args(["update", "-q"])
         .status()
@@ -222,7 +235,7 @@ fn ensure_bpf_linker(llvm_major: u32) -> Result<()> {
 
 /// Outside the clone: every checkout shares one copy, and `cargo clean` or
 /// `git clean` leaves it alone.
-const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
+pub(crate) const CACHE: &str = "/var/cache/tcptrace";
 const PROMETHEUS_PACKAGE: &str = "prometheus";
 
 /// A private Prometheus server and promtool for the tests, unpacked from
@@ -257,7 +270,7 @@ impl Prometheus {
 /// paths. Any version unpacked there will do; only when none runs is apt asked
 /// for the one it offers (`rm -rf /var/cache/tcptrace` to fetch a newer one).
 pub fn ensure_prometheus() -> Result<Prometheus> {
-    let cache = Path::new(PROMETHEUS_CACHE);
+    let cache = Path::new(CACHE);
     let prefix = format!("{PROMETHEUS_PACKAGE}-");
     // apt-cache alone takes most of a second where its cache is disabled (as
     // in container images): not asked when a copy is already there.
@@ -293,44 +306,8 @@ pub fn ensure_prometheus() -> Result<Prometheus> {
         dir.display()
     ));
     let download = TempDir::new("tcptrace-prometheus")?;
-    let status = Command::new("apt-get")
-        .current_dir(download.path())
-        // As root, apt downloads as user _apt, who cannot write into a private
-        // temporary directory; it would fall back to root with a warning.
-        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-        .arg(format!("{PROMETHEUS_PACKAGE}={version}"))
-        .status()
-        .context("starting apt-get download")?;
-    check(
-        status,
-        &format!("apt-get download {PROMETHEUS_PACKAGE}={version}"),
-    )?;
-    let deb = std::fs::read_dir(download.path())
-        .with_context(|| format!("reading {}", download.path().display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .find(|path| path.extension() == Some(OsStr::new("deb")))
-        .with_context(|| {
-            format!(
-                "apt-get download left no .deb in {}",
-                download.path().display()
-            )
-        })?;
-    // Unpacked beside its final place, then renamed: a half-unpacked copy
-    // never has the name the tests look for.
-    let staging = cache.join(format!(".{PROMETHEUS_PACKAGE}-{version}.partial"));
-    root_does("mkdir", [OsStr::new("-p"), cache.as_os_str()])?;
-    root_does(
-        "rm",
-        [OsStr::new("-rf"), staging.as_os_str(), dir.as_os_str()],
-    )?;
-    root_does(
-        "dpkg",
-        [OsStr::new("-x"), deb.as_os_str(), staging.as_os_str()],
-    )?;
-    root_does(
-        "mv",
-        [OsStr::new("-T"), staging.as_os_str(), dir.as_os_str()],
-    )?;
+    let deb = apt_download(&format!("{PROMETHEUS_PACKAGE}={version}"), download.path())?;
+    unpack_deb(&deb, &dir)?;
     if !prometheus.runs() {
         bail!(
             "unpacked {PROMETHEUS_PACKAGE} {version}, but `{} --version` or `{} --version` fails",
@@ -350,6 +327,49 @@ pub fn ensure_prometheus() -> Result<Prometheus> {
         }
     }
     Ok(prometheus)
+}
+
+/// `apt-get download PACKAGE[=VERSION]` into `dir`; returns the .deb.
+pub(crate) fn apt_download(package: &str, dir: &Path) -> Result<PathBuf> {
+    let status = Command::new("apt-get")
+        .current_dir(dir)
+        // As root, apt downloads as user _apt, who cannot write into a private
+        // temporary directory; it would fall back to root with a warning.
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+        .status()
+        .context("starting apt-get download")?;
+    check(status, &format!("apt-get download {package}"))?;
+    std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| path.extension() == Some(OsStr::new("deb")))
+        .with_context(|| format!("apt-get download left no .deb in {}", dir.display()))
+}
+
+/// `dpkg -x` into `dir` (in the root-owned cache), replacing what was there.
+/// Unpacked beside its final place, then renamed: a half-unpacked copy never
+/// has the name its users look for.
+pub(crate) fn unpack_deb(deb: &Path, dir: &Path) -> Result<()> {
+    let parent = dir
+        .parent()
+        .with_context(|| format!("{} has no parent directory", dir.display()))?;
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} has no file name", dir.display()))?;
+    let staging = parent.join(format!(".{}.partial", name.to_string_lossy()));
+    root_does("mkdir", [OsStr::new("-p"), parent.as_os_str()])?;
+    root_does(
+        "rm",
+        [OsStr::new("-rf"), staging.as_os_str(), dir.as_os_str()],
+    )?;
+    root_does(
+        "dpkg",
+        [OsStr::new("-x"), deb.as_os_str(), staging.as_os_str()],
+    )?;
+    root_does(
+        "mv",
+        [OsStr::new("-T"), staging.as_os_str(), dir.as_os_str()],
+    )
 }
 
 /// The unpacked `prometheus-<version>` directories, sorted.
@@ -372,16 +392,16 @@ fn root_does<'a>(program: &str, args: impl IntoIterator<Item = &'a OsStr>) -> Re
     let mut command = as_root(program);
     command.args(args);
     let status = command.status().with_context(|| {
-        format!("starting {command:?} ({PROMETHEUS_CACHE} needs root: run as root or with sudo)")
+        format!("starting {command:?} ({CACHE} needs root: run as root or with sudo)")
     })?;
     check(status, &format!("{command:?}"))
 }
 
 /// A private directory under the temporary directory, removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
+    pub(crate) fn new(prefix: &str) -> Result<Self> {
         let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         // Left by an earlier process that had the same pid.
         let _ = std::fs::remove_dir_all(&path);
@@ -392,7 +412,7 @@ impl TempDir {
         Ok(Self(path))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
