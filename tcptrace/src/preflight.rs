@@ -9,8 +9,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// The ring buffer map arrived in 5.8.
-pub const MINIMUM_KERNEL: (u32, u32) = (5, 8);
+/// The ring buffer (5.8), `bpf_get_socket_cookie` in tracing programs (5.12)
+/// and `bpf_task_pt_regs` (5.15, for the stack fingerprint).
+pub const MINIMUM_KERNEL: (u32, u32) = (5, 15);
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PreflightError {
@@ -19,7 +20,7 @@ pub enum PreflightError {
     )]
     NotPrivileged,
     #[error(
-        "kernel {release} is too old: tcptrace needs Linux {}.{} or newer (BPF ring buffer)",
+        "kernel {release} is too old: tcptrace needs Linux {}.{} or newer (BPF ring buffer, socket cookies in tracing programs, a task's saved registers)",
         MINIMUM_KERNEL.0,
         MINIMUM_KERNEL.1
     )]
@@ -82,7 +83,8 @@ mod tests {
     #[test]
     fn kernel_releases() {
         assert_eq!(check_release("6.18.44-fc-v595"), Ok(()));
-        assert_eq!(check_release("5.8.0"), Ok(()));
+        assert_eq!(check_release("5.15.0"), Ok(()));
+        assert!(check_release("5.10.0").is_err());
         assert_eq!(check_release("garbage"), Ok(()));
         assert_eq!(
             check_release("5.4.0-150-generic"),
