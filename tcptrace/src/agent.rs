@@ -11,6 +11,7 @@ use std::{
 };
 
 use tcptrace_common::TcpState;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
     activity::Activity,
@@ -19,13 +20,14 @@ use crate::{
     decode::{Process, Record, decode},
     diagnose::{
         ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
-        ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
-        fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
+        ProcessLeakSummary, SettingsError, StuckSocket, connect_failure_findings,
+        eof_spin_findings, fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings,
+        time_wait_finding,
     },
     holders::{Holder, socket_holders},
     leakwatch::{LeaksOptions, Monitor, all_drops},
     metrics::AgentTotals,
-    probe::{KernelCounters, Probe},
+    probe::{KernelCounters, Probe, ProbeOptions},
     report::LeakReport,
     sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces, dump_tcp, in_each_namespace},
     top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
@@ -77,6 +79,98 @@ struct Previous {
     eof_reads: HashMap<u64, (u64, u64)>,
     /// FIN_WAIT2 sockets first seen in the table (no history): a lower bound.
     fin_wait2_seen: HashMap<u64, u64>,
+}
+
+/// The probe of leak mode, registered with the runtime, and an agent that
+/// knows the listeners opened before it started: what `top` and `serve`
+/// both begin with.
+pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgent)> {
+    let probe = Probe::load(&ProbeOptions {
+        track_closed_held: true,
+        ..options.probe.clone()
+    })?;
+    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
+    // unchanged for as long as the AsyncFd holds the probe.
+    let probe = unsafe { AsyncFd::register(probe)? };
+    let mut agent = HostAgent::new(options.clone());
+    agent.seed_listeners();
+    Ok((probe, agent))
+}
+
+/// One read of every namespace's TCP table and sysctls.
+pub struct TableRead {
+    /// When the read began (CLOCK_MONOTONIC ns): events up to here must be
+    /// drained before the table is joined with them.
+    started_ns: u64,
+    table: TableSnapshot,
+    settings: Vec<(u64, Result<PortSettings, SettingsError>)>,
+}
+
+/// Reads every namespace's TCP table and its sysctls, from inside it. Takes
+/// tens to hundreds of milliseconds on a busy host: run it off the thread
+/// that drains the ring buffer, or events are lost meanwhile.
+pub fn read_tables() -> TableRead {
+    let started_ns = monotonic_now_ns();
+    let mut read = TableRead {
+        started_ns,
+        table: TableSnapshot::default(),
+        settings: Vec::new(),
+    };
+    for (namespace, result) in in_each_namespace(|namespace| {
+        let sockets = dump_tcp(&TcpState::ALL, namespace.inode)?;
+        Ok((sockets, PortSettings::read()))
+    }) {
+        match result {
+            Ok((sockets, settings)) => {
+                read.table.sockets.extend(sockets);
+                read.settings.push((namespace.inode, settings));
+            }
+            Err(error) => read.table.unreadable.push((namespace, error)),
+        }
+    }
+    read
+}
+
+/// Table reads on a blocking thread, one at a time, so the thread that
+/// drains the ring buffer never waits for the kernel's table.
+pub struct TableReader {
+    done: mpsc::Sender<TableRead>,
+    results: mpsc::Receiver<TableRead>,
+    busy: bool,
+}
+
+impl Default for TableReader {
+    fn default() -> Self {
+        let (done, results) = mpsc::channel(1);
+        Self {
+            done,
+            results,
+            busy: false,
+        }
+    }
+}
+
+impl TableReader {
+    /// Begins a read unless one is under way.
+    pub fn start(&mut self) {
+        if self.busy {
+            return;
+        }
+        self.busy = true;
+        let done = self.done.clone();
+        tokio::task::spawn_blocking(move || {
+            // The receiver lives as long as the reader: a send cannot fail
+            // while anyone waits for it.
+            let _ = done.blocking_send(read_tables());
+        });
+    }
+
+    /// The read begun last, when it is done.
+    pub async fn finished(&mut self) -> Option<TableRead> {
+        let read = self.results.recv().await;
+        self.busy = false;
+        read
+    }
 }
 
 pub struct HostAgent {
@@ -168,13 +262,26 @@ impl HostAgent {
 
     /// Drains, reads the kernel's table and builds the view.
     pub fn refresh(&mut self, probe: &mut Probe, startup: bool) -> (TopSnapshot, LeakReport) {
+        let read = read_tables();
+        self.refresh_with(probe, read, startup)
+    }
+
+    /// Builds the view from a table read begun earlier (on another thread,
+    /// while the caller kept draining the ring buffer): drains what is left,
+    /// then joins events and table.
+    pub fn refresh_with(
+        &mut self,
+        probe: &mut Probe,
+        read: TableRead,
+        startup: bool,
+    ) -> (TopSnapshot, LeakReport) {
         self.drain(probe);
         if let Ok(counters) = probe.counters() {
             self.monitor.health.drops = all_drops(&counters);
             self.kernel = counters;
         }
-        let dump_started_ns = monotonic_now_ns();
-        let table = self.read_namespaces();
+        let dump_started_ns = read.started_ns;
+        let table = self.take_settings(read);
         let now_ns = monotonic_now_ns();
 
         // An incomplete table would wrongly end sockets it could not list.
@@ -234,35 +341,25 @@ impl HostAgent {
         (snapshot, leaks)
     }
 
-    /// Every namespace's TCP table, and its settings, read from inside it.
-    fn read_namespaces(&mut self) -> TableSnapshot {
-        let mut table = TableSnapshot::default();
+    /// Keeps each namespace's settings (telling once about those that could
+    /// not be read) and returns the table.
+    fn take_settings(&mut self, read: TableRead) -> TableSnapshot {
         self.settings.clear();
-        for (namespace, result) in in_each_namespace(|namespace| {
-            let sockets = dump_tcp(&TcpState::ALL, namespace.inode)?;
-            Ok((sockets, PortSettings::read()))
-        }) {
-            match result {
-                Ok((sockets, settings)) => {
-                    table.sockets.extend(sockets);
-                    match settings {
-                        Ok(settings) => {
-                            self.settings.insert(namespace.inode, settings);
-                        }
-                        Err(error) => {
-                            if self.settings_unreadable.insert(namespace.inode) {
-                                eprintln!(
-                                    "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses in network namespace {}: {error}",
-                                    namespace.inode
-                                );
-                            }
-                        }
+        for (namespace, settings) in read.settings {
+            match settings {
+                Ok(settings) => {
+                    self.settings.insert(namespace, settings);
+                }
+                Err(error) => {
+                    if self.settings_unreadable.insert(namespace) {
+                        eprintln!(
+                            "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses in network namespace {namespace}: {error}"
+                        );
                     }
                 }
-                Err(error) => table.unreadable.push((namespace, error)),
             }
         }
-        table
+        read.table
     }
 
     pub fn totals(&self) -> AgentTotals {

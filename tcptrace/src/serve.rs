@@ -17,17 +17,16 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, servi
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::{
-    io::unix::AsyncFd,
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
 };
 
 use crate::{
-    agent::HostAgent,
+    agent::{self, HostAgent, TableRead, TableReader},
     leakwatch::LeaksOptions,
     metrics::{CONTENT_TYPE, MetricsLimits, MetricsState},
-    probe::{Probe, ProbeOptions},
+    probe::Probe,
     report::LeakReport,
     watch::DRAIN_INTERVAL,
 };
@@ -161,26 +160,18 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let listen = listener.local_addr()?;
 
-    let probe = Probe::load(&ProbeOptions {
-        track_closed_held: true,
-        ..options.leaks.probe.clone()
-    })?;
-    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
-    // unchanged for as long as the AsyncFd holds the probe.
-    let mut probe = unsafe { AsyncFd::register(probe)? };
+    let (mut probe, mut agent) = agent::start(&options.leaks)?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
-    let mut agent = HostAgent::new(options.leaks.clone());
-    agent.seed_listeners();
     for notice in &probe.get_ref().notices {
         eprintln!("{notice}");
     }
     let mut metrics = MetricsState::new(options.limits);
     let published = Arc::new(Mutex::new(Published::default()));
     let mut announced = HashSet::new();
-    let mut publish = |agent: &mut HostAgent, probe: &mut Probe, startup: bool| {
-        let (snapshot, leaks) = agent.refresh(probe, startup);
+    let mut publish = |agent: &mut HostAgent, probe: &mut Probe, read: TableRead, startup: bool| {
+        let (snapshot, leaks) = agent.refresh_with(probe, read, startup);
         metrics.update_transitions(&snapshot);
         let text = metrics.render(&snapshot, &leaks, &agent.totals());
         let leaks_json = serde_json::to_string(&leaks).unwrap_or_default();
@@ -189,7 +180,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         published.metrics = text;
         published.leaks_json = leaks_json;
     };
-    publish(&mut agent, probe.get_mut(), true);
+    publish(&mut agent, probe.get_mut(), agent::read_tables(), true);
 
     let server = tokio::spawn(serve_http(listener, published.clone()));
     eprintln!(
@@ -202,6 +193,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     let mut refresh_tick = interval(options.interval);
     refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     refresh_tick.tick().await;
+    let mut tables = TableReader::default();
     loop {
         tokio::select! {
             guard = probe.readable_mut() => {
@@ -210,7 +202,8 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => agent.drain(probe.get_mut()),
-            _ = refresh_tick.tick() => publish(&mut agent, probe.get_mut(), false),
+            _ = refresh_tick.tick() => tables.start(),
+            Some(read) = tables.finished() => publish(&mut agent, probe.get_mut(), read, false),
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }

@@ -7,15 +7,13 @@ use std::{
 };
 
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep},
 };
 
 use crate::{
-    agent::HostAgent,
+    agent::{self, TableReader},
     leakwatch::LeaksOptions,
-    probe::{Probe, ProbeOptions},
     top::{RowFilter, SortKey, TopSnapshot, render_text, select},
     watch::DRAIN_INTERVAL,
 };
@@ -59,19 +57,10 @@ fn write_snapshot<W: Write>(
 }
 
 pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()> {
-    let probe = Probe::load(&ProbeOptions {
-        track_closed_held: true,
-        ..options.leaks.probe.clone()
-    })?;
-    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
-    // unchanged for as long as the AsyncFd holds the probe.
-    let mut probe = unsafe { AsyncFd::register(probe)? };
+    let (mut probe, mut agent) = agent::start(&options.leaks)?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let live_terminal = !options.json && std::io::stdout().is_terminal();
-
-    let mut agent = HostAgent::new(options.leaks.clone());
-    agent.seed_listeners();
     // The first refresh sets the baseline for rates and reconciles leaks.
     let _ = agent.refresh(probe.get_mut(), true);
     for notice in &probe.get_ref().notices {
@@ -87,6 +76,7 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
     let mut refresh_tick = interval(options.interval);
     refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     refresh_tick.tick().await;
+    let mut tables = TableReader::default();
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     loop {
@@ -97,8 +87,9 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => agent.drain(probe.get_mut()),
-            _ = refresh_tick.tick() => {
-                let (mut snapshot, _) = agent.refresh(probe.get_mut(), false);
+            _ = refresh_tick.tick() => tables.start(),
+            Some(read) = tables.finished() => {
+                let (mut snapshot, _) = agent.refresh_with(probe.get_mut(), read, false);
                 select(&mut snapshot, &options.filter, options.sort);
                 if write_snapshot(&mut out, &snapshot, &options, live_terminal).is_err() {
                     // The reader went away (a closed pipe): nothing to show to.
