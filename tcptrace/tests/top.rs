@@ -22,7 +22,17 @@ fn churn_counts_match_the_generator_per_process() {
     if !require_root() {
         return;
     }
-    let top = TopRun::start(&["--interval", "500ms", "--min-age", "30s"]);
+    // Exact counts need every event: a ring that holds the whole run, so a
+    // debug-build agent that falls behind a table read under churn (seen in
+    // CI, with the earlier tests' sockets in the table) still loses none.
+    let top = TopRun::start(&[
+        "--interval",
+        "500ms",
+        "--min-age",
+        "30s",
+        "--ring-buffer-size",
+        "64M",
+    ]);
     let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "1"]);
     let listening = server.expect("listening");
     let target = format!("127.0.0.1:{}", listening["port"]);
