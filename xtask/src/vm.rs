@@ -835,8 +835,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# No tmpfs over /tmp or /run: the initramfs root is already writable memory,
+# and the binaries sit at their host paths, which may be under /tmp (a CI
+# clone there was hidden by a tmpfs mount).
 ip link set lo up
 for module in /lib/modules/"$(uname -r)"/{GUEST_MODULES}/*.ko; do
     [ -e "$module" ] && insmod "$module"
