@@ -235,14 +235,6 @@ impl Activity {
             None => self.time_wait_owners.get(&cookie).map(|(p, _)| p),
         }
     }
-
-    pub fn remembered(&self) -> (usize, usize, usize) {
-        (
-            self.live.len(),
-            self.time_wait_owners.len(),
-            self.destinations.len(),
-        )
-    }
 }
 
 #[cfg(test)]

@@ -280,11 +280,6 @@ impl Probe {
         Some(value >> EOF_READ_SHIFT)
     }
 
-    /// Whether EOF reads are counted at all (the receive hook is attached).
-    pub fn counts_eof_reads(&self) -> bool {
-        self.socket_recv.is_some()
-    }
-
     /// Hands every record waiting in the ring buffer to `each`; returns how many.
     pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> u64 {
         let mut drained = 0;
