@@ -11,7 +11,11 @@ use std::{
 };
 
 use tcptrace_common::TcpState;
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::mpsc,
+    time::{Interval, MissedTickBehavior, interval},
+};
 
 use crate::{
     activity::Activity,
@@ -32,6 +36,7 @@ use crate::{
     sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces, dump_tcp, in_each_namespace},
     top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
     tracker::SocketTracker,
+    watch::DRAIN_INTERVAL,
 };
 
 /// The holder scan walks every process's fds; sockets with no history are
@@ -95,6 +100,18 @@ pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgen
     let mut agent = HostAgent::new(options.clone());
     agent.seed_listeners();
     Ok((probe, agent))
+}
+
+/// The drain timer (a steady trickle is read without a wake-up per event)
+/// and the refresh timer of `top` and `serve`; the refresh timer's first,
+/// immediate tick is already taken (the caller refreshed at start).
+pub async fn ticks(refresh: Duration) -> (Interval, Interval) {
+    let mut drain_tick = interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refresh_tick = interval(refresh);
+    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    refresh_tick.tick().await;
+    (drain_tick, refresh_tick)
 }
 
 /// One read of every namespace's TCP table and sysctls.
@@ -211,13 +228,14 @@ impl HostAgent {
     fn handle(&mut self, bytes: &[u8]) {
         self.monitor.health.events += 1;
         match decode(bytes) {
-            Ok(record) => {
-                if let Record::Transition(transition) = &record {
-                    let tracked = self.tracker.observe(transition.clone());
-                    self.activity.observe(&tracked);
-                }
-                self.monitor.handle_record(record);
+            // The leak monitor reads the transition, then the tracker takes
+            // it: no copy per event.
+            Ok(Record::Transition(transition)) => {
+                self.monitor.observe_transition(&transition);
+                let tracked = self.tracker.observe(transition);
+                self.activity.observe(&tracked);
             }
+            Ok(record) => self.monitor.handle_record(record),
             Err(_) => self.monitor.health.decode_errors += 1,
         }
     }

@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     clock::monotonic_now_ns,
-    decode::{Record, StackSample, decode},
+    decode::{Record, StackSample, Transition, decode},
     holders::{Holder, fd_usage, socket_holders},
     leaks::LeakTracker,
     preflight,
@@ -120,16 +120,19 @@ impl Monitor {
         }
     }
 
+    /// A transition; the caller counts it in `health.events`.
+    pub(crate) fn observe_transition(&mut self, transition: &Transition) {
+        self.tracker.observe(transition);
+        // Closed with no file left: nothing will ever report it again.
+        if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
+            self.socket_stacks.remove(&transition.cookie);
+        }
+    }
+
     /// A decoded record; the caller counts it in `health.events`.
     pub(crate) fn handle_record(&mut self, record: Record) {
         match record {
-            Record::Transition(transition) => {
-                self.tracker.observe(&transition);
-                // Closed with no file left: nothing will ever report it again.
-                if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
-                    self.socket_stacks.remove(&transition.cookie);
-                }
-            }
+            Record::Transition(transition) => self.observe_transition(&transition),
             Record::Destroyed { cookie, .. } => {
                 self.tracker.destroyed(cookie);
                 self.socket_stacks.remove(&cookie);

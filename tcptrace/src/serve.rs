@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    time::sleep,
 };
 
 use crate::{
@@ -28,7 +28,6 @@ use crate::{
     metrics::{CONTENT_TYPE, MetricsLimits, MetricsState},
     probe::Probe,
     report::LeakReport,
-    watch::DRAIN_INTERVAL,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -188,11 +187,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         humantime::format_duration(options.interval)
     );
 
-    let mut drain_tick = interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut refresh_tick = interval(options.interval);
-    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    refresh_tick.tick().await;
+    let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
     let mut tables = TableReader::default();
     loop {
         tokio::select! {

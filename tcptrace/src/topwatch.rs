@@ -8,14 +8,13 @@ use std::{
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    time::sleep,
 };
 
 use crate::{
     agent::{self, TableReader},
     leakwatch::LeaksOptions,
     top::{RowFilter, SortKey, TopSnapshot, render_text, select},
-    watch::DRAIN_INTERVAL,
 };
 
 #[derive(Clone, Debug)]
@@ -71,11 +70,7 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
         humantime::format_duration(options.interval)
     );
 
-    let mut drain_tick = interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut refresh_tick = interval(options.interval);
-    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    refresh_tick.tick().await;
+    let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
     let mut tables = TableReader::default();
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
