@@ -388,6 +388,7 @@ impl HostAgent {
             decode_errors: health.decode_errors,
             map_insert_failures: self.kernel.owner_insert_failed + self.activity.dropped_entries,
             reconcile_corrections: health.corrections,
+            ..AgentTotals::default()
         }
     }
 
