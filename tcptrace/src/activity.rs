@@ -14,7 +14,7 @@ use std::{
 
 use tcptrace_common::TcpState;
 
-use crate::{decode::Process, tracker::TrackedTransition};
+use crate::{decode::Process, metrics::Occupancy, tracker::TrackedTransition};
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
 /// sockets that went there are kept a little longer so a table dump taken
@@ -46,6 +46,8 @@ pub struct ProcessCounts {
 pub struct ProcessActivity {
     pub comm: String,
     pub counts: ProcessCounts,
+    /// Its newest transition (CLOCK_MONOTONIC ns).
+    pub last_ns: u64,
 }
 
 /// Connects from one process to one destination since start.
@@ -103,7 +105,9 @@ impl Activity {
                     .or_insert_with(|| ProcessActivity {
                         comm: process.comm.clone(),
                         counts: ProcessCounts::default(),
+                        last_ns: 0,
                     });
+                entry.last_ns = entry.last_ns.max(t.timestamp_ns);
                 // A process's comm can change (exec, prctl); show the latest.
                 if entry.comm != process.comm {
                     entry.comm.clone_from(&process.comm);
@@ -202,6 +206,29 @@ impl Activity {
     pub fn retain_processes(&mut self, alive: impl Fn(u32) -> bool) {
         self.processes.retain(|tgid, _| alive(*tgid));
         self.destinations.retain(|(tgid, _), _| alive(*tgid));
+    }
+
+    /// How many entries each table holds, against its bound.
+    pub fn occupancy(&self) -> Vec<Occupancy> {
+        let table = |name, entries: usize, capacity: Option<usize>| Occupancy {
+            name,
+            entries: entries as u64,
+            capacity: capacity.map(|c| c as u64),
+        };
+        vec![
+            table("processes", self.processes.len(), None),
+            table(
+                "destinations",
+                self.destinations.len(),
+                Some(MAX_DESTINATIONS),
+            ),
+            table("live_sockets", self.live.len(), Some(MAX_LIVE_SOCKETS)),
+            table(
+                "time_wait_owners",
+                self.time_wait_owners.len(),
+                Some(MAX_TIME_WAIT_OWNERS),
+            ),
+        ]
     }
 
     pub fn processes(&self) -> impl Iterator<Item = (u32, &ProcessActivity)> {

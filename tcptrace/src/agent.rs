@@ -6,34 +6,31 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    path::Path,
     time::{Duration, Instant},
 };
 
 use tcptrace_common::TcpState;
 use tokio::{
     io::unix::AsyncFd,
-    sync::mpsc,
     time::{Interval, MissedTickBehavior, interval},
 };
 
 use crate::{
     activity::Activity,
     clock::monotonic_now_ns,
-    container::{container_of, net_namespace_of},
     decode::{Process, Record, decode},
     diagnose::{
         ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
-        ProcessLeakSummary, SettingsError, StuckSocket, connect_failure_findings,
-        eof_spin_findings, fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings,
-        time_wait_finding,
+        ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
+        fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
     },
     holders::{Holder, socket_holders},
+    hostread::{HostRead, HostRequest, read_host},
     leakwatch::{LeaksOptions, Monitor, all_drops},
-    metrics::AgentTotals,
+    metrics::{AgentTotals, Occupancy},
     probe::{KernelCounters, Probe, ProbeOptions},
     report::LeakReport,
-    sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces, dump_tcp, in_each_namespace},
+    sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
     top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
     tracker::SocketTracker,
     watch::DRAIN_INTERVAL,
@@ -50,30 +47,6 @@ const PLACEMENT_REREAD_INTERVAL: Duration = Duration::from_secs(30);
 
 fn owner_label(pid: u32, comm: &str) -> String {
     format!("pid {pid} ({comm})")
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-#[derive(Default)]
-struct UnattributedHolders {
-    scanned: HashSet<u64>,
-    holders: HashMap<u64, Vec<Holder>>,
-    at: Option<Instant>,
-}
-
-impl UnattributedHolders {
-    fn refresh(&mut self, inodes: HashSet<u64>) {
-        let since = self.at.map(|at| at.elapsed());
-        let stale = since.is_none_or(|s| s >= HOLDER_RESCAN_INTERVAL);
-        let new_inodes = !inodes.is_subset(&self.scanned);
-        if stale || (new_inodes && since.is_none_or(|s| s >= HOLDER_MIN_INTERVAL)) {
-            self.holders = socket_holders(&inodes);
-            self.scanned = inodes;
-            self.at = Some(Instant::now());
-        }
-    }
 }
 
 /// Counts at the previous refresh, for the diagnoses that need a rate.
@@ -97,7 +70,7 @@ pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgen
     // SAFETY: the probe owns the ring buffer's fd and keeps it open and
     // unchanged for as long as the AsyncFd holds the probe.
     let probe = unsafe { AsyncFd::register(probe)? };
-    let mut agent = HostAgent::new(options.clone());
+    let mut agent = HostAgent::new(options.clone())?;
     agent.seed_listeners();
     Ok((probe, agent))
 }
@@ -114,88 +87,17 @@ pub async fn ticks(refresh: Duration) -> (Interval, Interval) {
     (drain_tick, refresh_tick)
 }
 
-/// One read of every namespace's TCP table and sysctls.
-pub struct TableRead {
-    /// When the read began (CLOCK_MONOTONIC ns): events up to here must be
-    /// drained before the table is joined with them.
-    started_ns: u64,
-    table: TableSnapshot,
-    settings: Vec<(u64, Result<PortSettings, SettingsError>)>,
-}
-
-/// Reads every namespace's TCP table and its sysctls, from inside it. Takes
-/// tens to hundreds of milliseconds on a busy host: run it off the thread
-/// that drains the ring buffer, or events are lost meanwhile.
-pub fn read_tables() -> TableRead {
-    let started_ns = monotonic_now_ns();
-    let mut read = TableRead {
-        started_ns,
-        table: TableSnapshot::default(),
-        settings: Vec::new(),
-    };
-    for (namespace, result) in in_each_namespace(|namespace| {
-        let sockets = dump_tcp(&TcpState::ALL, namespace.inode)?;
-        Ok((sockets, PortSettings::read()))
-    }) {
-        match result {
-            Ok((sockets, settings)) => {
-                read.table.sockets.extend(sockets);
-                read.settings.push((namespace.inode, settings));
-            }
-            Err(error) => read.table.unreadable.push((namespace, error)),
-        }
-    }
-    read
-}
-
-/// Table reads on a blocking thread, one at a time, so the thread that
-/// drains the ring buffer never waits for the kernel's table.
-pub struct TableReader {
-    done: mpsc::Sender<TableRead>,
-    results: mpsc::Receiver<TableRead>,
-    busy: bool,
-}
-
-impl Default for TableReader {
-    fn default() -> Self {
-        let (done, results) = mpsc::channel(1);
-        Self {
-            done,
-            results,
-            busy: false,
-        }
-    }
-}
-
-impl TableReader {
-    /// Begins a read unless one is under way.
-    pub fn start(&mut self) {
-        if self.busy {
-            return;
-        }
-        self.busy = true;
-        let done = self.done.clone();
-        tokio::task::spawn_blocking(move || {
-            // The receiver lives as long as the reader: a send cannot fail
-            // while anyone waits for it.
-            let _ = done.blocking_send(read_tables());
-        });
-    }
-
-    /// The read begun last, when it is done.
-    pub async fn finished(&mut self) -> Option<TableRead> {
-        let read = self.results.recv().await;
-        self.busy = false;
-        read
-    }
-}
-
 pub struct HostAgent {
     monitor: Monitor,
     tracker: SocketTracker,
     activity: Activity,
     rates: RateBaseline,
-    holders: UnattributedHolders,
+    /// When holders of sockets with no history were last looked for, and
+    /// which inodes that walk left unattributed.
+    holders_scanned_at: Option<Instant>,
+    unattributed: HashSet<u64>,
+    /// Processes alive at the newest walk of /proc.
+    alive: HashSet<u32>,
     /// Each process's container and namespace, and when they were read.
     placements: HashMap<u32, (Placement, Instant)>,
     previous: Previous,
@@ -206,23 +108,27 @@ pub struct HostAgent {
     min_age: Duration,
     /// Kernel counters at the last refresh.
     kernel: KernelCounters,
+    told_owner_storage_full: bool,
 }
 
 impl HostAgent {
-    pub fn new(options: LeaksOptions) -> Self {
-        Self {
+    pub fn new(options: LeaksOptions) -> anyhow::Result<Self> {
+        Ok(Self {
             min_age: options.min_age,
-            monitor: Monitor::new(options),
+            monitor: Monitor::new(options)?,
             tracker: SocketTracker::new(),
             activity: Activity::new(),
             rates: RateBaseline::default(),
-            holders: UnattributedHolders::default(),
+            holders_scanned_at: None,
+            unattributed: HashSet::new(),
+            alive: HashSet::new(),
             placements: HashMap::new(),
             previous: Previous::default(),
             settings: HashMap::new(),
             settings_unreadable: HashSet::new(),
             kernel: KernelCounters::default(),
-        }
+            told_owner_storage_full: false,
+        })
     }
 
     fn handle(&mut self, bytes: &[u8]) {
@@ -242,7 +148,7 @@ impl HostAgent {
 
     pub fn drain(&mut self, probe: &mut Probe) {
         probe.drain(|bytes| self.handle(bytes));
-        self.monitor.resolve_stacks(probe);
+        self.monitor.read_new_stacks(probe);
     }
 
     /// Listeners opened before start: their owners come from the holder
@@ -255,7 +161,15 @@ impl HostAgent {
             .map(|s| s.inode)
             .filter(|&i| i != 0)
             .collect();
-        let holders = socket_holders(&inodes);
+        let holders = match socket_holders(&inodes) {
+            Ok(holders) => holders,
+            Err(error) => {
+                eprintln!(
+                    "tcptrace: cannot walk /proc ({error}); connections to listeners opened before start are attributed once their owner shows itself"
+                );
+                return;
+            }
+        };
         for listener in &table.sockets {
             let Some(held) = holders.get(&listener.inode) else {
                 continue;
@@ -278,90 +192,163 @@ impl HostAgent {
         }
     }
 
-    /// Drains, reads the kernel's table and builds the view.
+    /// What the next refresh must read from the host: the whole table with
+    /// each namespace's sysctls; holders when due; where new processes run.
+    pub fn host_request(&self) -> HostRequest {
+        let since = self.holders_scanned_at.map(|at| at.elapsed());
+        let stale = since.is_none_or(|s| s >= HOLDER_RESCAN_INTERVAL);
+        let unattributed =
+            !self.unattributed.is_empty() && since.is_none_or(|s| s >= HOLDER_MIN_INTERVAL);
+        let monitor = self.monitor.host_request(&TcpState::ALL);
+        let placements = self
+            .activity
+            .processes()
+            .map(|(pid, _)| pid)
+            .filter(|pid| {
+                // A process can be moved to another cgroup or namespace:
+                // re-read now and then, not on every refresh.
+                self.placements.get(pid).is_none_or(|(placement, at)| {
+                    *placement == Placement::default() || at.elapsed() >= PLACEMENT_REREAD_INTERVAL
+                })
+            })
+            .collect();
+        let fresh_placements = self
+            .placements
+            .iter()
+            .filter(|(_, (placement, at))| {
+                *placement != Placement::default() && at.elapsed() < PLACEMENT_REREAD_INTERVAL
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        HostRequest {
+            sysctls: true,
+            holders: monitor.holders || stale || unattributed,
+            holders_of_all: true,
+            placements,
+            fresh_placements,
+            ..monitor
+        }
+    }
+
+    /// Drains, reads the host and builds the view (at start and at the end,
+    /// when nothing else runs meanwhile).
     pub fn refresh(&mut self, probe: &mut Probe, startup: bool) -> (TopSnapshot, LeakReport) {
-        let read = read_tables();
+        let read = read_host(HostRequest {
+            holders: true,
+            ..self.host_request()
+        });
         self.refresh_with(probe, read, startup)
     }
 
-    /// Builds the view from a table read begun earlier (on another thread,
-    /// while the caller kept draining the ring buffer): drains what is left,
-    /// then joins events and table.
+    /// Builds the view from a host read begun earlier (on another thread,
+    /// while the caller kept draining the ring buffer): drains what is
+    /// left, then joins events and host.
     pub fn refresh_with(
         &mut self,
         probe: &mut Probe,
-        read: TableRead,
+        read: HostRead,
         startup: bool,
     ) -> (TopSnapshot, LeakReport) {
         self.drain(probe);
         if let Ok(counters) = probe.counters() {
             self.monitor.health.drops = all_drops(&counters);
+            if counters.owner_insert_failed > 0 && !self.told_owner_storage_full {
+                self.told_owner_storage_full = true;
+                eprintln!(
+                    "tcptrace: the probe could not record the owner of {} sockets (kernel out of memory for socket storage); their transitions count as unknown owner",
+                    counters.owner_insert_failed
+                );
+            }
             self.kernel = counters;
         }
         let dump_started_ns = read.started_ns;
+        self.monitor.apply_host(&read, Some(probe), startup);
+        if read.table.failed.is_none() && read.table.unreadable.is_empty() {
+            self.monitor.prune_stacks(&read.table, dump_started_ns);
+        }
+        if let Some(alive) = read.processes_alive() {
+            self.alive.clone_from(alive);
+        }
+        if read.holders_scanned {
+            self.holders_scanned_at = Some(Instant::now());
+        }
+        for (pid, placement) in &read.placements {
+            self.placements
+                .insert(*pid, (placement.clone(), Instant::now()));
+        }
         let table = self.take_settings(read);
         let now_ns = monotonic_now_ns();
 
         // An incomplete table would wrongly end sockets it could not list.
-        if table.unreadable.is_empty() {
+        if table.is_complete() {
             let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
-            self.activity
-                .reconcile_live(&|cookie| listed.contains(&cookie), dump_started_ns);
+            let listed = |cookie| listed.contains(&cookie);
+            self.activity.reconcile_live(&listed, dump_started_ns);
+            self.tracker.reconcile(&listed, dump_started_ns);
         }
         self.activity.expire_time_wait(now_ns);
-        self.monitor
-            .reconcile_with(&table, dump_started_ns, startup);
         let leaks = self.monitor.report(self.min_age);
 
-        let unattributed: HashSet<u64> = table
+        self.unattributed = table
             .sockets
             .iter()
             .filter(|s| s.inode != 0 && self.activity.owner_of(s.cookie).is_none())
+            .filter(|s| !self.monitor.holders.contains_key(&s.inode))
             .map(|s| s.inode)
             .collect();
-        self.holders.refresh(unattributed);
 
-        self.activity.retain_processes(alive);
+        // Processes that exited since the last walk are shown once more,
+        // marked, so their last counts reach the per-comm totals, then
+        // forgotten. Without a walk, none is taken for dead.
+        let alive_set = &self.alive;
+        let walked = !alive_set.is_empty();
+        let activity = &self.activity;
+        // A process born after the walk began is not in it: its events say
+        // it lives.
+        let alive = |pid: u32| {
+            !walked
+                || alive_set.contains(&pid)
+                || activity
+                    .process(pid)
+                    .is_some_and(|p| p.last_ns >= dump_started_ns)
+        };
         self.placements.retain(|pid, _| alive(*pid));
         let (rates, span) = self.rates.advance(&self.activity, now_ns);
-        let placements = &mut self.placements;
+        let placements = &self.placements;
         let mut placement = |pid: u32| {
-            let entry = placements
-                .entry(pid)
-                .or_insert_with(|| (Placement::default(), Instant::now()));
-            // A process can be moved to another cgroup or namespace: re-read
-            // now and then, not on every refresh (a file read per process).
-            if entry.0 == Placement::default() || entry.1.elapsed() >= PLACEMENT_REREAD_INTERVAL {
-                let container = container_of(pid);
-                entry.0 = Placement {
-                    container: container
-                        .as_ref()
-                        .map(|c| c.short_label())
-                        .unwrap_or_default(),
-                    pod_uid: container.and_then(|c| c.pod_uid),
-                    netns: net_namespace_of(pid),
-                };
-                entry.1 = Instant::now();
-            }
-            entry.0.clone()
+            placements
+                .get(&pid)
+                .map(|(placement, _)| placement.clone())
+                .unwrap_or_default()
         };
         let mut snapshot = build_snapshot(SnapshotInputs {
             activity: &self.activity,
             table: &table.sockets,
-            holders: &self.holders.holders,
+            holders: &self.monitor.holders,
             leaks: &leaks,
             rates: &rates,
             span,
             alive: &alive,
             placement: &mut placement,
         });
+        let exited: HashSet<u32> = snapshot
+            .processes
+            .iter()
+            .filter(|row| row.exited)
+            .map(|row| row.pid)
+            .collect();
+        self.activity.retain_processes(|pid| !exited.contains(&pid));
         snapshot.findings = self.diagnose(&table.sockets, &leaks, probe, now_ns);
         (snapshot, leaks)
     }
 
     /// Keeps each namespace's settings (telling once about those that could
     /// not be read) and returns the table.
-    fn take_settings(&mut self, read: TableRead) -> TableSnapshot {
+    fn take_settings(&mut self, read: HostRead) -> TableSnapshot {
+        // Settings of a failed read are not known to have changed.
+        if read.table.failed.is_some() {
+            return read.table;
+        }
         self.settings.clear();
         for (namespace, settings) in read.settings {
             match settings {
@@ -388,12 +375,31 @@ impl HostAgent {
             decode_errors: health.decode_errors,
             map_insert_failures: self.kernel.owner_insert_failed + self.activity.dropped_entries,
             reconcile_corrections: health.corrections,
-            ..AgentTotals::default()
+            host_read_failures: health.host_read_failures,
+            kernel_maps: Vec::new(),
+            agent_tables: self.occupancy(),
         }
     }
 
+    /// How full the agent's own tables are.
+    pub fn occupancy(&self) -> Vec<Occupancy> {
+        let mut tables = self.monitor.occupancy();
+        tables.extend(self.activity.occupancy());
+        tables.push(Occupancy {
+            name: "tracked_sockets",
+            entries: self.tracker.tracked_sockets() as u64,
+            capacity: None,
+        });
+        tables.push(Occupancy {
+            name: "placements",
+            entries: self.placements.len() as u64,
+            capacity: None,
+        });
+        tables
+    }
+
     fn owner_of(&self, socket: &KernelSocket) -> Option<String> {
-        socket_owner(socket, &self.activity, &self.holders.holders)
+        socket_owner(socket, &self.activity, &self.monitor.holders)
             .map(|(pid, comm)| owner_label(pid, &comm))
     }
 

@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 /// A process holding a socket, and through which fd.
@@ -16,30 +16,28 @@ pub struct Holder {
     pub fd: u32,
 }
 
-/// Every process in `/proc`: its tgid and its directory. Processes may exit
-/// while the caller looks: readers skip what they cannot read.
-pub fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse().ok()?;
-            Some((pid, entry.path()))
-        })
+/// One walk of `/proc`: the processes alive, and who holds the sockets asked about.
+#[derive(Debug, Default)]
+pub struct ProcScan {
+    pub pids: HashSet<u32>,
+    pub holders: HashMap<u64, Vec<Holder>>,
 }
 
-/// The holders of each socket inode in `inodes`. Processes that exit or
-/// cannot be read during the scan are skipped: a scan is a snapshot.
-pub fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<Holder>> {
-    let mut holders: HashMap<u64, Vec<Holder>> = HashMap::new();
-    if inodes.is_empty() {
-        return holders;
-    }
-    let Ok(processes) = fs::read_dir("/proc") else {
-        return holders;
-    };
-    for process in processes.flatten() {
+/// Whether an error reading `/proc/<pid>/...` only means the process exited
+/// (or is a zombie) meanwhile, as opposed to a failure of the reader.
+pub fn process_went_away(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(error.kind(), NotFound | PermissionDenied) || error.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Walks every process's fds once: the processes alive and the holders of
+/// each socket inode in `inodes`. Processes that exit during the walk are
+/// skipped (a walk is a snapshot), but a failure of the reader itself (out
+/// of fds, say) is an error: a partial walk would say sockets nobody holds.
+pub fn scan_processes(inodes: &HashSet<u64>) -> std::io::Result<ProcScan> {
+    let mut scan = ProcScan::default();
+    for process in fs::read_dir("/proc")? {
+        let process = process?;
         let Some(pid) = process
             .file_name()
             .to_str()
@@ -47,8 +45,14 @@ pub fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<Holder>> {
         else {
             continue;
         };
-        let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
+        scan.pids.insert(pid);
+        if inodes.is_empty() {
             continue;
+        }
+        let fds = match fs::read_dir(process.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(error) if process_went_away(&error) => continue,
+            Err(error) => return Err(error),
         };
         let mut comm = None;
         for fd in fds.flatten() {
@@ -63,17 +67,25 @@ pub fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<Holder>> {
                 continue;
             };
             let comm = comm.get_or_insert_with(|| process_comm(pid));
-            holders.entry(inode).or_default().push(Holder {
+            scan.holders.entry(inode).or_default().push(Holder {
                 pid,
                 comm: comm.clone(),
                 fd: fd_number,
             });
         }
     }
-    for list in holders.values_mut() {
+    for list in scan.holders.values_mut() {
         list.sort();
     }
-    holders
+    Ok(scan)
+}
+
+/// The holders of each socket inode in `inodes`, or the error that stopped the walk.
+pub fn socket_holders(inodes: &HashSet<u64>) -> std::io::Result<HashMap<u64, Vec<Holder>>> {
+    if inodes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    scan_processes(inodes).map(|scan| scan.holders)
 }
 
 /// `socket:[12345]` -> 12345
@@ -143,7 +155,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let inode = fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
-        let found = socket_holders(&HashSet::from([inode]));
+        let found = socket_holders(&HashSet::from([inode])).unwrap();
         let mine: Vec<_> = found[&inode]
             .iter()
             .filter(|h| h.pid == std::process::id())

@@ -18,16 +18,18 @@ use tokio::{
 use crate::{
     clock::monotonic_now_ns,
     decode::{Record, StackSample, Transition, decode},
-    holders::{Holder, fd_usage, socket_holders},
-    leaks::LeakTracker,
+    holders::Holder,
+    hostread::{HostRead, HostReader, HostRequest, read_host, states_with_files},
+    leaks::{LeakKind, LeakTracker},
+    metrics::Occupancy,
     preflight,
     probe::{KernelCounters, Probe, ProbeOptions},
     report::{
         FdUsage, GrowthHistory, LeakReport, ProbeHealth, ProgramHealth, ReportFilter, SocketStacks,
         build_report, render_text,
     },
-    sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
-    symbolize::StackSymbolizer,
+    sockdiag::{KernelSocket, TableSnapshot},
+    symbolize::SymbolizerWorker,
     watch::DRAIN_INTERVAL,
 };
 
@@ -42,6 +44,10 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// The holder scan walks every process's fds: at most this often, unless
 /// the set of leaking sockets changed.
 const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// Every this many reconciles, the table is read in every state a socket
+/// with a file can be in, and the stacks of sockets it no longer lists are
+/// forgotten (their CLOSE was lost).
+const STACK_PRUNE_EVERY: u64 = 10;
 
 #[derive(Clone, Debug)]
 pub struct LeaksOptions {
@@ -58,58 +64,67 @@ pub struct LeaksOutcome {
     pub leaks_found: bool,
 }
 
-struct HolderCache {
-    inodes: HashSet<u64>,
-    scanned_at: Option<Instant>,
-    holders: HashMap<u64, Vec<Holder>>,
+/// The stacks one socket's records named: (process, stack id) per kind.
+#[derive(Clone, Copy, Debug, Default)]
+struct StackRefs {
+    connect: Option<(u32, u32)>,
+    first_io: Option<(u32, u32)>,
+    eof: Option<(u32, u32)>,
+    /// The newest record's time: a socket listed by no table read begun
+    /// after it is gone (its CLOSE was lost).
+    seen_ns: u64,
 }
 
-impl HolderCache {
-    fn holders_of(&mut self, inodes: HashSet<u64>) -> (&HashMap<u64, Vec<Holder>>, bool) {
-        let stale = self
-            .scanned_at
-            .is_none_or(|at| at.elapsed() >= HOLDER_RESCAN_INTERVAL);
-        let rescanned = stale || inodes != self.inodes;
-        if rescanned {
-            self.holders = socket_holders(&inodes);
-            self.inodes = inodes;
-            self.scanned_at = Some(Instant::now());
-        }
-        (&self.holders, rescanned)
-    }
-}
+/// Live sockets are not capped by number: they are freed at CLOSE or
+/// destroy and reconciled with the kernel's table, so they follow the
+/// host's own socket count. This is only a guard against a host whose table
+/// cannot be read at all for a long time.
+const MAX_SOCKET_STACKS: usize = 1 << 21;
 
 pub(crate) struct Monitor {
     pub(crate) tracker: LeakTracker,
     pub(crate) health: ProbeHealth,
     growth: GrowthHistory,
-    holder_cache: HolderCache,
     options: LeaksOptions,
-    symbolizer: StackSymbolizer,
-    /// Resolved stacks of live sockets, by cookie; forgotten when the socket is.
-    socket_stacks: HashMap<u64, SocketStacks>,
-    /// Stack records of the current drain, resolved right after it.
-    pending_stacks: Vec<StackSample>,
+    symbolizer: SymbolizerWorker,
+    /// The stacks of live sockets, by cookie; forgotten when the socket is.
+    socket_stacks: HashMap<u64, StackRefs>,
+    /// Stacks named by this drain's records and not yet read from the probe.
+    unread_stacks: Vec<(u32, u32)>,
+    /// Holders of the sockets that matter, from the newest walk of /proc.
+    pub(crate) holders: HashMap<u64, Vec<Holder>>,
+    holders_scanned_at: Option<Instant>,
+    /// The inodes the newest holder walk looked for.
+    scanned_inodes: HashSet<u64>,
+    fd_usage: HashMap<u32, FdUsage>,
+    /// Processes with stacks that the newest walk did not list.
+    missing_once: HashSet<u32>,
     told_unreadable: bool,
+    /// Said once per run of failures.
+    told_failed: bool,
+    told_walk_failed: bool,
 }
 
 impl Monitor {
-    pub(crate) fn new(options: LeaksOptions) -> Self {
-        Self {
+    pub(crate) fn new(options: LeaksOptions) -> anyhow::Result<Self> {
+        Ok(Self {
             tracker: LeakTracker::new(),
             health: ProbeHealth::default(),
             growth: GrowthHistory::default(),
-            holder_cache: HolderCache {
-                inodes: HashSet::new(),
-                scanned_at: None,
-                holders: HashMap::new(),
-            },
             options,
-            symbolizer: StackSymbolizer::new(),
+            symbolizer: SymbolizerWorker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?,
             socket_stacks: HashMap::new(),
-            pending_stacks: Vec::new(),
+            unread_stacks: Vec::new(),
+            holders: HashMap::new(),
+            holders_scanned_at: None,
+            scanned_inodes: HashSet::new(),
+            fd_usage: HashMap::new(),
+            missing_once: HashSet::new(),
             told_unreadable: false,
-        }
+            told_failed: false,
+            told_walk_failed: false,
+        })
     }
 
     fn handle(&mut self, bytes: &[u8]) {
@@ -129,7 +144,9 @@ impl Monitor {
         }
     }
 
-    /// A decoded record; the caller counts it in `health.events`.
+    /// A decoded record, in the order the probe wrote it: a socket's stack
+    /// records come before its CLOSE, so forgetting at CLOSE is final. The
+    /// caller counts it in `health.events`.
     pub(crate) fn handle_record(&mut self, record: Record) {
         match record {
             Record::Transition(transition) => self.observe_transition(&transition),
@@ -137,104 +154,238 @@ impl Monitor {
                 self.tracker.destroyed(cookie);
                 self.socket_stacks.remove(&cookie);
             }
-            Record::Stack(sample) => self.pending_stacks.push(sample),
+            Record::Stack(sample) => self.observe_stack(sample),
         }
     }
 
-    /// Copies each new stack out of the probe's map and names its frames
-    /// now, while the process is alive and before the id can be reused.
-    pub(crate) fn resolve_stacks(&mut self, probe: &Probe) {
-        for sample in std::mem::take(&mut self.pending_stacks) {
-            let Ok(stack_id) = sample.stack_id else {
+    fn observe_stack(&mut self, sample: StackSample) {
+        let Ok(stack_id) = sample.stack_id else {
+            self.health.stack_errors += 1;
+            return;
+        };
+        if self.socket_stacks.len() >= MAX_SOCKET_STACKS
+            && !self.socket_stacks.contains_key(&sample.cookie)
+        {
+            self.health.stack_errors += 1;
+            return;
+        }
+        let refs = self.socket_stacks.entry(sample.cookie).or_default();
+        refs.seen_ns = refs.seen_ns.max(sample.timestamp_ns);
+        let slot = match sample.kind {
+            StackKind::Connect => &mut refs.connect,
+            StackKind::FirstIo => &mut refs.first_io,
+            StackKind::Eof => &mut refs.eof,
+        };
+        slot.get_or_insert((sample.tgid, stack_id));
+        if !self.symbolizer.is_requested(sample.tgid, stack_id) {
+            self.unread_stacks.push((sample.tgid, stack_id));
+        }
+    }
+
+    /// Copies each new stack out of the probe's map (before the process can
+    /// exit and its id be freed) and hands it to the symbolizer thread.
+    pub(crate) fn read_new_stacks(&mut self, probe: &Probe) {
+        for (tgid, stack_id) in std::mem::take(&mut self.unread_stacks) {
+            if self.symbolizer.is_requested(tgid, stack_id) {
+                continue;
+            }
+            let queued = probe
+                .stack_addresses(stack_id)
+                .is_some_and(|addresses| self.symbolizer.request(tgid, stack_id, addresses));
+            if !queued {
                 self.health.stack_errors += 1;
-                continue;
-            };
-            let Some(frames) = self
-                .symbolizer
-                .frames(sample.tgid, stack_id, || probe.stack_addresses(stack_id))
-            else {
-                continue;
-            };
-            let stacks = self.socket_stacks.entry(sample.cookie).or_default();
-            let slot = match sample.kind {
-                StackKind::Connect => &mut stacks.connect,
-                StackKind::FirstIo => &mut stacks.first_io,
-                StackKind::Eof => &mut stacks.eof,
-            };
-            slot.get_or_insert(frames);
+            }
         }
     }
 
     fn drain(&mut self, probe: &mut Probe) {
         probe.drain(|bytes| self.handle(bytes));
-        self.resolve_stacks(probe);
+        self.read_new_stacks(probe);
     }
 
-    /// Call only after draining every event written so far.
-    fn reconcile(&mut self, startup: bool) {
-        let snapshot_ns = monotonic_now_ns();
-        let table = dump_all_namespaces(&[TcpState::CloseWait]);
-        self.reconcile_with(&table, snapshot_ns, startup);
-    }
-
-    /// `table` may list any states; only its CLOSE_WAIT sockets are used.
-    /// Call only after draining every event written before `snapshot_ns`.
-    pub(crate) fn reconcile_with(
-        &mut self,
-        table: &TableSnapshot,
-        snapshot_ns: u64,
-        startup: bool,
-    ) {
-        self.health.unreadable_namespaces = table.unreadable.len();
-        let close_wait: Vec<KernelSocket> = table
-            .sockets
-            .iter()
-            .filter(|s| s.state == TcpState::CloseWait)
-            .cloned()
+    /// What the next host read must bring: the CLOSE_WAIT table (`states`
+    /// may ask for more) and, when due, the holders of the leaks.
+    pub(crate) fn host_request(&self, states: &[TcpState]) -> HostRequest {
+        let extra_inodes: HashSet<u64> = self
+            .tracker
+            .suspects()
+            .filter(|s| s.kind == LeakKind::ClosedHeld)
+            .filter_map(|s| s.inode)
             .collect();
-        let unreadable: HashSet<u64> = table.unreadable.iter().map(|(ns, _)| ns.inode).collect();
-        if !self.told_unreadable
-            && let Some((namespace, error)) = table.unreadable.first()
-        {
-            // Said once: it usually means no sock_diag for TCP (the tcp_diag
-            // module), which every later read would repeat.
-            self.told_unreadable = true;
-            eprintln!(
-                "tcptrace: cannot read the TCP table of network namespace {} ({error}); its leaks are tracked from events alone",
-                namespace.inode
-            );
+        let suspects: HashSet<u64> = self.tracker.inodes();
+        let stale = self
+            .holders_scanned_at
+            .is_none_or(|at| at.elapsed() >= HOLDER_RESCAN_INTERVAL);
+        HostRequest {
+            states: states.to_vec(),
+            holders: stale || !suspects.is_subset(&self.scanned_inodes),
+            extra_inodes,
+            ..HostRequest::default()
         }
-        self.tracker
-            .reconcile_close_wait(&close_wait, &unreadable, snapshot_ns, startup);
+    }
+
+    /// Joins a host read with the events: the kernel's CLOSE_WAIT sockets,
+    /// the holders, and which processes are gone. Call only after draining
+    /// every event written before `read.started_ns`. A read that failed
+    /// changes nothing it could not see: suspects stay, with their ages.
+    pub(crate) fn apply_host(&mut self, read: &HostRead, probe: Option<&Probe>, startup: bool) {
+        let table = &read.table;
+        self.health.unreadable_namespaces = table.unreadable.len();
+        if let Some(error) = &table.failed {
+            self.health.host_read_failures += 1;
+            if !self.told_failed {
+                self.told_failed = true;
+                eprintln!(
+                    "tcptrace: cannot list network namespaces ({error}); leaks are kept as they were until the kernel's table can be read"
+                );
+            }
+        } else {
+            self.told_failed = false;
+            if !table.unreadable.is_empty() {
+                self.health.host_read_failures += 1;
+            }
+            if !self.told_unreadable
+                && let Some((namespace, error)) = table.unreadable.first()
+            {
+                // Said once: it usually means no sock_diag for TCP (the tcp_diag
+                // module), which every later read would repeat.
+                self.told_unreadable = true;
+                eprintln!(
+                    "tcptrace: cannot read the TCP table of network namespace {} ({error}); its leaks are tracked from events alone",
+                    namespace.inode
+                );
+            }
+            let close_wait: Vec<KernelSocket> = table
+                .sockets
+                .iter()
+                .filter(|s| s.state == TcpState::CloseWait)
+                .cloned()
+                .collect();
+            let unreadable: HashSet<u64> =
+                table.unreadable.iter().map(|(ns, _)| ns.inode).collect();
+            self.tracker
+                .reconcile_close_wait(&close_wait, &unreadable, read.started_ns, startup);
+        }
+
+        match &read.processes {
+            Ok(scan) => {
+                if read.holders_scanned {
+                    let held: HashSet<u64> = scan
+                        .holders
+                        .iter()
+                        .filter(|(_, h)| !h.is_empty())
+                        .map(|(inode, _)| *inode)
+                        .collect();
+                    self.tracker
+                        .reconcile_closed_held(&read.scanned_inodes, &held);
+                    self.holders = scan.holders.clone();
+                    self.scanned_inodes = read.scanned_inodes.clone();
+                    self.holders_scanned_at = Some(Instant::now());
+                    self.fd_usage = read.fd_usage.clone();
+                }
+                self.told_walk_failed = false;
+                self.forget_exited(&scan.pids, probe);
+            }
+            Err(error) => {
+                // Holders and fd usage stay as last known.
+                self.health.host_read_failures += 1;
+                if !self.told_walk_failed {
+                    self.told_walk_failed = true;
+                    eprintln!("tcptrace: cannot walk /proc ({error}); holders are as last seen");
+                }
+            }
+        }
         self.health.corrections = self.tracker.corrections();
+    }
+
+    /// Forgets the stacks of sockets the kernel's table no longer lists.
+    /// `table` must list every state a socket with a file can be in.
+    pub(crate) fn prune_stacks(&mut self, table: &TableSnapshot, started_ns: u64) {
+        if !table.is_complete() {
+            return;
+        }
+        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+        self.socket_stacks
+            .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
+    }
+
+    /// Stacks of processes that exited: freed here, in the symbolizer and
+    /// in the probe's maps (an id still used by a live process stays). A
+    /// process must be missing from two walks in a row: one that began
+    /// before it was born does not list it.
+    fn forget_exited(&mut self, alive: &HashSet<u32>, probe: Option<&Probe>) {
+        let missing: HashSet<u32> = self
+            .symbolizer
+            .processes()
+            .into_iter()
+            .filter(|pid| !alive.contains(pid))
+            .collect();
+        let exited: HashSet<u32> = missing.intersection(&self.missing_once).copied().collect();
+        self.missing_once = missing.difference(&exited).copied().collect();
+        if exited.is_empty() {
+            return;
+        }
+        let freed = self.symbolizer.forget(&exited);
+        if let Some(probe) = probe {
+            probe.forget_stacks(&freed);
+            probe.forget_processes(&exited);
+        }
+    }
+
+    /// How many entries the monitor's tables hold.
+    pub(crate) fn occupancy(&self) -> Vec<Occupancy> {
+        vec![
+            Occupancy {
+                name: "suspects",
+                entries: self.tracker.suspects().count() as u64,
+                capacity: None,
+            },
+            Occupancy {
+                name: "socket_stacks",
+                entries: self.socket_stacks.len() as u64,
+                capacity: Some(MAX_SOCKET_STACKS as u64),
+            },
+            Occupancy {
+                name: "symbolized_stacks",
+                entries: self.symbolizer.entries() as u64,
+                capacity: None,
+            },
+            Occupancy {
+                name: "holders",
+                entries: self.holders.len() as u64,
+                capacity: None,
+            },
+        ]
     }
 
     pub(crate) fn report(&mut self, min_age: Duration) -> LeakReport {
         let now_ns = monotonic_now_ns();
-        let leak_inodes: HashSet<u64> = self
-            .tracker
-            .leaks(now_ns, min_age)
-            .iter()
-            .filter_map(|s| s.inode)
-            .collect();
-        let (holders, rescanned) = self.holder_cache.holders_of(leak_inodes.clone());
-        if rescanned {
-            let held: HashSet<u64> = holders
-                .iter()
-                .filter(|(_, h)| !h.is_empty())
-                .map(|(inode, _)| *inode)
-                .collect();
-            self.tracker.reconcile_closed_held(&leak_inodes, &held);
-        }
         let leaks = self.tracker.leaks(now_ns, min_age);
+        let frames =
+            |slot: Option<(u32, u32)>| slot.and_then(|(tgid, id)| self.symbolizer.frames(tgid, id));
+        let stacks: HashMap<u64, SocketStacks> = leaks
+            .iter()
+            .filter_map(|s| {
+                let refs = self.socket_stacks.get(&s.cookie)?;
+                Some((
+                    s.cookie,
+                    SocketStacks {
+                        connect: frames(refs.connect),
+                        first_io: frames(refs.first_io),
+                        eof: frames(refs.eof),
+                    },
+                ))
+            })
+            .collect();
+        let fd_usage = &self.fd_usage;
         let mut report = build_report(
             &leaks,
-            &self.holder_cache.holders,
-            &self.socket_stacks,
+            &self.holders,
+            &stacks,
             now_ns,
             min_age,
             &self.options.filter,
-            |pid| fd_usage(pid).map(|(open, limit)| FdUsage { open, limit }),
+            |pid| fd_usage.get(&pid).copied(),
             &mut self.growth,
         );
         self.health.corrections = self.tracker.corrections();
@@ -271,8 +422,12 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     let json = options.json;
     if options.once {
         preflight::check_privileges()?;
-        let mut monitor = Monitor::new(options);
-        monitor.reconcile(true);
+        let mut monitor = Monitor::new(options)?;
+        let read = read_host(HostRequest {
+            holders: true,
+            ..monitor.host_request(&[TcpState::CloseWait])
+        });
+        monitor.apply_host(&read, None, true);
         // Ages are unknown without history: everything in CLOSE_WAIT now is listed.
         let report = monitor.report(Duration::ZERO);
         write_report(&mut out, &report, json, false)?;
@@ -293,9 +448,11 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     let min_age = options.min_age;
     let duration = options.duration;
     let live_terminal = duration.is_none() && !json && std::io::stdout().is_terminal();
-    let mut monitor = Monitor::new(options);
+    let mut monitor = Monitor::new(options)?;
 
-    monitor.reconcile(true);
+    let read = read_host(monitor.host_request(&[TcpState::CloseWait]));
+    monitor.drain(probe.get_mut());
+    monitor.apply_host(&read, Some(probe.get_ref()), true);
     eprintln!(
         "tcptrace: watching for TCP socket leaks (CLOSE_WAIT or closed but held for >= {}); Ctrl-C to stop",
         humantime::format_duration(min_age)
@@ -318,6 +475,9 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     reconcile_tick.tick().await;
     let deadline = sleep(duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
+    let mut host = HostReader::default();
+    let mut reconciles = 0u64;
+    let mut pruning = false;
     loop {
         tokio::select! {
             guard = probe.readable_mut() => {
@@ -326,9 +486,18 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => monitor.drain(probe.get_mut()),
-            _ = reconcile_tick.tick() => {
+            _ = reconcile_tick.tick(), if !host.is_busy() => {
+                reconciles += 1;
+                pruning = reconciles.is_multiple_of(STACK_PRUNE_EVERY);
+                let states = if pruning { states_with_files() } else { vec![TcpState::CloseWait] };
+                host.start(monitor.host_request(&states));
+            }
+            Some(read) = host.finished() => {
                 monitor.drain(probe.get_mut());
-                monitor.reconcile(false);
+                monitor.apply_host(&read, Some(probe.get_ref()), false);
+                if pruning {
+                    monitor.prune_stacks(&read.table, read.started_ns);
+                }
             }
             _ = report_tick.tick(), if duration.is_none() => {
                 monitor.drain(probe.get_mut());
@@ -344,8 +513,12 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         }
     }
 
+    let read = read_host(HostRequest {
+        holders: true,
+        ..monitor.host_request(&[TcpState::CloseWait])
+    });
     monitor.drain(probe.get_mut());
-    monitor.reconcile(false);
+    monitor.apply_host(&read, Some(probe.get_ref()), false);
     let counters = probe.get_ref().counters()?;
     monitor.health.drops = all_drops(&counters);
     monitor.health.programs = probe
@@ -364,4 +537,172 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     Ok(LeaksOutcome {
         leaks_found: !report.is_empty(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{holders::ProcScan, sockdiag::NetNamespace};
+
+    const S: u64 = 1_000_000_000;
+
+    fn monitor() -> Monitor {
+        Monitor::new(LeaksOptions {
+            probe: ProbeOptions::default(),
+            min_age: Duration::ZERO,
+            duration: None,
+            once: false,
+            json: false,
+            filter: ReportFilter::default(),
+        })
+        .unwrap()
+    }
+
+    fn event(cookie: u64, at_s: u64, old: TcpState, new: TcpState) -> Record {
+        Record::Transition(Transition {
+            timestamp_ns: at_s * S,
+            cookie,
+            skaddr: 0,
+            owner: None,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            old_state: old,
+            new_state: new,
+            netns_inode: None,
+            socket_inode: None,
+        })
+    }
+
+    fn stack(cookie: u64, at_s: u64, kind: StackKind) -> Record {
+        Record::Stack(StackSample {
+            timestamp_ns: at_s * S,
+            cookie,
+            tgid: 42,
+            kind,
+            stack_id: Ok(7),
+        })
+    }
+
+    fn close_wait(cookie: u64, inode: u64) -> KernelSocket {
+        KernelSocket {
+            cookie,
+            inode,
+            state: TcpState::CloseWait,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            uid: 0,
+            recv_queue: 0,
+            send_queue: 0,
+            netns_inode: 1,
+        }
+    }
+
+    fn read(
+        started_s: u64,
+        table: TableSnapshot,
+        processes: std::io::Result<ProcScan>,
+    ) -> HostRead {
+        HostRead {
+            started_ns: started_s * S,
+            table,
+            settings: Vec::new(),
+            processes,
+            holders_scanned: false,
+            scanned_inodes: HashSet::new(),
+            fd_usage: HashMap::new(),
+            placements: Vec::new(),
+        }
+    }
+
+    fn entries(monitor: &Monitor, name: &str) -> u64 {
+        monitor
+            .occupancy()
+            .into_iter()
+            .find(|o| o.name == name)
+            .unwrap()
+            .entries
+    }
+
+    use TcpState::*;
+
+    #[test]
+    fn a_socket_whose_whole_life_fits_in_one_drain_leaves_no_stacks() {
+        let mut monitor = monitor();
+        // One batch: connect stack, first-I/O stack, then the close.
+        monitor.handle_record(event(1, 1, Close, SynSent));
+        monitor.handle_record(stack(1, 1, StackKind::Connect));
+        monitor.handle_record(event(1, 1, SynSent, Established));
+        monitor.handle_record(stack(1, 1, StackKind::FirstIo));
+        monitor.handle_record(event(1, 2, Established, FinWait1));
+        monitor.handle_record(event(1, 2, FinWait1, FinWait2));
+        monitor.handle_record(event(1, 2, FinWait2, Close));
+        assert_eq!(entries(&monitor, "socket_stacks"), 0);
+        // A live one keeps its stacks.
+        monitor.handle_record(stack(2, 3, StackKind::Connect));
+        assert_eq!(entries(&monitor, "socket_stacks"), 1);
+    }
+
+    #[test]
+    fn stacks_of_sockets_the_table_no_longer_lists_are_forgotten() {
+        let mut monitor = monitor();
+        monitor.handle_record(stack(1, 1, StackKind::Connect));
+        monitor.handle_record(stack(2, 1, StackKind::Connect));
+        monitor.handle_record(stack(3, 5, StackKind::Connect));
+        let table = TableSnapshot {
+            sockets: vec![close_wait(2, 20)],
+            ..TableSnapshot::default()
+        };
+        // Socket 1's CLOSE was lost; socket 3 postdates the dump.
+        monitor.prune_stacks(&table, 4 * S);
+        assert_eq!(entries(&monitor, "socket_stacks"), 2);
+        // An incomplete table says nothing about what it did not list.
+        let partial = TableSnapshot {
+            unreadable: vec![(
+                NetNamespace { inode: 9, pid: 1 },
+                crate::sockdiag::SockDiagError::Kernel(1),
+            )],
+            ..TableSnapshot::default()
+        };
+        monitor.prune_stacks(&partial, 10 * S);
+        assert_eq!(entries(&monitor, "socket_stacks"), 2);
+    }
+
+    #[test]
+    fn a_failed_read_keeps_leaks_and_their_ages() {
+        let mut monitor = monitor();
+        monitor.handle_record(event(1, 1, Established, CloseWait));
+        let table = TableSnapshot {
+            sockets: vec![close_wait(1, 11)],
+            ..TableSnapshot::default()
+        };
+        monitor.apply_host(&read(2, table, Ok(ProcScan::default())), None, false);
+        let before = monitor.tracker.suspects().next().unwrap().clone();
+        assert_eq!(before.since_ns, S);
+
+        // Out of fds: neither the namespaces nor /proc can be read.
+        let failed = TableSnapshot {
+            failed: Some(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            ..TableSnapshot::default()
+        };
+        let walk = Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        monitor.apply_host(&read(3, failed, walk), None, false);
+        assert_eq!(
+            monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
+            [before.clone()]
+        );
+        assert_eq!(monitor.tracker.corrections(), 0);
+        assert_eq!(monitor.health.host_read_failures, 2);
+
+        // Readable again: the same leak, with the age it had, not a new one.
+        let table = TableSnapshot {
+            sockets: vec![close_wait(1, 11)],
+            ..TableSnapshot::default()
+        };
+        monitor.apply_host(&read(4, table, Ok(ProcScan::default())), None, false);
+        assert_eq!(
+            monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
+            [before]
+        );
+        assert_eq!(monitor.tracker.corrections(), 0);
+    }
 }

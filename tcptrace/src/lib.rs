@@ -16,6 +16,7 @@ pub mod decode;
 pub mod diagnose;
 pub mod filter;
 pub mod holders;
+pub mod hostread;
 pub mod layout;
 pub mod leaks;
 pub mod leakwatch;

@@ -348,6 +348,19 @@ impl Probe {
     }
 }
 
+// Placeholders until the bounded-maps work lands: the agent's side calls them.
+impl Probe {
+    pub fn forget_stacks(&self, _ids: &[u32]) -> usize {
+        0
+    }
+    pub fn forget_processes(&self, _tgids: &std::collections::HashSet<u32>) -> usize {
+        0
+    }
+    pub fn map_occupancy(&self) -> Vec<crate::metrics::Occupancy> {
+        Vec::new()
+    }
+}
+
 impl AsRawFd for Probe {
     /// The ring buffer's: readable when the probe has woken the reader.
     fn as_raw_fd(&self) -> RawFd {

@@ -106,6 +106,9 @@ pub struct ProbeHealth {
     pub decode_errors: u64,
     pub corrections: u64,
     pub unreadable_namespaces: usize,
+    /// Reads of the kernel's table or of /proc that failed: what was known
+    /// before was kept, so the report may be out of date.
+    pub host_read_failures: u64,
     /// Stacks the kernel could not store (map full, bucket collision).
     pub stack_errors: u64,
     /// Each attached program's kernel statistics (counted only while

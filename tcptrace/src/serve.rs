@@ -23,7 +23,8 @@ use tokio::{
 };
 
 use crate::{
-    agent::{self, HostAgent, TableRead, TableReader},
+    agent::{self, HostAgent},
+    hostread::{HostRead, HostReader, HostRequest, read_host},
     leakwatch::LeaksOptions,
     metrics::{CONTENT_TYPE, MetricsLimits, MetricsState},
     probe::Probe,
@@ -146,6 +147,43 @@ async fn serve_http(listener: TcpListener, published: Arc<Mutex<Published>>) {
     }
 }
 
+/// Runs the HTTP side on a thread and runtime of its own, so no number of
+/// clients, slow or many, ever delays the thread that drains the ring
+/// buffer. Returns once the port is bound (or could not be).
+fn start_http(listen: SocketAddr, published: Arc<Mutex<Published>>) -> anyhow::Result<SocketAddr> {
+    let (bound, bound_result) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = bound.send(Err(anyhow::Error::from(error)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match TcpListener::bind(listen).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        let _ = bound.send(Err(anyhow::Error::from(error)
+                            .context(format!("cannot listen on {listen}"))));
+                        return;
+                    }
+                };
+                let _ = bound.send(listener.local_addr().map_err(anyhow::Error::from));
+                serve_http(listener, published).await;
+            });
+        })
+        .context("starting the HTTP thread")?;
+    bound_result
+        .recv()
+        .context("the HTTP thread ended before binding")?
+}
+
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     if !options.listen.ip().is_loopback() {
         eprintln!(
@@ -154,10 +192,8 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     // Bind first: a taken port fails before the probe is loaded.
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let listen = listener.local_addr()?;
+    let published = Arc::new(Mutex::new(Published::default()));
+    let listen = start_http(options.listen, published.clone())?;
 
     let (mut probe, mut agent) = agent::start(&options.leaks)?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -167,28 +203,32 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         eprintln!("{notice}");
     }
     let mut metrics = MetricsState::new(options.limits);
-    let published = Arc::new(Mutex::new(Published::default()));
     let mut announced = HashSet::new();
-    let mut publish = |agent: &mut HostAgent, probe: &mut Probe, read: TableRead, startup: bool| {
+    let mut publish = |agent: &mut HostAgent, probe: &mut Probe, read: HostRead, startup: bool| {
         let (snapshot, leaks) = agent.refresh_with(probe, read, startup);
         metrics.update_transitions(&snapshot);
-        let text = metrics.render(&snapshot, &leaks, &agent.totals());
+        let mut totals = agent.totals();
+        totals.kernel_maps = probe.map_occupancy();
+        let text = metrics.render(&snapshot, &leaks, &totals);
         let leaks_json = serde_json::to_string(&leaks).unwrap_or_default();
         log_new_leaks(&leaks, &mut announced);
         let mut published = published.lock().unwrap_or_else(|e| e.into_inner());
         published.metrics = text;
         published.leaks_json = leaks_json;
     };
-    publish(&mut agent, probe.get_mut(), agent::read_tables(), true);
+    let first = read_host(HostRequest {
+        holders: true,
+        ..agent.host_request()
+    });
+    publish(&mut agent, probe.get_mut(), first, true);
 
-    let server = tokio::spawn(serve_http(listener, published.clone()));
     eprintln!(
         "tcptrace: serving http://{listen}/metrics and http://{listen}/leaks (refresh every {}); SIGTERM or Ctrl-C to stop",
         humantime::format_duration(options.interval)
     );
 
     let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
-    let mut tables = TableReader::default();
+    let mut host = HostReader::default();
     loop {
         tokio::select! {
             guard = probe.readable_mut() => {
@@ -197,13 +237,14 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => agent.drain(probe.get_mut()),
-            _ = refresh_tick.tick() => tables.start(),
-            Some(read) = tables.finished() => publish(&mut agent, probe.get_mut(), read, false),
+            _ = refresh_tick.tick(), if !host.is_busy() => {
+                host.start(agent.host_request());
+            }
+            Some(read) = host.finished() => publish(&mut agent, probe.get_mut(), read, false),
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
-    server.abort();
     eprintln!("tcptrace: stopped");
     Ok(())
 }

@@ -72,13 +72,22 @@ pub struct NetNamespace {
     pub pid: u32,
 }
 
-/// Every distinct network namespace that has at least one process.
-pub fn net_namespaces() -> Vec<NetNamespace> {
+/// Every distinct network namespace that has at least one process. An error
+/// when /proc cannot be listed, or a process's namespace cannot be read for
+/// a reason other than its exit (out of fds, say): a partial list would read
+/// as namespaces, and their sockets, that are gone.
+pub fn net_namespaces() -> std::io::Result<Vec<NetNamespace>> {
     let mut seen = HashSet::new();
     let mut namespaces = Vec::new();
-    for (pid, dir) in holders::processes() {
-        let Ok(meta) = fs::metadata(dir.join("ns/net")) else {
+    for entry in fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
+        };
+        let meta = match fs::metadata(entry.path().join("ns/net")) {
+            Ok(meta) => meta,
+            Err(error) if holders::process_went_away(&error) => continue,
+            Err(error) => return Err(error),
         };
         if seen.insert(meta.ino()) {
             namespaces.push(NetNamespace {
@@ -87,7 +96,12 @@ pub fn net_namespaces() -> Vec<NetNamespace> {
             });
         }
     }
-    namespaces
+    match own_net_namespace() {
+        Some(own) if seen.contains(&own) => Ok(namespaces),
+        _ => Err(std::io::Error::other(
+            "this process's own network namespace was not among those listed",
+        )),
+    }
 }
 
 /// The inode of this thread's own network namespace.
@@ -103,16 +117,31 @@ pub fn own_net_namespace() -> Option<u64> {
 pub struct TableSnapshot {
     pub sockets: Vec<KernelSocket>,
     pub unreadable: Vec<(NetNamespace, SockDiagError)>,
+    /// The namespaces themselves could not be listed: nothing here says a
+    /// socket is gone.
+    pub failed: Option<std::io::Error>,
+}
+
+impl TableSnapshot {
+    /// Every namespace was read: a socket missing here is gone.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_none() && self.unreadable.is_empty()
+    }
 }
 
 /// Dumps the TCP tables of every network namespace that has processes.
 pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
     let mut snapshot = TableSnapshot::default();
-    for (namespace, result) in in_each_namespace(|namespace| dump_tcp(states, namespace.inode)) {
-        match result {
-            Ok(sockets) => snapshot.sockets.extend(sockets),
-            Err(error) => snapshot.unreadable.push((namespace, error)),
+    match in_each_namespace(|namespace| dump_tcp(states, namespace.inode)) {
+        Ok(results) => {
+            for (namespace, result) in results {
+                match result {
+                    Ok(sockets) => snapshot.sockets.extend(sockets),
+                    Err(error) => snapshot.unreadable.push((namespace, error)),
+                }
+            }
         }
+        Err(error) => snapshot.failed = Some(error),
     }
     snapshot
 }
@@ -123,9 +152,9 @@ pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
 /// short-lived thread of its own.
 pub fn in_each_namespace<T: Send>(
     read: impl Fn(NetNamespace) -> Result<T, SockDiagError> + Sync,
-) -> Vec<(NetNamespace, Result<T, SockDiagError>)> {
+) -> std::io::Result<Vec<(NetNamespace, Result<T, SockDiagError>)>> {
     let own = own_net_namespace();
-    net_namespaces()
+    Ok(net_namespaces()?
         .into_iter()
         .map(|namespace| {
             let result = if Some(namespace.inode) == own {
@@ -135,7 +164,7 @@ pub fn in_each_namespace<T: Send>(
             };
             (namespace, result)
         })
-        .collect()
+        .collect())
 }
 
 fn in_namespace<T: Send>(

@@ -1,15 +1,20 @@
-//! User stacks to readable frames, while the process is still alive.
+//! User stacks to readable frames, while the process is still alive, on a
+//! thread of their own.
 //!
 //! Stacks are resolved when their record arrives, not at report time, so a
-//! process that leaks and then exits still has named frames. The cache is
-//! keyed by (pid, process start time, stack id): an exec or a reused pid
-//! starts afresh.
+//! process that leaks and then exits still has named frames. Resolution
+//! reads ELF and DWARF files: it runs on its own thread, never on the one
+//! that drains the ring buffer. Frames are kept per (pid, stack id) while
+//! the process lives; the agent tells the worker which processes exited.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
     time::{Duration, Instant},
 };
 
@@ -24,84 +29,155 @@ use blazesym::{
 /// One frame per line, innermost first.
 pub type Frames = Arc<Vec<String>>;
 
-/// How long a process start time read from /proc is trusted.
-const START_TIME_TTL: Duration = Duration::from_secs(1);
+/// Stacks waiting for the worker; past this, new ones are counted and left
+/// unresolved rather than queued without bound.
+const QUEUE_DEPTH: usize = 4096;
+/// blazesym keeps every ELF file it opened; a fresh symbolizer after
+/// processes exit lets the files of exited programs go, at most this often.
+const SYMBOLIZER_RENEWAL: Duration = Duration::from_secs(60);
 
-pub struct StackSymbolizer {
-    symbolizer: Symbolizer,
-    cache: HashMap<(u32, u64, u32), Frames>,
-    start_times: HashMap<u32, (u64, Instant)>,
-}
-
-impl Default for StackSymbolizer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl StackSymbolizer {
-    pub fn new() -> Self {
-        Self {
-            symbolizer: Symbolizer::new(),
-            cache: HashMap::new(),
-            start_times: HashMap::new(),
-        }
-    }
-
-    /// The frames of stack `stack_id` of `pid`, resolving them with
-    /// `read_stack` (the probe's stack map) only on a cache miss.
-    pub fn frames(
-        &mut self,
+enum Job {
+    Resolve {
         pid: u32,
         stack_id: u32,
-        read_stack: impl FnOnce() -> Option<Vec<u64>>,
-    ) -> Option<Frames> {
-        let started = self.start_time(pid)?;
-        if let Some(frames) = self.cache.get(&(pid, started, stack_id)) {
-            return Some(frames.clone());
-        }
-        let addresses = read_stack()?;
-        let frames = Arc::new(self.resolve(pid, &addresses));
-        self.cache.insert((pid, started, stack_id), frames.clone());
-        Some(frames)
+        addresses: Vec<u64>,
+    },
+    Forget(Vec<u32>),
+}
+
+type Resolved = Arc<Mutex<HashMap<(u32, u32), Frames>>>;
+
+/// The agent's side of the symbolizer thread.
+pub struct SymbolizerWorker {
+    jobs: SyncSender<Job>,
+    resolved: Resolved,
+    /// (pid, stack id) already sent: each stack is read from the probe and
+    /// resolved once per process.
+    requested: HashSet<(u32, u32)>,
+}
+
+impl SymbolizerWorker {
+    pub fn start() -> std::io::Result<Self> {
+        let (jobs, queue) = sync_channel(QUEUE_DEPTH);
+        let resolved = Resolved::default();
+        let shared = resolved.clone();
+        // The thread ends when the sender is dropped.
+        std::thread::Builder::new()
+            .name("symbolize".into())
+            .spawn(move || work(queue, shared))?;
+        Ok(Self {
+            jobs,
+            resolved,
+            requested: HashSet::new(),
+        })
     }
 
-    fn start_time(&mut self, pid: u32) -> Option<u64> {
-        if let Some(&(started, checked)) = self.start_times.get(&pid)
-            && checked.elapsed() < START_TIME_TTL
-        {
-            return Some(started);
-        }
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let started = parse_start_time(&stat)?;
-        if self
-            .start_times
-            .insert(pid, (started, Instant::now()))
-            .is_some_and(|(before, _)| before != started)
-        {
-            // Another process under this pid now: its stacks are not ours.
-            self.cache.retain(|(p, s, _), _| *p != pid || *s == started);
-        }
-        Some(started)
+    /// Whether stack `stack_id` of `pid` was handed to the worker already.
+    pub fn is_requested(&self, pid: u32, stack_id: u32) -> bool {
+        self.requested.contains(&(pid, stack_id))
     }
 
-    fn resolve(&self, pid: u32, addresses: &[u64]) -> Vec<String> {
-        let source = Source::Process(Process::new(Pid::from(pid)));
-        // Resolution is best effort: never fail a report over a stack.
-        let symbolized = self
-            .symbolizer
-            .symbolize(&source, Input::AbsAddr(addresses))
-            .unwrap_or_default();
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let mut frames = Vec::new();
-        for (index, &address) in addresses.iter().enumerate() {
-            match symbolized.get(index) {
-                Some(Symbolized::Sym(sym)) => push_symbol(&mut frames, sym),
-                _ => frames.push(module_offset(&maps, address)),
+    /// Queues a stack for resolution; `addresses` innermost first. False
+    /// when the worker is too far behind to take it: the stack stays unnamed.
+    pub fn request(&mut self, pid: u32, stack_id: u32, addresses: Vec<u64>) -> bool {
+        match self.jobs.try_send(Job::Resolve {
+            pid,
+            stack_id,
+            addresses,
+        }) {
+            Ok(()) => {
+                self.requested.insert((pid, stack_id));
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// The processes whose stacks are known.
+    pub fn processes(&self) -> HashSet<u32> {
+        self.requested.iter().map(|(pid, _)| *pid).collect()
+    }
+
+    /// The frames of a stack, once resolved.
+    pub fn frames(&self, pid: u32, stack_id: u32) -> Option<Frames> {
+        let resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved.get(&(pid, stack_id)).cloned()
+    }
+
+    /// Drops everything known about processes that exited; returns the
+    /// stack ids no remaining process uses (the probe may free them).
+    pub fn forget(&mut self, exited: &HashSet<u32>) -> Vec<u32> {
+        if exited.is_empty() {
+            return Vec::new();
+        }
+        let mut ids_of_exited = HashSet::new();
+        self.requested.retain(|(pid, id)| {
+            let gone = exited.contains(pid);
+            if gone {
+                ids_of_exited.insert(*id);
+            }
+            !gone
+        });
+        for (_, id) in &self.requested {
+            ids_of_exited.remove(id);
+        }
+        // Best effort: a full queue only delays renewing the symbolizer.
+        let _ = self
+            .jobs
+            .try_send(Job::Forget(exited.iter().copied().collect()));
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved.retain(|(pid, _), _| !exited.contains(pid));
+        ids_of_exited.into_iter().collect()
+    }
+
+    /// Stacks remembered by the agent's side.
+    pub fn entries(&self) -> usize {
+        self.requested.len()
+    }
+}
+
+fn work(queue: Receiver<Job>, resolved: Resolved) {
+    let mut symbolizer = Symbolizer::new();
+    let mut renewed = Instant::now();
+    let mut forgotten_since_renewal = false;
+    while let Ok(job) = queue.recv() {
+        match job {
+            Job::Resolve {
+                pid,
+                stack_id,
+                addresses,
+            } => {
+                let frames = Arc::new(resolve(&symbolizer, pid, &addresses));
+                let mut resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
+                resolved.insert((pid, stack_id), frames);
+            }
+            Job::Forget(pids) => {
+                forgotten_since_renewal |= !pids.is_empty();
             }
         }
-        frames
+        if forgotten_since_renewal && renewed.elapsed() >= SYMBOLIZER_RENEWAL {
+            symbolizer = Symbolizer::new();
+            renewed = Instant::now();
+            forgotten_since_renewal = false;
+        }
     }
+}
+
+fn resolve(symbolizer: &Symbolizer, pid: u32, addresses: &[u64]) -> Vec<String> {
+    let source = Source::Process(Process::new(Pid::from(pid)));
+    // Resolution is best effort: never fail a report over a stack.
+    let symbolized = symbolizer
+        .symbolize(&source, Input::AbsAddr(addresses))
+        .unwrap_or_default();
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut frames = Vec::new();
+    for (index, &address) in addresses.iter().enumerate() {
+        match symbolized.get(index) {
+            Some(Symbolized::Sym(sym)) => push_symbol(&mut frames, sym),
+            _ => frames.push(module_offset(&maps, address)),
+        }
+    }
+    frames
 }
 
 /// `function (file:line)`, with inlined callees first, innermost first.
@@ -159,24 +235,9 @@ pub fn module_offset(maps: &str, address: u64) -> String {
     format!("{address:#x}")
 }
 
-/// Field 22 of `/proc/<pid>/stat`, after the parenthesised comm (which may
-/// itself contain spaces and parentheses).
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_time_survives_odd_comms() {
-        let stat =
-            "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
-        assert_eq!(parse_start_time(stat), Some(987654));
-        assert_eq!(parse_start_time("garbage"), None);
-    }
 
     #[test]
     fn unresolved_addresses_become_module_offsets() {
@@ -192,24 +253,31 @@ mod tests {
 
     /// Needs no root: this test process resolves one of its own functions.
     #[test]
-    fn resolves_a_function_of_this_process() {
+    fn resolves_a_function_of_this_process_on_the_worker() {
         #[inline(never)]
         fn marker_function_for_symbolization() -> u64 {
             marker_function_for_symbolization as *const () as u64
         }
         let address = marker_function_for_symbolization();
-        let mut symbolizer = StackSymbolizer::new();
-        let frames = symbolizer
-            .frames(std::process::id(), 1, || Some(vec![address]))
-            .unwrap();
+        let pid = std::process::id();
+        let mut worker = SymbolizerWorker::start().unwrap();
+        assert!(worker.request(pid, 1, vec![address]));
+        assert!(worker.is_requested(pid, 1));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let frames = loop {
+            if let Some(frames) = worker.frames(pid, 1) {
+                break frames;
+            }
+            assert!(Instant::now() < deadline, "never resolved");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert!(
             frames[0].contains("marker_function_for_symbolization"),
             "{frames:?}"
         );
-        // Cached: the stack is not read again.
-        let again = symbolizer
-            .frames(std::process::id(), 1, || panic!("read twice"))
-            .unwrap();
-        assert!(Arc::ptr_eq(&frames, &again));
+        assert_eq!(worker.forget(&HashSet::from([pid])), vec![1]);
+        assert!(worker.frames(pid, 1).is_none());
+        assert!(!worker.is_requested(pid, 1));
+        assert_eq!(worker.entries(), 0);
     }
 }

@@ -49,6 +49,10 @@ pub struct ProcessRow {
     pub sockets: BTreeMap<&'static str, u64>,
     /// "OLD->NEW" -> count since start.
     pub transitions: BTreeMap<String, u64>,
+    /// Exited since the last snapshot: shown once, so its last counts are
+    /// not lost, then forgotten.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
 }
 
 impl ProcessRow {
@@ -208,9 +212,6 @@ pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
     let mut rows: BTreeMap<u32, ProcessRow> = BTreeMap::new();
 
     for (pid, process) in activity.processes() {
-        if !alive(pid) {
-            continue;
-        }
         let (connects_per_s, accepts_per_s) = rates.get(&pid).copied().unwrap_or((0.0, 0.0));
         let counts = &process.counts;
         rows.insert(
@@ -225,6 +226,7 @@ pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
                 failed_connects: counts.failed_connects,
                 resets: counts.resets,
                 transitions: transition_names(counts),
+                exited: !alive(pid),
                 ..ProcessRow::default()
             },
         );
@@ -312,7 +314,9 @@ pub fn sort_rows(rows: &mut [ProcessRow], key: SortKey) {
 
 /// Applies the filter and the sort; the unattributed row and findings stay.
 pub fn select(snapshot: &mut TopSnapshot, filter: &RowFilter, key: SortKey) {
-    snapshot.processes.retain(|row| filter.keeps(row));
+    snapshot
+        .processes
+        .retain(|row| !row.exited && filter.keeps(row));
     sort_rows(&mut snapshot.processes, key);
 }
 
@@ -421,4 +425,90 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
         health.events, health.drops, health.decode_errors, health.corrections
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        decode::{Process, Transition},
+        metrics::{MetricsLimits, MetricsState},
+        tracker::{Owner, OwnerSource, TrackedTransition},
+    };
+
+    fn connect(activity: &mut Activity, tgid: u32, comm: &str, cookie: u64) {
+        activity.observe(&TrackedTransition {
+            transition: Transition {
+                timestamp_ns: 1_000,
+                cookie,
+                skaddr: cookie,
+                owner: None,
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: "127.0.0.1:80".parse().unwrap(),
+                old_state: TcpState::Close,
+                new_state: TcpState::SynSent,
+                netns_inode: None,
+                socket_inode: None,
+            },
+            owner: Some(Owner {
+                process: Process {
+                    tgid,
+                    comm: comm.into(),
+                },
+                source: OwnerSource::ProcessContext,
+            }),
+            time_in_old_state: None,
+            likely_time_wait: false,
+        });
+    }
+
+    fn snapshot(activity: &Activity, alive: &dyn Fn(u32) -> bool) -> TopSnapshot {
+        build_snapshot(SnapshotInputs {
+            activity,
+            table: &[],
+            holders: &HashMap::new(),
+            leaks: &LeakReport {
+                min_age_ms: 0,
+                leaking_sockets: 0,
+                processes: Vec::new(),
+                health: ProbeHealth::default(),
+            },
+            rates: &HashMap::new(),
+            span: Duration::ZERO,
+            alive,
+            placement: &mut |_| Placement::default(),
+        })
+    }
+
+    #[test]
+    fn a_process_that_lived_between_two_refreshes_still_counts() {
+        let mut activity = Activity::new();
+        connect(&mut activity, 10, "long-lived", 1);
+        connect(&mut activity, 11, "one-shot", 2);
+        connect(&mut activity, 11, "one-shot", 3);
+        let mut metrics = MetricsState::new(MetricsLimits::default());
+        // 11 exited before the refresh saw it alive.
+        let snap = snapshot(&activity, &|pid| pid == 10);
+        let exited: Vec<u32> = snap.processes.iter().filter(|r| r.exited).map(|r| r.pid).collect();
+        assert_eq!(exited, [11]);
+        metrics.update_transitions(&snap);
+        activity.retain_processes(|pid| !exited.contains(&pid));
+        let total = |comm: &str| {
+            metrics
+                .transition_totals()
+                .iter()
+                .filter(|((_, c), _)| c == comm)
+                .map(|(_, n)| *n)
+                .sum::<u64>()
+        };
+        assert_eq!(total("one-shot"), 2);
+        // Forgotten after, and never shown by top.
+        let mut next = snapshot(&activity, &|pid| pid == 10);
+        assert!(next.processes.iter().all(|r| r.pid == 10));
+        select(&mut next, &RowFilter::default(), SortKey::Pid);
+        assert_eq!(next.processes.len(), 1);
+        let mut with_exited = snap;
+        select(&mut with_exited, &RowFilter::default(), SortKey::Pid);
+        assert!(with_exited.processes.iter().all(|r| !r.exited));
+    }
 }

@@ -12,7 +12,8 @@ use tokio::{
 };
 
 use crate::{
-    agent::{self, TableReader},
+    agent,
+    hostread::HostReader,
     leakwatch::LeaksOptions,
     top::{RowFilter, SortKey, TopSnapshot, render_text, select},
 };
@@ -71,7 +72,7 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
     );
 
     let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
-    let mut tables = TableReader::default();
+    let mut host = HostReader::default();
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     loop {
@@ -82,8 +83,10 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => agent.drain(probe.get_mut()),
-            _ = refresh_tick.tick() => tables.start(),
-            Some(read) = tables.finished() => {
+            _ = refresh_tick.tick(), if !host.is_busy() => {
+                host.start(agent.host_request());
+            }
+            Some(read) = host.finished() => {
                 let (mut snapshot, _) = agent.refresh_with(probe.get_mut(), read, false);
                 select(&mut snapshot, &options.filter, options.sort);
                 if write_snapshot(&mut out, &snapshot, &options, live_terminal).is_err() {

@@ -56,6 +56,8 @@ struct SocketState {
 }
 
 struct Listener {
+    /// When it was seen entering LISTEN (0 for one seeded from the table).
+    since_ns: u64,
     netns_inode: Option<u32>,
     local: SocketAddr,
     owner: Process,
@@ -75,6 +77,16 @@ impl SocketTracker {
     /// Sockets currently remembered (forgotten at CLOSE).
     pub fn tracked_sockets(&self) -> usize {
         self.sockets.len()
+    }
+
+    /// Forgets sockets and listeners the kernel's table no longer lists
+    /// (their CLOSE was lost). Only those seen before the dump began:
+    /// younger ones may simply postdate it.
+    pub fn reconcile(&mut self, listed: &dyn Fn(u64) -> bool, dump_started_ns: u64) {
+        self.sockets
+            .retain(|cookie, s| s.entered_at_ns >= dump_started_ns || listed(*cookie));
+        self.listeners
+            .retain(|cookie, l| l.since_ns >= dump_started_ns || listed(*cookie));
     }
 
     pub fn observe(&mut self, mut transition: Transition) -> TrackedTransition {
@@ -168,6 +180,7 @@ impl SocketTracker {
         owner: Process,
     ) {
         self.listeners.entry(cookie).or_insert(Listener {
+            since_ns: 0,
             netns_inode,
             local,
             owner,
@@ -180,6 +193,7 @@ impl SocketTracker {
                 self.listeners.insert(
                     t.cookie,
                     Listener {
+                        since_ns: t.timestamp_ns,
                         netns_inode: t.netns_inode,
                         local: t.local,
                         owner: owner.clone(),
@@ -450,5 +464,46 @@ mod tests {
         ));
         let child = tracker.observe(transition(5, 3, Listen, SynRecv, None, "127.0.0.2:80"));
         assert_eq!(child.owner, None);
+    }
+
+    #[test]
+    fn sockets_whose_close_was_lost_are_forgotten_by_the_table() {
+        let mut tracker = SocketTracker::new();
+        let server = process(7, "server");
+        let local = "127.0.0.1:8080";
+        let owner = Some(server);
+        tracker.observe(transition(
+            1,
+            0,
+            TcpState::Close,
+            TcpState::Listen,
+            owner.clone(),
+            local,
+        ));
+        tracker.observe(transition(
+            2,
+            0,
+            TcpState::Close,
+            TcpState::SynSent,
+            owner.clone(),
+            local,
+        ));
+        tracker.observe(transition(
+            3,
+            5,
+            TcpState::Close,
+            TcpState::SynSent,
+            owner,
+            local,
+        ));
+        assert_eq!(tracker.tracked_sockets(), 3);
+        // The table, dumped at 4 ms, lists the listener only: socket 2's CLOSE
+        // was lost; socket 3 is younger than the dump.
+        tracker.reconcile(&|cookie| cookie == 1, 4 * MS);
+        assert_eq!(tracker.tracked_sockets(), 2);
+        assert_eq!(tracker.listeners.len(), 1);
+        tracker.reconcile(&|_| false, 10 * MS);
+        assert_eq!(tracker.tracked_sockets(), 0);
+        assert!(tracker.listeners.is_empty());
     }
 }

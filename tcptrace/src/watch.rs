@@ -1,6 +1,7 @@
 //! `tcptrace watch`: stream every TCP state transition until stopped.
 
 use std::{
+    collections::HashSet,
     fmt,
     io::{self, Write},
     time::Duration,
@@ -16,6 +17,7 @@ use crate::{
     clock::WallClock,
     decode::{Record, decode},
     filter::Filter,
+    hostread::{HostReader, HostRequest, states_with_files},
     output::{self, Format},
     probe::{KernelCounters, Probe, ProbeOptions},
     tracker::SocketTracker,
@@ -24,6 +26,10 @@ use crate::{
 /// How often the ring buffer is drained when the probe does not wake us: it
 /// wakes the reader only when a backlog builds up, to spare an interrupt per event.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the tracker's sockets are checked against the kernel's table:
+/// an entry whose CLOSE was lost (ring full) is forgotten then, not kept
+/// for the life of the process.
+const TRACKER_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -166,6 +172,10 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
 
     let mut tick = interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reconcile_tick = interval(TRACKER_RECONCILE_INTERVAL);
+    reconcile_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    reconcile_tick.tick().await;
+    let mut host = HostReader::default();
     let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     loop {
@@ -177,6 +187,19 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
             }
             _ = tick.tick() => {
                 probe.get_mut().drain(|bytes| pipeline.handle(bytes));
+            }
+            _ = reconcile_tick.tick(), if !host.is_busy() => {
+                host.start(HostRequest {
+                    states: states_with_files(),
+                    ..HostRequest::default()
+                });
+            }
+            Some(read) = host.finished() => {
+                probe.get_mut().drain(|bytes| pipeline.handle(bytes));
+                if read.table.is_complete() {
+                    let listed: HashSet<u64> = read.table.sockets.iter().map(|s| s.cookie).collect();
+                    pipeline.tracker.reconcile(&|cookie| listed.contains(&cookie), read.started_ns);
+                }
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,

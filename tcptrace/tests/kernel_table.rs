@@ -36,7 +36,7 @@ fn close_wait_sockets_are_found_with_cookie_inode_and_holder() {
         assert_eq!(socket.netns_inode, own);
     }
     let inodes: HashSet<u64> = found.iter().map(|s| s.inode).collect();
-    let holders = socket_holders(&inodes);
+    let holders = socket_holders(&inodes).expect("a walk of /proc");
     for inode in &inodes {
         let pids: Vec<u32> = holders[inode].iter().map(|h| h.pid).collect();
         assert_eq!(pids, vec![leaker.pid()], "holder of inode {inode}");
@@ -84,7 +84,7 @@ fn sockets_in_another_network_namespace_are_found() {
     assert_eq!(found.len(), 2, "{snapshot:#?}");
     assert!(found.iter().all(|s| s.netns_inode == their_ns));
     let inodes: HashSet<u64> = found.iter().map(|s| s.inode).collect();
-    let holders = socket_holders(&inodes);
+    let holders = socket_holders(&inodes).expect("a walk of /proc");
     assert!(
         inodes
             .iter()
