@@ -688,7 +688,7 @@ mod tests {
         monitor.apply_host(&read(3, failed, walk), None, false);
         assert_eq!(
             monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
-            [before.clone()]
+            std::slice::from_ref(&before)
         );
         assert_eq!(monitor.tracker.corrections(), 0);
         assert_eq!(monitor.health.host_read_failures, 2);

@@ -489,7 +489,12 @@ mod tests {
         let mut metrics = MetricsState::new(MetricsLimits::default());
         // 11 exited before the refresh saw it alive.
         let snap = snapshot(&activity, &|pid| pid == 10);
-        let exited: Vec<u32> = snap.processes.iter().filter(|r| r.exited).map(|r| r.pid).collect();
+        let exited: Vec<u32> = snap
+            .processes
+            .iter()
+            .filter(|r| r.exited)
+            .map(|r| r.pid)
+            .collect();
         assert_eq!(exited, [11]);
         metrics.update_transitions(&snap);
         activity.retain_processes(|pid| !exited.contains(&pid));
