@@ -28,6 +28,7 @@ pub mod report;
 pub mod serve;
 pub mod sockdiag;
 pub mod symbolize;
+pub mod terminal;
 pub mod top;
 pub mod topwatch;
 pub mod tracker;

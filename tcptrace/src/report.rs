@@ -16,6 +16,7 @@ use crate::{
     leaks::{LeakKind, Suspect},
     output::endpoint,
     symbolize::Frames,
+    terminal::sanitize,
 };
 
 /// The stacks the probe took for one socket, resolved.
@@ -351,7 +352,7 @@ fn write_stack(out: &mut String, label: &str, frames: &[String]) {
         } else {
             String::new()
         };
-        let _ = writeln!(out, "      {lead:<10} {frame}");
+        let _ = writeln!(out, "      {lead:<10} {}", sanitize(frame));
     }
     if frames.len() > TEXT_FRAMES {
         let _ = writeln!(
@@ -454,7 +455,9 @@ pub fn render_text(report: &LeakReport) -> String {
             out,
             "{:<8} {:<16} {:>10} {:>11} {:>9} {:>10} {:>13} {:>13}",
             p.pid.map_or("-".into(), |pid| pid.to_string()),
-            p.comm.as_deref().unwrap_or("(no fd: not accepted)"),
+            p.comm
+                .as_deref()
+                .map_or("(no fd: not accepted)".into(), sanitize),
             p.close_wait,
             p.closed_held,
             age_text(p.oldest_age_ms, p.oldest_age_is_lower_bound),
@@ -752,5 +755,46 @@ mod tests {
             "pre_existing"
         );
         assert_eq!(json["processes"][0]["fds_open"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_hostile_comm_or_symbol_cannot_forge_a_row() {
+        let leaks = [suspect(1, 11, "10.0.0.1:1000", 0, LeakKind::CloseWait)];
+        let refs: Vec<&Suspect> = leaks.iter().collect();
+        let mut hostile = holder(10, 3);
+        hostile.comm = "\n99999 FAKE  9".into();
+        let holders = HashMap::from([(11, vec![hostile])]);
+        let frames: Frames = std::sync::Arc::new(vec!["main\x1b]0;owned\x07".to_string()]);
+        let stacks = HashMap::from([(
+            1,
+            SocketStacks {
+                connect: Some(frames),
+                first_io: None,
+                eof: None,
+            },
+        )]);
+        let report = build_report(
+            &refs,
+            &holders,
+            &stacks,
+            10 * S,
+            Duration::ZERO,
+            &ReportFilter::default(),
+            |_| None,
+            &mut GrowthHistory::default(),
+        );
+        let text = render_text(&report);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            !text.lines().any(|line| line.starts_with("99999")),
+            "{text}"
+        );
+        assert!(text.contains("?99999 FAKE  9"), "{text}");
+        assert!(text.contains("main?]0;owned?"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["processes"][0]["comm"], "\n99999 FAKE  9");
     }
 }
