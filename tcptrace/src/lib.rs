@@ -17,6 +17,7 @@ pub mod diagnose;
 pub mod filter;
 pub mod holders;
 pub mod hostread;
+pub mod http;
 pub mod layout;
 pub mod leaks;
 pub mod leakwatch;
