@@ -140,6 +140,84 @@ impl LeakReport {
     }
 }
 
+/// How much of a report one document shows.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct PageLimits {
+    /// Processes, most leaking sockets first.
+    pub processes: usize,
+    /// Sockets per process, oldest first.
+    pub sockets_per_process: usize,
+    /// Code paths per process, most sockets first.
+    pub code_paths_per_process: usize,
+}
+
+impl PageLimits {
+    /// `serve`'s `/leaks`: a host with 100k leaks must not make every
+    /// scrape a 100 MB document.
+    pub const SERVE: Self = Self {
+        processes: 50,
+        sockets_per_process: 50,
+        code_paths_per_process: 10,
+    };
+}
+
+/// A report cut to [`PageLimits`], with the totals of the whole.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LeakPage<'a> {
+    pub min_age_ms: u64,
+    /// Of the whole report.
+    pub leaking_sockets: usize,
+    /// Process entries of the whole report (unheld sockets are one).
+    pub leaking_processes: usize,
+    /// Some processes, sockets or code paths were left out; each process's
+    /// `close_wait` and `closed_held` still count all of its sockets.
+    pub truncated: bool,
+    pub limits: PageLimits,
+    pub processes: Vec<ProcessLeaks>,
+    pub health: &'a ProbeHealth,
+}
+
+impl<'a> LeakPage<'a> {
+    pub fn new(report: &'a LeakReport, limits: PageLimits) -> Self {
+        let mut truncated = report.processes.len() > limits.processes;
+        let processes = report
+            .processes
+            .iter()
+            .take(limits.processes)
+            .map(|process| {
+                truncated |= process.sockets.len() > limits.sockets_per_process
+                    || process.code_paths.len() > limits.code_paths_per_process;
+                ProcessLeaks {
+                    sockets: process
+                        .sockets
+                        .iter()
+                        .take(limits.sockets_per_process)
+                        .cloned()
+                        .collect(),
+                    code_paths: process
+                        .code_paths
+                        .iter()
+                        .take(limits.code_paths_per_process)
+                        .cloned()
+                        .collect(),
+                    peers: process.peers.clone(),
+                    comm: process.comm.clone(),
+                    ..*process
+                }
+            })
+            .collect();
+        Self {
+            min_age_ms: report.min_age_ms,
+            leaking_sockets: report.leaking_sockets,
+            leaking_processes: report.processes.len(),
+            truncated,
+            limits,
+            processes,
+            health: &report.health,
+        }
+    }
+}
+
 /// Leak counts per process over the last minute, for growth rates.
 #[derive(Default)]
 pub struct GrowthHistory {
@@ -796,5 +874,63 @@ mod tests {
         assert!(text.contains("main?]0;owned?"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["processes"][0]["comm"], "\n99999 FAKE  9");
+    }
+
+    #[test]
+    fn a_page_keeps_the_top_processes_and_the_totals() {
+        // Process 10 + k holds k + 1 sockets.
+        let mut leaks = Vec::new();
+        let mut holders = HashMap::new();
+        let mut cookie = 0;
+        for k in 0..5u32 {
+            for fd in 0..=k {
+                cookie += 1;
+                leaks.push(suspect(
+                    cookie,
+                    100 + cookie,
+                    "10.0.0.1:1",
+                    0,
+                    LeakKind::CloseWait,
+                ));
+                holders.insert(100 + cookie, vec![holder(10 + k, fd)]);
+            }
+        }
+        let refs: Vec<&Suspect> = leaks.iter().collect();
+        let report = build_report(
+            &refs,
+            &holders,
+            &HashMap::new(),
+            10 * S,
+            Duration::ZERO,
+            &ReportFilter::default(),
+            |_| None,
+            &mut GrowthHistory::default(),
+        );
+        let limits = PageLimits {
+            processes: 2,
+            sockets_per_process: 3,
+            code_paths_per_process: 1,
+        };
+        let page = LeakPage::new(&report, limits);
+        assert!(page.truncated);
+        assert_eq!((page.leaking_sockets, page.leaking_processes), (15, 5));
+        let shown: Vec<(Option<u32>, usize, usize)> = page
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.close_wait, p.sockets.len()))
+            .collect();
+        assert_eq!(shown, [(Some(14), 5, 3), (Some(13), 4, 3)]);
+        let json = serde_json::to_value(&page).unwrap();
+        assert_eq!(json["truncated"], true);
+        assert_eq!(json["limits"]["processes"], 2);
+
+        let roomy = PageLimits {
+            processes: 5,
+            sockets_per_process: 5,
+            code_paths_per_process: 1,
+        };
+        let whole = LeakPage::new(&report, roomy);
+        assert!(!whole.truncated);
+        assert_eq!(whole.processes, report.processes);
     }
 }

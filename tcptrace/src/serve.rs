@@ -2,13 +2,9 @@
 //! for Prometheus, `/leaks` as the leak report's JSON, and each new leak as
 //! one JSON line on stderr for log pipelines.
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -19,7 +15,7 @@ use crate::{
     leakwatch::LeaksOptions,
     metrics::{MetricsLimits, MetricsState},
     probe::Probe,
-    report::LeakReport,
+    report::{LeakPage, LeakReport, PageLimits},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -83,7 +79,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     // Bind first: a taken port fails before the probe is loaded.
-    let published = Arc::new(Mutex::new(Published::default()));
+    let published = Published::default();
     let listen = http::start(options.listen, published.clone())?;
 
     let (mut probe, mut agent) = agent::start(&options.leaks)?;
@@ -101,11 +97,10 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         let mut totals = agent.totals();
         totals.kernel_maps = probe.map_occupancy();
         let text = metrics.render(&snapshot, &leaks, &totals);
-        let leaks_json = serde_json::to_string(&leaks).unwrap_or_default();
+        let leaks_json =
+            serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
         log_new_leaks(&leaks, &mut announced);
-        let mut published = published.lock().unwrap_or_else(|e| e.into_inner());
-        published.metrics = text;
-        published.leaks_json = leaks_json;
+        published.publish(Bytes::from(text), Bytes::from(leaks_json));
     };
     let first = read_host(HostRequest {
         holders: true,
