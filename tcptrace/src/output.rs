@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde::Serialize;
+use thiserror::Error;
 
 use crate::{
     terminal::sanitize,
@@ -18,6 +19,22 @@ use crate::{
 pub enum Format {
     Text,
     Json,
+}
+
+/// Our output could not be written, and not because its reader left.
+#[derive(Debug, Error)]
+#[error("writing output failed: {0}")]
+pub struct WriteFailed(#[from] pub io::Error);
+
+/// Sorts a failed write: the reader going away (`| head`) is how a
+/// pipeline ends, so stopping quietly is right; anything else (a full disk,
+/// `>/dev/full`) is an error the user must see.
+pub fn reader_gone(error: io::Error) -> Result<(), WriteFailed> {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(WriteFailed(error))
+    }
 }
 
 pub const TEXT_HEADER: &str = "TIME             PID     COMM             LOCAL                  REMOTE                 TRANSITION                    MS_IN_OLD";
