@@ -278,7 +278,10 @@ fn network_policy_admits_only_prometheus_to_the_metrics_port() {
         .filter(|line| line.trim_start().starts_with("- ") && line.contains("Selector:"))
         .collect();
     assert_eq!(from, [&"        - namespaceSelector:"], "sources admitted");
-    assert!(!policy.contains("ipBlock"), "networkpolicy.yaml admits an ipBlock");
+    assert!(
+        !policy.contains("ipBlock"),
+        "networkpolicy.yaml admits an ipBlock"
+    );
     assert!(
         read("deploy/kubernetes/daemonset.yaml").contains("app.kubernetes.io/name: tcptrace"),
         "the policy selects the DaemonSet's pods by their label"
