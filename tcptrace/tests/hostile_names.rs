@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc::channel,
     thread,
@@ -23,7 +23,7 @@ const BELL: &str = "\x1b[31mX\x07";
 
 /// The comm a process gets from the file it executes: the peer, copied
 /// under each hostile name, run as a separate process.
-fn spawn_named(dir: &PathBuf, name: &str) -> Peer {
+fn spawn_named(dir: &Path, name: &str) -> Peer {
     let path = dir.join(name);
     std::fs::copy(testpeer_path(), &path).expect("copy the test peer");
     let mut command = Command::new(&path);
