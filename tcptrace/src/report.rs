@@ -613,6 +613,24 @@ mod tests {
         }
     }
 
+    /// Everything, 10 s in, no fd usage and no history.
+    fn report_at_10s(
+        leaks: &[&Suspect],
+        holders: &HashMap<u64, Vec<Holder>>,
+        stacks: &HashMap<u64, SocketStacks>,
+    ) -> LeakReport {
+        build_report(
+            leaks,
+            holders,
+            stacks,
+            10 * S,
+            Duration::ZERO,
+            &ReportFilter::default(),
+            |_| None,
+            &mut GrowthHistory::default(),
+        )
+    }
+
     fn usage(_pid: u32) -> Option<FdUsage> {
         Some(FdUsage {
             open: 100,
@@ -762,16 +780,7 @@ mod tests {
                 },
             );
         }
-        let report = build_report(
-            &refs,
-            &holders,
-            &stacks,
-            10 * S,
-            Duration::ZERO,
-            &ReportFilter::default(),
-            |_| None,
-            &mut GrowthHistory::default(),
-        );
+        let report = report_at_10s(&refs, &holders, &stacks);
         let paths = &report.processes[0].code_paths;
         assert_eq!(paths.len(), 2, "{paths:#?}");
         assert_eq!(paths[0].sockets, 3);
@@ -851,16 +860,7 @@ mod tests {
                 eof: None,
             },
         )]);
-        let report = build_report(
-            &refs,
-            &holders,
-            &stacks,
-            10 * S,
-            Duration::ZERO,
-            &ReportFilter::default(),
-            |_| None,
-            &mut GrowthHistory::default(),
-        );
+        let report = report_at_10s(&refs, &holders, &stacks);
         let text = render_text(&report);
         assert!(
             !text.chars().any(|c| c.is_control() && c != '\n'),
@@ -896,16 +896,7 @@ mod tests {
             }
         }
         let refs: Vec<&Suspect> = leaks.iter().collect();
-        let report = build_report(
-            &refs,
-            &holders,
-            &HashMap::new(),
-            10 * S,
-            Duration::ZERO,
-            &ReportFilter::default(),
-            |_| None,
-            &mut GrowthHistory::default(),
-        );
+        let report = report_at_10s(&refs, &holders, &HashMap::new());
         let limits = PageLimits {
             processes: 2,
             sockets_per_process: 3,
