@@ -107,8 +107,8 @@ Ages marked >= are lower bounds: the socket was already leaking when first seen.
 
 #[derive(Debug, Args)]
 pub struct LeaksArgs {
-    /// How long a socket must be stuck to count as a leak, e.g. 500ms, 10s, 5m.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    /// How long a socket must be stuck to count as a leak, e.g. 500ms, 10s, 5m; 0 reports at once.
+    #[arg(long, value_parser = parse_age, default_value = "30s")]
     pub min_age: Duration,
 
     /// Observe this long, print one final report, exit.
@@ -266,8 +266,8 @@ impl WatchArgs {
 /// What `top` and `serve` share: the leak threshold and the probe.
 #[derive(Debug, Args)]
 pub struct HostArgs {
-    /// How long a socket must be stuck to count as a leak.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    /// How long a socket must be stuck to count as a leak; 0 counts it at once.
+    #[arg(long, value_parser = parse_age, default_value = "30s")]
     pub min_age: Duration,
 
     /// Code-path stacks for leaks: off, default or full (see `tcptrace leaks --help`).
@@ -313,7 +313,7 @@ pub struct TopArgs {
     pub json: bool,
 
     /// Time between refreshes.
-    #[arg(short, long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(short, long, value_parser = parse_interval, default_value = "2s")]
     pub interval: Duration,
 
     /// Stop by itself after this long, with a final snapshot.
@@ -352,7 +352,7 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 
     /// How often the kernel's table is read and the metrics recomputed.
-    #[arg(short, long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(short, long, value_parser = parse_interval, default_value = "5s")]
     pub interval: Duration,
 
     /// Comms with series of their own; the rest are folded into comm="other".
@@ -396,13 +396,28 @@ pub fn parse_state(text: &str) -> Result<TcpState, String> {
         })
 }
 
+/// A length of time, zero included.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("'{text}' is not a duration like 0, 500ms, 10s or 5m ({e})"))
+}
+
+/// How long to run (`--duration`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("'{text}' is not a duration like 500ms, 10s or 5m ({e})"))?;
+    let duration = parse_age(text)?;
     if duration.is_zero() {
         return Err("a duration of zero would stop at once".into());
     }
     Ok(duration)
+}
+
+/// Time between refreshes (`--interval`).
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_age(text)?;
+    if interval.is_zero() {
+        return Err("an interval of zero would refresh without pause".into());
+    }
+    Ok(interval)
 }
 
 pub fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
@@ -454,6 +469,9 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert!(parse_interval("0s").unwrap_err().contains("interval"));
         assert_eq!(parse_ring_buffer_size("4M"), Ok(4 << 20));
         assert_eq!(parse_ring_buffer_size("4096"), Ok(4096));
         assert_eq!(parse_ring_buffer_size("256KiB"), Ok(256 << 10));

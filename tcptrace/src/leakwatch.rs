@@ -22,7 +22,7 @@ use crate::{
     hostread::{HostRead, HostReader, HostRequest, read_host, states_with_files},
     leaks::{LeakKind, LeakTracker},
     metrics::Occupancy,
-    preflight,
+    output, preflight,
     probe::{KernelCounters, Probe, ProbeOptions},
     report::{
         FdUsage, GrowthHistory, LeakReport, ProbeHealth, ProgramHealth, ReportFilter, SocketStacks,
@@ -430,7 +430,9 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         monitor.apply_host(&read, None, true);
         // Ages are unknown without history: everything in CLOSE_WAIT now is listed.
         let report = monitor.report(Duration::ZERO);
-        write_report(&mut out, &report, json, false)?;
+        if let Err(error) = write_report(&mut out, &report, json, false) {
+            output::reader_gone(error)?;
+        }
         return Ok(LeaksOutcome {
             leaks_found: !report.is_empty(),
         });
@@ -503,8 +505,12 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
                 monitor.drain(probe.get_mut());
                 monitor.health.drops = probe.get_ref().counters().map(|c| all_drops(&c)).unwrap_or(0);
                 let report = monitor.report(min_age);
-                if write_report(&mut out, &report, json, live_terminal).is_err() {
-                    break;
+                if let Err(error) = write_report(&mut out, &report, json, live_terminal) {
+                    // The reader left: there is nobody to give a final report to.
+                    output::reader_gone(error)?;
+                    return Ok(LeaksOutcome {
+                        leaks_found: !report.is_empty(),
+                    });
                 }
             }
             _ = interrupt.recv() => break,
@@ -533,7 +539,9 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         })
         .collect();
     let report = monitor.report(min_age);
-    write_report(&mut out, &report, json, false)?;
+    if let Err(error) = write_report(&mut out, &report, json, false) {
+        output::reader_gone(error)?;
+    }
     Ok(LeaksOutcome {
         leaks_found: !report.is_empty(),
     })

@@ -11,8 +11,51 @@ const RUNTIME_ERROR: u8 = 1;
 /// `leaks --fail-on-leak` found leaks.
 const LEAKS_FOUND: u8 = 3;
 
+/// Raises the soft limit on open files to the hard one: serve keeps many
+/// connections open, and every command walks /proc and opens a socket per
+/// network namespace; the usual soft 1024 runs out on a busy host.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
+        return;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0
+        // An unlimited hard limit is more than the kernel allows (fs.nr_open):
+        // the soft limit stays, as it would have anyway.
+        && limit.rlim_max != libc::RLIM_INFINITY
+    {
+        eprintln!(
+            "tcptrace: cannot raise the open-file limit to {}: {}",
+            limit.rlim_max,
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A process filter naming no process is most likely a typo: say so.
+fn tell_if_no_process(pid: Option<u32>, watching: bool) {
+    let Some(pid) = pid else { return };
+    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return;
+    }
+    if watching {
+        eprintln!("tcptrace: no process {pid} is running now; watching for it anyway");
+    } else {
+        eprintln!("tcptrace: no process {pid} is running now");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -25,6 +68,7 @@ fn main() -> ExitCode {
     };
     match cli.into_command() {
         Command::Leaks(args) => {
+            tell_if_no_process(args.pid, !args.once);
             let fail_on_leak = args.fail_on_leak;
             match runtime.block_on(leakwatch::run(args.into_options(), io::stdout().lock())) {
                 Ok(outcome) if fail_on_leak && outcome.leaks_found => ExitCode::from(LEAKS_FOUND),
@@ -36,6 +80,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Top(args) => {
+            tell_if_no_process(args.pid, true);
             let out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
             match runtime.block_on(topwatch::run(args.into_options(), out)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -53,11 +98,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Watch(args) => {
-            if let Some(pid) = args.pid
-                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                eprintln!("tcptrace: no process {pid} is running now; watching for it anyway");
-            }
+            tell_if_no_process(args.pid, true);
             let options = args.into_options();
             // Stdout is line-buffered even into a pipe or file: one write(2)
             // per event. Buffer instead; watch flushes after every drain.

@@ -8,13 +8,33 @@ use std::{
 };
 
 use serde::Serialize;
+use thiserror::Error;
 
-use crate::tracker::{OwnerSource, TrackedTransition};
+use crate::{
+    terminal::sanitize,
+    tracker::{OwnerSource, TrackedTransition},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
+}
+
+/// Our output could not be written, and not because its reader left.
+#[derive(Debug, Error)]
+#[error("writing output failed: {0}")]
+pub struct WriteFailed(#[from] pub io::Error);
+
+/// Sorts a failed write: the reader going away (`| head`) is how a
+/// pipeline ends, so stopping quietly is right; anything else (a full disk,
+/// `>/dev/full`) is an error the user must see.
+pub fn reader_gone(error: io::Error) -> Result<(), WriteFailed> {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(WriteFailed(error))
+    }
 }
 
 pub const TEXT_HEADER: &str = "TIME             PID     COMM             LOCAL                  REMOTE                 TRANSITION                    MS_IN_OLD";
@@ -36,10 +56,13 @@ pub fn text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
         // "~": inferred from the listening socket, see the README.
         Some(owner) if owner.source == OwnerSource::Listener => (
             format!("~{}", owner.process.tgid),
-            owner.process.comm.as_str(),
+            sanitize(&owner.process.comm),
         ),
-        Some(owner) => (owner.process.tgid.to_string(), owner.process.comm.as_str()),
-        None => ("-".to_owned(), "-"),
+        Some(owner) => (
+            owner.process.tgid.to_string(),
+            sanitize(&owner.process.comm),
+        ),
+        None => ("-".to_owned(), "-".into()),
     };
     let transition = format!(
         "{} -> {}{}",
@@ -240,5 +263,19 @@ mod tests {
         let inferred = text_line(&sample(Some(OwnerSource::Listener)), at());
         assert!(inferred.contains(" ~321 "), "{inferred}");
         assert!(endpoint("[::1]:80".parse().unwrap()) == "[::1]:80");
+    }
+
+    #[test]
+    fn a_hostile_comm_is_one_field_in_text_and_exact_in_json() {
+        let mut tracked = sample(Some(OwnerSource::ProcessContext));
+        let hostile = "\n99999 FAKE\x1b[2J\x07";
+        if let Some(owner) = tracked.owner.as_mut() {
+            owner.process.comm = hostile.into();
+        }
+        let line = text_line(&tracked, at());
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains(" ?99999 FAKE?[2J? "), "{line:?}");
+        let value: serde_json::Value = serde_json::from_str(&json_line(&tracked, at())).unwrap();
+        assert_eq!(value["comm"], hostile);
     }
 }

@@ -16,7 +16,7 @@ pub const MINIMUM_KERNEL: (u32, u32) = (5, 15);
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PreflightError {
     #[error(
-        "tcptrace needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF probe: run it with sudo"
+        "needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF probe: run it with sudo"
     )]
     NotPrivileged,
     #[error(

@@ -16,6 +16,7 @@ use crate::{
     leaks::{LeakKind, Suspect},
     output::endpoint,
     symbolize::Frames,
+    terminal::sanitize,
 };
 
 /// The stacks the probe took for one socket, resolved.
@@ -136,6 +137,84 @@ pub struct LeakReport {
 impl LeakReport {
     pub fn is_empty(&self) -> bool {
         self.leaking_sockets == 0
+    }
+}
+
+/// How much of a report one document shows.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct PageLimits {
+    /// Processes, most leaking sockets first.
+    pub processes: usize,
+    /// Sockets per process, oldest first.
+    pub sockets_per_process: usize,
+    /// Code paths per process, most sockets first.
+    pub code_paths_per_process: usize,
+}
+
+impl PageLimits {
+    /// `serve`'s `/leaks`: a host with 100k leaks must not make every
+    /// scrape a 100 MB document.
+    pub const SERVE: Self = Self {
+        processes: 50,
+        sockets_per_process: 50,
+        code_paths_per_process: 10,
+    };
+}
+
+/// A report cut to [`PageLimits`], with the totals of the whole.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LeakPage<'a> {
+    pub min_age_ms: u64,
+    /// Of the whole report.
+    pub leaking_sockets: usize,
+    /// Process entries of the whole report (unheld sockets are one).
+    pub leaking_processes: usize,
+    /// Some processes, sockets or code paths were left out; each process's
+    /// `close_wait` and `closed_held` still count all of its sockets.
+    pub truncated: bool,
+    pub limits: PageLimits,
+    pub processes: Vec<ProcessLeaks>,
+    pub health: &'a ProbeHealth,
+}
+
+impl<'a> LeakPage<'a> {
+    pub fn new(report: &'a LeakReport, limits: PageLimits) -> Self {
+        let mut truncated = report.processes.len() > limits.processes;
+        let processes = report
+            .processes
+            .iter()
+            .take(limits.processes)
+            .map(|process| {
+                truncated |= process.sockets.len() > limits.sockets_per_process
+                    || process.code_paths.len() > limits.code_paths_per_process;
+                ProcessLeaks {
+                    sockets: process
+                        .sockets
+                        .iter()
+                        .take(limits.sockets_per_process)
+                        .cloned()
+                        .collect(),
+                    code_paths: process
+                        .code_paths
+                        .iter()
+                        .take(limits.code_paths_per_process)
+                        .cloned()
+                        .collect(),
+                    peers: process.peers.clone(),
+                    comm: process.comm.clone(),
+                    ..*process
+                }
+            })
+            .collect();
+        Self {
+            min_age_ms: report.min_age_ms,
+            leaking_sockets: report.leaking_sockets,
+            leaking_processes: report.processes.len(),
+            truncated,
+            limits,
+            processes,
+            health: &report.health,
+        }
     }
 }
 
@@ -351,7 +430,7 @@ fn write_stack(out: &mut String, label: &str, frames: &[String]) {
         } else {
             String::new()
         };
-        let _ = writeln!(out, "      {lead:<10} {frame}");
+        let _ = writeln!(out, "      {lead:<10} {}", sanitize(frame));
     }
     if frames.len() > TEXT_FRAMES {
         let _ = writeln!(
@@ -454,7 +533,9 @@ pub fn render_text(report: &LeakReport) -> String {
             out,
             "{:<8} {:<16} {:>10} {:>11} {:>9} {:>10} {:>13} {:>13}",
             p.pid.map_or("-".into(), |pid| pid.to_string()),
-            p.comm.as_deref().unwrap_or("(no fd: not accepted)"),
+            p.comm
+                .as_deref()
+                .map_or("(no fd: not accepted)".into(), sanitize),
             p.close_wait,
             p.closed_held,
             age_text(p.oldest_age_ms, p.oldest_age_is_lower_bound),
@@ -530,6 +611,24 @@ mod tests {
             comm: format!("proc{pid}"),
             fd,
         }
+    }
+
+    /// Everything, 10 s in, no fd usage and no history.
+    fn report_at_10s(
+        leaks: &[&Suspect],
+        holders: &HashMap<u64, Vec<Holder>>,
+        stacks: &HashMap<u64, SocketStacks>,
+    ) -> LeakReport {
+        build_report(
+            leaks,
+            holders,
+            stacks,
+            10 * S,
+            Duration::ZERO,
+            &ReportFilter::default(),
+            |_| None,
+            &mut GrowthHistory::default(),
+        )
     }
 
     fn usage(_pid: u32) -> Option<FdUsage> {
@@ -681,16 +780,7 @@ mod tests {
                 },
             );
         }
-        let report = build_report(
-            &refs,
-            &holders,
-            &stacks,
-            10 * S,
-            Duration::ZERO,
-            &ReportFilter::default(),
-            |_| None,
-            &mut GrowthHistory::default(),
-        );
+        let report = report_at_10s(&refs, &holders, &stacks);
         let paths = &report.processes[0].code_paths;
         assert_eq!(paths.len(), 2, "{paths:#?}");
         assert_eq!(paths[0].sockets, 3);
@@ -752,5 +842,86 @@ mod tests {
             "pre_existing"
         );
         assert_eq!(json["processes"][0]["fds_open"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_hostile_comm_or_symbol_cannot_forge_a_row() {
+        let leaks = [suspect(1, 11, "10.0.0.1:1000", 0, LeakKind::CloseWait)];
+        let refs: Vec<&Suspect> = leaks.iter().collect();
+        let mut hostile = holder(10, 3);
+        hostile.comm = "\n99999 FAKE  9".into();
+        let holders = HashMap::from([(11, vec![hostile])]);
+        let frames: Frames = std::sync::Arc::new(vec!["main\x1b]0;owned\x07".to_string()]);
+        let stacks = HashMap::from([(
+            1,
+            SocketStacks {
+                connect: Some(frames),
+                first_io: None,
+                eof: None,
+            },
+        )]);
+        let report = report_at_10s(&refs, &holders, &stacks);
+        let text = render_text(&report);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            !text.lines().any(|line| line.starts_with("99999")),
+            "{text}"
+        );
+        assert!(text.contains("?99999 FAKE  9"), "{text}");
+        assert!(text.contains("main?]0;owned?"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["processes"][0]["comm"], "\n99999 FAKE  9");
+    }
+
+    #[test]
+    fn a_page_keeps_the_top_processes_and_the_totals() {
+        // Process 10 + k holds k + 1 sockets.
+        let mut leaks = Vec::new();
+        let mut holders = HashMap::new();
+        let mut cookie = 0;
+        for k in 0..5u32 {
+            for fd in 0..=k {
+                cookie += 1;
+                leaks.push(suspect(
+                    cookie,
+                    100 + cookie,
+                    "10.0.0.1:1",
+                    0,
+                    LeakKind::CloseWait,
+                ));
+                holders.insert(100 + cookie, vec![holder(10 + k, fd)]);
+            }
+        }
+        let refs: Vec<&Suspect> = leaks.iter().collect();
+        let report = report_at_10s(&refs, &holders, &HashMap::new());
+        let limits = PageLimits {
+            processes: 2,
+            sockets_per_process: 3,
+            code_paths_per_process: 1,
+        };
+        let page = LeakPage::new(&report, limits);
+        assert!(page.truncated);
+        assert_eq!((page.leaking_sockets, page.leaking_processes), (15, 5));
+        let shown: Vec<(Option<u32>, usize, usize)> = page
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.close_wait, p.sockets.len()))
+            .collect();
+        assert_eq!(shown, [(Some(14), 5, 3), (Some(13), 4, 3)]);
+        let json = serde_json::to_value(&page).unwrap();
+        assert_eq!(json["truncated"], true);
+        assert_eq!(json["limits"]["processes"], 2);
+
+        let roomy = PageLimits {
+            processes: 5,
+            sockets_per_process: 5,
+            code_paths_per_process: 1,
+        };
+        let whole = LeakPage::new(&report, roomy);
+        assert!(!whole.truncated);
+        assert_eq!(whole.processes, report.processes);
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     holders::Holder,
     report::{LeakReport, ProbeHealth},
     sockdiag::KernelSocket,
+    terminal::sanitize,
 };
 
 /// Where a process runs, as far as the host can tell.
@@ -355,11 +356,11 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
     for row in snapshot.processes.iter().take(max_rows) {
         table.add_row([
             Cell::new(row.pid),
-            Cell::new(&row.comm),
+            Cell::new(sanitize(&row.comm)),
             Cell::new(if row.container.is_empty() {
-                "-"
+                "-".into()
             } else {
-                &row.container
+                sanitize(&row.container)
             }),
             Cell::new(rate(row.connects_per_s)),
             Cell::new(rate(row.accepts_per_s)),
@@ -412,8 +413,8 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
                 "  [{}] {} {}: {}\n      {}",
                 finding.severity.name(),
                 finding.kind.name(),
-                finding.subject,
-                finding.evidence,
+                sanitize(&finding.subject),
+                sanitize(&finding.evidence),
                 finding.advice
             );
         }

@@ -15,6 +15,7 @@ use crate::{
     agent,
     hostread::HostReader,
     leakwatch::LeaksOptions,
+    output,
     top::{RowFilter, SortKey, TopSnapshot, render_text, select},
 };
 
@@ -89,8 +90,8 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
             Some(read) = host.finished() => {
                 let (mut snapshot, _) = agent.refresh_with(probe.get_mut(), read, false);
                 select(&mut snapshot, &options.filter, options.sort);
-                if write_snapshot(&mut out, &snapshot, &options, live_terminal).is_err() {
-                    // The reader went away (a closed pipe): nothing to show to.
+                if let Err(error) = write_snapshot(&mut out, &snapshot, &options, live_terminal) {
+                    output::reader_gone(error)?;
                     return Ok(());
                 }
             }
@@ -101,6 +102,8 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
     }
     let (mut snapshot, _) = agent.refresh(probe.get_mut(), false);
     select(&mut snapshot, &options.filter, options.sort);
-    write_snapshot(&mut out, &snapshot, &options, false)?;
+    if let Err(error) = write_snapshot(&mut out, &snapshot, &options, false) {
+        output::reader_gone(error)?;
+    }
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::{
     decode::{Record, decode},
     filter::Filter,
     hostread::{HostReader, HostRequest, states_with_files},
-    output::{self, Format},
+    output::{self, Format, WriteFailed},
     probe::{KernelCounters, Probe, ProbeOptions},
     tracker::SocketTracker,
 };
@@ -91,8 +91,10 @@ struct Pipeline<W: Write> {
     clock: WallClock,
     out: W,
     summary: WatchSummary,
-    /// Set when the reader of our output went away (`| head`): stop quietly.
+    /// Set when our output cannot be written any more: the reader went
+    /// away (`| head`, stop quietly) or a write failed (`write_error`).
     output_closed: bool,
+    write_error: Option<WriteFailed>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -137,8 +139,8 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn note_write_error(&mut self, error: io::Error) {
-        if error.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("tcptrace: writing output failed: {error}");
+        if let Err(failed) = output::reader_gone(error) {
+            self.write_error.get_or_insert(failed);
         }
         self.output_closed = true;
     }
@@ -159,6 +161,7 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
         out,
         summary: WatchSummary::default(),
         output_closed: false,
+        write_error: None,
     };
     eprintln!("tcptrace: watching TCP state transitions; Ctrl-C to stop");
     for notice in &probe.get_ref().notices {
@@ -213,6 +216,9 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
     // What the probe wrote before we stopped is still owed to the user.
     probe.get_mut().drain(|bytes| pipeline.handle(bytes));
     pipeline.flush();
+    if let Some(failed) = pipeline.write_error {
+        return Err(failed.into());
+    }
 
     let probe = probe.get_ref();
     pipeline.summary.kernel = probe.counters()?;
@@ -239,6 +245,7 @@ mod tests {
             out: Vec::new(),
             summary: WatchSummary::default(),
             output_closed: false,
+            write_error: None,
         }
     }
 

@@ -204,6 +204,8 @@ fn daemonset_and_unit_name_the_serve_command() {
         "ProtectSystem=strict",
         "ProtectHome=read-only",
         "PrivateTmp=yes",
+        // serve's connections and namespace sockets need more than 1024.
+        "LimitNOFILE=65536",
     ] {
         assert!(
             settings.contains(&expected),
@@ -242,6 +244,50 @@ fn daemonset_and_unit_name_the_serve_command() {
     let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
     assert_eq!(ambient, expected, "tcptrace.service AmbientCapabilities");
     assert_eq!(bounding, expected, "tcptrace.service CapabilityBoundingSet");
+}
+
+#[test]
+fn network_policy_admits_only_prometheus_to_the_metrics_port() {
+    let policy = read("deploy/kubernetes/networkpolicy.yaml");
+    let lines: Vec<&str> = policy
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+        .collect();
+    for expected in [
+        "apiVersion: networking.k8s.io/v1",
+        "kind: NetworkPolicy",
+        "  namespace: tcptrace",
+        // The DaemonSet's pods, by the label the DaemonSet gives them.
+        "      app.kubernetes.io/name: tcptrace",
+        "    - Ingress",
+        "            matchLabels:",
+        "              kubernetes.io/metadata.name: monitoring",
+        "        - protocol: TCP",
+        "          port: 9464",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "networkpolicy.yaml lacks `{expected}`"
+        );
+    }
+    // One source, and it is a namespace: no ipBlock, no bare podSelector
+    // that would admit more.
+    let from: Vec<&&str> = lines
+        .iter()
+        .filter(|line| line.trim_start().starts_with("- ") && line.contains("Selector:"))
+        .collect();
+    assert_eq!(from, [&"        - namespaceSelector:"], "sources admitted");
+    assert!(
+        !policy.contains("ipBlock"),
+        "networkpolicy.yaml admits an ipBlock"
+    );
+    assert!(
+        read("deploy/kubernetes/daemonset.yaml").contains("app.kubernetes.io/name: tcptrace"),
+        "the policy selects the DaemonSet's pods by their label"
+    );
+    // Indentation is YAML's structure: a tab would make the file invalid.
+    assert!(!policy.contains('\t'), "networkpolicy.yaml has a tab");
 }
 
 /// The items of the `add:` list, each with whether a comment is on its line

@@ -444,6 +444,10 @@ impl ServeRun {
         http_get(&self.address, path)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.agent.child.id()
+    }
+
     /// Stops it with SIGTERM; returns its stderr lines after a clean exit.
     pub fn stop(self) -> Vec<String> {
         // SAFETY: signalling our own child process.
