@@ -273,6 +273,10 @@ pub struct CallSiteKey {
 
 const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 16);
 
+// SAFETY: plain old data: integers only, no padding (asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CallSiteKey {}
+
 /// `ProbeConfig::stack_level`.
 pub const STACKS_OFF: u32 = 0;
 /// One stack per (process, kind, call site).
@@ -296,7 +300,8 @@ const _: () = assert!(core::mem::size_of::<SocketOwner>() == 20);
 pub enum Counter {
     /// The ring buffer was full: the transition was dropped.
     RingReserveFailed = 0,
-    /// The owner map was full: the owner of that socket is lost (shown unknown).
+    /// The kernel could not allocate a socket's storage (out of memory):
+    /// its owner is lost (shown unknown), and its stacks may be taken twice.
     OwnerInsertFailed = 1,
     /// A transition of a non-TCP socket (MPTCP, SCTP) that was skipped.
     NotTcp = 2,
@@ -412,10 +417,6 @@ impl ProbeConfig {
 unsafe impl aya::Pod for ProbeConfig {}
 
 /// Names shared by the program and the loader.
-/// In the probe's per-socket receive map, the count of EOF reads in
-/// CLOSE_WAIT sits above this many bits of stack-taken flags.
-pub const EOF_READ_SHIFT: u32 = 8;
-
 pub mod names {
     pub const PROGRAM: &str = "inet_sock_set_state";
     pub const TRACEPOINT: &str = "inet_sock_set_state";
@@ -429,9 +430,9 @@ pub mod names {
     pub const ACCEPT_FUNCTION: &str = "inet_csk_accept";
     pub const STACKS_MAP: &str = "STACKS";
     pub const EVENTS_MAP: &str = "EVENTS";
-    pub const OWNERS_MAP: &str = "OWNERS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
-    pub const SOCKET_RECV_MAP: &str = "SOCKET_RECV";
+    pub const EOF_READS_MAP: &str = "EOF_READS";
+    pub const CALL_SITE_STACKS_MAP: &str = "CALL_SITE_STACKS";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 

@@ -10,26 +10,28 @@
 use core::{
     ffi::c_void,
     mem::size_of,
-    ptr::{addr_of_mut, read_volatile},
+    ptr::{addr_of_mut, null_mut, read_volatile},
 };
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_ANY, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
     },
+    btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_socket_cookie, bpf_get_stackid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_probe_read_user, bpf_sk_storage_get, bpf_task_pt_regs,
     },
-    macros::{btf_tracepoint, fexit, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    macros::{btf_map, btf_tracepoint, fexit, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{BtfTracePointContext, FExitContext},
 };
 use tcptrace_common::{
-    AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, EOF_READ_SHIFT, IPPROTO_TCP,
-    ProbeConfig, RecordKind, STACKS_EVERY_SOCKET, STACKS_OFF, SocketOwner, StackKind, StackRecord,
+    AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig,
+    RecordKind, STACKS_EVERY_SOCKET, STACKS_OFF, SocketOwner, StackKind, StackRecord,
     TASK_COMM_LEN, TcpState, TransitionRecord,
 };
 
@@ -41,9 +43,21 @@ static PROBE_CONFIG: ProbeConfig = ProbeConfig::UNSET;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Socket cookie -> the process seen owning it at a process-context transition.
-#[map]
-static OWNERS: HashMap<u64, SocketOwner> = HashMap::with_max_entries(65536, 0);
+/// What the probe keeps per socket, in the socket itself: the kernel frees
+/// it with the socket, so nothing is inserted or deleted per connection and
+/// nothing can be left behind by a CLOSE the program did not see.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SocketState {
+    /// The process seen owning it at a process-context transition (tgid 0:
+    /// none yet).
+    owner: SocketOwner,
+    /// STACK_TAKEN_* bits.
+    stacks_taken: u32,
+}
+
+#[btf_map]
+static SOCKETS: SkStorage<SocketState> = SkStorage::new();
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -57,15 +71,15 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 static CALL_SITE_STACKS: LruHashMap<CallSiteKey, i64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Socket cookie -> which of its stacks were taken (STACK_TAKEN_* bits) and,
-/// above EOF_READ_SHIFT, how many reads returned EOF in CLOSE_WAIT: the agent
-/// reads the count of its CLOSE_WAIT sockets to find code spinning on EOF.
-/// LRU: cookies are never reused, so stale entries only age out.
+/// Socket cookie -> reads that returned EOF in CLOSE_WAIT. Written only
+/// from a CLOSE_WAIT socket's first EOF read on, so it holds the CLOSE_WAIT
+/// sockets the agent asks about (code spinning on EOF); LRU, since cookies
+/// are never reused and a closed socket's count is never read again.
 #[map]
-static SOCKET_RECV: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
-const STACK_TAKEN_FIRST_IO: u64 = 1;
-const STACK_TAKEN_EOF: u64 = 2;
+const STACK_TAKEN_FIRST_IO: u32 = 1;
+const STACK_TAKEN_EOF: u32 = 2;
 /// Frames of the frame-pointer chain hashed into a call site.
 const CALL_SITE_DEPTH: usize = 4;
 
@@ -131,9 +145,7 @@ fn remember_accepting_owner(accepted: *const u8) {
         Ok(IPPROTO_TCP) => {}
         _ => return,
     }
-    // SAFETY: a socket pointer the kernel just returned from accept.
-    let cookie = unsafe { bpf_get_socket_cookie(accepted as *mut c_void) };
-    remember_owner(cookie, &current_task());
+    remember_owner(accepted, &current_task());
 }
 
 /// Every recvmsg on every socket: the fast path leaves as soon as it knows
@@ -150,46 +162,70 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
         Ok(IPPROTO_TCP) => {}
         _ => return 0,
     }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let entry = SOCKET_RECV.get_ptr_mut(cookie);
-    // SAFETY: a live map value. Updates are plain read-modify-writes: two
-    // CPUs reading one socket at once can lose an EOF count (a lower bound)
-    // or take a stack twice, never more.
-    let seen = entry.map_or(0, |e| unsafe { *e });
     let (kind, bit) = if ret == 0 {
         // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
         if read_field::<u8>(sk, config!(state_offset)) != Ok(CLOSE_WAIT) {
             return 0;
         }
-        if seen & STACK_TAKEN_EOF != 0 {
-            if let Some(e) = entry {
-                // SAFETY: as above.
-                unsafe { *e = seen.saturating_add(1 << EOF_READ_SHIFT) };
-            }
-            return 0;
-        }
         (StackKind::Eof, STACK_TAKEN_EOF)
     } else {
-        if seen & STACK_TAKEN_FIRST_IO != 0 {
-            return 0;
-        }
         (StackKind::FirstIo, STACK_TAKEN_FIRST_IO)
     };
-    let eof_read = if kind == StackKind::Eof {
-        1 << EOF_READ_SHIFT
+    let Some(state) = socket_state(sk, true) else {
+        count(Counter::OwnerInsertFailed);
+        return 0;
+    };
+    let taken = state.stacks_taken & bit != 0;
+    if taken && kind == StackKind::FirstIo {
+        return 0;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    if kind == StackKind::Eof {
+        count_eof_read(cookie);
+    }
+    if taken {
+        return 0;
+    }
+    // Plain read-modify-write: two CPUs reading one socket at once can take
+    // a stack twice, never miss one.
+    state.stacks_taken |= bit;
+    take_stack(&ctx, cookie, kind);
+    0
+}
+
+fn count_eof_read(cookie: u64) {
+    match EOF_READS.get_ptr_mut(cookie) {
+        // SAFETY: a live map value. Concurrent increments can lose one: the
+        // count is a lower bound.
+        Some(count) => unsafe { *count = (*count).saturating_add(1) },
+        None => {
+            let _ = EOF_READS.insert(cookie, 1, BPF_NOEXIST as u64);
+        }
+    }
+}
+
+/// The probe's storage in `sk`; with `create`, allocated (zeroed) if it is
+/// not there yet. `sk` must be a BTF-typed socket pointer the kernel gave.
+fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut SocketState> {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
     } else {
         0
     };
-    match entry {
-        // SAFETY: as above.
-        Some(e) => unsafe { *e = (seen | bit) + eof_read },
-        None => {
-            let _ = SOCKET_RECV.insert(cookie, bit + eof_read, BPF_ANY as u64);
-        }
-    }
-    take_stack(&ctx, cookie, kind);
-    0
+    // SAFETY: the map is a socket storage map of SocketState, `sk` a socket
+    // pointer the kernel typed from BTF; the helper returns a pointer to the
+    // storage, valid for this program run, or null.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            &raw const SOCKETS as *mut c_void,
+            sk as *mut c_void,
+            null_mut(),
+            flags,
+        )
+    } as *mut SocketState;
+    // SAFETY: non-null storage of the right type (see above).
+    unsafe { state.as_mut() }
 }
 
 /// Sends the current user stack for `cookie`. At the default level a stack
@@ -295,7 +331,7 @@ fn record_transition(
 
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let owner = track_owner(cookie, old_state, new_state);
+    let owner = track_owner(sk, old_state, new_state);
 
     if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
@@ -352,43 +388,32 @@ fn record_transition(
     Ok(Some(cookie))
 }
 
-/// The owner of `cookie` after this transition: the current task where the
+/// The owner of `sk` after this transition: the current task where the
 /// transition runs in the owner's syscall, otherwise whatever an earlier
 /// process-context transition recorded (or unknown, tgid 0).
-fn track_owner(cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
-    let owner = if TcpState::runs_in_owner_context(old_state, new_state) {
+fn track_owner(sk: *const u8, old_state: u8, new_state: u8) -> SocketOwner {
+    if TcpState::runs_in_owner_context(old_state, new_state) {
         let current = current_task();
         if new_state != CLOSE {
-            remember_owner(cookie, &current);
+            remember_owner(sk, &current);
         }
-        current
-    } else {
-        // SAFETY: the value is copied out at once; a concurrent update can at
-        // worst mix two owners' bytes for one event, never fault.
-        match unsafe { OWNERS.get(cookie) } {
-            Some(owner) => *owner,
-            None => SocketOwner {
-                comm: [0; TASK_COMM_LEN],
-                tgid: 0,
-            },
-        }
-    };
-    if new_state == CLOSE {
-        // Cookies are never reused, but the map is bounded: forget closed sockets.
-        let _ = OWNERS.remove(cookie);
+        return current;
     }
-    owner
+    match socket_state(sk, false) {
+        // A concurrent update can at worst mix two owners' bytes for one
+        // event, never fault.
+        Some(state) => state.owner,
+        None => SocketOwner {
+            comm: [0; TASK_COMM_LEN],
+            tgid: 0,
+        },
+    }
 }
 
-fn remember_owner(cookie: u64, owner: &SocketOwner) {
-    if let Some(slot) = OWNERS.get_ptr_mut(cookie) {
-        // SAFETY: a live map value of the right type; overwriting in place
-        // avoids the cost of a delete and re-insert.
-        unsafe { *slot = *owner };
-        return;
-    }
-    if OWNERS.insert(cookie, owner, BPF_ANY as u64).is_err() {
-        count(Counter::OwnerInsertFailed);
+fn remember_owner(sk: *const u8, owner: &SocketOwner) {
+    match socket_state(sk, true) {
+        Some(state) => state.owner = *owner,
+        None => count(Counter::OwnerInsertFailed),
     }
 }
 

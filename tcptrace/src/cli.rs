@@ -12,7 +12,7 @@ use crate::{
     output::Format,
     probe::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
-        validate_ring_buffer_bytes,
+        validate_max_sockets, validate_ring_buffer_bytes,
     },
     report::ReportFilter,
     serve::{DEFAULT_LISTEN, ServeOptions},
@@ -147,14 +147,16 @@ pub struct LeaksArgs {
 /// Sizes of the probe's kernel buffers, shared by every command.
 #[derive(Debug, Args)]
 pub struct KernelArgs {
-    /// Kernel ring buffer size: a power of two of at least 4K, e.g. 4M.
+    /// Kernel ring buffer size: a power of two from 4K to 256M, e.g. 4M.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_size,
           default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
 
-    /// Sockets whose owner the kernel probe can remember at once.
+    /// CLOSE_WAIT sockets whose EOF reads the probe counts at once (for the
+    /// EOF-spin diagnosis; about 80 bytes of kernel memory each, up to 4194304).
+    /// Owners need no room: the probe keeps them in each socket.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = parse_max_sockets)]
     pub max_sockets: u32,
 }
 
@@ -420,6 +422,14 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+pub fn parse_max_sockets(text: &str) -> Result<u32, String> {
+    let sockets: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of sockets"))?;
+    validate_max_sockets(sockets).map_err(|e| e.to_string())
+}
+
 pub fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
     let trimmed = text.trim();
     let (digits, multiplier) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
@@ -474,6 +484,18 @@ mod tests {
         assert!(parse_interval("0s").unwrap_err().contains("interval"));
         assert_eq!(parse_ring_buffer_size("4M"), Ok(4 << 20));
         assert_eq!(parse_ring_buffer_size("4096"), Ok(4096));
+        let too_big = parse_ring_buffer_size("1G").unwrap_err();
+        assert!(
+            too_big.contains("1024 MiB") && too_big.contains("256 MiB"),
+            "{too_big}"
+        );
+        assert_eq!(parse_max_sockets("65536"), Ok(65536));
+        let too_many = parse_max_sockets("100000000").unwrap_err();
+        assert!(
+            too_many.contains("about 7629 MiB") && too_many.contains("at most 4194304"),
+            "{too_many}"
+        );
+        assert!(parse_max_sockets("0").is_err());
         assert_eq!(parse_ring_buffer_size("256KiB"), Ok(256 << 10));
         assert!(parse_ring_buffer_size("3M").is_err(), "not a power of two");
         assert!(parse_ring_buffer_size("8G").is_err(), "too large");

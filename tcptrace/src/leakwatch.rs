@@ -228,7 +228,7 @@ impl Monitor {
     /// the holders, and which processes are gone. Call only after draining
     /// every event written before `read.started_ns`. A read that failed
     /// changes nothing it could not see: suspects stay, with their ages.
-    pub(crate) fn apply_host(&mut self, read: &HostRead, probe: Option<&Probe>, startup: bool) {
+    pub(crate) fn apply_host(&mut self, read: &HostRead, probe: Option<&mut Probe>, startup: bool) {
         let table = &read.table;
         self.health.unreadable_namespaces = table.unreadable.len();
         if let Some(error) = &table.failed {
@@ -313,7 +313,7 @@ impl Monitor {
     /// in the probe's maps (an id still used by a live process stays). A
     /// process must be missing from two walks in a row: one that began
     /// before it was born does not list it.
-    fn forget_exited(&mut self, alive: &HashSet<u32>, probe: Option<&Probe>) {
+    fn forget_exited(&mut self, alive: &HashSet<u32>, probe: Option<&mut Probe>) {
         let missing: HashSet<u32> = self
             .symbolizer
             .processes()
@@ -454,7 +454,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
 
     let read = read_host(monitor.host_request(&[TcpState::CloseWait]));
     monitor.drain(probe.get_mut());
-    monitor.apply_host(&read, Some(probe.get_ref()), true);
+    monitor.apply_host(&read, Some(probe.get_mut()), true);
     eprintln!(
         "tcptrace: watching for TCP socket leaks (CLOSE_WAIT or closed but held for >= {}); Ctrl-C to stop",
         humantime::format_duration(min_age)
@@ -496,7 +496,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
             }
             Some(read) = host.finished() => {
                 monitor.drain(probe.get_mut());
-                monitor.apply_host(&read, Some(probe.get_ref()), false);
+                monitor.apply_host(&read, Some(probe.get_mut()), false);
                 if pruning {
                     monitor.prune_stacks(&read.table, read.started_ns);
                 }
@@ -524,7 +524,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         ..monitor.host_request(&[TcpState::CloseWait])
     });
     monitor.drain(probe.get_mut());
-    monitor.apply_host(&read, Some(probe.get_ref()), false);
+    monitor.apply_host(&read, Some(probe.get_mut()), false);
     let counters = probe.get_ref().counters()?;
     monitor.health.drops = all_drops(&counters);
     monitor.health.programs = probe

@@ -3,6 +3,7 @@
 //! the integration tests load the probe through it too.
 
 use std::{
+    collections::HashSet,
     os::fd::{AsFd, AsRawFd, RawFd},
     time::Duration,
 };
@@ -13,13 +14,14 @@ use aya::{
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
-    COUNTER_SLOTS, Counter, EOF_READ_SHIFT, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
+    COUNTER_SLOTS, CallSiteKey, Counter, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
 };
 use thiserror::Error;
 
 use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
     layout::{self, LayoutError},
+    metrics::Occupancy,
     preflight::{self, PreflightError},
 };
 
@@ -29,6 +31,18 @@ static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub const PAGE_SIZE: u32 = 4096;
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+/// The largest ring buffer accepted: at 72 bytes a transition, seconds of a
+/// churning host's events; more only pins kernel memory.
+pub const MAX_RING_BUFFER_BYTES: u32 = 256 * 1024 * 1024;
+/// The largest `--max-sockets`: the EOF-count map, preallocated by the
+/// kernel, then takes about `MAX_SOCKETS * SOCKET_ENTRY_BYTES`.
+pub const MAX_MAX_SOCKETS: u32 = 1 << 22;
+/// Kernel memory per entry of a preallocated LRU hash of u64 -> u64: the
+/// map's `memlock` in /proc/PID/fdinfo on 6.18 (83886976 bytes for 1 Mi entries).
+pub const SOCKET_ENTRY_BYTES: u64 = 80;
+/// Stacks of the stack map: a fixed bound.
+const STACK_MAP_ENTRIES: u32 = 16384;
+const CALL_SITE_ENTRIES: u32 = 16384;
 
 /// Which user stacks the probe takes, and so what it costs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,7 +62,9 @@ pub enum StackLevel {
 pub struct ProbeOptions {
     /// A power of two, at least one page.
     pub ring_buffer_bytes: u32,
-    /// Capacity of the in-kernel owner map.
+    /// Capacity of the in-kernel map of EOF-read counts (CLOSE_WAIT sockets
+    /// read at EOF at once). Owners need no capacity: they live in each
+    /// socket's own storage.
     pub max_sockets: u32,
     pub owner_tgid_filter: Option<u32>,
     pub port_filter: Option<u16>,
@@ -87,6 +103,18 @@ pub enum ProbeError {
     Layout(#[from] LayoutError),
     #[error("ring buffer size {0} bytes must be a power of two and at least {PAGE_SIZE}")]
     BadRingBufferSize(u32),
+    #[error(
+        "ring buffer size {} MiB would pin as much kernel memory; at most {} MiB",
+        .0 / (1024 * 1024),
+        MAX_RING_BUFFER_BYTES / (1024 * 1024)
+    )]
+    RingBufferTooBig(u32),
+    #[error(
+        "--max-sockets {asked} would take about {} MiB of kernel memory; at most {MAX_MAX_SOCKETS} (about {} MiB)",
+        u64::from(*asked) * SOCKET_ENTRY_BYTES / (1024 * 1024),
+        u64::from(MAX_MAX_SOCKETS) * SOCKET_ENTRY_BYTES / (1024 * 1024)
+    )]
+    TooManySockets { asked: u32 },
     #[error("loading the eBPF probe failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF probe object has no {0}: the build is broken")]
@@ -104,10 +132,20 @@ pub enum ProbeError {
 }
 
 pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<u32, ProbeError> {
-    if bytes >= PAGE_SIZE && bytes.is_power_of_two() {
+    if bytes > MAX_RING_BUFFER_BYTES {
+        Err(ProbeError::RingBufferTooBig(bytes))
+    } else if bytes >= PAGE_SIZE && bytes.is_power_of_two() {
         Ok(bytes)
     } else {
         Err(ProbeError::BadRingBufferSize(bytes))
+    }
+}
+
+pub fn validate_max_sockets(sockets: u32) -> Result<u32, ProbeError> {
+    if (1..=MAX_MAX_SOCKETS).contains(&sockets) {
+        Ok(sockets)
+    } else {
+        Err(ProbeError::TooManySockets { asked: sockets })
     }
 }
 
@@ -130,6 +168,14 @@ impl KernelCounters {
     }
 }
 
+/// The capacities the probe's bounded maps were created with.
+#[derive(Clone, Copy, Debug)]
+struct MapCapacities {
+    stacks: u32,
+    call_sites: u32,
+    eof_reads: u32,
+}
+
 /// The kernel's own accounting of the program (run counts need bpf_stats).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramStats {
@@ -146,8 +192,12 @@ pub struct Probe {
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
-    /// Per-socket receive bookkeeping; `None` when the receive hook is not attached.
-    socket_recv: Option<AyaHashMap<MapData, u64, u64>>,
+    /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
+    eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
+    /// (process, kind, call site) -> stack id.
+    call_sites: AyaHashMap<MapData, CallSiteKey, i64>,
+    /// The capacities the maps were created with.
+    capacities: MapCapacities,
     /// Features this kernel could not give, one line each for the user.
     pub notices: Vec<String>,
     /// Accepted sockets get their owner at accept() (fexit), not at close.
@@ -159,6 +209,7 @@ impl Probe {
         preflight::check_privileges()?;
         preflight::check_kernel_version()?;
         let ring_buffer_bytes = validate_ring_buffer_bytes(options.ring_buffer_bytes)?;
+        let max_sockets = validate_max_sockets(options.max_sockets)?;
 
         let btf = Btf::from_sys_fs().map_err(ProbeError::NoBtf)?;
         if !btf.has_type_named(&format!("btf_trace_{}", names::TRACEPOINT)) {
@@ -186,11 +237,24 @@ impl Probe {
             );
         }
 
+        // A map the mode does not use still exists in the object: one entry.
+        let stacks = options.stacks != StackLevel::Off;
+        let capacities = MapCapacities {
+            stacks: if stacks { STACK_MAP_ENTRIES } else { 1 },
+            call_sites: if options.stacks == StackLevel::Deduped {
+                CALL_SITE_ENTRIES
+            } else {
+                1
+            },
+            eof_reads: if attach_recv { max_sockets } else { 1 },
+        };
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG_GLOBAL, &config, true)
             .map_max_entries(names::EVENTS_MAP, ring_buffer_bytes)
-            .map_max_entries(names::OWNERS_MAP, options.max_sockets.max(1))
+            .map_max_entries(names::STACKS_MAP, capacities.stacks)
+            .map_max_entries(names::CALL_SITE_STACKS_MAP, capacities.call_sites)
+            .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
             .load(PROBE_OBJECT)
             .map_err(ProbeError::Load)?;
 
@@ -247,21 +311,24 @@ impl Probe {
         let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
         let stacks = take_map(&mut ebpf, names::STACKS_MAP, StackTraceMap::try_from)?;
-        let socket_recv = if attach_recv {
+        let eof_reads = if attach_recv {
             Some(take_map(
                 &mut ebpf,
-                names::SOCKET_RECV_MAP,
+                names::EOF_READS_MAP,
                 AyaHashMap::try_from,
             )?)
         } else {
             None
         };
+        let call_sites = take_map(&mut ebpf, names::CALL_SITE_STACKS_MAP, AyaHashMap::try_from)?;
         Ok(Self {
             ebpf,
             events,
             counters,
             stacks,
-            socket_recv,
+            eof_reads,
+            call_sites,
+            capacities,
             notices,
             accept_hook,
         })
@@ -276,8 +343,59 @@ impl Probe {
     /// How many reads of socket `cookie` returned EOF in CLOSE_WAIT (a lower
     /// bound: see the probe); `None` without the receive hook or the entry.
     pub fn eof_reads(&self, cookie: u64) -> Option<u64> {
-        let value = self.socket_recv.as_ref()?.get(&cookie, 0).ok()?;
-        Some(value >> EOF_READ_SHIFT)
+        self.eof_reads.as_ref()?.get(&cookie, 0).ok()
+    }
+
+    /// Frees stacks no live process uses; returns how many were there.
+    pub fn forget_stacks(&mut self, ids: &[u32]) -> usize {
+        ids.iter()
+            .filter(|id| self.stacks.remove(id).is_ok())
+            .count()
+    }
+
+    /// Frees the call-site entries of processes that exited; returns how many.
+    pub fn forget_processes(&mut self, tgids: &HashSet<u32>) -> usize {
+        if tgids.is_empty() || self.capacities.call_sites <= 1 {
+            return 0;
+        }
+        let gone: Vec<CallSiteKey> = self
+            .call_sites
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| tgids.contains(&key.tgid))
+            .collect();
+        gone.iter()
+            .filter(|key| self.call_sites.remove(key).is_ok())
+            .count()
+    }
+
+    /// How full each bounded map is. Counting walks the keys (one syscall
+    /// each): call it every few seconds, not per event. The owners live in
+    /// each socket's storage, freed with it, and are not counted.
+    pub fn map_occupancy(&self) -> Vec<Occupancy> {
+        let capacities = &self.capacities;
+        let mut maps = vec![
+            Occupancy {
+                name: "stacks",
+                entries: self.stacks.stack_ids().filter(Result::is_ok).count() as u64,
+                capacity: Some(u64::from(capacities.stacks)),
+            },
+            // LRU maps: full in normal use, old entries giving way; no
+            // capacity to alert on.
+            Occupancy {
+                name: "call_site_stacks",
+                entries: self.call_sites.keys().filter(Result::is_ok).count() as u64,
+                capacity: None,
+            },
+        ];
+        if let Some(eof_reads) = &self.eof_reads {
+            maps.push(Occupancy {
+                name: "eof_reads",
+                entries: eof_reads.keys().filter(Result::is_ok).count() as u64,
+                capacity: None,
+            });
+        }
+        maps
     }
 
     /// Hands every record waiting in the ring buffer to `each`; returns how many.
@@ -345,19 +463,6 @@ impl Probe {
             run_time: Duration::from_nanos(info.run_time_ns),
             recursion_misses: info.recursion_misses,
         })
-    }
-}
-
-// Placeholders until the bounded-maps work lands: the agent's side calls them.
-impl Probe {
-    pub fn forget_stacks(&self, _ids: &[u32]) -> usize {
-        0
-    }
-    pub fn forget_processes(&self, _tgids: &std::collections::HashSet<u32>) -> usize {
-        0
-    }
-    pub fn map_occupancy(&self) -> Vec<crate::metrics::Occupancy> {
-        Vec::new()
     }
 }
 
