@@ -520,6 +520,12 @@ pub struct FakeContainer {
 
 impl FakeContainer {
     pub fn new() -> Self {
+        Self::numbered(0)
+    }
+
+    /// One of several in a test: `index` and the test's pid lead the id, so
+    /// the 12-digit short id tcptrace shows is this container's alone.
+    pub fn numbered(index: u16) -> Self {
         let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
         let root = mounts
             .lines()
@@ -529,13 +535,25 @@ impl FakeContainer {
             })
             .expect("a cgroup2 mount");
         let id: String = format!(
-            "{:032x}{:032x}",
+            "{index:04x}{:08x}{:052x}",
             std::process::id(),
             0x7463_7074_7261_6365u64
         );
         let dir = std::path::Path::new(&root).join(format!("system.slice/docker-{id}.scope"));
         std::fs::create_dir_all(&dir).expect("create the cgroup");
         Self { dir, id }
+    }
+
+    /// `program ARGS` started inside the container, so that nothing ever
+    /// sees it outside.
+    pub fn command(&self, program: &std::path::Path, args: &[&str]) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$1\" && shift && exec \"$@\"", "sh"])
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(program)
+            .args(args);
+        command
     }
 
     pub fn enter(&self, pid: u32) {
