@@ -223,11 +223,7 @@ impl MetricsState {
 
         let mut seen = HashMap::with_capacity(increases.len());
         for (row, increase) in increases {
-            let label = if self.admitted.contains(&row.comm) {
-                row.comm.as_str()
-            } else {
-                OTHER
-            };
+            let label = self.comm_label(&row.comm);
             add_to(&mut self.transition_totals, label, increase);
             seen.insert(row.pid, (row.comm.clone(), row.transitions.clone()));
         }
