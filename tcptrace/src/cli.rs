@@ -26,7 +26,7 @@ use crate::{
     name = "tcptrace",
     version,
     about = "Finds TCP socket leaks with eBPF: which process, which peers, how old, which code path",
-    after_help = "Without a command, tcptrace runs `leaks`.\nExit status: 0 ok, 1 runtime error, 2 usage error, 3 leaks found (with --fail-on-leak).\nNeeds root (or CAP_BPF and CAP_PERFMON) and Linux >= 5.15 with BTF."
+    after_help = "Without a command, tcptrace runs `leaks`.\nExit status: 0 ok, 1 runtime error, 2 usage error, 3 leaks found (with --fail-on-leak).\nNeeds root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and the BPF features of Linux 5.15 (or backported, as in RHEL 9)."
 )]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {

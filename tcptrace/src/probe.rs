@@ -207,7 +207,7 @@ pub struct Probe {
 impl Probe {
     pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
         preflight::check_privileges()?;
-        preflight::check_kernel_version()?;
+        preflight::check_kernel_features()?;
         let ring_buffer_bytes = validate_ring_buffer_bytes(options.ring_buffer_bytes)?;
         let max_sockets = validate_max_sockets(options.max_sockets)?;
 

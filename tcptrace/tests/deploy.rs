@@ -13,7 +13,7 @@ use std::{
 const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
 
 /// What `tcptrace serve` exports (counters with their `_total`).
-const EXPORTED_METRICS: [&str; 11] = [
+const EXPORTED_METRICS: [&str; 16] = [
     "tcptrace_leaking_sockets",
     "tcptrace_oldest_leak_age_seconds",
     "tcptrace_process_leaking_sockets",
@@ -25,6 +25,11 @@ const EXPORTED_METRICS: [&str; 11] = [
     "tcptrace_decode_errors_total",
     "tcptrace_map_insert_failures_total",
     "tcptrace_reconcile_corrections_total",
+    "tcptrace_host_read_failures_total",
+    "tcptrace_map_entries",
+    "tcptrace_map_capacity",
+    "tcptrace_agent_table_entries",
+    "tcptrace_agent_table_capacity",
 ];
 
 /// Both deployments grant these, and nothing else.
@@ -127,6 +132,9 @@ fn alert_rules_pass_promtool() {
         "TcpConnectFailures",
         "TcpSynBacklog",
         "TcptraceDroppingEvents",
+        "TcptraceMapNearlyFull",
+        "TcptraceInsertFailures",
+        "TcptraceHostReadFailures",
         "TcptraceDown",
     ] {
         assert!(alerts.contains(&name), "no alert {name} in {alerts:?}");

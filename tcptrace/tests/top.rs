@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Peer, TopRun, require_root, top_row};
+use common::{FakeContainer, Peer, TopRun, require_root, top_row};
 use serde_json::Value;
 
 fn count(row: &Value, field: &str) -> u64 {
@@ -194,51 +194,6 @@ fn closed_ends_waiting_in_the_kernel_keep_their_owner() {
         "the minisocks carry the cookies of the sockets they replaced: {row:#}"
     );
     peer.go();
-}
-
-/// A cgroup v2 directory named the way docker names its containers'
-/// scopes, removed on drop. Only the name matters to tcptrace.
-struct FakeContainer {
-    dir: std::path::PathBuf,
-    id: String,
-}
-
-impl FakeContainer {
-    fn new() -> Self {
-        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
-        let root = mounts
-            .lines()
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].to_owned())
-            })
-            .expect("a cgroup2 mount");
-        let id: String = format!(
-            "{:032x}{:032x}",
-            std::process::id(),
-            0x7463_7074_7261_6365u64
-        );
-        let dir = std::path::Path::new(&root).join(format!("system.slice/docker-{id}.scope"));
-        std::fs::create_dir_all(&dir).expect("create the cgroup");
-        Self { dir, id }
-    }
-
-    fn enter(&self, pid: u32) {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .expect("move into the cgroup");
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        // The process leaves it when it exits; rmdir fails until then.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
 }
 
 #[test]

@@ -510,3 +510,66 @@ pub fn wait_for_finding(
     }
     panic!("no {kind} finding about {subject:?} in {snapshots} snapshots; the last:\n{last:#}");
 }
+
+/// A cgroup v2 directory named the way docker names its containers'
+/// scopes, removed on drop. Only the name matters to tcptrace.
+pub struct FakeContainer {
+    dir: std::path::PathBuf,
+    pub id: String,
+}
+
+impl FakeContainer {
+    pub fn new() -> Self {
+        Self::numbered(0)
+    }
+
+    /// One of several in a test: `index` and the test's pid lead the id, so
+    /// the 12-digit short id tcptrace shows is this container's alone.
+    pub fn numbered(index: u16) -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        let root = mounts
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].to_owned())
+            })
+            .expect("a cgroup2 mount");
+        let id: String = format!(
+            "{index:04x}{:08x}{:052x}",
+            std::process::id(),
+            0x7463_7074_7261_6365u64
+        );
+        let dir = std::path::Path::new(&root).join(format!("system.slice/docker-{id}.scope"));
+        std::fs::create_dir_all(&dir).expect("create the cgroup");
+        Self { dir, id }
+    }
+
+    /// `program ARGS` started inside the container, so that nothing ever
+    /// sees it outside.
+    pub fn command(&self, program: &std::path::Path, args: &[&str]) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$1\" && shift && exec \"$@\"", "sh"])
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(program)
+            .args(args);
+        command
+    }
+
+    pub fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move into the cgroup");
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        // The process leaves it when it exits; rmdir fails until then.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
