@@ -95,10 +95,6 @@ pub enum ProbeError {
         "kernel BTF is not available ({0}): tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y ({VMLINUX_BTF})"
     )]
     NoBtf(#[source] BtfError),
-    #[error(
-        "this kernel has no sock:inet_sock_set_state tracepoint (Linux 4.16+ has it): nothing to attach to"
-    )]
-    NoTracepoint,
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("ring buffer size {0} bytes must be a power of two and at least {PAGE_SIZE}")]
@@ -212,9 +208,6 @@ impl Probe {
         let max_sockets = validate_max_sockets(options.max_sockets)?;
 
         let btf = Btf::from_sys_fs().map_err(ProbeError::NoBtf)?;
-        if !btf.has_type_named(&format!("btf_trace_{}", names::TRACEPOINT)) {
-            return Err(ProbeError::NoTracepoint);
-        }
         let mut config = layout::probe_config(&btf)?;
         config.owner_tgid_filter = options.owner_tgid_filter.unwrap_or(0);
         config.port_filter = options.port_filter.map_or(0, u32::from);

@@ -1,0 +1,114 @@
+//! `serve` is meant to run for months: what a churn of short-lived peers
+//! leaves in its kernel maps and its own tables must be freed once the
+//! sockets and processes are gone, and no owner may be lost to a full map.
+
+mod common;
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Peer, ServeRun, require_root};
+
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The value of the series `name{label="value"}` in an exposition.
+fn sample(text: &str, name: &str, label: &str, value: &str) -> Option<u64> {
+    let prefix = format!("{name}{{{label}=\"{value}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}")) as u64
+}
+
+fn metrics(serve: &ServeRun) -> String {
+    let (status, _, body) = serve.get("/metrics");
+    assert_eq!(status, 200);
+    body
+}
+
+fn table(text: &str, name: &str) -> u64 {
+    sample(text, "tcptrace_agent_table_entries", "table", name)
+        .unwrap_or_else(|| panic!("no agent table {name} in\n{text}"))
+}
+
+fn map(text: &str, name: &str) -> u64 {
+    sample(text, "tcptrace_map_entries", "map", name)
+        .unwrap_or_else(|| panic!("no map {name} in\n{text}"))
+}
+
+/// Waits for the next refresh to be published, so a read reflects the
+/// state after what the test just did.
+fn after_refreshes(serve: &ServeRun, refreshes: u32) -> String {
+    thread::sleep(Duration::from_millis(1100) * refreshes);
+    metrics(serve)
+}
+
+#[test]
+fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
+    if !require_root() {
+        return;
+    }
+    let serve = ServeRun::start(&["--interval", "1s", "--stacks", "default"]);
+    let before = after_refreshes(&serve, 2);
+    let socket_stacks_before = table(&before, "socket_stacks");
+
+    let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"]);
+    let port = server.expect("listening")["port"].clone();
+    let client = Peer::spawn(&[
+        "churn-client",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--threads",
+        "2",
+        "--seconds",
+        "3",
+        "--hold",
+    ]);
+    let done = client.expect("done");
+    let connections: u64 = done["connections"].parse().unwrap();
+    assert!(connections > 1000, "{done:?}");
+
+    // Both peers alive, every connection closed: the stacks of the churn's
+    // call sites are still in use.
+    let during = after_refreshes(&serve, 2);
+    let stacks_during = map(&during, "stacks");
+    let symbolized_during = table(&during, "symbolized_stacks");
+    assert!(symbolized_during > 0, "the churn's stacks were taken\n{during}");
+
+    server.go();
+    server.expect("served");
+    let mut client = client;
+    client.go();
+    server.wait_success();
+    client.wait_success();
+
+    // Gone: what the probe and the agent kept for them goes too.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let after = loop {
+        let now = after_refreshes(&serve, 1);
+        let settled = table(&now, "socket_stacks") <= socket_stacks_before + 50
+            && table(&now, "symbolized_stacks") < symbolized_during
+            && map(&now, "stacks") < stacks_during;
+        if settled {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state kept after {connections} connections of exited peers:\n{now}"
+        );
+    };
+    // Every socket had its owner recorded: no storage failed.
+    assert_eq!(counter(&after, "tcptrace_map_insert_failures_total"), 0, "{after}");
+    assert_eq!(counter(&after, "tcptrace_host_read_failures_total"), 0, "{after}");
+    serve.stop();
+}
