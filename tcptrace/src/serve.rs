@@ -91,27 +91,29 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     let mut metrics = MetricsState::new(options.limits);
     let mut announced = HashSet::new();
-    let mut publish = |agent: &mut HostAgent, probe: &mut Probe, read: HostRead, startup: bool| {
-        let (snapshot, leaks) = agent.refresh_with(probe, read, startup);
-        metrics.update_transitions(&snapshot);
-        let mut totals = agent.totals();
-        totals.kernel_maps = probe.map_occupancy();
-        let text = metrics.render(&snapshot, &leaks, &totals);
-        let leaks_json =
-            serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
-        log_new_leaks(&leaks, &mut announced);
-        published.publish(Bytes::from(text), Bytes::from(leaks_json));
-    };
+    let mut publish =
+        |agent: &mut HostAgent, probe: &mut Probe, read: HostRead, startup: bool| -> LeakReport {
+            let (snapshot, leaks) = agent.refresh_with(probe, read, startup);
+            metrics.update_transitions(&snapshot);
+            let mut totals = agent.totals();
+            totals.kernel_maps = probe.map_occupancy();
+            let text = metrics.render(&snapshot, &leaks, &totals);
+            let leaks_json =
+                serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
+            published.publish(Bytes::from(text), Bytes::from(leaks_json));
+            leaks
+        };
     let first = read_host(HostRequest {
         holders: true,
         ..agent.host_request()
     });
-    publish(&mut agent, probe.get_mut(), first, true);
-
+    let leaks = publish(&mut agent, probe.get_mut(), first, true);
+    // The ready line first: leaks found at start follow it, as later ones do.
     eprintln!(
         "tcptrace: serving http://{listen}/metrics and http://{listen}/leaks (refresh every {}); SIGTERM or Ctrl-C to stop",
         humantime::format_duration(options.interval)
     );
+    log_new_leaks(&leaks, &mut announced);
 
     let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
     let mut host = HostReader::default();
@@ -126,7 +128,10 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             _ = refresh_tick.tick(), if !host.is_busy() => {
                 host.start(agent.host_request());
             }
-            Some(read) = host.finished() => publish(&mut agent, probe.get_mut(), read, false),
+            Some(read) = host.finished() => {
+                let leaks = publish(&mut agent, probe.get_mut(), read, false);
+                log_new_leaks(&leaks, &mut announced);
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
