@@ -48,6 +48,8 @@ const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 /// with a file can be in, and the stacks of sockets it no longer lists are
 /// forgotten (their CLOSE was lost).
 const STACK_PRUNE_EVERY: u64 = 10;
+/// How long a final report waits for stacks still being named.
+const FINAL_SYMBOLIZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct LeaksOptions {
@@ -332,6 +334,17 @@ impl Monitor {
         }
     }
 
+    /// Waits for the stacks read so far to be named: before a final report,
+    /// which would otherwise show them as not taken.
+    pub(crate) fn wait_for_stacks(&self) {
+        if !self.symbolizer.flush(FINAL_SYMBOLIZE_TIMEOUT) {
+            eprintln!(
+                "tcptrace: naming the stacks took over {}s; the report shows those not named yet as not taken",
+                FINAL_SYMBOLIZE_TIMEOUT.as_secs()
+            );
+        }
+    }
+
     /// How many entries the monitor's tables hold.
     pub(crate) fn occupancy(&self) -> Vec<Occupancy> {
         vec![
@@ -525,6 +538,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     });
     monitor.drain(probe.get_mut());
     monitor.apply_host(&read, Some(probe.get_mut()), false);
+    monitor.wait_for_stacks();
     let counters = probe.get_ref().counters()?;
     monitor.health.drops = all_drops(&counters);
     monitor.health.programs = probe

@@ -43,6 +43,8 @@ enum Job {
         addresses: Vec<u64>,
     },
     Forget(Vec<u32>),
+    /// Answered once every job queued before it is done.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 type Resolved = Arc<Mutex<HashMap<(u32, u32), Frames>>>;
@@ -91,6 +93,28 @@ impl SymbolizerWorker {
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    /// Waits until every stack queued so far is resolved, at most `timeout`;
+    /// false if the worker did not get there (a final report then shows
+    /// those stacks as not taken).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut job = Job::Flush(done);
+        loop {
+            match self.jobs.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    job = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return false,
+            }
+        }
+        finished
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// The processes whose stacks are known.
@@ -153,6 +177,9 @@ fn work(queue: Receiver<Job>, resolved: Resolved) {
             }
             Job::Forget(pids) => {
                 forgotten_since_renewal |= !pids.is_empty();
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
             }
         }
         if forgotten_since_renewal && renewed.elapsed() >= SYMBOLIZER_RENEWAL {
@@ -263,14 +290,8 @@ mod tests {
         let mut worker = SymbolizerWorker::start().unwrap();
         assert!(worker.request(pid, 1, vec![address]));
         assert!(worker.is_requested(pid, 1));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let frames = loop {
-            if let Some(frames) = worker.frames(pid, 1) {
-                break frames;
-            }
-            assert!(Instant::now() < deadline, "never resolved");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        assert!(worker.flush(Duration::from_secs(60)), "never resolved");
+        let frames = worker.frames(pid, 1).expect("resolved once flushed");
         assert!(
             frames[0].contains("marker_function_for_symbolization"),
             "{frames:?}"
