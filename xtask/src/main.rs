@@ -3,6 +3,7 @@
 //! missing first.
 
 mod bench;
+mod harness;
 mod setup;
 mod vm;
 
