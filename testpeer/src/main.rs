@@ -214,7 +214,8 @@ enum Role {
         addr: SocketAddr,
     },
     /// Soak: fork `processes` children named churn-0001.., `parallel` at a
-    /// time, each making `connections` connections to a churn server.
+    /// time, each making `connections` connections to a churn server; the
+    /// forks are spread evenly over `seconds`.
     ProcessChurn {
         #[arg(long)]
         connect: SocketAddr,
@@ -224,7 +225,6 @@ enum Role {
         parallel: u32,
         #[arg(long, default_value_t = 3)]
         connections: u32,
-        /// Stop forking after this long.
         #[arg(long)]
         seconds: f64,
     },

@@ -80,7 +80,8 @@ pub fn growing_leaker(addr: SocketAddr) -> Result<()> {
 /// Forks `processes` short-lived children, `parallel` at a time, each named
 /// `churn-0001`, `churn-0002`, … (its comm); each makes `connections`
 /// request/answer connections to `connect` (a churn server) and exits.
-/// Stops forking after `duration`. Must run before any thread is started.
+/// Forks are spread evenly over `duration`. Must run before any thread is
+/// started.
 pub fn process_churn(
     connect: SocketAddr,
     processes: u32,
@@ -91,7 +92,11 @@ pub fn process_churn(
     let started = Instant::now();
     let parent = std::process::id() as libc::pid_t;
     let (mut forked, mut failed, mut running) = (0u32, 0u32, 0u32);
+    // Spread evenly over `duration`: a steady turnover, not one spike.
+    let pace = duration / processes.max(1);
     while forked < processes && started.elapsed() < duration {
+        let next = started + pace * forked;
+        thread::sleep(next.saturating_duration_since(Instant::now()));
         while running >= parallel.max(1) {
             failed += u32::from(!reap_one()?);
             running -= 1;
@@ -216,12 +221,16 @@ pub fn idle_http(
     let started = Instant::now();
     let mut clients = Vec::new();
     let mut failed = 0u32;
+    let mut failed_in_a_row = 0;
     for i in 0..connections {
-        if started.elapsed() >= duration {
+        // A server that stops accepting would otherwise cost a timeout per connection.
+        if started.elapsed() >= duration || failed_in_a_row >= 5 {
+            failed += connections - i;
             break;
         }
-        match TcpStream::connect_timeout(&connect, Duration::from_secs(2)) {
+        match TcpStream::connect_timeout(&connect, Duration::from_secs(1)) {
             Ok(stream) => {
+                failed_in_a_row = 0;
                 stream.set_nonblocking(true)?;
                 clients.push(HttpClient {
                     stream,
@@ -230,7 +239,10 @@ pub fn idle_http(
                     closed: false,
                 });
             }
-            Err(_) => failed += 1,
+            Err(_) => {
+                failed += 1;
+                failed_in_a_row += 1;
+            }
         }
     }
     say(&format!(
