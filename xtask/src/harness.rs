@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     fs,
     io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, channel},
@@ -62,9 +63,17 @@ impl Proc {
     }
 
     pub(crate) fn expect(&self, word: &str) -> Result<HashMap<String, String>> {
+        self.expect_within(word, STEP_TIMEOUT)
+    }
+
+    pub(crate) fn expect_within(
+        &self,
+        word: &str,
+        timeout: Duration,
+    ) -> Result<HashMap<String, String>> {
         let line = self
             .lines
-            .recv_timeout(STEP_TIMEOUT)
+            .recv_timeout(timeout)
             .with_context(|| format!("{} did not say {word}", self.name))?;
         if !line.starts_with(word) {
             bail!("{} said {line:?}, expected {word}", self.name);
@@ -75,6 +84,18 @@ impl Proc {
     pub(crate) fn close_stdin(&mut self) {
         self.stdin.take();
     }
+
+    /// One line to the child's stdin.
+    pub(crate) fn tell(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("telling {} {line:?}", self.name))
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Proc {
@@ -84,6 +105,30 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The body of a 200 answer to `GET path` over HTTP/1.0; `timeout` bounds
+/// the connect and each read.
+pub(crate) fn http_get(address: &str, path: &str, timeout: Duration) -> Result<String> {
+    let socket_address = address
+        .parse()
+        .with_context(|| format!("{address} is not an address"))?;
+    let mut stream = TcpStream::connect_timeout(&socket_address, timeout)
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("reading the answer to GET {path}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: no HTTP body"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("GET {path}: {status}");
+    }
+    Ok(body.to_owned())
 }
 
 /// tcptrace under test, with its resource usage taken at exit.
@@ -154,16 +199,12 @@ impl Tracer {
     /// `serve`'s leak report, as a scrape would get it.
     pub(crate) fn leaks_over_http(&self) -> Result<serde_json::Value> {
         let address = self.address.as_deref().context("not serve")?;
-        let mut stream = std::net::TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(STEP_TIMEOUT))?;
-        write!(stream, "GET /leaks HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
-            .context("no HTTP body")?;
-        Ok(serde_json::from_str(body)?)
+        let body = http_get(address, "/leaks", STEP_TIMEOUT)?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     pub(crate) fn terminate(&self) {
