@@ -137,36 +137,12 @@ fn run(task: Task) -> Result<ExitCode> {
             lint().map(|_| ExitCode::SUCCESS)
         }
         Task::Bench { rounds } => {
-            setup::run()?;
-            if !is_root() {
-                bail!(
-                    "the benchmark loads the eBPF probe: run it as root (sudo -E cargo xtask bench)"
-                );
-            }
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "tcptrace",
-                "--package",
-                "tcptrace-testpeer",
-            ])?;
+            release_build_for("bench")?;
             bench::run(&workspace_root()?, rounds)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Soak { minutes } => {
-            setup::run()?;
-            if !is_root() {
-                bail!("the soak loads the eBPF probe: run it as root (sudo -E cargo xtask soak)");
-            }
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "tcptrace",
-                "--package",
-                "tcptrace-testpeer",
-            ])?;
+            release_build_for("soak")?;
             soak::run(&workspace_root()?, minutes)
         }
         Task::VmTest {
@@ -189,6 +165,22 @@ fn run(task: Task) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Setup, root, and the release tcptrace and load peers that `bench` and `soak` run.
+fn release_build_for(task: &str) -> Result<()> {
+    setup::run()?;
+    if !is_root() {
+        bail!("{task} loads the eBPF probe: run it as root (sudo -E cargo xtask {task})");
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tcptrace",
+        "--package",
+        "tcptrace-testpeer",
+    ])
 }
 
 fn lint() -> Result<()> {
