@@ -205,7 +205,8 @@ struct HttpClient {
     stream: TcpStream,
     slow: bool,
     sent: usize,
-    closed: bool,
+    /// Seconds after all were opened when the server closed it.
+    closed_at: Option<f64>,
 }
 
 /// Opens `connections` connections to an HTTP server: even ones send
@@ -236,7 +237,7 @@ pub fn idle_http(
                     stream,
                     slow: i % 2 == 1,
                     sent: 0,
-                    closed: false,
+                    closed_at: None,
                 });
             }
             Err(_) => {
@@ -250,37 +251,43 @@ pub fn idle_http(
         std::process::id(),
         clients.len()
     ));
-    let mut next_byte = Instant::now();
+    let opened = Instant::now();
+    let mut next_byte = opened;
     while started.elapsed() < duration {
         let send = Instant::now() >= next_byte;
         if send {
             next_byte += byte_every;
         }
-        for client in clients.iter_mut().filter(|c| !c.closed) {
+        for client in clients.iter_mut().filter(|c| c.closed_at.is_none()) {
+            let mut closed = false;
             if send && client.slow {
                 let byte = SLOW_HEADER.get(client.sent).copied().unwrap_or(b'a');
                 match client.stream.write(&[byte]) {
                     Ok(_) => client.sent += 1,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => client.closed = true,
+                    Err(_) => closed = true,
                 }
             }
-            client.closed |= server_closed(&mut client.stream);
+            if closed || server_closed(&mut client.stream) {
+                client.closed_at = Some(opened.elapsed().as_secs_f64());
+            }
         }
         thread::sleep(Duration::from_millis(250).min(duration.saturating_sub(started.elapsed())));
     }
     let closed = |slow: bool| {
-        clients
-            .iter()
-            .filter(|c| c.slow == slow && c.closed)
-            .count()
+        let times = || {
+            clients
+                .iter()
+                .filter(move |c| c.slow == slow)
+                .filter_map(|c| c.closed_at)
+        };
+        (times().count(), times().fold(0.0f64, f64::max))
     };
+    let ((idle, idle_last), (slow, slow_last)) = (closed(false), closed(true));
     say(&format!(
-        "done connected={} idle_closed={} slow_closed={} open={} seconds={:.1}",
+        "done connected={} idle_closed={idle} idle_last_closed_s={idle_last:.1} slow_closed={slow} slow_last_closed_s={slow_last:.1} open={} seconds={:.1}",
         clients.len(),
-        closed(false),
-        closed(true),
-        clients.iter().filter(|c| !c.closed).count(),
+        clients.iter().filter(|c| c.closed_at.is_none()).count(),
         started.elapsed().as_secs_f64()
     ));
     Ok(())
