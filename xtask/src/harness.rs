@@ -6,6 +6,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, channel},
@@ -24,6 +25,22 @@ pub(crate) struct Proc {
     lines: Receiver<String>,
     name: String,
     reaped: bool,
+}
+
+/// The child gets SIGKILL when the thread that started it ends, so that no
+/// load or tracer outlives a benchmark killed before its cleanup ran. Start
+/// children from a thread that lives as long as they should.
+fn dies_with_us(mut command: Command) -> Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 pub(crate) fn line_channel(pipe: impl Read + Send + 'static) -> Receiver<String> {
@@ -47,7 +64,7 @@ pub(crate) fn fields(line: &str) -> HashMap<String, String> {
 
 impl Proc {
     pub(crate) fn spawn(program: &Path, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(program)
+        let mut child = dies_with_us(Command::new(program))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -148,7 +165,7 @@ pub(crate) struct TracerExit {
 
 impl Tracer {
     pub(crate) fn start(binary: &Path, args: &[String], keep_stdout: bool) -> Result<Self> {
-        let mut child = Command::new(binary)
+        let mut child = dies_with_us(Command::new(binary))
             .args(args)
             .stdin(Stdio::null())
             .stdout(if keep_stdout {
