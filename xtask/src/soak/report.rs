@@ -311,7 +311,7 @@ fn leftovers_verdict(outcomes: &Outcomes) -> Verdict {
     Verdict {
         what: "no process or BPF program left behind (children marked by an environment variable; serve's programs and maps by the ids in its fdinfo, against BPF_PROG/MAP_GET_NEXT_ID at the end)".into(),
         measured: format!(
-            "processes left: {}; serve held {} programs and {} maps, left {:.1} s after the last serve exited: {} programs, {} maps (host total before {} programs / {} maps, after {} / {})",
+            "processes left: {}; serve held {} programs and {} maps, left {:.1} s after the last serve exited: programs {}, maps {} (host total before {} programs / {} maps, after {} / {})",
             if outcomes.processes_left.is_empty() {
                 "none".into()
             } else {
