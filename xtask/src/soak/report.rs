@@ -578,6 +578,88 @@ fn render_samples(out: &mut String, outcomes: &Outcomes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::soak::LeakCheck;
+
+    fn sample(t: f64, phase: usize, maps: &[(&str, f64)], capacity: &[(&str, f64)]) -> Sample {
+        let map = |pairs: &[(&str, f64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Sample {
+            t,
+            phase,
+            instance: 0,
+            rss_kib: Some(1000),
+            fds: Some(30),
+            metrics: Ok(MetricsFigures {
+                maps: map(maps),
+                map_capacity: map(capacity),
+                ..MetricsFigures::default()
+            }),
+            scrape_ms: 1.0,
+        }
+    }
+
+    fn check(held: u64) -> LeakCheck {
+        LeakCheck {
+            after: "x".into(),
+            t: 0.0,
+            held,
+            ss: Some(held),
+            leaks: Ok(held),
+            waited: std::time::Duration::ZERO,
+        }
+    }
+
+    fn occupancy(samples: Vec<Sample>, held: [u64; 2]) -> Verdict {
+        let outcomes = Outcomes {
+            samples,
+            checks: vec![check(held[0]), check(held[1])],
+            ..Outcomes::default()
+        };
+        occupancy_verdict(&outcomes, "maps", |f| &f.maps, |f| &f.map_capacity)
+    }
+
+    #[test]
+    fn occupancy_bounded_when_back_down_and_under_capacity() {
+        let v = occupancy(
+            vec![
+                sample(0.0, 0, &[("owners", 500.0)], &[("owners", 1000.0)]),
+                sample(10.0, 3, &[("owners", 990.0)], &[("owners", 1000.0)]),
+                sample(20.0, 6, &[("owners", 560.0)], &[("owners", 1000.0)]),
+            ],
+            [10, 40],
+        );
+        assert!(v.passed, "{}", v.measured);
+        assert!(v.measured.contains("owners: 500 → peak 990 of 1000 → 560"));
+    }
+
+    #[test]
+    fn occupancy_fails_above_capacity_or_still_grown() {
+        let over = occupancy(
+            vec![
+                sample(0.0, 0, &[("owners", 10.0)], &[("owners", 100.0)]),
+                sample(10.0, 3, &[("owners", 101.0)], &[("owners", 100.0)]),
+                sample(20.0, 6, &[("owners", 10.0)], &[("owners", 100.0)]),
+            ],
+            [10, 10],
+        );
+        assert!(!over.passed, "{}", over.measured);
+        // 1000 + 250 + 2 × 30 leaks added = 1310 allowed.
+        let grown = occupancy(
+            vec![
+                sample(0.0, 0, &[("stacks", 1000.0)], &[]),
+                sample(20.0, 6, &[("stacks", 1311.0)], &[]),
+            ],
+            [10, 40],
+        );
+        assert!(!grown.passed, "{}", grown.measured);
+        let not_exported = occupancy(vec![sample(0.0, 0, &[], &[])], [0, 0]);
+        assert!(!not_exported.passed);
+        assert_eq!(not_exported.measured, "not exported by this serve");
+    }
 
     #[test]
     fn slope_ignores_the_step_between_instances() {
