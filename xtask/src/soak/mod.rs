@@ -42,6 +42,7 @@ const BURST_PROCESSES: usize = 8;
 const BURST_CONNECTIONS: u32 = 4000;
 const IDLE_CONNECTIONS: u32 = 2000;
 const SLOWLORIS_BYTE_EVERY_MS: u64 = 3000;
+const MIN_COOL_DOWN: Duration = Duration::from_secs(70);
 /// /metrics must answer within this while the idle connections are open.
 const METRICS_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -95,7 +96,14 @@ impl Plan {
     }
 
     pub fn phase_length(&self, index: usize) -> Duration {
-        self.total.mul_f64(PHASES[index].2)
+        let share = self.total.mul_f64(PHASES[index].2);
+        if PHASES[index].0 == PhaseKind::CoolDown {
+            // Past TIME_WAIT (60 s): what the churn left in the kernel's table
+            // is gone, so what is left in the tables is serve's own.
+            share.max(MIN_COOL_DOWN)
+        } else {
+            share
+        }
     }
 }
 
