@@ -15,6 +15,7 @@ use std::{
 };
 
 mod load;
+mod soak;
 mod trouble;
 
 use anyhow::{Context as _, Result, bail};
@@ -206,6 +207,46 @@ enum Role {
         #[arg(long, default_value_t = 2)]
         threads: u32,
     },
+    /// Soak: on `leak N` make N CLOSE_WAIT leaks to itself, on `close N`
+    /// close the N oldest; say how many it holds; stdin closing ends it.
+    GrowingLeaker {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Soak: fork `processes` children named churn-0001.., `parallel` at a
+    /// time, each making `connections` connections to a churn server; the
+    /// forks are spread evenly over `seconds`.
+    ProcessChurn {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 300)]
+        processes: u32,
+        #[arg(long, default_value_t = 4)]
+        parallel: u32,
+        #[arg(long, default_value_t = 3)]
+        connections: u32,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Soak: open `connections` connections to itself, wait for "go", close all at once.
+    RingBurst {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+    },
+    /// Soak: `connections` to an HTTP server for `seconds`, half idle, half
+    /// sending one header byte every `byte_every_ms` (slowloris).
+    IdleHttp {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        connections: u32,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3000)]
+        byte_every_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -297,6 +338,32 @@ fn main() -> Result<()> {
             trouble::time_wait_churn(addr, Duration::from_secs_f64(seconds))
         }
         Role::HalfClosed { addr } => trouble::half_closed(addr),
+        Role::GrowingLeaker { addr } => soak::growing_leaker(addr),
+        Role::ProcessChurn {
+            connect,
+            processes,
+            parallel,
+            connections,
+            seconds,
+        } => soak::process_churn(
+            connect,
+            processes,
+            parallel,
+            connections,
+            Duration::from_secs_f64(seconds),
+        ),
+        Role::RingBurst { addr, connections } => soak::ring_burst(addr, connections),
+        Role::IdleHttp {
+            connect,
+            connections,
+            seconds,
+            byte_every_ms,
+        } => soak::idle_http(
+            connect,
+            connections,
+            Duration::from_secs_f64(seconds),
+            Duration::from_millis(byte_every_ms),
+        ),
     }
 }
 

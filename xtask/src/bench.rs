@@ -11,17 +11,18 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::Write,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc::{Receiver, channel},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
-use crate::step;
+use crate::{
+    harness::{Proc, Tracer, fields, machine},
+    step,
+};
 
 const CHURN_SECONDS: f64 = 4.0;
 const BULK_SECONDS: f64 = 2.0;
@@ -32,7 +33,6 @@ const STATS_SECONDS: f64 = 3.0;
 /// The churn server keeps one socket in this many: the leaks to find.
 const LEAK_EVERY: u64 = 500;
 const CLIENT_THREADS: &str = "2";
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,190 +119,6 @@ struct KernelCost {
     programs: Vec<(String, u64, u64)>,
     delivered: u64,
     drops: u64,
-}
-
-/// A child process whose stdout is read line by line; killed on drop.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    name: String,
-    reaped: bool,
-}
-
-fn line_channel(pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn fields(line: &str) -> HashMap<String, String> {
-    line.split_whitespace()
-        .filter_map(|part| part.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-impl Proc {
-    fn spawn(program: &Path, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self {
-            stdin: child.stdin.take(),
-            lines: line_channel(child.stdout.take().expect("piped")),
-            child,
-            name: args.first().copied().unwrap_or_default().to_owned(),
-            reaped: false,
-        })
-    }
-
-    fn expect(&self, word: &str) -> Result<HashMap<String, String>> {
-        let line = self
-            .lines
-            .recv_timeout(STEP_TIMEOUT)
-            .with_context(|| format!("{} did not say {word}", self.name))?;
-        if !line.starts_with(word) {
-            bail!("{} said {line:?}, expected {word}", self.name);
-        }
-        Ok(fields(&line))
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin.take();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// tcptrace under test, with its resource usage taken at exit.
-struct Tracer {
-    proc: Proc,
-    stderr: Receiver<String>,
-    /// `serve`'s HTTP address, from its ready line.
-    address: Option<String>,
-}
-
-struct TracerExit {
-    stdout: Vec<String>,
-    stderr: Vec<String>,
-    cpu: Duration,
-    peak_rss_kib: u64,
-}
-
-impl Tracer {
-    fn start(binary: &Path, args: &[String], keep_stdout: bool) -> Result<Self> {
-        let mut child = Command::new(binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(if keep_stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting tcptrace")?;
-        let lines = match child.stdout.take() {
-            Some(stdout) => line_channel(stdout),
-            None => channel().1,
-        };
-        let stderr = line_channel(child.stderr.take().expect("piped"));
-        let tracer = Self {
-            proc: Proc {
-                child,
-                stdin: None,
-                lines,
-                name: "tcptrace".into(),
-                reaped: false,
-            },
-            stderr,
-            address: None,
-        };
-        let mut tracer = tracer;
-        // Notices about what this kernel cannot do may come first.
-        for _ in 0..5 {
-            let ready = tracer
-                .stderr
-                .recv_timeout(STEP_TIMEOUT)
-                .context("tcptrace did not start")?;
-            if let Some(rest) = ready.strip_prefix("tcptrace: serving http://") {
-                tracer.address = rest.split('/').next().map(str::to_owned);
-                return Ok(tracer);
-            }
-            if ready.starts_with("tcptrace: watching") {
-                return Ok(tracer);
-            }
-            if !ready.starts_with("tcptrace: ") {
-                bail!("tcptrace said {ready:?}");
-            }
-        }
-        bail!("tcptrace did not say it was ready")
-    }
-
-    /// `serve`'s leak report, as a scrape would get it.
-    fn leaks_over_http(&self) -> Result<serde_json::Value> {
-        let address = self.address.as_deref().context("not serve")?;
-        let mut stream = std::net::TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(STEP_TIMEOUT))?;
-        write!(stream, "GET /leaks HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
-            .context("no HTTP body")?;
-        Ok(serde_json::from_str(body)?)
-    }
-
-    fn terminate(&self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.proc.child.id() as libc::pid_t, libc::SIGTERM) };
-    }
-
-    fn wait(mut self) -> Result<TracerExit> {
-        let pid = self.proc.child.id() as libc::pid_t;
-        let mut status = 0;
-        // SAFETY: all-zero is a valid rusage; wait4 fills it for our child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: waiting for our own child with valid out pointers.
-        if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
-            bail!(
-                "wait4 on tcptrace failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        self.proc.reaped = true;
-        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-            let stderr: Vec<String> = self.stderr.try_iter().collect();
-            bail!("tcptrace failed (status {status}): {stderr:?}");
-        }
-        let time = |t: libc::timeval| {
-            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-        };
-        Ok(TracerExit {
-            stdout: self.proc.lines.iter().collect(),
-            stderr: self.stderr.iter().collect(),
-            cpu: time(usage.ru_utime) + time(usage.ru_stime),
-            peak_rss_kib: usage.ru_maxrss as u64,
-        })
-    }
 }
 
 /// Puts bpf_stats back as it was, however the benchmark ends.
@@ -744,20 +560,6 @@ fn render_targets(
         out,
         "\n**What costs what.** On two cores the load alone keeps both busy, so every cycle the tracer spends, in the kernel or in the agent, comes out of the load's share; the untraced baseline itself varies by about ±10 % between rounds here, so differences of a few percent (and ratios above 1) are noise. The transition program runs for every state change (about 10 per connection) and pays its kernel reads, the socket cookie, an owner-map lookup and a ring-buffer reserve and submit. In leak mode, `tcp_destroy_sock` adds one small run per socket, and with stacks the per-recv hook adds one run per `recv()`: cheap for a socket whose stacks are taken, but on churn every connection is new, so each pays its first-I/O and EOF checks and LRU inserts. The agent's CPU per event is the `watch` JSON formatting for `watch`, and decode + tracking for `leaks`."
     );
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
 fn render(

@@ -3,7 +3,9 @@
 //! missing first.
 
 mod bench;
+mod harness;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -40,6 +42,14 @@ enum Task {
         /// Rounds per configuration (at least 3 for the document).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+    },
+    /// Run the release `serve` for --minutes against churn, process churn, a
+    /// growing leaker, ring bursts, a kill -9 and restart and 2,000 idle
+    /// HTTP clients (as root); writes docs/RELIABILITY.md, fails on a failed verdict.
+    Soak {
+        /// Length of the run; the phases scale with it.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1440))]
+        minutes: u32,
     },
     /// Set up, then run the root integration tests (leaks, watch, kernel_table) in QEMU
     /// guests booting Debian's 6.1 and 6.12 kernels; arguments after `--` go to the test
@@ -127,22 +137,13 @@ fn run(task: Task) -> Result<ExitCode> {
             lint().map(|_| ExitCode::SUCCESS)
         }
         Task::Bench { rounds } => {
-            setup::run()?;
-            if !is_root() {
-                bail!(
-                    "the benchmark loads the eBPF probe: run it as root (sudo -E cargo xtask bench)"
-                );
-            }
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "tcptrace",
-                "--package",
-                "tcptrace-testpeer",
-            ])?;
+            release_build_for("bench")?;
             bench::run(&workspace_root()?, rounds)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Task::Soak { minutes } => {
+            release_build_for("soak")?;
+            soak::run(&workspace_root()?, minutes)
         }
         Task::VmTest {
             kernels,
@@ -164,6 +165,22 @@ fn run(task: Task) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Setup, root, and the release tcptrace and load peers that `bench` and `soak` run.
+fn release_build_for(task: &str) -> Result<()> {
+    setup::run()?;
+    if !is_root() {
+        bail!("{task} loads the eBPF probe: run it as root (sudo -E cargo xtask {task})");
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tcptrace",
+        "--package",
+        "tcptrace-testpeer",
+    ])
 }
 
 fn lint() -> Result<()> {
