@@ -373,19 +373,19 @@ impl Probe {
                 entries: self.stacks.stack_ids().filter(Result::is_ok).count() as u64,
                 capacity: Some(u64::from(capacities.stacks)),
             },
-            // LRU maps: full in normal use, old entries giving way; no
-            // capacity to alert on.
+            // LRU maps (call sites, EOF reads): full in normal use, the
+            // oldest entries giving way; bounded, but not worth an alert.
             Occupancy {
                 name: "call_site_stacks",
                 entries: self.call_sites.keys().filter(Result::is_ok).count() as u64,
-                capacity: None,
+                capacity: Some(u64::from(capacities.call_sites)),
             },
         ];
         if let Some(eof_reads) = &self.eof_reads {
             maps.push(Occupancy {
                 name: "eof_reads",
                 entries: eof_reads.keys().filter(Result::is_ok).count() as u64,
-                capacity: None,
+                capacity: Some(u64::from(capacities.eof_reads)),
             });
         }
         maps
