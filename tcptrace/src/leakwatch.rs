@@ -19,7 +19,9 @@ use crate::{
     clock::monotonic_now_ns,
     decode::{Record, StackSample, Transition, decode},
     holders::Holder,
-    hostread::{HostRead, HostReader, HostRequest, read_host, states_with_files},
+    hostread::{
+        HostRead, HostReader, HostRequest, read_host, release_free_memory, states_with_files,
+    },
     leaks::{LeakKind, LeakTracker},
     metrics::Occupancy,
     output, preflight,
@@ -513,6 +515,8 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
                 if pruning {
                     monitor.prune_stacks(&read.table, read.started_ns);
                 }
+                drop(read);
+                release_free_memory();
             }
             _ = report_tick.tick(), if duration.is_none() => {
                 monitor.drain(probe.get_mut());

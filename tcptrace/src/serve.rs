@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     agent::{self, HostAgent},
-    hostread::{HostRead, HostReader, HostRequest, read_host},
+    hostread::{HostRead, HostReader, HostRequest, read_host, release_free_memory},
     http::{self, Published},
     leakwatch::LeaksOptions,
     metrics::{MetricsLimits, MetricsState},
@@ -101,6 +101,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
             let leaks_json =
                 serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
             published.publish(Bytes::from(text), Bytes::from(leaks_json));
+            release_free_memory();
             leaks
         };
     let first = read_host(HostRequest {
