@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tcptrace::{
-    decode::{Record, decode},
-    tracker::SocketTracker,
+    probe::records::{Record, decode},
+    model::tracker::SocketTracker,
 };
 use tcptrace_common::{AF_INET, RecordKind, TcpState, TransitionRecord};
 

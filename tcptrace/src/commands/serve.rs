@@ -9,13 +9,13 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    agent::{self, HostAgent},
-    hostread::{HostRead, HostReader, HostRequest, read_host},
-    http::{self, Published},
-    leakwatch::LeaksOptions,
-    metrics::{MetricsLimits, MetricsState},
-    probe::Probe,
-    report::{LeakPage, LeakReport, PageLimits},
+    engine::agent::{self, HostAgent},
+    host::reader::{HostRead, HostReader, HostRequest, read_host},
+    engine::http::{self, Published},
+    commands::leaks::LeaksOptions,
+    view::metrics::{MetricsLimits, MetricsState},
+    probe::loader::Probe,
+    view::report::{LeakPage, LeakReport, PageLimits},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";

@@ -16,24 +16,24 @@ use tokio::{
 };
 
 use crate::{
-    activity::Activity,
-    clock::monotonic_now_ns,
-    decode::{Process, Record, decode},
-    diagnose::{
+    model::activity::Activity,
+    host::clock::monotonic_now_ns,
+    probe::records::{Process, Record, decode},
+    model::diagnose::{
         ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
         ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
         fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
     },
-    holders::{Holder, socket_holders},
-    hostread::{HostRead, HostRequest, read_host},
-    leakwatch::{LeaksOptions, Monitor, all_drops},
-    metrics::{AgentTotals, Occupancy},
-    probe::{KernelCounters, Probe, ProbeOptions},
-    report::LeakReport,
-    sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
-    top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
-    tracker::SocketTracker,
-    watch::DRAIN_INTERVAL,
+    host::procfs::{Holder, socket_holders},
+    host::reader::{HostRead, HostRequest, read_host},
+    commands::leaks::{LeaksOptions, Monitor, all_drops},
+    view::metrics::{AgentTotals, Occupancy},
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    view::report::LeakReport,
+    host::sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
+    view::top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
+    model::tracker::SocketTracker,
+    commands::watch::DRAIN_INTERVAL,
 };
 
 /// The holder scan walks every process's fds; sockets with no history are

@@ -14,13 +14,13 @@ use tokio::{
 };
 
 use crate::{
-    clock::WallClock,
-    decode::{Record, decode},
-    filter::Filter,
-    hostread::{HostReader, HostRequest, states_with_files},
-    output::{self, Format, WriteFailed},
-    probe::{KernelCounters, Probe, ProbeOptions},
-    tracker::SocketTracker,
+    host::clock::WallClock,
+    probe::records::{Record, decode},
+    model::filter::Filter,
+    host::reader::{HostReader, HostRequest, states_with_files},
+    view::watch::{self, Format, WriteFailed},
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    model::tracker::SocketTracker,
 };
 
 /// How often the ring buffer is drained when the probe does not wake us: it
@@ -118,8 +118,8 @@ impl<W: Write> Pipeline<W> {
         let time = self.clock.wall_time(tracked.transition.timestamp_ns);
         self.summary.shown += 1;
         let written = match self.format {
-            Format::Text => writeln!(self.out, "{}", output::text_line(&tracked, time)),
-            Format::Json => output::write_json(&mut self.out, &tracked, time),
+            Format::Text => writeln!(self.out, "{}", watch::text_line(&tracked, time)),
+            Format::Json => watch::write_json(&mut self.out, &tracked, time),
         };
         if let Err(error) = written {
             self.note_write_error(error);
@@ -139,7 +139,7 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn note_write_error(&mut self, error: io::Error) {
-        if let Err(failed) = output::reader_gone(error) {
+        if let Err(failed) = watch::reader_gone(error) {
             self.write_error.get_or_insert(failed);
         }
         self.output_closed = true;
@@ -169,7 +169,7 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
     }
     pipeline.summary.accept_hook = probe.get_ref().accept_hook;
     if options.format == Format::Text {
-        pipeline.write_line(output::TEXT_HEADER);
+        pipeline.write_line(watch::TEXT_HEADER);
         pipeline.flush();
     }
 
@@ -234,7 +234,7 @@ mod tests {
     use tcptrace_common::{TcpState, TransitionRecord};
 
     use super::*;
-    use crate::decode::tests::{record_bytes, sample_record};
+    use crate::probe::records::tests::{record_bytes, sample_record};
 
     fn pipeline(filter: Filter) -> Pipeline<Vec<u8>> {
         Pipeline {

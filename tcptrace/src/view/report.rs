@@ -12,11 +12,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    holders::Holder,
-    leaks::{LeakKind, Suspect},
-    output::endpoint,
-    symbolize::Frames,
-    terminal::sanitize,
+    host::procfs::Holder,
+    model::leaks::{LeakKind, Suspect},
+    view::watch::endpoint,
+    host::symbolize::Frames,
+    view::terminal::sanitize,
 };
 
 /// The stacks the probe took for one socket, resolved.
@@ -587,7 +587,7 @@ pub fn render_text(report: &LeakReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leaks::Provenance;
+    use crate::model::leaks::Provenance;
 
     const S: u64 = 1_000_000_000;
 

@@ -14,13 +14,13 @@ use tcptrace_common::TcpState;
 use tokio::sync::mpsc;
 
 use crate::{
-    clock::monotonic_now_ns,
-    container::{container_of, net_namespace_of},
-    diagnose::{PortSettings, SettingsError},
-    holders::{ProcScan, fd_usage, scan_processes},
-    report::FdUsage,
-    sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
-    top::Placement,
+    host::clock::monotonic_now_ns,
+    host::container::{container_of, net_namespace_of},
+    model::diagnose::{PortSettings, SettingsError},
+    host::procfs::{ProcScan, fd_usage, scan_processes},
+    view::report::FdUsage,
+    host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
+    view::top::Placement,
 };
 
 /// Every state a socket can be listed in while it has a file: what live

@@ -24,7 +24,7 @@ use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIA
 use tcptrace_common::TcpState;
 use thiserror::Error;
 
-use crate::holders;
+use crate::host::procfs;
 
 #[derive(Debug, Error)]
 pub enum SockDiagError {
@@ -86,7 +86,7 @@ pub fn net_namespaces() -> std::io::Result<Vec<NetNamespace>> {
         };
         let meta = match fs::metadata(entry.path().join("ns/net")) {
             Ok(meta) => meta,
-            Err(error) if holders::process_went_away(&error) => continue,
+            Err(error) if procfs::process_went_away(&error) => continue,
             Err(error) => return Err(error),
         };
         if seen.insert(meta.ino()) {

@@ -11,8 +11,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
-    terminal::sanitize,
-    tracker::{OwnerSource, TrackedTransition},
+    view::terminal::sanitize,
+    model::tracker::{OwnerSource, TrackedTransition},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,8 +170,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::{Process, Transition},
-        tracker::Owner,
+        probe::records::{Process, Transition},
+        model::tracker::Owner,
     };
 
     fn sample(owner_source: Option<OwnerSource>) -> TrackedTransition {

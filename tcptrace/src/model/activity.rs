@@ -14,7 +14,7 @@ use std::{
 
 use tcptrace_common::TcpState;
 
-use crate::{decode::Process, metrics::Occupancy, tracker::TrackedTransition};
+use crate::{probe::records::Process, view::metrics::Occupancy, model::tracker::TrackedTransition};
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
 /// sockets that went there are kept a little longer so a table dump taken
@@ -268,8 +268,8 @@ impl Activity {
 mod tests {
     use super::*;
     use crate::{
-        decode::Transition,
-        tracker::{Owner, OwnerSource},
+        probe::records::Transition,
+        model::tracker::{Owner, OwnerSource},
     };
     use TcpState::*;
 

@@ -19,10 +19,10 @@ use tcptrace_common::{
 use thiserror::Error;
 
 use crate::{
-    btf::{Btf, BtfError, VMLINUX_BTF},
-    layout::{self, LayoutError},
-    metrics::Occupancy,
-    preflight::{self, PreflightError},
+    probe::btf::{Btf, BtfError, VMLINUX_BTF},
+    probe::layout::{self, LayoutError},
+    view::metrics::Occupancy,
+    probe::preflight::{self, PreflightError},
 };
 
 /// The probe object, built for the bpf target by build.rs.

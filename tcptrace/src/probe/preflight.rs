@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use tcptrace_common::names;
 
-use crate::btf::{Btf, VMLINUX_BTF};
+use crate::probe::btf::{Btf, VMLINUX_BTF};
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -237,7 +237,7 @@ fn probe_ring_buffer() -> Probed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btf::tests::BtfBuilder;
+    use crate::probe::btf::tests::BtfBuilder;
 
     #[test]
     fn capabilities() {

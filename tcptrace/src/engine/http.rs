@@ -40,7 +40,7 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
-use crate::metrics::CONTENT_TYPE;
+use crate::view::metrics::CONTENT_TYPE;
 
 /// A request head must be complete this long after the server starts
 /// waiting for it, on a new or a kept-alive connection: a slowloris client

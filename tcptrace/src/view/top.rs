@@ -13,12 +13,12 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
-    activity::{Activity, ProcessCounts},
-    diagnose::Finding,
-    holders::Holder,
-    report::{LeakReport, ProbeHealth},
-    sockdiag::KernelSocket,
-    terminal::sanitize,
+    model::activity::{Activity, ProcessCounts},
+    model::diagnose::Finding,
+    host::procfs::Holder,
+    view::report::{LeakReport, ProbeHealth},
+    host::sockdiag::KernelSocket,
+    view::terminal::sanitize,
 };
 
 /// Where a process runs, as far as the host can tell.
@@ -432,9 +432,9 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
 mod tests {
     use super::*;
     use crate::{
-        decode::{Process, Transition},
-        metrics::{MetricsLimits, MetricsState},
-        tracker::{Owner, OwnerSource, TrackedTransition},
+        probe::records::{Process, Transition},
+        view::metrics::{MetricsLimits, MetricsState},
+        model::tracker::{Owner, OwnerSource, TrackedTransition},
     };
 
     fn connect(activity: &mut Activity, tgid: u32, comm: &str, cookie: u64) {

@@ -5,7 +5,7 @@
 use tcptrace_common::ProbeConfig;
 use thiserror::Error;
 
-use crate::btf::{Btf, BtfError, MemberLocation};
+use crate::probe::btf::{Btf, BtfError, MemberLocation};
 
 #[derive(Debug, Error)]
 pub enum LayoutError {
@@ -138,7 +138,7 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btf::tests::BtfBuilder;
+    use crate::probe::btf::tests::BtfBuilder;
 
     /// A `struct sock` shaped like 6.x's, with made-up offsets.
     fn fake_kernel(protocol_size: u32, with_netns: bool) -> Btf {

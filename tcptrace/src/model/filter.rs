@@ -4,7 +4,7 @@
 
 use tcptrace_common::TcpState;
 
-use crate::tracker::TrackedTransition;
+use crate::model::tracker::TrackedTransition;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpFamily {
@@ -61,8 +61,8 @@ impl Filter {
 mod tests {
     use super::*;
     use crate::{
-        decode::{Process, Transition},
-        tracker::{Owner, OwnerSource},
+        probe::records::{Process, Transition},
+        model::tracker::{Owner, OwnerSource},
     };
 
     fn tracked(owner: Option<u32>, local: &str, remote: &str) -> TrackedTransition {

@@ -16,21 +16,21 @@ use tokio::{
 };
 
 use crate::{
-    clock::monotonic_now_ns,
-    decode::{Record, StackSample, Transition, decode},
-    holders::Holder,
-    hostread::{HostRead, HostReader, HostRequest, read_host, states_with_files},
-    leaks::{LeakKind, LeakTracker},
-    metrics::Occupancy,
-    output, preflight,
-    probe::{KernelCounters, Probe, ProbeOptions},
-    report::{
+    host::clock::monotonic_now_ns,
+    probe::records::{Record, StackSample, Transition, decode},
+    host::procfs::Holder,
+    host::reader::{HostRead, HostReader, HostRequest, read_host, states_with_files},
+    model::leaks::{LeakKind, LeakTracker},
+    view::metrics::Occupancy,
+    view::watch, probe::preflight,
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    view::report::{
         FdUsage, GrowthHistory, LeakReport, ProbeHealth, ProgramHealth, ReportFilter, SocketStacks,
         build_report, render_text,
     },
-    sockdiag::{KernelSocket, TableSnapshot},
-    symbolize::SymbolizerWorker,
-    watch::DRAIN_INTERVAL,
+    host::sockdiag::{KernelSocket, TableSnapshot},
+    host::symbolize::SymbolizerWorker,
+    commands::watch::DRAIN_INTERVAL,
 };
 
 /// How often the live view is redrawn.
@@ -431,7 +431,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         // Ages are unknown without history: everything in CLOSE_WAIT now is listed.
         let report = monitor.report(Duration::ZERO);
         if let Err(error) = write_report(&mut out, &report, json, false) {
-            output::reader_gone(error)?;
+            watch::reader_gone(error)?;
         }
         return Ok(LeaksOutcome {
             leaks_found: !report.is_empty(),
@@ -507,7 +507,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
                 let report = monitor.report(min_age);
                 if let Err(error) = write_report(&mut out, &report, json, live_terminal) {
                     // The reader left: there is nobody to give a final report to.
-                    output::reader_gone(error)?;
+                    watch::reader_gone(error)?;
                     return Ok(LeaksOutcome {
                         leaks_found: !report.is_empty(),
                     });
@@ -540,7 +540,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         .collect();
     let report = monitor.report(min_age);
     if let Err(error) = write_report(&mut out, &report, json, false) {
-        output::reader_gone(error)?;
+        watch::reader_gone(error)?;
     }
     Ok(LeaksOutcome {
         leaks_found: !report.is_empty(),
@@ -550,7 +550,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{holders::ProcScan, sockdiag::NetNamespace};
+    use crate::{host::procfs::ProcScan, host::sockdiag::NetNamespace};
 
     const S: u64 = 1_000_000_000;
 
@@ -667,7 +667,7 @@ mod tests {
         let partial = TableSnapshot {
             unreadable: vec![(
                 NetNamespace { inode: 9, pid: 1 },
-                crate::sockdiag::SockDiagError::Kernel(1),
+                crate::host::sockdiag::SockDiagError::Kernel(1),
             )],
             ..TableSnapshot::default()
         };

@@ -31,9 +31,9 @@ use prometheus_client::{
 };
 
 use crate::{
-    diagnose::{FindingKind, Severity},
-    report::LeakReport,
-    top::TopSnapshot,
+    model::diagnose::{FindingKind, Severity},
+    view::report::LeakReport,
+    view::top::TopSnapshot,
 };
 
 /// The label value for everything folded together.
@@ -565,7 +565,7 @@ fn occupancy_families(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{report::ProcessLeaks, top::ProcessRow};
+    use crate::{view::report::ProcessLeaks, view::top::ProcessRow};
 
     fn row(pid: u32, comm: &str, transitions: &[(&str, u64)]) -> ProcessRow {
         ProcessRow {
@@ -928,7 +928,7 @@ mod tests {
             min_age_ms: 0,
             leaking_sockets: 3,
             processes: vec![
-                crate::report::ProcessLeaks {
+                crate::view::report::ProcessLeaks {
                     pid: Some(1),
                     comm: Some("a".into()),
                     close_wait: 2,
@@ -936,7 +936,7 @@ mod tests {
                     oldest_age_ms: 1500,
                     ..Default::default()
                 },
-                crate::report::ProcessLeaks {
+                crate::view::report::ProcessLeaks {
                     pid: Some(2),
                     comm: Some("b".into()),
                     close_wait: 1,

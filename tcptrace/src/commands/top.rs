@@ -12,11 +12,11 @@ use tokio::{
 };
 
 use crate::{
-    agent,
-    hostread::HostReader,
-    leakwatch::LeaksOptions,
-    output,
-    top::{RowFilter, SortKey, TopSnapshot, render_text, select},
+    engine::agent,
+    host::reader::HostReader,
+    commands::leaks::LeaksOptions,
+    view::watch,
+    view::top::{RowFilter, SortKey, TopSnapshot, render_text, select},
 };
 
 #[derive(Clone, Debug)]
@@ -91,7 +91,7 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
                 let (mut snapshot, _) = agent.refresh_with(probe.get_mut(), read, false);
                 select(&mut snapshot, &options.filter, options.sort);
                 if let Err(error) = write_snapshot(&mut out, &snapshot, &options, live_terminal) {
-                    output::reader_gone(error)?;
+                    watch::reader_gone(error)?;
                     return Ok(());
                 }
             }
@@ -103,7 +103,7 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
     let (mut snapshot, _) = agent.refresh(probe.get_mut(), false);
     select(&mut snapshot, &options.filter, options.sort);
     if let Err(error) = write_snapshot(&mut out, &snapshot, &options, false) {
-        output::reader_gone(error)?;
+        watch::reader_gone(error)?;
     }
     Ok(())
 }

@@ -1,0 +1,4 @@
+pub mod leaks;
+pub mod serve;
+pub mod top;
+pub mod watch;

@@ -1,0 +1,5 @@
+pub mod activity;
+pub mod diagnose;
+pub mod filter;
+pub mod leaks;
+pub mod tracker;

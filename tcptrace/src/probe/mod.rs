@@ -1,0 +1,5 @@
+pub mod btf;
+pub mod layout;
+pub mod loader;
+pub mod preflight;
+pub mod records;
