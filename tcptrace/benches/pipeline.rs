@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tcptrace::{
-    probe::records::{Record, decode},
     model::tracker::SocketTracker,
+    probe::records::{Record, decode},
 };
 use tcptrace_common::{AF_INET, RecordKind, TcpState, TransitionRecord};
 

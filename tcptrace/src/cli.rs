@@ -6,19 +6,19 @@ use clap::{Args, Parser, Subcommand};
 use tcptrace_common::TcpState;
 
 use crate::{
+    commands::serve::{DEFAULT_LISTEN, ServeOptions},
+    commands::top::TopOptions,
+    commands::watch::WatchOptions,
+    engine::monitor::LeaksOptions,
     model::filter::{Filter, IpFamily},
-    commands::leaks::LeaksOptions,
-    view::metrics::MetricsLimits,
-    view::watch::Format,
     probe::loader::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
         validate_max_sockets, validate_ring_buffer_bytes,
     },
+    view::metrics::MetricsLimits,
     view::report::ReportFilter,
-    commands::serve::{DEFAULT_LISTEN, ServeOptions},
     view::top::{RowFilter, SortKey},
-    commands::top::TopOptions,
-    commands::watch::WatchOptions,
+    view::watch::Format,
 };
 
 #[derive(Debug, Parser)]

@@ -3,7 +3,10 @@ use std::{io, process::ExitCode};
 use clap::Parser;
 use tcptrace::{
     cli::{Cli, Command},
-    commands::leaks, commands::serve, commands::top, commands::watch,
+    commands::leaks,
+    commands::serve,
+    commands::top,
+    commands::watch,
 };
 
 /// Exit status for a failure at run time (usage errors exit 2, through clap).

@@ -83,7 +83,10 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
     let during = after_refreshes(&serve, 2);
     let stacks_during = map(&during, "stacks");
     let symbolized_during = table(&during, "symbolized_stacks");
-    assert!(symbolized_during > 0, "the churn's stacks were taken\n{during}");
+    assert!(
+        symbolized_during > 0,
+        "the churn's stacks were taken\n{during}"
+    );
 
     server.go();
     server.expect("served");
@@ -108,7 +111,15 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
         );
     };
     // Every socket had its owner recorded: no storage failed.
-    assert_eq!(counter(&after, "tcptrace_map_insert_failures_total"), 0, "{after}");
-    assert_eq!(counter(&after, "tcptrace_host_read_failures_total"), 0, "{after}");
+    assert_eq!(
+        counter(&after, "tcptrace_map_insert_failures_total"),
+        0,
+        "{after}"
+    );
+    assert_eq!(
+        counter(&after, "tcptrace_host_read_failures_total"),
+        0,
+        "{after}"
+    );
     serve.stop();
 }

@@ -10,11 +10,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     engine::agent::{self, HostAgent},
-    host::reader::{HostRead, HostReader, HostRequest, read_host},
     engine::http::{self, Published},
-    commands::leaks::LeaksOptions,
-    view::metrics::{MetricsLimits, MetricsState},
+    engine::monitor::LeaksOptions,
+    host::reader::{HostRead, HostReader, HostRequest, read_host},
     probe::loader::Probe,
+    view::metrics::{MetricsLimits, MetricsState},
     view::report::{LeakPage, LeakReport, PageLimits},
 };
 

@@ -13,10 +13,10 @@ use tokio::{
 
 use crate::{
     engine::agent,
+    engine::monitor::LeaksOptions,
     host::reader::HostReader,
-    commands::leaks::LeaksOptions,
-    view::watch,
     view::top::{RowFilter, SortKey, TopSnapshot, render_text, select},
+    view::watch,
 };
 
 #[derive(Clone, Debug)]

@@ -15,12 +15,12 @@ use tokio::{
 
 use crate::{
     host::clock::WallClock,
-    probe::records::{Record, decode},
-    model::filter::Filter,
     host::reader::{HostReader, HostRequest, states_with_files},
-    view::watch::{self, Format, WriteFailed},
-    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    model::filter::Filter,
     model::tracker::SocketTracker,
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    probe::records::{Record, decode},
+    view::watch::{self, Format, WriteFailed},
 };
 
 /// How often the ring buffer is drained when the probe does not wake us: it

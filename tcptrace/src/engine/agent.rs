@@ -16,24 +16,26 @@ use tokio::{
 };
 
 use crate::{
-    model::activity::Activity,
+    commands::watch::DRAIN_INTERVAL,
+    engine::monitor::{LeaksOptions, Monitor, all_drops},
     host::clock::monotonic_now_ns,
-    probe::records::{Process, Record, decode},
+    host::procfs::{Holder, socket_holders},
+    host::reader::{HostRead, HostRequest, read_host},
+    host::sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
+    model::activity::Activity,
     model::diagnose::{
         ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
         ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
         fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
     },
-    host::procfs::{Holder, socket_holders},
-    host::reader::{HostRead, HostRequest, read_host},
-    commands::leaks::{LeaksOptions, Monitor, all_drops},
-    view::metrics::{AgentTotals, Occupancy},
-    probe::loader::{KernelCounters, Probe, ProbeOptions},
-    view::report::LeakReport,
-    host::sockdiag::{KernelSocket, TableSnapshot, dump_all_namespaces},
-    view::top::{Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
     model::tracker::SocketTracker,
-    commands::watch::DRAIN_INTERVAL,
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    probe::records::{Process, Record, decode},
+    view::metrics::{AgentTotals, Occupancy},
+    view::report::LeakReport,
+    view::top::{
+        Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner,
+    },
 };
 
 /// The holder scan walks every process's fds; sockets with no history are

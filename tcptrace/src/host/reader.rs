@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use crate::{
     host::clock::monotonic_now_ns,
     host::container::{container_of, net_namespace_of},
-    model::diagnose::{PortSettings, SettingsError},
     host::procfs::{ProcScan, fd_usage, scan_processes},
-    view::report::FdUsage,
     host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
+    model::diagnose::{PortSettings, SettingsError},
+    view::report::FdUsage,
     view::top::Placement,
 };
 

@@ -14,7 +14,7 @@ use std::{
 
 use tcptrace_common::TcpState;
 
-use crate::{probe::records::Process, view::metrics::Occupancy, model::tracker::TrackedTransition};
+use crate::{model::tracker::TrackedTransition, probe::records::Process, view::metrics::Occupancy};
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
 /// sockets that went there are kept a little longer so a table dump taken
@@ -268,8 +268,8 @@ impl Activity {
 mod tests {
     use super::*;
     use crate::{
-        probe::records::Transition,
         model::tracker::{Owner, OwnerSource},
+        probe::records::Transition,
     };
     use TcpState::*;
 

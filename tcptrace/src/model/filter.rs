@@ -61,8 +61,8 @@ impl Filter {
 mod tests {
     use super::*;
     use crate::{
-        probe::records::{Process, Transition},
         model::tracker::{Owner, OwnerSource},
+        probe::records::{Process, Transition},
     };
 
     fn tracked(owner: Option<u32>, local: &str, remote: &str) -> TrackedTransition {

@@ -22,8 +22,8 @@ use std::{
 use tcptrace_common::TcpState;
 
 use crate::{
-    probe::records::{Process, Transition},
     host::sockdiag::KernelSocket,
+    probe::records::{Process, Transition},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -21,8 +21,8 @@ use thiserror::Error;
 use crate::{
     probe::btf::{Btf, BtfError, VMLINUX_BTF},
     probe::layout::{self, LayoutError},
-    view::metrics::Occupancy,
     probe::preflight::{self, PreflightError},
+    view::metrics::Occupancy,
 };
 
 /// The probe object, built for the bpf target by build.rs.

@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use crate::{
     host::procfs::Holder,
-    model::leaks::{LeakKind, Suspect},
-    view::watch::endpoint,
     host::symbolize::Frames,
+    model::leaks::{LeakKind, Suspect},
     view::terminal::sanitize,
+    view::watch::endpoint,
 };
 
 /// The stacks the probe took for one socket, resolved.

@@ -13,11 +13,11 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
+    host::procfs::Holder,
+    host::sockdiag::KernelSocket,
     model::activity::{Activity, ProcessCounts},
     model::diagnose::Finding,
-    host::procfs::Holder,
     view::report::{LeakReport, ProbeHealth},
-    host::sockdiag::KernelSocket,
     view::terminal::sanitize,
 };
 
@@ -432,9 +432,9 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
 mod tests {
     use super::*;
     use crate::{
+        model::tracker::{Owner, OwnerSource, TrackedTransition},
         probe::records::{Process, Transition},
         view::metrics::{MetricsLimits, MetricsState},
-        model::tracker::{Owner, OwnerSource, TrackedTransition},
     };
 
     fn connect(activity: &mut Activity, tgid: u32, comm: &str, cookie: u64) {

@@ -11,8 +11,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
-    view::terminal::sanitize,
     model::tracker::{OwnerSource, TrackedTransition},
+    view::terminal::sanitize,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,8 +170,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        probe::records::{Process, Transition},
         model::tracker::Owner,
+        probe::records::{Process, Transition},
     };
 
     fn sample(owner_source: Option<OwnerSource>) -> TrackedTransition {
