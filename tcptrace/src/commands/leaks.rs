@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    commands::watch::DRAIN_INTERVAL,
+    engine::DRAIN_INTERVAL,
     engine::monitor::{LeaksOptions, Monitor, RECONCILE_INTERVAL, STACK_PRUNE_EVERY, all_drops},
     host::reader::{HostReader, HostRequest, read_host, states_with_files},
     probe::loader::{Probe, ProbeOptions},

@@ -23,9 +23,6 @@ use crate::{
     view::watch::{self, Format, WriteFailed},
 };
 
-/// How often the ring buffer is drained when the probe does not wake us: it
-/// wakes the reader only when a backlog builds up, to spare an interrupt per event.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How often the tracker's sockets are checked against the kernel's table:
 /// an entry whose CLOSE was lost (ring full) is forgotten then, not kept
 /// for the life of the process.
@@ -173,7 +170,7 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
         pipeline.flush();
     }
 
-    let mut tick = interval(DRAIN_INTERVAL);
+    let mut tick = interval(crate::engine::DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reconcile_tick = interval(TRACKER_RECONCILE_INTERVAL);
     reconcile_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    commands::watch::DRAIN_INTERVAL,
+    engine::DRAIN_INTERVAL,
     engine::monitor::{LeaksOptions, Monitor, all_drops},
     host::clock::monotonic_now_ns,
     host::procfs::{Holder, socket_holders},

@@ -1,3 +1,9 @@
 pub mod agent;
 pub mod http;
 pub mod monitor;
+
+use std::time::Duration;
+
+/// How often the ring buffer is drained when the probe does not wake us: it
+/// wakes the reader only when a backlog builds up, to spare an interrupt per event.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);

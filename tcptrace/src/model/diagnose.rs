@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::view::watch::endpoint;
+use crate::model::endpoint::endpoint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

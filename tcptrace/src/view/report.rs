@@ -14,9 +14,9 @@ use serde::Serialize;
 use crate::{
     host::procfs::Holder,
     host::symbolize::Frames,
+    model::endpoint::endpoint,
     model::leaks::{LeakKind, Suspect},
     view::terminal::sanitize,
-    view::watch::endpoint,
 };
 
 /// The stacks the probe took for one socket, resolved.

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     io::{self, Write},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     time::SystemTime,
 };
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
+    model::endpoint::endpoint,
     model::tracker::{OwnerSource, TrackedTransition},
     view::terminal::sanitize,
 };
@@ -38,11 +39,6 @@ pub fn reader_gone(error: io::Error) -> Result<(), WriteFailed> {
 }
 
 pub const TEXT_HEADER: &str = "TIME             PID     COMM             LOCAL                  REMOTE                 TRANSITION                    MS_IN_OLD";
-
-/// IPv6 in brackets; an IPv4 peer of a dual-stack socket shown as IPv4.
-pub fn endpoint(addr: SocketAddr) -> String {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string()
-}
 
 fn clock_time(time: SystemTime) -> String {
     // "2026-11-22T03:21:36.123456Z" -> "03:21:36.123456"
