@@ -18,8 +18,9 @@ use crate::{
     host::reader::{HostReader, HostRequest, states_with_files},
     model::filter::Filter,
     model::tracker::SocketTracker,
+    model::transition::Record,
     probe::loader::{KernelCounters, Probe, ProbeOptions},
-    probe::records::{Record, decode},
+    probe::records::decode,
     view::watch::{self, Format, WriteFailed},
 };
 

@@ -29,8 +29,9 @@ use crate::{
         fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
     },
     model::tracker::SocketTracker,
+    model::transition::{Process, Record},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
-    probe::records::{Process, Record, decode},
+    probe::records::decode,
     view::metrics::{AgentTotals, Occupancy},
     view::report::LeakReport,
     view::top::{

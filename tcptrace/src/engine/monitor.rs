@@ -16,8 +16,9 @@ use crate::{
     host::sockdiag::{KernelSocket, TableSnapshot},
     host::symbolize::SymbolizerWorker,
     model::leaks::{LeakKind, LeakTracker},
+    model::transition::{Record, StackSample, Transition},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
-    probe::records::{Record, StackSample, Transition, decode},
+    probe::records::decode,
     view::metrics::Occupancy,
     view::report::{
         FdUsage, GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,

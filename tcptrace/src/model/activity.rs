@@ -14,7 +14,9 @@ use std::{
 
 use tcptrace_common::TcpState;
 
-use crate::{model::tracker::TrackedTransition, probe::records::Process, view::metrics::Occupancy};
+use crate::{
+    model::tracker::TrackedTransition, model::transition::Process, view::metrics::Occupancy,
+};
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
 /// sockets that went there are kept a little longer so a table dump taken
@@ -269,7 +271,7 @@ mod tests {
     use super::*;
     use crate::{
         model::tracker::{Owner, OwnerSource},
-        probe::records::Transition,
+        model::transition::Transition,
     };
     use TcpState::*;
 

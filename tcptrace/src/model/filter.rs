@@ -62,7 +62,7 @@ mod tests {
     use super::*;
     use crate::{
         model::tracker::{Owner, OwnerSource},
-        probe::records::{Process, Transition},
+        model::transition::{Process, Transition},
     };
 
     fn tracked(owner: Option<u32>, local: &str, remote: &str) -> TrackedTransition {

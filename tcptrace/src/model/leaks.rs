@@ -23,7 +23,7 @@ use tcptrace_common::TcpState;
 
 use crate::{
     host::sockdiag::KernelSocket,
-    probe::records::{Process, Transition},
+    model::transition::{Process, Transition},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

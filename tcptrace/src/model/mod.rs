@@ -4,3 +4,4 @@ pub mod endpoint;
 pub mod filter;
 pub mod leaks;
 pub mod tracker;
+pub mod transition;

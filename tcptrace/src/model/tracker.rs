@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use tcptrace_common::TcpState;
 
-use crate::probe::records::{Process, Transition};
+use crate::model::transition::{Process, Transition};
 
 /// How the owner of a transition's socket is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -433,7 +433,7 @@ mod tests {
     use super::*;
     use crate::{
         model::tracker::{Owner, OwnerSource, TrackedTransition},
-        probe::records::{Process, Transition},
+        model::transition::{Process, Transition},
         view::metrics::{MetricsLimits, MetricsState},
     };
 

@@ -167,7 +167,7 @@ mod tests {
     use super::*;
     use crate::{
         model::tracker::Owner,
-        probe::records::{Process, Transition},
+        model::transition::{Process, Transition},
     };
 
     fn sample(owner_source: Option<OwnerSource>) -> TrackedTransition {
