@@ -11,15 +11,16 @@ use tcptrace_common::{StackKind, TcpState};
 
 use crate::{
     host::clock::monotonic_now_ns,
-    host::procfs::Holder,
     host::reader::{HostRead, HostRequest},
-    host::sockdiag::{KernelSocket, TableSnapshot},
+    host::sockdiag::TableSnapshot,
     host::symbolize::SymbolizerWorker,
+    model::health::Occupancy,
+    model::holder::Holder,
+    model::kernel_socket::KernelSocket,
     model::leaks::{LeakKind, LeakTracker},
     model::transition::{Record, StackSample, Transition},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::metrics::Occupancy,
     view::report::{
         FdUsage, GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
     },
@@ -386,7 +387,7 @@ pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{host::procfs::ProcScan, host::sockdiag::NetNamespace};
+    use crate::{model::holder::ProcScan, model::kernel_socket::NetNamespace};
 
     const S: u64 = 1_000_000_000;
 

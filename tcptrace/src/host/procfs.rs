@@ -8,20 +8,7 @@ use std::{
     path::Path,
 };
 
-/// A process holding a socket, and through which fd.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Holder {
-    pub pid: u32,
-    pub comm: String,
-    pub fd: u32,
-}
-
-/// One walk of `/proc`: the processes alive, and who holds the sockets asked about.
-#[derive(Debug, Default)]
-pub struct ProcScan {
-    pub pids: HashSet<u32>,
-    pub holders: HashMap<u64, Vec<Holder>>,
-}
+use crate::model::holder::{Holder, ProcScan};
 
 /// Whether an error reading `/proc/<pid>/...` only means the process exited
 /// (or is a zombie) meanwhile, as opposed to a failure of the reader.

@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use crate::{
     host::clock::monotonic_now_ns,
     host::container::{container_of, net_namespace_of},
-    host::procfs::{ProcScan, fd_usage, scan_processes},
+    host::procfs::{fd_usage, scan_processes},
     host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
     model::diagnose::{PortSettings, SettingsError},
+    model::holder::ProcScan,
     view::report::FdUsage,
     view::top::Placement,
 };

@@ -15,7 +15,7 @@ use std::{
 use tcptrace_common::TcpState;
 
 use crate::{
-    model::tracker::TrackedTransition, model::transition::Process, view::metrics::Occupancy,
+    model::health::Occupancy, model::tracker::TrackedTransition, model::transition::Process,
 };
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of

@@ -22,7 +22,7 @@ use std::{
 use tcptrace_common::TcpState;
 
 use crate::{
-    host::sockdiag::KernelSocket,
+    model::kernel_socket::KernelSocket,
     model::transition::{Process, Transition},
 };
 

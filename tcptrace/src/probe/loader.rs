@@ -19,10 +19,10 @@ use tcptrace_common::{
 use thiserror::Error;
 
 use crate::{
+    model::health::Occupancy,
     probe::btf::{Btf, BtfError, VMLINUX_BTF},
     probe::layout::{self, LayoutError},
     probe::preflight::{self, PreflightError},
-    view::metrics::Occupancy,
 };
 
 /// The probe object, built for the bpf target by build.rs.

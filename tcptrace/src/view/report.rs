@@ -12,9 +12,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    host::procfs::Holder,
     host::symbolize::Frames,
     model::endpoint::endpoint,
+    model::holder::Holder,
     model::leaks::{LeakKind, Suspect},
     view::terminal::sanitize,
 };

@@ -13,10 +13,10 @@ use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
-    host::procfs::Holder,
-    host::sockdiag::KernelSocket,
     model::activity::{Activity, ProcessCounts},
     model::diagnose::Finding,
+    model::holder::Holder,
+    model::kernel_socket::KernelSocket,
     view::report::{LeakReport, ProbeHealth},
     view::terminal::sanitize,
 };
