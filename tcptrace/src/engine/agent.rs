@@ -31,14 +31,13 @@ use crate::{
     model::health::{AgentTotals, Occupancy},
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
+    model::process::Placement,
     model::tracker::SocketTracker,
     model::transition::{Process, Record},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
     view::report::LeakReport,
-    view::top::{
-        Placement, RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner,
-    },
+    view::top::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
 };
 
 /// The holder scan walks every process's fds; sockets with no history are

@@ -18,11 +18,12 @@ use crate::{
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
     model::leaks::{LeakKind, LeakTracker},
+    model::process::FdUsage,
     model::transition::{Record, StackSample, Transition},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
     view::report::{
-        FdUsage, GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
+        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
     },
 };
 

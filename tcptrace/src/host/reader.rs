@@ -20,8 +20,8 @@ use crate::{
     host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
     model::diagnose::{PortSettings, SettingsError},
     model::holder::ProcScan,
-    view::report::FdUsage,
-    view::top::Placement,
+    model::process::FdUsage,
+    model::process::Placement,
 };
 
 /// Every state a socket can be listed in while it has a file: what live

@@ -26,8 +26,7 @@ use blazesym::{
     },
 };
 
-/// One frame per line, innermost first.
-pub type Frames = Arc<Vec<String>>;
+use crate::model::stack::Frames;
 
 /// Stacks waiting for the worker; past this, new ones are counted and left
 /// unresolved rather than queued without bound.

@@ -6,5 +6,7 @@ pub mod health;
 pub mod holder;
 pub mod kernel_socket;
 pub mod leaks;
+pub mod process;
+pub mod stack;
 pub mod tracker;
 pub mod transition;

@@ -12,12 +12,14 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    host::symbolize::Frames,
     model::endpoint::endpoint,
     model::holder::Holder,
     model::leaks::{LeakKind, Suspect},
+    model::stack::Frames,
     view::terminal::sanitize,
 };
+
+use crate::model::process::FdUsage;
 
 /// The stacks the probe took for one socket, resolved.
 #[derive(Clone, Debug, Default)]
@@ -42,13 +44,6 @@ pub struct CodePath {
 
 /// Frames shown per stack in the text report (JSON has them all).
 const TEXT_FRAMES: usize = 8;
-
-/// Open fds and the soft RLIMIT_NOFILE of a process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FdUsage {
-    pub open: u64,
-    pub limit: Option<u64>,
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct ReportFilter {

@@ -21,14 +21,7 @@ use crate::{
     view::terminal::sanitize,
 };
 
-/// Where a process runs, as far as the host can tell.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Placement {
-    /// Short container id; empty for host processes.
-    pub container: String,
-    pub pod_uid: Option<String>,
-    pub netns: Option<u64>,
-}
+use crate::model::process::Placement;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ProcessRow {
