@@ -436,7 +436,6 @@ mod tests {
             state: TcpState::CloseWait,
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.0.0.1:40000".parse().unwrap(),
-            uid: 0,
             recv_queue: 0,
             send_queue: 0,
             netns_inode: 1,

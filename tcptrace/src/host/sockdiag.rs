@@ -268,7 +268,6 @@ fn kernel_socket(response: &InetResponse, netns_inode: u64) -> Option<KernelSock
         state: TcpState::from_raw(header.state)?,
         local: SocketAddr::new(id.source_address, id.source_port),
         remote: SocketAddr::new(id.destination_address, id.destination_port),
-        uid: header.uid,
         recv_queue: header.recv_queue,
         send_queue: header.send_queue,
         netns_inode,

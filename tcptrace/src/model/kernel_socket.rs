@@ -14,7 +14,6 @@ pub struct KernelSocket {
     pub state: TcpState,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    pub uid: u32,
     /// Bytes received and not yet read by the application.
     pub recv_queue: u32,
     /// Bytes sent and not yet acknowledged; for a listener, its accept backlog

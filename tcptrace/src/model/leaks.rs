@@ -21,10 +21,7 @@ use std::{
 
 use tcptrace_common::TcpState;
 
-use crate::{
-    model::kernel_socket::KernelSocket,
-    model::transition::{Process, Transition},
-};
+use crate::{model::kernel_socket::KernelSocket, model::transition::Transition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeakKind {
@@ -80,8 +77,6 @@ pub struct Suspect {
     /// The socket file's inode, through which its holders are found.
     pub inode: Option<u64>,
     pub netns_inode: Option<u64>,
-    /// The owner the probe knew (from connect, listen or close), if any.
-    pub owner: Option<Process>,
 }
 
 impl Suspect {
@@ -149,7 +144,6 @@ impl LeakTracker {
                         remote: t.remote,
                         inode: previous.as_ref().and_then(|p| p.inode),
                         netns_inode: previous.and_then(|p| p.netns_inode),
-                        owner: t.owner.clone(),
                     },
                 );
             }
@@ -168,7 +162,6 @@ impl LeakTracker {
                             remote: t.remote,
                             inode: Some(inode),
                             netns_inode: previous.and_then(|p| p.netns_inode),
-                            owner: t.owner.clone(),
                         },
                     );
                 }
@@ -250,7 +243,6 @@ impl LeakTracker {
                             remote: socket.remote,
                             inode: (socket.inode != 0).then_some(socket.inode),
                             netns_inode: Some(socket.netns_inode),
-                            owner: None,
                         },
                     );
                 }
@@ -311,7 +303,6 @@ mod tests {
             state: TcpState::CloseWait,
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.0.0.1:40000".parse().unwrap(),
-            uid: 0,
             recv_queue: 0,
             send_queue: 0,
             netns_inode: 4026531840,

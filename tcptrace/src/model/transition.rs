@@ -38,7 +38,6 @@ pub enum Record {
     Transition(Transition),
     /// The kernel freed the socket with this cookie.
     Destroyed {
-        timestamp_ns: u64,
         cookie: u64,
     },
     Stack(StackSample),

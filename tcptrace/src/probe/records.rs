@@ -75,9 +75,9 @@ fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
             expected: DESTROYED_RECORD_SIZE,
         });
     }
-    let mut buf = &bytes[8..];
+    // After the kind and the kernel's timestamp, which nothing reads.
+    let mut buf = &bytes[16..];
     Ok(Record::Destroyed {
-        timestamp_ns: buf.get_u64_ne(),
         cookie: buf.get_u64_ne(),
     })
 }
@@ -280,13 +280,7 @@ pub(crate) mod tests {
         bytes.extend_from_slice(&0u32.to_ne_bytes());
         bytes.extend_from_slice(&99u64.to_ne_bytes());
         bytes.extend_from_slice(&4242u64.to_ne_bytes());
-        assert_eq!(
-            decode(&bytes),
-            Ok(Record::Destroyed {
-                timestamp_ns: 99,
-                cookie: 4242
-            })
-        );
+        assert_eq!(decode(&bytes), Ok(Record::Destroyed { cookie: 4242 }));
         assert!(matches!(
             decode(&bytes[..20]),
             Err(DecodeError::WrongLength { .. })

@@ -596,7 +596,6 @@ mod tests {
             remote: remote.parse().unwrap(),
             inode: Some(inode),
             netns_inode: Some(1),
-            owner: None,
         }
     }
 
