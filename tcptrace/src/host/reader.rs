@@ -18,6 +18,7 @@ use crate::{
     host::container::{container_of, net_namespace_of},
     host::procfs::{fd_usage, scan_processes},
     host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
+    host::sysctl::read_port_settings,
     model::diagnose::{PortSettings, SettingsError},
     model::holder::ProcScan,
     model::process::FdUsage,
@@ -100,7 +101,7 @@ pub fn read_host(request: HostRequest) -> HostRead {
         let sysctls = request.sysctls;
         match in_each_namespace(|namespace| {
             let sockets = dump_tcp(&request.states, namespace.inode)?;
-            Ok((sockets, sysctls.then(PortSettings::read)))
+            Ok((sockets, sysctls.then(read_port_settings)))
         }) {
             Ok(results) => {
                 for (namespace, result) in results {

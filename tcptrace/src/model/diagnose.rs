@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs, io,
+    io,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -101,11 +101,6 @@ pub const TIME_WAIT_LENGTH: Duration = Duration::from_secs(60);
 /// net.ipv4.tcp_tw_reuse_delay before it existed (Linux < 6.13): reuse was
 /// allowed one second after the TIME_WAIT began.
 const DEFAULT_REUSE_DELAY: Duration = Duration::from_secs(1);
-
-const PORT_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-const TW_REUSE_FILE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
-const TW_REUSE_DELAY_FILE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse_delay";
-const FIN_TIMEOUT_FILE: &str = "/proc/sys/net/ipv4/tcp_fin_timeout";
 
 #[derive(Debug, Error)]
 pub enum SettingsError {
@@ -205,30 +200,6 @@ impl PortSettings {
         })
     }
 
-    /// The running kernel's settings, from /proc/sys/net/ipv4 (of this
-    /// process's network namespace).
-    pub fn read() -> Result<Self, SettingsError> {
-        let port_range = read_setting(PORT_RANGE_FILE)?;
-        let tw_reuse = read_setting(TW_REUSE_FILE)?;
-        let tw_reuse_delay = match fs::read_to_string(TW_REUSE_DELAY_FILE) {
-            Ok(text) => Some(text),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(SettingsError::Unreadable {
-                    path: TW_REUSE_DELAY_FILE,
-                    source,
-                });
-            }
-        };
-        let fin_timeout = read_setting(FIN_TIMEOUT_FILE)?;
-        Self::parse(
-            &port_range,
-            &tw_reuse,
-            tw_reuse_delay.as_deref(),
-            &fin_timeout,
-        )
-    }
-
     /// Local ports connect() may pick from.
     pub fn ephemeral_ports(&self) -> u64 {
         if self.ephemeral_low > self.ephemeral_high {
@@ -246,10 +217,6 @@ impl PortSettings {
             TimeWaitReuse::LoopbackOnly => destination.to_canonical().is_loopback(),
         }
     }
-}
-
-fn read_setting(path: &'static str) -> Result<String, SettingsError> {
-    fs::read_to_string(path).map_err(|source| SettingsError::Unreadable { path, source })
 }
 
 /// "32768\t60999\n" -> (32768, 60999).
@@ -895,24 +862,6 @@ mod tests {
         inverted.ephemeral_low = 61000;
         inverted.ephemeral_high = 60999;
         assert_eq!(inverted.ephemeral_ports(), 0);
-    }
-
-    #[test]
-    fn unreadable_file_is_named() {
-        let error = read_setting("/proc/sys/net/ipv4/no_such_setting").unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .starts_with("cannot read /proc/sys/net/ipv4/no_such_setting:"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn reads_this_hosts_settings() {
-        // /proc/sys is readable without root.
-        let host = PortSettings::read().expect("readable sysctls");
-        assert!(host.ephemeral_ports() > 0);
     }
 
     #[test]
