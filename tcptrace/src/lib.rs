@@ -1,10 +1,10 @@
 //! tcptrace: finds TCP socket leaks with eBPF.
 //!
-//! The pipeline, one module per step: `probe` loads the kernel side and reads
-//! its ring buffer -> `decode` turns records into transitions -> `tracker`
-//! keeps per-socket state -> `filter` picks what to show -> `output` formats
-//! it. `watch` wires them into the command; `btf` and `layout` tell the probe
-//! where socket fields lie on the running kernel.
+//! The folders are the stages of the pipeline, and ARCHITECTURE.md at the
+//! root of the repository maps them: `probe` (the kernel side) and `host`
+//! (facts read from /proc, sock_diag, cgroups) feed the pure `model`; `engine`
+//! runs the loops the commands share; `view` renders; `commands` holds one
+//! file per subcommand; `cli` parses arguments.
 
 pub mod cli;
 pub mod commands;

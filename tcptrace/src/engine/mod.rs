@@ -1,3 +1,9 @@
+//! The long-running loops the commands share.
+//!
+//! Takes in: a probe and the host readers. Gives out: the leak monitor's
+//! reports (`monitor`), the host agent's snapshots for `top` and `serve`
+//! (`agent`), and the metrics HTTP server's thread (`http`).
+
 pub mod agent;
 pub mod http;
 pub mod monitor;
