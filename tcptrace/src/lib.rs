@@ -8,8 +8,8 @@
 
 pub mod cli;
 pub mod commands;
-pub mod engine;
+pub(crate) mod engine;
 pub mod host;
 pub mod model;
 pub mod probe;
-pub mod view;
+pub(crate) mod view;

@@ -4,9 +4,9 @@
 //! reports (`monitor`), the host agent's snapshots for `top` and `serve`
 //! (`agent`), and the metrics HTTP server's thread (`http`).
 
-pub mod agent;
-pub mod http;
-pub mod monitor;
+pub(crate) mod agent;
+pub(crate) mod http;
+pub(crate) mod monitor;
 
 use std::time::Duration;
 

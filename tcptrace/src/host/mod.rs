@@ -6,10 +6,10 @@
 //! and pods from cgroups, symbolized stacks, the monotonic clock, and
 //! `reader`, which does one host read off the drain thread.
 
-pub mod clock;
-pub mod container;
+pub(crate) mod clock;
+pub(crate) mod container;
 pub mod procfs;
-pub mod reader;
+pub(crate) mod reader;
 pub mod sockdiag;
-pub mod symbolize;
-pub mod sysctl;
+pub(crate) mod symbolize;
+pub(crate) mod sysctl;

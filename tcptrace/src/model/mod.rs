@@ -6,15 +6,15 @@
 //! host/, engine/, view/ or commands/, no aya, no /proc, no sockets, no
 //! output format: every file here is unit-tested without root.
 
-pub mod activity;
-pub mod diagnose;
-pub mod endpoint;
-pub mod filter;
-pub mod health;
-pub mod holder;
-pub mod kernel_socket;
-pub mod leaks;
-pub mod process;
-pub mod stack;
+pub(crate) mod activity;
+pub(crate) mod diagnose;
+pub(crate) mod endpoint;
+pub(crate) mod filter;
+pub(crate) mod health;
+pub(crate) mod holder;
+pub(crate) mod kernel_socket;
+pub(crate) mod leaks;
+pub(crate) mod process;
+pub(crate) mod stack;
 pub mod tracker;
 pub mod transition;

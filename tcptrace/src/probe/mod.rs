@@ -6,8 +6,8 @@
 //! probe's counters and map occupancy. `preflight` says, before anything is
 //! loaded, what this kernel and these privileges allow.
 
-pub mod btf;
-pub mod layout;
+pub(crate) mod btf;
+pub(crate) mod layout;
 pub mod loader;
 pub mod preflight;
 pub mod records;

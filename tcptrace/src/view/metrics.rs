@@ -256,6 +256,7 @@ impl MetricsState {
         self.transition_totals.retain(|(_, label), _| label != comm);
     }
 
+    #[cfg(test)]
     pub fn transition_totals(&self) -> &BTreeMap<(String, String), u64> {
         &self.transition_totals
     }

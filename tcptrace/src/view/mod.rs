@@ -3,8 +3,8 @@
 //! watch's lines, the leak report, the top table, the metrics exposition,
 //! and `terminal`, which makes every name from the host safe to print.
 
-pub mod metrics;
-pub mod report;
-pub mod terminal;
-pub mod top;
-pub mod watch;
+pub(crate) mod metrics;
+pub(crate) mod report;
+pub(crate) mod terminal;
+pub(crate) mod top;
+pub(crate) mod watch;
