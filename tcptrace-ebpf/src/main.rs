@@ -87,6 +87,8 @@ macro_rules! config {
     ($field:ident) => {
         // Volatile: the value is patched into .rodata at load time, so the
         // compiler must not fold the compiled-in placeholder.
+        // SAFETY: PROBE_CONFIG is a static, never written by the program, so
+        // the pointer is valid and aligned and no write races the read.
         unsafe { read_volatile(&raw const PROBE_CONFIG.$field) }
     };
 }
@@ -475,6 +477,8 @@ unsafe fn read_addresses(
     } else {
         (config!(local_v6_offset), config!(remote_v6_offset), 16)
     };
+    // SAFETY: the caller passes a reserved slot, whose two 16-byte address
+    // fields are valid for writes; the reads are bounded by `len` <= 16.
     unsafe {
         let local = addr_of_mut!((*record).local_addr) as *mut u8;
         let remote = addr_of_mut!((*record).remote_addr) as *mut u8;
@@ -565,6 +569,8 @@ unsafe fn read_into(
     offset: u32,
 ) -> Result<(), ReadFailed> {
     let src = base.wrapping_add(offset as usize) as *const c_void;
+    // SAFETY: `dst` is valid for `len` bytes (the caller's contract); the
+    // kernel side of the read is checked by bpf_probe_read_kernel itself.
     match unsafe { bpf_probe_read_kernel(dst as *mut c_void, len, src) } {
         0 => Ok(()),
         _ => Err(ReadFailed),

@@ -4,10 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tcptrace::{
-    decode::{Record, decode},
-    tracker::SocketTracker,
-};
+use tcptrace::{model::tracker::SocketTracker, model::transition::Record, probe::records::decode};
 use tcptrace_common::{AF_INET, RecordKind, TcpState, TransitionRecord};
 
 /// Read by `cargo xtask bench` to turn time per iteration into events/s.

@@ -6,19 +6,19 @@ use clap::{Args, Parser, Subcommand};
 use tcptrace_common::TcpState;
 
 use crate::{
-    filter::{Filter, IpFamily},
-    leakwatch::LeaksOptions,
-    metrics::MetricsLimits,
-    output::Format,
-    probe::{
+    commands::serve::{DEFAULT_LISTEN, ServeOptions},
+    commands::top::TopOptions,
+    commands::watch::WatchOptions,
+    engine::monitor::LeaksOptions,
+    model::filter::{Filter, IpFamily},
+    probe::loader::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
         validate_max_sockets, validate_ring_buffer_bytes,
     },
-    report::ReportFilter,
-    serve::{DEFAULT_LISTEN, ServeOptions},
-    top::{RowFilter, SortKey},
-    topwatch::TopOptions,
-    watch::WatchOptions,
+    view::metrics::MetricsLimits,
+    view::report::ReportFilter,
+    view::top::{RowFilter, SortKey},
+    view::watch::Format,
 };
 
 #[derive(Debug, Parser)]

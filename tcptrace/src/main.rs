@@ -3,7 +3,10 @@ use std::{io, process::ExitCode};
 use clap::Parser;
 use tcptrace::{
     cli::{Cli, Command},
-    leakwatch, serve, topwatch, watch,
+    commands::leaks,
+    commands::serve,
+    commands::top,
+    commands::watch,
 };
 
 /// Exit status for a failure at run time (usage errors exit 2, through clap).
@@ -70,7 +73,7 @@ fn main() -> ExitCode {
         Command::Leaks(args) => {
             tell_if_no_process(args.pid, !args.once);
             let fail_on_leak = args.fail_on_leak;
-            match runtime.block_on(leakwatch::run(args.into_options(), io::stdout().lock())) {
+            match runtime.block_on(leaks::run(args.into_options(), io::stdout().lock())) {
                 Ok(outcome) if fail_on_leak && outcome.leaks_found => ExitCode::from(LEAKS_FOUND),
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -82,7 +85,7 @@ fn main() -> ExitCode {
         Command::Top(args) => {
             tell_if_no_process(args.pid, true);
             let out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-            match runtime.block_on(topwatch::run(args.into_options(), out)) {
+            match runtime.block_on(top::run(args.into_options(), out)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("tcptrace: {error}");

@@ -8,8 +8,8 @@ use std::{thread, time::Duration};
 use aya::sys::{Stats, enable_stats};
 use common::{Peer, require_root};
 use tcptrace::{
-    decode::decode,
-    probe::{PAGE_SIZE, Probe, ProbeOptions},
+    probe::loader::{PAGE_SIZE, Probe, ProbeOptions},
+    probe::records::decode,
 };
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::require_root;
-use tcptrace::preflight::{self, Feature, Probed};
+use tcptrace::probe::preflight::{self, Feature, Probed};
 
 #[test]
 fn the_running_kernel_has_every_feature_tcptrace_needs() {

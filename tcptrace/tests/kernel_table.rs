@@ -7,8 +7,8 @@ use std::{collections::HashSet, fs, os::unix::fs::MetadataExt, thread, time::Dur
 
 use common::{Peer, require_root};
 use tcptrace::{
-    holders::socket_holders,
-    sockdiag::{dump_all_namespaces, dump_tcp, own_net_namespace},
+    host::procfs::socket_holders,
+    host::sockdiag::{dump_all_namespaces, dump_tcp, own_net_namespace},
 };
 use tcptrace_common::TcpState;
 

@@ -1,0 +1,636 @@
+//! The host view shared by `tcptrace top` and `tcptrace serve`: every
+//! transition feeds the leak monitor, the socket tracker and the per-process
+//! activity; each refresh reads the kernel's whole TCP table, attributes its
+//! sockets, and runs the diagnoses.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use tcptrace_common::TcpState;
+use tokio::{
+    io::unix::AsyncFd,
+    time::{Interval, MissedTickBehavior, interval},
+};
+
+use crate::{
+    engine::DRAIN_INTERVAL,
+    engine::monitor::{LeaksOptions, Monitor, all_drops},
+    host::clock::monotonic_now_ns,
+    host::procfs::socket_holders,
+    host::reader::{HostRead, HostRequest, read_host},
+    host::sockdiag::{TableSnapshot, dump_all_namespaces},
+    model::activity::Activity,
+    model::diagnose::{
+        ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
+        ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
+        fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
+    },
+    model::health::{AgentTotals, Occupancy},
+    model::holder::Holder,
+    model::kernel_socket::KernelSocket,
+    model::process::Placement,
+    model::tracker::SocketTracker,
+    model::transition::{Process, Record},
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    probe::records::decode,
+    view::report::LeakReport,
+    view::top::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
+};
+
+/// The holder scan walks every process's fds; sockets with no history are
+/// attributed through it at most this often.
+const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// A new unattributed socket triggers an earlier scan, but not more often.
+const HOLDER_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a process's container and namespace are taken as known.
+const PLACEMENT_REREAD_INTERVAL: Duration = Duration::from_secs(30);
+
+fn owner_label(pid: u32, comm: &str) -> String {
+    format!("pid {pid} ({comm})")
+}
+
+/// Counts at the previous refresh, for the diagnoses that need a rate.
+#[derive(Default)]
+struct Previous {
+    at_ns: Option<u64>,
+    connects: HashMap<(u32, SocketAddr), (u64, u64)>,
+    eof_reads: HashMap<u64, (u64, u64)>,
+    /// FIN_WAIT2 sockets first seen in the table (no history): a lower bound.
+    fin_wait2_seen: HashMap<u64, u64>,
+}
+
+/// The probe of leak mode, registered with the runtime, and an agent that
+/// knows the listeners opened before it started: what `top` and `serve`
+/// both begin with.
+pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgent)> {
+    let probe = Probe::load(&ProbeOptions {
+        track_closed_held: true,
+        ..options.probe.clone()
+    })?;
+    // SAFETY: the probe owns the ring buffer's fd and keeps it open and
+    // unchanged for as long as the AsyncFd holds the probe.
+    let probe = unsafe { AsyncFd::register(probe)? };
+    let mut agent = HostAgent::new(options.clone())?;
+    agent.seed_listeners();
+    Ok((probe, agent))
+}
+
+/// The drain timer (a steady trickle is read without a wake-up per event)
+/// and the refresh timer of `top` and `serve`; the refresh timer's first,
+/// immediate tick is already taken (the caller refreshed at start).
+pub async fn ticks(refresh: Duration) -> (Interval, Interval) {
+    let mut drain_tick = interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refresh_tick = interval(refresh);
+    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    refresh_tick.tick().await;
+    (drain_tick, refresh_tick)
+}
+
+pub struct HostAgent {
+    monitor: Monitor,
+    tracker: SocketTracker,
+    activity: Activity,
+    rates: RateBaseline,
+    /// When holders of sockets with no history were last looked for, and
+    /// which inodes that walk left unattributed.
+    holders_scanned_at: Option<Instant>,
+    unattributed: HashSet<u64>,
+    /// Processes alive at the newest walk of /proc.
+    alive: HashSet<u32>,
+    /// Each process's container and namespace, and when they were read.
+    placements: HashMap<u32, (Placement, Instant)>,
+    previous: Previous,
+    /// Each network namespace's port and timeout sysctls, read inside it.
+    settings: HashMap<u64, PortSettings>,
+    /// Namespaces whose settings could not be read, told once each.
+    settings_unreadable: HashSet<u64>,
+    min_age: Duration,
+    /// Kernel counters at the last refresh.
+    kernel: KernelCounters,
+    told_owner_storage_full: bool,
+}
+
+impl HostAgent {
+    pub fn new(options: LeaksOptions) -> anyhow::Result<Self> {
+        Ok(Self {
+            min_age: options.min_age,
+            monitor: Monitor::new(options)?,
+            tracker: SocketTracker::new(),
+            activity: Activity::new(),
+            rates: RateBaseline::default(),
+            holders_scanned_at: None,
+            unattributed: HashSet::new(),
+            alive: HashSet::new(),
+            placements: HashMap::new(),
+            previous: Previous::default(),
+            settings: HashMap::new(),
+            settings_unreadable: HashSet::new(),
+            kernel: KernelCounters::default(),
+            told_owner_storage_full: false,
+        })
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        self.monitor.health.events += 1;
+        match decode(bytes) {
+            // The leak monitor reads the transition, then the tracker takes
+            // it: no copy per event.
+            Ok(Record::Transition(transition)) => {
+                self.monitor.observe_transition(&transition);
+                let tracked = self.tracker.observe(transition);
+                self.activity.observe(&tracked);
+            }
+            Ok(record) => self.monitor.handle_record(record),
+            Err(_) => self.monitor.health.decode_errors += 1,
+        }
+    }
+
+    pub fn drain(&mut self, probe: &mut Probe) {
+        probe.drain(|bytes| self.handle(bytes));
+        self.monitor.read_new_stacks(probe);
+    }
+
+    /// Listeners opened before start: their owners come from the holder
+    /// scan, so connections they accept are attributed from the first one.
+    pub fn seed_listeners(&mut self) {
+        let table = dump_all_namespaces(&[TcpState::Listen]);
+        let inodes: HashSet<u64> = table
+            .sockets
+            .iter()
+            .map(|s| s.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let holders = match socket_holders(&inodes) {
+            Ok(holders) => holders,
+            Err(error) => {
+                eprintln!(
+                    "tcptrace: cannot walk /proc ({error}); connections to listeners opened before start are attributed once their owner shows itself"
+                );
+                return;
+            }
+        };
+        for listener in &table.sockets {
+            let Some(held) = holders.get(&listener.inode) else {
+                continue;
+            };
+            let mut pids: Vec<&Holder> = held.iter().collect();
+            pids.dedup_by_key(|h| h.pid);
+            // Several processes share it (pre-fork servers): whichever
+            // accepts is unknown until it shows itself.
+            if let [only] = pids.as_slice() {
+                self.tracker.seed_listener(
+                    listener.cookie,
+                    u32::try_from(listener.netns_inode).ok(),
+                    listener.local,
+                    Process {
+                        tgid: only.pid,
+                        comm: only.comm.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// What the next refresh must read from the host: the whole table with
+    /// each namespace's sysctls; holders when due; where new processes run.
+    pub fn host_request(&self) -> HostRequest {
+        let since = self.holders_scanned_at.map(|at| at.elapsed());
+        let stale = since.is_none_or(|s| s >= HOLDER_RESCAN_INTERVAL);
+        let unattributed =
+            !self.unattributed.is_empty() && since.is_none_or(|s| s >= HOLDER_MIN_INTERVAL);
+        let monitor = self.monitor.host_request(&TcpState::ALL);
+        let placements = self
+            .activity
+            .processes()
+            .map(|(pid, _)| pid)
+            .filter(|pid| {
+                // A process can be moved to another cgroup or namespace:
+                // re-read now and then, not on every refresh.
+                self.placements.get(pid).is_none_or(|(placement, at)| {
+                    *placement == Placement::default() || at.elapsed() >= PLACEMENT_REREAD_INTERVAL
+                })
+            })
+            .collect();
+        let fresh_placements = self
+            .placements
+            .iter()
+            .filter(|(_, (placement, at))| {
+                *placement != Placement::default() && at.elapsed() < PLACEMENT_REREAD_INTERVAL
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        HostRequest {
+            sysctls: true,
+            holders: monitor.holders || stale || unattributed,
+            holders_of_all: true,
+            placements,
+            fresh_placements,
+            ..monitor
+        }
+    }
+
+    /// Drains, reads the host and builds the view (at start and at the end,
+    /// when nothing else runs meanwhile).
+    pub fn refresh(&mut self, probe: &mut Probe, startup: bool) -> (TopSnapshot, LeakReport) {
+        let read = read_host(HostRequest {
+            holders: true,
+            ..self.host_request()
+        });
+        self.refresh_with(probe, read, startup)
+    }
+
+    /// Builds the view from a host read begun earlier (on another thread,
+    /// while the caller kept draining the ring buffer): drains what is
+    /// left, then joins events and host.
+    pub fn refresh_with(
+        &mut self,
+        probe: &mut Probe,
+        read: HostRead,
+        startup: bool,
+    ) -> (TopSnapshot, LeakReport) {
+        self.drain(probe);
+        if let Ok(counters) = probe.counters() {
+            self.monitor.health.drops = all_drops(&counters);
+            if counters.owner_insert_failed > 0 && !self.told_owner_storage_full {
+                self.told_owner_storage_full = true;
+                eprintln!(
+                    "tcptrace: the probe could not record the owner of {} sockets (kernel out of memory for socket storage); their transitions count as unknown owner",
+                    counters.owner_insert_failed
+                );
+            }
+            self.kernel = counters;
+        }
+        let dump_started_ns = read.started_ns;
+        self.monitor.apply_host(&read, Some(probe), startup);
+        if read.table.failed.is_none() && read.table.unreadable.is_empty() {
+            self.monitor.prune_stacks(&read.table, dump_started_ns);
+        }
+        if let Some(alive) = read.processes_alive() {
+            self.alive.clone_from(alive);
+        }
+        if read.holders_scanned {
+            self.holders_scanned_at = Some(Instant::now());
+        }
+        for (pid, placement) in &read.placements {
+            self.placements
+                .insert(*pid, (placement.clone(), Instant::now()));
+        }
+        let table = self.take_settings(read);
+        let now_ns = monotonic_now_ns();
+
+        // An incomplete table would wrongly end sockets it could not list.
+        if table.is_complete() {
+            let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+            let listed = |cookie| listed.contains(&cookie);
+            self.activity.reconcile_live(&listed, dump_started_ns);
+            self.tracker.reconcile(&listed, dump_started_ns);
+        }
+        self.activity.expire_time_wait(now_ns);
+        let leaks = self.monitor.report(self.min_age);
+
+        self.unattributed = table
+            .sockets
+            .iter()
+            .filter(|s| s.inode != 0 && self.activity.owner_of(s.cookie).is_none())
+            .filter(|s| !self.monitor.holders.contains_key(&s.inode))
+            .map(|s| s.inode)
+            .collect();
+
+        // Processes that exited since the last walk are shown once more,
+        // marked, so their last counts reach the per-comm totals, then
+        // forgotten. Without a walk, none is taken for dead.
+        let alive_set = &self.alive;
+        let walked = !alive_set.is_empty();
+        let activity = &self.activity;
+        // A process born after the walk began is not in it: its events say
+        // it lives.
+        let alive = |pid: u32| {
+            !walked
+                || alive_set.contains(&pid)
+                || activity
+                    .process(pid)
+                    .is_some_and(|p| p.last_ns >= dump_started_ns)
+        };
+        self.placements.retain(|pid, _| alive(*pid));
+        let (rates, span) = self.rates.advance(&self.activity, now_ns);
+        let placements = &self.placements;
+        let mut placement = |pid: u32| {
+            placements
+                .get(&pid)
+                .map(|(placement, _)| placement.clone())
+                .unwrap_or_default()
+        };
+        let mut snapshot = build_snapshot(SnapshotInputs {
+            activity: &self.activity,
+            table: &table.sockets,
+            holders: &self.monitor.holders,
+            leaks: &leaks,
+            rates: &rates,
+            span,
+            alive: &alive,
+            placement: &mut placement,
+        });
+        let exited: HashSet<u32> = snapshot
+            .processes
+            .iter()
+            .filter(|row| row.exited)
+            .map(|row| row.pid)
+            .collect();
+        self.activity.retain_processes(|pid| !exited.contains(&pid));
+        snapshot.findings = self.diagnose(&table.sockets, &leaks, probe, now_ns);
+        (snapshot, leaks)
+    }
+
+    /// Keeps each namespace's settings (telling once about those that could
+    /// not be read) and returns the table.
+    fn take_settings(&mut self, read: HostRead) -> TableSnapshot {
+        // Settings of a failed read are not known to have changed.
+        if read.table.failed.is_some() {
+            return read.table;
+        }
+        self.settings.clear();
+        for (namespace, settings) in read.settings {
+            match settings {
+                Ok(settings) => {
+                    self.settings.insert(namespace, settings);
+                }
+                Err(error) => {
+                    if self.settings_unreadable.insert(namespace) {
+                        eprintln!(
+                            "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses in network namespace {namespace}: {error}"
+                        );
+                    }
+                }
+            }
+        }
+        read.table
+    }
+
+    pub fn totals(&self) -> AgentTotals {
+        let health = &self.monitor.health;
+        AgentTotals {
+            events: health.events,
+            dropped: health.drops,
+            decode_errors: health.decode_errors,
+            map_insert_failures: self.kernel.owner_insert_failed + self.activity.dropped_entries,
+            reconcile_corrections: health.corrections,
+            host_read_failures: health.host_read_failures,
+            kernel_maps: Vec::new(),
+            agent_tables: self.occupancy(),
+        }
+    }
+
+    /// How full the agent's own tables are.
+    pub fn occupancy(&self) -> Vec<Occupancy> {
+        let mut tables = self.monitor.occupancy();
+        tables.extend(self.activity.occupancy());
+        tables.push(Occupancy {
+            name: "tracked_sockets",
+            entries: self.tracker.tracked_sockets() as u64,
+            capacity: None,
+        });
+        tables.push(Occupancy {
+            name: "placements",
+            entries: self.placements.len() as u64,
+            capacity: None,
+        });
+        tables
+    }
+
+    fn owner_of(&self, socket: &KernelSocket) -> Option<String> {
+        socket_owner(socket, &self.activity, &self.monitor.holders)
+            .map(|(pid, comm)| owner_label(pid, &comm))
+    }
+
+    fn diagnose(
+        &mut self,
+        table: &[KernelSocket],
+        leaks: &LeakReport,
+        probe: &Probe,
+        now_ns: u64,
+    ) -> Vec<Finding> {
+        let window = self
+            .previous
+            .at_ns
+            .map(|at| Duration::from_nanos(now_ns.saturating_sub(at)))
+            .unwrap_or_default();
+        let mut findings = leak_findings(
+            &leaks
+                .processes
+                .iter()
+                .map(|p| ProcessLeakSummary {
+                    owner: match (p.pid, &p.comm) {
+                        (Some(pid), Some(comm)) => owner_label(pid, comm),
+                        _ => "no process holds them".to_owned(),
+                    },
+                    leaking_sockets: (p.close_wait + p.closed_held) as u64,
+                    oldest_age: Duration::from_millis(p.oldest_age_ms),
+                    leaks_per_minute: p.growth_per_minute,
+                    open_fds: p.fds_open,
+                    fd_limit: p.fd_limit,
+                })
+                .collect::<Vec<_>>(),
+        );
+
+        // Connects per destination and owner since the last refresh.
+        let mut outcomes = Vec::new();
+        let mut destination_rates: HashMap<SocketAddr, f64> = HashMap::new();
+        let mut connects = HashMap::new();
+        for (tgid, destination, counts) in self.activity.destinations() {
+            let (attempted_before, failed_before) = self
+                .previous
+                .connects
+                .get(&(tgid, destination))
+                .copied()
+                .unwrap_or((0, 0));
+            let attempted = counts.attempted.saturating_sub(attempted_before);
+            let failed = counts.failed.saturating_sub(failed_before);
+            connects.insert((tgid, destination), (counts.attempted, counts.failed));
+            if window.is_zero() {
+                continue;
+            }
+            *destination_rates.entry(destination).or_default() +=
+                attempted as f64 / window.as_secs_f64();
+            if attempted > 0 || failed > 0 {
+                let comm = self
+                    .activity
+                    .process(tgid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default();
+                outcomes.push(ConnectOutcomes {
+                    owner: owner_label(tgid, &comm),
+                    destination,
+                    attempted,
+                    failed,
+                    window,
+                });
+            }
+        }
+        self.previous.connects = connects;
+        findings.extend(connect_failure_findings(&outcomes));
+
+        findings.extend(self.port_findings(table, &destination_rates));
+        findings.extend(self.fin_wait2(table, now_ns));
+        findings.extend(self.eof_spins(table, probe, now_ns, window));
+        findings.extend(syn_backlog_findings(&self.listener_loads(table)));
+        self.previous.at_ns = Some(now_ns);
+        sort_findings(&mut findings);
+        findings
+    }
+
+    fn port_findings(
+        &self,
+        table: &[KernelSocket],
+        rates: &HashMap<SocketAddr, f64>,
+    ) -> Vec<Finding> {
+        // Per namespace: each has its own ports and its own sysctls.
+        let mut loads: HashMap<(u64, SocketAddr), DestinationLoad> = HashMap::new();
+        for socket in table {
+            let Some(settings) = self.settings.get(&socket.netns_inode) else {
+                continue;
+            };
+            let ephemeral = settings.ephemeral_low..=settings.ephemeral_high;
+            if socket.state == TcpState::Listen || !ephemeral.contains(&socket.local.port()) {
+                continue;
+            }
+            let load = loads
+                .entry((socket.netns_inode, socket.remote))
+                .or_insert_with(|| DestinationLoad {
+                    destination: socket.remote,
+                    time_wait: 0,
+                    other_in_use: 0,
+                    connects_per_second: rates.get(&socket.remote).copied().unwrap_or(0.0),
+                });
+            if socket.state == TcpState::TimeWait {
+                load.time_wait += 1;
+            } else {
+                load.other_in_use += 1;
+            }
+        }
+        loads
+            .iter()
+            .filter_map(|((netns, _), load)| time_wait_finding(load, self.settings.get(netns)?))
+            .collect()
+    }
+
+    fn fin_wait2(&mut self, table: &[KernelSocket], now_ns: u64) -> Vec<Finding> {
+        let mut seen = HashMap::new();
+        let mut stuck: HashMap<u64, Vec<StuckSocket>> = HashMap::new();
+        for socket in table {
+            if socket.state != TcpState::FinWait2 || socket.inode == 0 {
+                continue;
+            }
+            let (since_ns, lower_bound) = match self.activity.live_socket(socket.cookie) {
+                Some(live) if live.state == TcpState::FinWait2 => (live.since_ns, false),
+                _ => (
+                    self.previous
+                        .fin_wait2_seen
+                        .get(&socket.cookie)
+                        .copied()
+                        .unwrap_or(now_ns),
+                    true,
+                ),
+            };
+            if lower_bound {
+                seen.insert(socket.cookie, since_ns);
+            }
+            stuck
+                .entry(socket.netns_inode)
+                .or_default()
+                .push(StuckSocket {
+                    owner: self
+                        .owner_of(socket)
+                        .unwrap_or_else(|| "unknown".to_owned()),
+                    local: socket.local,
+                    remote: socket.remote,
+                    age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
+                    age_is_lower_bound: lower_bound,
+                });
+        }
+        self.previous.fin_wait2_seen = seen;
+        stuck
+            .iter()
+            .filter_map(|(netns, sockets)| {
+                Some(fin_wait2_findings(sockets, self.settings.get(netns)?))
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn eof_spins(
+        &mut self,
+        table: &[KernelSocket],
+        probe: &Probe,
+        now_ns: u64,
+        window: Duration,
+    ) -> Vec<Finding> {
+        let mut samples = HashMap::new();
+        let mut reads = Vec::new();
+        for socket in table.iter().filter(|s| s.state == TcpState::CloseWait) {
+            let Some(count) = probe.eof_reads(socket.cookie) else {
+                continue;
+            };
+            samples.insert(socket.cookie, (count, now_ns));
+            let Some(&(before, at_ns)) = self.previous.eof_reads.get(&socket.cookie) else {
+                continue;
+            };
+            let span = Duration::from_nanos(now_ns.saturating_sub(at_ns));
+            if span.is_zero() || window.is_zero() {
+                continue;
+            }
+            reads.push(EofReads {
+                owner: self
+                    .owner_of(socket)
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                cookie: socket.cookie,
+                remote: socket.remote,
+                eof_reads: count.saturating_sub(before),
+                window: span,
+            });
+        }
+        self.previous.eof_reads = samples;
+        eof_spin_findings(&reads)
+    }
+
+    fn listener_loads(&self, table: &[KernelSocket]) -> Vec<ListenerLoad> {
+        let mut syn_recv: HashMap<(u64, u16), Vec<SocketAddr>> = HashMap::new();
+        for socket in table.iter().filter(|s| s.state == TcpState::SynRecv) {
+            syn_recv
+                .entry((socket.netns_inode, socket.local.port()))
+                .or_default()
+                .push(socket.local);
+        }
+        table
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|listener| {
+                let half_open = syn_recv
+                    .get(&(listener.netns_inode, listener.local.port()))
+                    .map_or(0, |locals| {
+                        locals
+                            .iter()
+                            .filter(|local| {
+                                listener.local.ip().is_unspecified()
+                                    || local.ip().to_canonical()
+                                        == listener.local.ip().to_canonical()
+                            })
+                            .count()
+                    });
+                ListenerLoad {
+                    owner: self
+                        .owner_of(listener)
+                        .unwrap_or_else(|| "unknown".to_owned()),
+                    local: listener.local,
+                    syn_recv: half_open as u64,
+                    accept_queue: u64::from(listener.recv_queue),
+                    accept_backlog: u64::from(listener.send_queue),
+                }
+            })
+            .collect()
+    }
+}

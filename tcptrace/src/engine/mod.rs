@@ -1,0 +1,15 @@
+//! The long-running loops the commands share.
+//!
+//! Takes in: a probe and the host readers. Gives out: the leak monitor's
+//! reports (`monitor`), the host agent's snapshots for `top` and `serve`
+//! (`agent`), and the metrics HTTP server's thread (`http`).
+
+pub(crate) mod agent;
+pub(crate) mod http;
+pub(crate) mod monitor;
+
+use std::time::Duration;
+
+/// How often the ring buffer is drained when the probe does not wake us: it
+/// wakes the reader only when a backlog builds up, to spare an interrupt per event.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);

@@ -1,0 +1,566 @@
+//! The leak monitor that `leaks`, `top` and `serve` share: it follows every
+//! transition, reconciles with the kernel's table, finds the holders and
+//! keeps the stacks of the sockets it tracks, and builds the leak report.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use tcptrace_common::{StackKind, TcpState};
+
+use crate::{
+    host::clock::monotonic_now_ns,
+    host::reader::{HostRead, HostRequest},
+    host::sockdiag::TableSnapshot,
+    host::symbolize::SymbolizerWorker,
+    model::health::Occupancy,
+    model::holder::Holder,
+    model::kernel_socket::KernelSocket,
+    model::leaks::{LeakKind, LeakTracker},
+    model::process::FdUsage,
+    model::transition::{Record, StackSample, Transition},
+    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    probe::records::decode,
+    view::report::{
+        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
+    },
+};
+
+/// How often live tracking is checked against the kernel's table. A leak
+/// whose CLOSE_WAIT event was lost is aged from the reconcile that finds it,
+/// so this bounds how much of its age can go uncounted.
+pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// The holder scan walks every process's fds: at most this often, unless
+/// the set of leaking sockets changed.
+const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// Every this many reconciles, the table is read in every state a socket
+/// with a file can be in, and the stacks of sockets it no longer lists are
+/// forgotten (their CLOSE was lost).
+pub(crate) const STACK_PRUNE_EVERY: u64 = 10;
+/// How long a final report waits for stacks still being named.
+const FINAL_SYMBOLIZE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct LeaksOptions {
+    pub probe: ProbeOptions,
+    pub min_age: Duration,
+    pub duration: Option<Duration>,
+    /// Read the kernel table once, report, exit.
+    pub once: bool,
+    pub json: bool,
+    pub filter: ReportFilter,
+}
+
+/// The stacks one socket's records named: (process, stack id) per kind.
+#[derive(Clone, Copy, Debug, Default)]
+struct StackRefs {
+    connect: Option<(u32, u32)>,
+    first_io: Option<(u32, u32)>,
+    eof: Option<(u32, u32)>,
+    /// The newest record's time: a socket listed by no table read begun
+    /// after it is gone (its CLOSE was lost).
+    seen_ns: u64,
+}
+
+/// Live sockets are not capped by number: they are freed at CLOSE or
+/// destroy and reconciled with the kernel's table, so they follow the
+/// host's own socket count. This is only a guard against a host whose table
+/// cannot be read at all for a long time.
+const MAX_SOCKET_STACKS: usize = 1 << 21;
+
+pub(crate) struct Monitor {
+    pub(crate) tracker: LeakTracker,
+    pub(crate) health: ProbeHealth,
+    growth: GrowthHistory,
+    options: LeaksOptions,
+    symbolizer: SymbolizerWorker,
+    /// The stacks of live sockets, by cookie; forgotten when the socket is.
+    socket_stacks: HashMap<u64, StackRefs>,
+    /// Stacks named by this drain's records and not yet read from the probe.
+    unread_stacks: Vec<(u32, u32)>,
+    /// Holders of the sockets that matter, from the newest walk of /proc.
+    pub(crate) holders: HashMap<u64, Vec<Holder>>,
+    holders_scanned_at: Option<Instant>,
+    /// The inodes the newest holder walk looked for.
+    scanned_inodes: HashSet<u64>,
+    fd_usage: HashMap<u32, FdUsage>,
+    /// Processes with stacks that the newest walk did not list.
+    missing_once: HashSet<u32>,
+    told_unreadable: bool,
+    /// Said once per run of failures.
+    told_failed: bool,
+    told_walk_failed: bool,
+}
+
+impl Monitor {
+    pub(crate) fn new(options: LeaksOptions) -> anyhow::Result<Self> {
+        Ok(Self {
+            tracker: LeakTracker::new(),
+            health: ProbeHealth::default(),
+            growth: GrowthHistory::default(),
+            options,
+            symbolizer: SymbolizerWorker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?,
+            socket_stacks: HashMap::new(),
+            unread_stacks: Vec::new(),
+            holders: HashMap::new(),
+            holders_scanned_at: None,
+            scanned_inodes: HashSet::new(),
+            fd_usage: HashMap::new(),
+            missing_once: HashSet::new(),
+            told_unreadable: false,
+            told_failed: false,
+            told_walk_failed: false,
+        })
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        self.health.events += 1;
+        match decode(bytes) {
+            Ok(record) => self.handle_record(record),
+            Err(_) => self.health.decode_errors += 1,
+        }
+    }
+
+    /// A transition; the caller counts it in `health.events`.
+    pub(crate) fn observe_transition(&mut self, transition: &Transition) {
+        self.tracker.observe(transition);
+        // Closed with no file left: nothing will ever report it again.
+        if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
+            self.socket_stacks.remove(&transition.cookie);
+        }
+    }
+
+    /// A decoded record, in the order the probe wrote it: a socket's stack
+    /// records come before its CLOSE, so forgetting at CLOSE is final. The
+    /// caller counts it in `health.events`.
+    pub(crate) fn handle_record(&mut self, record: Record) {
+        match record {
+            Record::Transition(transition) => self.observe_transition(&transition),
+            Record::Destroyed { cookie, .. } => {
+                self.tracker.destroyed(cookie);
+                self.socket_stacks.remove(&cookie);
+            }
+            Record::Stack(sample) => self.observe_stack(sample),
+        }
+    }
+
+    fn observe_stack(&mut self, sample: StackSample) {
+        let Ok(stack_id) = sample.stack_id else {
+            self.health.stack_errors += 1;
+            return;
+        };
+        if self.socket_stacks.len() >= MAX_SOCKET_STACKS
+            && !self.socket_stacks.contains_key(&sample.cookie)
+        {
+            self.health.stack_errors += 1;
+            return;
+        }
+        let refs = self.socket_stacks.entry(sample.cookie).or_default();
+        refs.seen_ns = refs.seen_ns.max(sample.timestamp_ns);
+        let slot = match sample.kind {
+            StackKind::Connect => &mut refs.connect,
+            StackKind::FirstIo => &mut refs.first_io,
+            StackKind::Eof => &mut refs.eof,
+        };
+        slot.get_or_insert((sample.tgid, stack_id));
+        if !self.symbolizer.is_requested(sample.tgid, stack_id) {
+            self.unread_stacks.push((sample.tgid, stack_id));
+        }
+    }
+
+    /// Copies each new stack out of the probe's map (before the process can
+    /// exit and its id be freed) and hands it to the symbolizer thread.
+    pub(crate) fn read_new_stacks(&mut self, probe: &Probe) {
+        for (tgid, stack_id) in std::mem::take(&mut self.unread_stacks) {
+            if self.symbolizer.is_requested(tgid, stack_id) {
+                continue;
+            }
+            let queued = probe
+                .stack_addresses(stack_id)
+                .is_some_and(|addresses| self.symbolizer.request(tgid, stack_id, addresses));
+            if !queued {
+                self.health.stack_errors += 1;
+            }
+        }
+    }
+
+    pub(crate) fn drain(&mut self, probe: &mut Probe) {
+        probe.drain(|bytes| self.handle(bytes));
+        self.read_new_stacks(probe);
+    }
+
+    /// What the next host read must bring: the CLOSE_WAIT table (`states`
+    /// may ask for more) and, when due, the holders of the leaks.
+    pub(crate) fn host_request(&self, states: &[TcpState]) -> HostRequest {
+        let extra_inodes: HashSet<u64> = self
+            .tracker
+            .suspects()
+            .filter(|s| s.kind == LeakKind::ClosedHeld)
+            .filter_map(|s| s.inode)
+            .collect();
+        let suspects: HashSet<u64> = self.tracker.inodes();
+        let stale = self
+            .holders_scanned_at
+            .is_none_or(|at| at.elapsed() >= HOLDER_RESCAN_INTERVAL);
+        HostRequest {
+            states: states.to_vec(),
+            holders: stale || !suspects.is_subset(&self.scanned_inodes),
+            extra_inodes,
+            ..HostRequest::default()
+        }
+    }
+
+    /// Joins a host read with the events: the kernel's CLOSE_WAIT sockets,
+    /// the holders, and which processes are gone. Call only after draining
+    /// every event written before `read.started_ns`. A read that failed
+    /// changes nothing it could not see: suspects stay, with their ages.
+    pub(crate) fn apply_host(&mut self, read: &HostRead, probe: Option<&mut Probe>, startup: bool) {
+        let table = &read.table;
+        self.health.unreadable_namespaces = table.unreadable.len();
+        if let Some(error) = &table.failed {
+            self.health.host_read_failures += 1;
+            if !self.told_failed {
+                self.told_failed = true;
+                eprintln!(
+                    "tcptrace: cannot list network namespaces ({error}); leaks are kept as they were until the kernel's table can be read"
+                );
+            }
+        } else {
+            self.told_failed = false;
+            if !table.unreadable.is_empty() {
+                self.health.host_read_failures += 1;
+            }
+            if !self.told_unreadable
+                && let Some((namespace, error)) = table.unreadable.first()
+            {
+                // Said once: it usually means no sock_diag for TCP (the tcp_diag
+                // module), which every later read would repeat.
+                self.told_unreadable = true;
+                eprintln!(
+                    "tcptrace: cannot read the TCP table of network namespace {} ({error}); its leaks are tracked from events alone",
+                    namespace.inode
+                );
+            }
+            let close_wait: Vec<KernelSocket> = table
+                .sockets
+                .iter()
+                .filter(|s| s.state == TcpState::CloseWait)
+                .cloned()
+                .collect();
+            let unreadable: HashSet<u64> =
+                table.unreadable.iter().map(|(ns, _)| ns.inode).collect();
+            self.tracker
+                .reconcile_close_wait(&close_wait, &unreadable, read.started_ns, startup);
+        }
+
+        match &read.processes {
+            Ok(scan) => {
+                if read.holders_scanned {
+                    let held: HashSet<u64> = scan
+                        .holders
+                        .iter()
+                        .filter(|(_, h)| !h.is_empty())
+                        .map(|(inode, _)| *inode)
+                        .collect();
+                    self.tracker
+                        .reconcile_closed_held(&read.scanned_inodes, &held);
+                    self.holders = scan.holders.clone();
+                    self.scanned_inodes = read.scanned_inodes.clone();
+                    self.holders_scanned_at = Some(Instant::now());
+                    self.fd_usage = read.fd_usage.clone();
+                }
+                self.told_walk_failed = false;
+                self.forget_exited(&scan.pids, probe);
+            }
+            Err(error) => {
+                // Holders and fd usage stay as last known.
+                self.health.host_read_failures += 1;
+                if !self.told_walk_failed {
+                    self.told_walk_failed = true;
+                    eprintln!("tcptrace: cannot walk /proc ({error}); holders are as last seen");
+                }
+            }
+        }
+        self.health.corrections = self.tracker.corrections();
+    }
+
+    /// Forgets the stacks of sockets the kernel's table no longer lists.
+    /// `table` must list every state a socket with a file can be in.
+    pub(crate) fn prune_stacks(&mut self, table: &TableSnapshot, started_ns: u64) {
+        if !table.is_complete() {
+            return;
+        }
+        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+        self.socket_stacks
+            .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
+    }
+
+    /// Stacks of processes that exited: freed here, in the symbolizer and
+    /// in the probe's maps (an id still used by a live process stays). A
+    /// process must be missing from two walks in a row: one that began
+    /// before it was born does not list it.
+    fn forget_exited(&mut self, alive: &HashSet<u32>, probe: Option<&mut Probe>) {
+        let missing: HashSet<u32> = self
+            .symbolizer
+            .processes()
+            .into_iter()
+            .filter(|pid| !alive.contains(pid))
+            .collect();
+        let exited: HashSet<u32> = missing.intersection(&self.missing_once).copied().collect();
+        self.missing_once = missing.difference(&exited).copied().collect();
+        if exited.is_empty() {
+            return;
+        }
+        let freed = self.symbolizer.forget(&exited);
+        if let Some(probe) = probe {
+            probe.forget_stacks(&freed);
+            probe.forget_processes(&exited);
+        }
+    }
+
+    /// Waits for the stacks read so far to be named: before a final report,
+    /// which would otherwise show them as not taken.
+    pub(crate) fn wait_for_stacks(&self) {
+        if !self.symbolizer.flush(FINAL_SYMBOLIZE_TIMEOUT) {
+            eprintln!(
+                "tcptrace: naming the stacks took over {}s; the report shows those not named yet as not taken",
+                FINAL_SYMBOLIZE_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    /// How many entries the monitor's tables hold.
+    pub(crate) fn occupancy(&self) -> Vec<Occupancy> {
+        vec![
+            Occupancy {
+                name: "suspects",
+                entries: self.tracker.suspects().count() as u64,
+                capacity: None,
+            },
+            Occupancy {
+                name: "socket_stacks",
+                entries: self.socket_stacks.len() as u64,
+                capacity: Some(MAX_SOCKET_STACKS as u64),
+            },
+            Occupancy {
+                name: "symbolized_stacks",
+                entries: self.symbolizer.entries() as u64,
+                capacity: None,
+            },
+            Occupancy {
+                name: "holders",
+                entries: self.holders.len() as u64,
+                capacity: None,
+            },
+        ]
+    }
+
+    pub(crate) fn report(&mut self, min_age: Duration) -> LeakReport {
+        let now_ns = monotonic_now_ns();
+        let leaks = self.tracker.leaks(now_ns, min_age);
+        let frames =
+            |slot: Option<(u32, u32)>| slot.and_then(|(tgid, id)| self.symbolizer.frames(tgid, id));
+        let stacks: HashMap<u64, SocketStacks> = leaks
+            .iter()
+            .filter_map(|s| {
+                let refs = self.socket_stacks.get(&s.cookie)?;
+                Some((
+                    s.cookie,
+                    SocketStacks {
+                        connect: frames(refs.connect),
+                        first_io: frames(refs.first_io),
+                        eof: frames(refs.eof),
+                    },
+                ))
+            })
+            .collect();
+        let fd_usage = &self.fd_usage;
+        let mut report = build_report(
+            &leaks,
+            &self.holders,
+            &stacks,
+            now_ns,
+            min_age,
+            &self.options.filter,
+            |pid| fd_usage.get(&pid).copied(),
+            &mut self.growth,
+        );
+        self.health.corrections = self.tracker.corrections();
+        report.health = self.health.clone();
+        report
+    }
+}
+
+/// Every record the probe could not deliver, of any kind.
+pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
+    counters.dropped() + counters.destroyed_reserve_failed + counters.stack_reserve_failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::holder::ProcScan, model::kernel_socket::NetNamespace};
+
+    const S: u64 = 1_000_000_000;
+
+    fn monitor() -> Monitor {
+        Monitor::new(LeaksOptions {
+            probe: ProbeOptions::default(),
+            min_age: Duration::ZERO,
+            duration: None,
+            once: false,
+            json: false,
+            filter: ReportFilter::default(),
+        })
+        .unwrap()
+    }
+
+    fn event(cookie: u64, at_s: u64, old: TcpState, new: TcpState) -> Record {
+        Record::Transition(Transition {
+            timestamp_ns: at_s * S,
+            cookie,
+            skaddr: 0,
+            owner: None,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            old_state: old,
+            new_state: new,
+            netns_inode: None,
+            socket_inode: None,
+        })
+    }
+
+    fn stack(cookie: u64, at_s: u64, kind: StackKind) -> Record {
+        Record::Stack(StackSample {
+            timestamp_ns: at_s * S,
+            cookie,
+            tgid: 42,
+            kind,
+            stack_id: Ok(7),
+        })
+    }
+
+    fn close_wait(cookie: u64, inode: u64) -> KernelSocket {
+        KernelSocket {
+            cookie,
+            inode,
+            state: TcpState::CloseWait,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            recv_queue: 0,
+            send_queue: 0,
+            netns_inode: 1,
+        }
+    }
+
+    fn read(
+        started_s: u64,
+        table: TableSnapshot,
+        processes: std::io::Result<ProcScan>,
+    ) -> HostRead {
+        HostRead {
+            started_ns: started_s * S,
+            table,
+            settings: Vec::new(),
+            processes,
+            holders_scanned: false,
+            scanned_inodes: HashSet::new(),
+            fd_usage: HashMap::new(),
+            placements: Vec::new(),
+        }
+    }
+
+    fn entries(monitor: &Monitor, name: &str) -> u64 {
+        monitor
+            .occupancy()
+            .into_iter()
+            .find(|o| o.name == name)
+            .unwrap()
+            .entries
+    }
+
+    use TcpState::*;
+
+    #[test]
+    fn a_socket_whose_whole_life_fits_in_one_drain_leaves_no_stacks() {
+        let mut monitor = monitor();
+        // One batch: connect stack, first-I/O stack, then the close.
+        monitor.handle_record(event(1, 1, Close, SynSent));
+        monitor.handle_record(stack(1, 1, StackKind::Connect));
+        monitor.handle_record(event(1, 1, SynSent, Established));
+        monitor.handle_record(stack(1, 1, StackKind::FirstIo));
+        monitor.handle_record(event(1, 2, Established, FinWait1));
+        monitor.handle_record(event(1, 2, FinWait1, FinWait2));
+        monitor.handle_record(event(1, 2, FinWait2, Close));
+        assert_eq!(entries(&monitor, "socket_stacks"), 0);
+        // A live one keeps its stacks.
+        monitor.handle_record(stack(2, 3, StackKind::Connect));
+        assert_eq!(entries(&monitor, "socket_stacks"), 1);
+    }
+
+    #[test]
+    fn stacks_of_sockets_the_table_no_longer_lists_are_forgotten() {
+        let mut monitor = monitor();
+        monitor.handle_record(stack(1, 1, StackKind::Connect));
+        monitor.handle_record(stack(2, 1, StackKind::Connect));
+        monitor.handle_record(stack(3, 5, StackKind::Connect));
+        let table = TableSnapshot {
+            sockets: vec![close_wait(2, 20)],
+            ..TableSnapshot::default()
+        };
+        // Socket 1's CLOSE was lost; socket 3 postdates the dump.
+        monitor.prune_stacks(&table, 4 * S);
+        assert_eq!(entries(&monitor, "socket_stacks"), 2);
+        // An incomplete table says nothing about what it did not list.
+        let partial = TableSnapshot {
+            unreadable: vec![(
+                NetNamespace { inode: 9, pid: 1 },
+                crate::host::sockdiag::SockDiagError::Kernel(1),
+            )],
+            ..TableSnapshot::default()
+        };
+        monitor.prune_stacks(&partial, 10 * S);
+        assert_eq!(entries(&monitor, "socket_stacks"), 2);
+    }
+
+    #[test]
+    fn a_failed_read_keeps_leaks_and_their_ages() {
+        let mut monitor = monitor();
+        monitor.handle_record(event(1, 1, Established, CloseWait));
+        let table = TableSnapshot {
+            sockets: vec![close_wait(1, 11)],
+            ..TableSnapshot::default()
+        };
+        monitor.apply_host(&read(2, table, Ok(ProcScan::default())), None, false);
+        let before = monitor.tracker.suspects().next().unwrap().clone();
+        assert_eq!(before.since_ns, S);
+
+        // Out of fds: neither the namespaces nor /proc can be read.
+        let failed = TableSnapshot {
+            failed: Some(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            ..TableSnapshot::default()
+        };
+        let walk = Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        monitor.apply_host(&read(3, failed, walk), None, false);
+        assert_eq!(
+            monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
+            std::slice::from_ref(&before)
+        );
+        assert_eq!(monitor.tracker.corrections(), 0);
+        assert_eq!(monitor.health.host_read_failures, 2);
+
+        // Readable again: the same leak, with the age it had, not a new one.
+        let table = TableSnapshot {
+            sockets: vec![close_wait(1, 11)],
+            ..TableSnapshot::default()
+        };
+        monitor.apply_host(&read(4, table, Ok(ProcScan::default())), None, false);
+        assert_eq!(
+            monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
+            [before]
+        );
+        assert_eq!(monitor.tracker.corrections(), 0);
+    }
+}

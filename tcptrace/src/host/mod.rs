@@ -1,0 +1,15 @@
+//! Facts read from the host, each behind one reader.
+//!
+//! Takes in: requests for what to read (sockets, namespaces, pids). Gives out:
+//! [`crate::model`] values: the kernel's socket table over sock_diag in every
+//! network namespace, who holds which socket from one /proc walk, containers
+//! and pods from cgroups, symbolized stacks, the monotonic clock, and
+//! `reader`, which does one host read off the drain thread.
+
+pub(crate) mod clock;
+pub(crate) mod container;
+pub mod procfs;
+pub(crate) mod reader;
+pub mod sockdiag;
+pub(crate) mod symbolize;
+pub(crate) mod sysctl;

@@ -1,0 +1,280 @@
+//! The kernel's TCP socket table, read with netlink sock_diag (what `ss`
+//! reads), in every network namespace that has processes.
+//!
+//! The table is the ground truth that live events are reconciled against:
+//! its `cookie` is the same number the probe reports, so the two join exactly.
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::SocketAddr,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
+};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+use tcptrace_common::TcpState;
+use thiserror::Error;
+
+use crate::host::procfs;
+
+use crate::model::kernel_socket::{KernelSocket, NetNamespace};
+
+#[derive(Debug, Error)]
+pub enum SockDiagError {
+    #[error("sock_diag netlink {step} failed: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sock_diag reply could not be decoded: {0}")]
+    Decode(String),
+    #[error("sock_diag request refused by the kernel (errno {0})")]
+    Kernel(i32),
+    #[error("cannot enter the network namespace of pid {pid}: {source}")]
+    Namespace {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every distinct network namespace that has at least one process. An error
+/// when /proc cannot be listed, or a process's namespace cannot be read for
+/// a reason other than its exit (out of fds, say): a partial list would read
+/// as namespaces, and their sockets, that are gone.
+pub fn net_namespaces() -> std::io::Result<Vec<NetNamespace>> {
+    let mut seen = HashSet::new();
+    let mut namespaces = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let meta = match fs::metadata(entry.path().join("ns/net")) {
+            Ok(meta) => meta,
+            Err(error) if procfs::process_went_away(&error) => continue,
+            Err(error) => return Err(error),
+        };
+        if seen.insert(meta.ino()) {
+            namespaces.push(NetNamespace {
+                inode: meta.ino(),
+                pid,
+            });
+        }
+    }
+    match own_net_namespace() {
+        Some(own) if seen.contains(&own) => Ok(namespaces),
+        _ => Err(std::io::Error::other(
+            "this process's own network namespace was not among those listed",
+        )),
+    }
+}
+
+/// The inode of this thread's own network namespace.
+pub fn own_net_namespace() -> Option<u64> {
+    fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// What a dump across namespaces found, and the namespaces it could not read
+/// (their processes exited meanwhile, or entering them was refused).
+#[derive(Debug, Default)]
+pub struct TableSnapshot {
+    pub sockets: Vec<KernelSocket>,
+    pub unreadable: Vec<(NetNamespace, SockDiagError)>,
+    /// The namespaces themselves could not be listed: nothing here says a
+    /// socket is gone.
+    pub failed: Option<std::io::Error>,
+}
+
+impl TableSnapshot {
+    /// Every namespace was read: a socket missing here is gone.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_none() && self.unreadable.is_empty()
+    }
+}
+
+/// Dumps the TCP tables of every network namespace that has processes.
+pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
+    let mut snapshot = TableSnapshot::default();
+    match in_each_namespace(|namespace| dump_tcp(states, namespace.inode)) {
+        Ok(results) => {
+            for (namespace, result) in results {
+                match result {
+                    Ok(sockets) => snapshot.sockets.extend(sockets),
+                    Err(error) => snapshot.unreadable.push((namespace, error)),
+                }
+            }
+        }
+        Err(error) => snapshot.failed = Some(error),
+    }
+    snapshot
+}
+
+/// Runs `read` inside every network namespace that has processes: what it
+/// reads of /proc/sys/net or sock_diag is that namespace's. setns() changes
+/// only the calling thread, so each foreign namespace is read from a
+/// short-lived thread of its own.
+pub fn in_each_namespace<T: Send>(
+    read: impl Fn(NetNamespace) -> Result<T, SockDiagError> + Sync,
+) -> std::io::Result<Vec<(NetNamespace, Result<T, SockDiagError>)>> {
+    let own = own_net_namespace();
+    Ok(net_namespaces()?
+        .into_iter()
+        .map(|namespace| {
+            let result = if Some(namespace.inode) == own {
+                read(namespace)
+            } else {
+                in_namespace(namespace, &read)
+            };
+            (namespace, result)
+        })
+        .collect())
+}
+
+fn in_namespace<T: Send>(
+    namespace: NetNamespace,
+    read: &(impl Fn(NetNamespace) -> Result<T, SockDiagError> + Sync),
+) -> Result<T, SockDiagError> {
+    let path = format!("/proc/{}/ns/net", namespace.pid);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_namespace(Path::new(&path)).map_err(|source| SockDiagError::Namespace {
+                    pid: namespace.pid,
+                    source,
+                })?;
+                read(namespace)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(SockDiagError::Decode("namespace reader panicked".into())))
+    })
+}
+
+fn enter_namespace(path: &Path) -> std::io::Result<()> {
+    let file = fs::File::open(path)?;
+    // SAFETY: a valid namespace fd; affects only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Dumps IPv4 and IPv6 TCP sockets in `states` of the calling thread's namespace.
+pub fn dump_tcp(states: &[TcpState], netns_inode: u64) -> Result<Vec<KernelSocket>, SockDiagError> {
+    let io = |step| move |source| SockDiagError::Io { step, source };
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("socket"))?;
+    socket.bind_auto().map_err(io("bind"))?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(io("connect"))?;
+    let mut sockets = Vec::new();
+    for (family, socket_id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        send_request(&socket, family, state_flags(states), socket_id)?;
+        receive_dump(&socket, |response| {
+            if let Some(found) = kernel_socket(&response, netns_inode) {
+                sockets.push(found);
+            }
+        })?;
+    }
+    Ok(sockets)
+}
+
+fn send_request(
+    socket: &Socket,
+    family: u8,
+    states: StateFlags,
+    socket_id: SocketId,
+) -> Result<(), SockDiagError> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(|source| SockDiagError::Io {
+        step: "send",
+        source,
+    })?;
+    Ok(())
+}
+
+fn receive_dump(socket: &Socket, mut each: impl FnMut(InetResponse)) -> Result<(), SockDiagError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|source| SockDiagError::Io {
+                step: "recv",
+                source,
+            })?;
+        let mut offset = 0;
+        while offset < size {
+            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[offset..size])
+                .map_err(|e| SockDiagError::Decode(e.to_string()))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    each(*response)
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(error) => {
+                    return Err(SockDiagError::Kernel(
+                        error.code.map_or(0, |code| code.get()),
+                    ));
+                }
+                _ => {}
+            }
+            if length == 0 {
+                return Err(SockDiagError::Decode("zero-length netlink message".into()));
+            }
+            offset += length;
+        }
+    }
+}
+
+fn kernel_socket(response: &InetResponse, netns_inode: u64) -> Option<KernelSocket> {
+    let header = &response.header;
+    let id = &header.socket_id;
+    let cookie_low = u32::from_ne_bytes(id.cookie[..4].try_into().ok()?);
+    let cookie_high = u32::from_ne_bytes(id.cookie[4..].try_into().ok()?);
+    Some(KernelSocket {
+        cookie: u64::from(cookie_low) | (u64::from(cookie_high) << 32),
+        inode: u64::from(header.inode),
+        state: TcpState::from_raw(header.state)?,
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        recv_queue: header.recv_queue,
+        send_queue: header.send_queue,
+        netns_inode,
+    })
+}
+
+/// Bit N is state N, as in `ss`.
+fn state_flags(states: &[TcpState]) -> StateFlags {
+    StateFlags::from_bits_retain(states.iter().fold(0, |bits, &s| bits | 1 << (s as u32)))
+}

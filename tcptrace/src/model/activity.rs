@@ -1,0 +1,404 @@
+//! Per-process aggregation: what each owning process did with TCP since
+//! tcptrace started, and which process owns each socket the kernel's table
+//! lists.
+//!
+//! Pure: fed with tracked transitions (owners as the tracker established
+//! them: process context, or the listener for accepted sockets — never the
+//! task that happened to be on the CPU), tested without root.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use tcptrace_common::TcpState;
+
+use crate::{
+    model::health::Occupancy, model::tracker::TrackedTransition, model::transition::Process,
+};
+
+/// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
+/// sockets that went there are kept a little longer so a table dump taken
+/// just before the kernel drops them still finds them.
+const TIME_WAIT_MEMORY: Duration = Duration::from_secs(65);
+/// Bounds on what is remembered, so a host with unbounded churn cannot grow
+/// the agent without limit. Past them, entries are not added (and counted).
+const MAX_TIME_WAIT_OWNERS: usize = 1 << 18;
+const MAX_DESTINATIONS: usize = 16384;
+const MAX_LIVE_SOCKETS: usize = 1 << 20;
+
+/// What one process did since start. Counts only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessCounts {
+    /// CLOSE -> SYN_SENT: connect() calls that sent a SYN.
+    pub connects: u64,
+    /// SYN_RECV -> ESTABLISHED on a socket the process's listener accepted.
+    pub accepts: u64,
+    /// SYN_SENT -> CLOSE: refused, reset or timed out before established.
+    pub failed_connects: u64,
+    /// -> CLOSE straight from ESTABLISHED, CLOSE_WAIT, FIN_WAIT1 or SYN_RECV:
+    /// a reset sent or received, or an abortive close (SO_LINGER 0, close
+    /// with unread data). The tracepoint does not tell these apart.
+    pub resets: u64,
+    pub transitions: BTreeMap<(TcpState, TcpState), u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessActivity {
+    pub comm: String,
+    pub counts: ProcessCounts,
+    /// Its newest transition (CLOCK_MONOTONIC ns).
+    pub last_ns: u64,
+}
+
+/// Connects from one process to one destination since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectCounts {
+    pub attempted: u64,
+    pub failed: u64,
+}
+
+/// A socket seen since start that has not reached CLOSE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSocket {
+    pub owner: Option<Process>,
+    pub state: TcpState,
+    /// When it entered `state` (CLOCK_MONOTONIC ns).
+    pub since_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Activity {
+    processes: HashMap<u32, ProcessActivity>,
+    /// Transitions of sockets whose owner is unknown (accepted on a listener
+    /// opened before start by several processes, say).
+    pub unattributed: ProcessCounts,
+    destinations: HashMap<(u32, SocketAddr), ConnectCounts>,
+    live: HashMap<u64, LiveSocket>,
+    /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
+    /// table's TIME_WAIT entries are attributed through the cookie.
+    time_wait_owners: HashMap<u64, (Process, u64)>,
+    time_wait_order: VecDeque<(u64, u64)>,
+    /// Entries not remembered because a bound was reached.
+    pub dropped_entries: u64,
+}
+
+fn is_reset(old: TcpState, new: TcpState) -> bool {
+    use TcpState::*;
+    new == Close && matches!(old, Established | CloseWait | FinWait1 | SynRecv)
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn observe(&mut self, tracked: &TrackedTransition) {
+        let t = &tracked.transition;
+        let (old, new) = (t.old_state, t.new_state);
+        let owner = tracked.owner.as_ref().map(|o| &o.process);
+
+        let counts = match owner {
+            Some(process) => {
+                let entry = self
+                    .processes
+                    .entry(process.tgid)
+                    .or_insert_with(|| ProcessActivity {
+                        comm: process.comm.clone(),
+                        counts: ProcessCounts::default(),
+                        last_ns: 0,
+                    });
+                entry.last_ns = entry.last_ns.max(t.timestamp_ns);
+                // A process's comm can change (exec, prctl); show the latest.
+                if entry.comm != process.comm {
+                    entry.comm.clone_from(&process.comm);
+                }
+                &mut entry.counts
+            }
+            None => &mut self.unattributed,
+        };
+        *counts.transitions.entry((old, new)).or_default() += 1;
+        match (old, new) {
+            (TcpState::Close, TcpState::SynSent) => counts.connects += 1,
+            (TcpState::SynRecv, TcpState::Established) => counts.accepts += 1,
+            (TcpState::SynSent, TcpState::Close) => counts.failed_connects += 1,
+            _ if is_reset(old, new) => counts.resets += 1,
+            _ => {}
+        }
+
+        if let Some(process) = owner {
+            let outcome = match (old, new) {
+                (TcpState::Close, TcpState::SynSent) => Some(false),
+                (TcpState::SynSent, TcpState::Close) => Some(true),
+                _ => None,
+            };
+            if let Some(failed) = outcome {
+                let key = (process.tgid, t.remote);
+                if self.destinations.len() < MAX_DESTINATIONS
+                    || self.destinations.contains_key(&key)
+                {
+                    let entry = self.destinations.entry(key).or_default();
+                    if failed {
+                        entry.failed += 1;
+                    } else {
+                        entry.attempted += 1;
+                    }
+                } else {
+                    self.dropped_entries += 1;
+                }
+            }
+        }
+
+        if new == TcpState::Close {
+            self.live.remove(&t.cookie);
+            if tracked.likely_time_wait
+                && let Some(process) = owner
+            {
+                self.remember_time_wait(t.cookie, process.clone(), t.timestamp_ns);
+            }
+        } else if t.cookie == 0 {
+            // A new child before the kernel gave it a cookie: its own
+            // transitions follow under its real one.
+        } else if self.live.len() < MAX_LIVE_SOCKETS || self.live.contains_key(&t.cookie) {
+            self.live.insert(
+                t.cookie,
+                LiveSocket {
+                    owner: owner.cloned(),
+                    state: new,
+                    since_ns: t.timestamp_ns,
+                },
+            );
+        } else {
+            self.dropped_entries += 1;
+        }
+    }
+
+    fn remember_time_wait(&mut self, cookie: u64, process: Process, at_ns: u64) {
+        self.expire_time_wait(at_ns);
+        if self.time_wait_owners.len() >= MAX_TIME_WAIT_OWNERS {
+            self.dropped_entries += 1;
+            return;
+        }
+        self.time_wait_owners.insert(cookie, (process, at_ns));
+        self.time_wait_order.push_back((at_ns, cookie));
+    }
+
+    /// Forgets TIME_WAIT owners the kernel has dropped by `now_ns`.
+    pub fn expire_time_wait(&mut self, now_ns: u64) {
+        let memory = TIME_WAIT_MEMORY.as_nanos() as u64;
+        while let Some(&(at_ns, cookie)) = self.time_wait_order.front() {
+            if now_ns.saturating_sub(at_ns) < memory {
+                break;
+            }
+            self.time_wait_order.pop_front();
+            self.time_wait_owners.remove(&cookie);
+        }
+    }
+
+    /// Forgets live sockets the kernel's table no longer lists (their CLOSE
+    /// was lost). Only sockets that entered their state before the dump
+    /// began: younger ones may simply postdate it.
+    pub fn reconcile_live(&mut self, listed: &dyn Fn(u64) -> bool, dump_started_ns: u64) {
+        self.live
+            .retain(|cookie, socket| socket.since_ns >= dump_started_ns || listed(*cookie));
+    }
+
+    /// Forgets processes that exited; their sockets are gone or held by others.
+    pub fn retain_processes(&mut self, alive: impl Fn(u32) -> bool) {
+        self.processes.retain(|tgid, _| alive(*tgid));
+        self.destinations.retain(|(tgid, _), _| alive(*tgid));
+    }
+
+    /// How many entries each table holds, against its bound.
+    pub fn occupancy(&self) -> Vec<Occupancy> {
+        let table = |name, entries: usize, capacity: Option<usize>| Occupancy {
+            name,
+            entries: entries as u64,
+            capacity: capacity.map(|c| c as u64),
+        };
+        vec![
+            table("processes", self.processes.len(), None),
+            table(
+                "destinations",
+                self.destinations.len(),
+                Some(MAX_DESTINATIONS),
+            ),
+            table("live_sockets", self.live.len(), Some(MAX_LIVE_SOCKETS)),
+            table(
+                "time_wait_owners",
+                self.time_wait_owners.len(),
+                Some(MAX_TIME_WAIT_OWNERS),
+            ),
+        ]
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = (u32, &ProcessActivity)> {
+        self.processes
+            .iter()
+            .map(|(tgid, activity)| (*tgid, activity))
+    }
+
+    pub fn process(&self, tgid: u32) -> Option<&ProcessActivity> {
+        self.processes.get(&tgid)
+    }
+
+    pub fn destinations(&self) -> impl Iterator<Item = (u32, SocketAddr, ConnectCounts)> + '_ {
+        self.destinations
+            .iter()
+            .map(|((tgid, destination), counts)| (*tgid, *destination, *counts))
+    }
+
+    pub fn live_socket(&self, cookie: u64) -> Option<&LiveSocket> {
+        self.live.get(&cookie)
+    }
+
+    /// The owner of a socket the table lists, if its history says: a live
+    /// socket's owner, or the owner of the socket a timewait minisock
+    /// replaced. Those are listed as TIME_WAIT, or as FIN_WAIT2 when an
+    /// orphan's FIN_WAIT2 is handed to a minisock; cookies are never reused,
+    /// so the cookie alone says which.
+    pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
+        match self.live.get(&cookie) {
+            Some(socket) => socket.owner.as_ref(),
+            None => self.time_wait_owners.get(&cookie).map(|(p, _)| p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::tracker::{Owner, OwnerSource},
+        model::transition::Transition,
+    };
+    use TcpState::*;
+
+    fn step(
+        cookie: u64,
+        at_s: u64,
+        old: TcpState,
+        new: TcpState,
+        owner: Option<(u32, &str)>,
+        remote: &str,
+    ) -> TrackedTransition {
+        TrackedTransition {
+            transition: Transition {
+                timestamp_ns: at_s * 1_000_000_000,
+                cookie,
+                skaddr: cookie,
+                owner: None,
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                old_state: old,
+                new_state: new,
+                netns_inode: None,
+                socket_inode: None,
+            },
+            owner: owner.map(|(tgid, comm)| Owner {
+                process: Process {
+                    tgid,
+                    comm: comm.into(),
+                },
+                source: OwnerSource::ProcessContext,
+            }),
+            time_in_old_state: None,
+            likely_time_wait: new == Close && matches!(old, FinWait2 | Closing),
+        }
+    }
+
+    #[test]
+    fn counts_a_client_lifecycle_and_keeps_its_time_wait_owner() {
+        let mut activity = Activity::new();
+        let client = Some((10, "client"));
+        let db = "10.0.0.5:5432";
+        for (old, new) in [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close),
+        ] {
+            activity.observe(&step(1, 1, old, new, client, db));
+        }
+        let counts = &activity.process(10).unwrap().counts;
+        assert_eq!(counts.connects, 1);
+        assert_eq!(counts.failed_connects, 0);
+        assert_eq!(counts.resets, 0);
+        assert_eq!(counts.transitions.values().sum::<u64>(), 5);
+        assert_eq!(counts.transitions[&(FinWait2, Close)], 1);
+        assert!(activity.live_socket(1).is_none());
+        assert_eq!(activity.owner_of(1).unwrap().tgid, 10);
+        let destinations: Vec<_> = activity.destinations().collect();
+        assert_eq!(
+            destinations,
+            vec![(
+                10,
+                db.parse().unwrap(),
+                ConnectCounts {
+                    attempted: 1,
+                    failed: 0
+                }
+            )]
+        );
+
+        activity.expire_time_wait(1_000_000_000 + TIME_WAIT_MEMORY.as_nanos() as u64 - 1);
+        assert!(activity.owner_of(1).is_some());
+        activity.expire_time_wait(1_000_000_000 + TIME_WAIT_MEMORY.as_nanos() as u64);
+        assert!(activity.owner_of(1).is_none());
+    }
+
+    #[test]
+    fn failed_connects_resets_and_unknown_owners() {
+        let mut activity = Activity::new();
+        let app = Some((7, "app"));
+        activity.observe(&step(1, 1, Close, SynSent, app, "127.0.0.1:1"));
+        activity.observe(&step(1, 1, SynSent, Close, app, "127.0.0.1:1"));
+        activity.observe(&step(2, 1, Established, Close, app, "127.0.0.1:2"));
+        activity.observe(&step(3, 1, CloseWait, Close, None, "127.0.0.1:3"));
+        activity.observe(&step(4, 1, LastAck, Close, app, "127.0.0.1:4"));
+
+        let counts = &activity.process(7).unwrap().counts;
+        assert_eq!(counts.connects, 1);
+        assert_eq!(counts.failed_connects, 1);
+        assert_eq!(counts.resets, 1, "LAST_ACK -> CLOSE is a normal close");
+        assert_eq!(activity.unattributed.resets, 1);
+        let failed: Vec<_> = activity.destinations().map(|(_, _, c)| c).collect();
+        assert_eq!(
+            failed,
+            vec![ConnectCounts {
+                attempted: 1,
+                failed: 1
+            }]
+        );
+        // Closed from LAST_ACK: not TIME_WAIT.
+        assert!(activity.owner_of(4).is_none());
+    }
+
+    #[test]
+    fn lost_closes_are_reconciled_and_exited_processes_forgotten() {
+        let mut activity = Activity::new();
+        let app = Some((7, "app"));
+        activity.observe(&step(1, 1, Close, SynSent, app, "127.0.0.1:1"));
+        activity.observe(&step(2, 5, Close, SynSent, app, "127.0.0.1:1"));
+        // Dump started at 3 s and listed neither: 1 lost its CLOSE, 2 is younger.
+        activity.reconcile_live(&|_| false, 3_000_000_000);
+        assert!(activity.live_socket(1).is_none());
+        assert!(activity.live_socket(2).is_some());
+
+        activity.retain_processes(|tgid| tgid != 7);
+        assert!(activity.process(7).is_none());
+        assert_eq!(activity.destinations().count(), 0);
+    }
+
+    #[test]
+    fn a_renamed_process_shows_its_latest_comm() {
+        let mut activity = Activity::new();
+        activity.observe(&step(1, 1, Close, SynSent, Some((7, "sh")), "127.0.0.1:1"));
+        activity.observe(&step(2, 1, Close, SynSent, Some((7, "app")), "127.0.0.1:1"));
+        let process = activity.process(7).unwrap();
+        assert_eq!(process.comm, "app");
+        assert_eq!(process.counts.connects, 2);
+    }
+}

@@ -1,0 +1,20 @@
+//! The pure model: what tcptrace knows, and the arithmetic on it.
+//!
+//! Takes in: decoded transitions, the kernel's socket table, holders and
+//! host facts, all as plain values. Gives out: per-socket state, leaks with
+//! their ages, per-owner activity, and findings. Imports nothing of probe/,
+//! host/, engine/, view/ or commands/, no aya, no /proc, no sockets, no
+//! output format: every file here is unit-tested without root.
+
+pub(crate) mod activity;
+pub(crate) mod diagnose;
+pub(crate) mod endpoint;
+pub(crate) mod filter;
+pub(crate) mod health;
+pub(crate) mod holder;
+pub(crate) mod kernel_socket;
+pub(crate) mod leaks;
+pub(crate) mod process;
+pub(crate) mod stack;
+pub mod tracker;
+pub mod transition;

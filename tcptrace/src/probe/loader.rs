@@ -1,0 +1,570 @@
+//! Loads and attaches the embedded eBPF probe and gives access to its ring
+//! buffer and counters. The only module besides `watch` that touches aya;
+//! the integration tests load the probe through it too.
+
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{BtfTracePoint, FExit, ProgramError},
+};
+use tcptrace_common::{
+    COUNTER_SLOTS, CallSiteKey, Counter, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
+};
+use thiserror::Error;
+
+use crate::{
+    model::health::Occupancy,
+    probe::btf::{Btf, BtfError, VMLINUX_BTF},
+    probe::layout::{self, LayoutError},
+    probe::preflight::{self, PreflightError},
+};
+
+/// The probe object, built for the bpf target by build.rs.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+pub const PAGE_SIZE: u32 = 4096;
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+/// The largest ring buffer accepted: at 72 bytes a transition, seconds of a
+/// churning host's events; more only pins kernel memory.
+pub const MAX_RING_BUFFER_BYTES: u32 = 256 * 1024 * 1024;
+/// The largest `--max-sockets`: the EOF-count map, preallocated by the
+/// kernel, then takes about `MAX_SOCKETS * SOCKET_ENTRY_BYTES`.
+pub const MAX_MAX_SOCKETS: u32 = 1 << 22;
+/// Kernel memory per entry of a preallocated LRU hash of u64 -> u64: the
+/// map's `memlock` in /proc/PID/fdinfo on 6.18 (83886976 bytes for 1 Mi entries).
+pub const SOCKET_ENTRY_BYTES: u64 = 80;
+/// Stacks of the stack map: a fixed bound.
+const STACK_MAP_ENTRIES: u32 = 16384;
+const CALL_SITE_ENTRIES: u32 = 16384;
+
+/// Which user stacks the probe takes, and so what it costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StackLevel {
+    /// None, and no per-recv hook.
+    #[default]
+    Off,
+    /// connect, first I/O and EOF stacks, walked once per process, kind
+    /// and call site (the probe fingerprints the call site from a few
+    /// frame-pointer reads first).
+    Deduped,
+    /// A full stack walk for every socket (about 1 µs each).
+    EverySocket,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// A power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the in-kernel map of EOF-read counts (CLOSE_WAIT sockets
+    /// read at EOF at once). Owners need no capacity: they live in each
+    /// socket's own storage.
+    pub max_sockets: u32,
+    pub owner_tgid_filter: Option<u32>,
+    pub port_filter: Option<u16>,
+    /// Leak mode: the inode of a socket still held at CLOSE, and a record
+    /// when the kernel frees a socket (`tcp_destroy_sock`).
+    pub track_closed_held: bool,
+    pub stacks: StackLevel,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            max_sockets: DEFAULT_MAX_SOCKETS,
+            owner_tgid_filter: None,
+            port_filter: None,
+            track_closed_held: false,
+            stacks: StackLevel::Off,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(
+        "kernel BTF is not available ({0}): tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y ({VMLINUX_BTF})"
+    )]
+    NoBtf(#[source] BtfError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("ring buffer size {0} bytes must be a power of two and at least {PAGE_SIZE}")]
+    BadRingBufferSize(u32),
+    #[error(
+        "ring buffer size {} MiB would pin as much kernel memory; at most {} MiB",
+        .0 / (1024 * 1024),
+        MAX_RING_BUFFER_BYTES / (1024 * 1024)
+    )]
+    RingBufferTooBig(u32),
+    #[error(
+        "--max-sockets {asked} would take about {} MiB of kernel memory; at most {MAX_MAX_SOCKETS} (about {} MiB)",
+        u64::from(*asked) * SOCKET_ENTRY_BYTES / (1024 * 1024),
+        u64::from(MAX_MAX_SOCKETS) * SOCKET_ENTRY_BYTES / (1024 * 1024)
+    )]
+    TooManySockets { asked: u32 },
+    #[error("loading the eBPF probe failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF probe object has no {0}: the build is broken")]
+    Missing(&'static str),
+    #[error("attaching to inet_sock_set_state failed: {0}")]
+    Attach(#[source] ProgramError),
+    #[error("reading the probe's {what} failed: {source}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading the probe's statistics failed: {0}")]
+    Stats(#[source] std::io::Error),
+}
+
+pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<u32, ProbeError> {
+    if bytes > MAX_RING_BUFFER_BYTES {
+        Err(ProbeError::RingBufferTooBig(bytes))
+    } else if bytes >= PAGE_SIZE && bytes.is_power_of_two() {
+        Ok(bytes)
+    } else {
+        Err(ProbeError::BadRingBufferSize(bytes))
+    }
+}
+
+pub fn validate_max_sockets(sockets: u32) -> Result<u32, ProbeError> {
+    if (1..=MAX_MAX_SOCKETS).contains(&sockets) {
+        Ok(sockets)
+    } else {
+        Err(ProbeError::TooManySockets { asked: sockets })
+    }
+}
+
+/// What the probe counted instead of delivering, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ring_reserve_failed: u64,
+    pub owner_insert_failed: u64,
+    pub not_tcp: u64,
+    pub filtered_in_kernel: u64,
+    pub socket_read_failed: u64,
+    pub destroyed_reserve_failed: u64,
+    pub stack_reserve_failed: u64,
+}
+
+impl KernelCounters {
+    /// TCP transitions the probe ran for but could not deliver.
+    pub fn dropped(&self) -> u64 {
+        self.ring_reserve_failed + self.socket_read_failed
+    }
+}
+
+/// The capacities the probe's bounded maps were created with.
+#[derive(Clone, Copy, Debug)]
+struct MapCapacities {
+    stacks: u32,
+    call_sites: u32,
+    eof_reads: u32,
+}
+
+/// The kernel's own accounting of the program (run counts need bpf_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_count: u64,
+    pub run_time: Duration,
+    /// Runs the kernel skipped because the program was already running on
+    /// that CPU (an interrupt arrived mid-run). Not in `run_count`.
+    pub recursion_misses: u64,
+}
+
+pub struct Probe {
+    // Keeps the program and its link alive.
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    stacks: StackTraceMap<MapData>,
+    /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
+    eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
+    /// (process, kind, call site) -> stack id.
+    call_sites: AyaHashMap<MapData, CallSiteKey, i64>,
+    /// The capacities the maps were created with.
+    capacities: MapCapacities,
+    /// Features this kernel could not give, one line each for the user.
+    pub notices: Vec<String>,
+    /// Accepted sockets get their owner at accept() (fexit), not at close.
+    pub accept_hook: bool,
+}
+
+impl Probe {
+    pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        preflight::check_privileges()?;
+        preflight::check_kernel_features()?;
+        let ring_buffer_bytes = validate_ring_buffer_bytes(options.ring_buffer_bytes)?;
+        let max_sockets = validate_max_sockets(options.max_sockets)?;
+
+        let btf = Btf::from_sys_fs().map_err(ProbeError::NoBtf)?;
+        let mut config = layout::probe_config(&btf)?;
+        config.owner_tgid_filter = options.owner_tgid_filter.unwrap_or(0);
+        config.port_filter = options.port_filter.map_or(0, u32::from);
+        // Half full: the reader is woken with room to spare, and a steady
+        // trickle is picked up by its timer instead of by interrupts.
+        config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
+        config.read_socket_inode = u32::from(options.track_closed_held);
+        config.stack_level = match options.stacks {
+            StackLevel::Off => STACKS_OFF,
+            StackLevel::Deduped => STACKS_DEDUPED,
+            StackLevel::EverySocket => STACKS_EVERY_SOCKET,
+        };
+        let mut notices = Vec::new();
+        let recv_hook = format!("btf_trace_{}", names::RECV_TRACEPOINT);
+        let attach_recv = options.stacks != StackLevel::Off && btf.has_type_named(&recv_hook);
+        if options.stacks != StackLevel::Off && !attach_recv {
+            notices.push(
+                "tcptrace: no first-I/O or EOF stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); connect stacks only"
+                    .to_owned(),
+            );
+        }
+
+        // A map the mode does not use still exists in the object: one entry.
+        let stacks = options.stacks != StackLevel::Off;
+        let capacities = MapCapacities {
+            stacks: if stacks { STACK_MAP_ENTRIES } else { 1 },
+            call_sites: if options.stacks == StackLevel::Deduped {
+                CALL_SITE_ENTRIES
+            } else {
+                1
+            },
+            eof_reads: if attach_recv { max_sockets } else { 1 },
+        };
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG_GLOBAL, &config, true)
+            .map_max_entries(names::EVENTS_MAP, ring_buffer_bytes)
+            .map_max_entries(names::STACKS_MAP, capacities.stacks)
+            .map_max_entries(names::CALL_SITE_STACKS_MAP, capacities.call_sites)
+            .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
+            .load(PROBE_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| {
+            ProbeError::NoBtf(BtfError::Read {
+                path: VMLINUX_BTF.into(),
+                source: std::io::Error::other(e),
+            })
+        })?;
+        attach(&mut ebpf, names::PROGRAM, names::TRACEPOINT, &kernel_btf)?;
+        if options.track_closed_held {
+            attach(
+                &mut ebpf,
+                names::DESTROY_PROGRAM,
+                names::DESTROY_TRACEPOINT,
+                &kernel_btf,
+            )?;
+        }
+        if attach_recv {
+            attach(
+                &mut ebpf,
+                names::RECV_PROGRAM,
+                names::RECV_TRACEPOINT,
+                &kernel_btf,
+            )?;
+        }
+        // Optional: where the kernel refuses fexit (or its prototype is new
+        // to us) accepted sockets keep the listener's owner until they close.
+        let accept_program = match btf.function_params(names::ACCEPT_FUNCTION) {
+            Some(4) => Some(names::ACCEPT_PROGRAM_FOUR_PARAMS),
+            Some(2) => Some(names::ACCEPT_PROGRAM_TWO_PARAMS),
+            _ => None,
+        };
+        let accept_hook = match accept_program {
+            None => {
+                notices.push(
+                    "tcptrace: accepted sockets are attributed through their listener: inet_csk_accept has a prototype this version does not know".to_owned(),
+                );
+                false
+            }
+            Some(program) => {
+                match attach_fexit(&mut ebpf, program, names::ACCEPT_FUNCTION, &kernel_btf) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        notices.push(format!(
+                        "tcptrace: accepted sockets are attributed through their listener: this kernel refuses fexit on inet_csk_accept ({})",
+                        first_line(&error.to_string())
+                    ));
+                        false
+                    }
+                }
+            }
+        };
+        let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
+        let stacks = take_map(&mut ebpf, names::STACKS_MAP, StackTraceMap::try_from)?;
+        let eof_reads = if attach_recv {
+            Some(take_map(
+                &mut ebpf,
+                names::EOF_READS_MAP,
+                AyaHashMap::try_from,
+            )?)
+        } else {
+            None
+        };
+        let call_sites = take_map(&mut ebpf, names::CALL_SITE_STACKS_MAP, AyaHashMap::try_from)?;
+        Ok(Self {
+            ebpf,
+            events,
+            counters,
+            stacks,
+            eof_reads,
+            call_sites,
+            capacities,
+            notices,
+            accept_hook,
+        })
+    }
+
+    /// The instruction pointers of stack `id`, innermost first.
+    pub fn stack_addresses(&self, id: u32) -> Option<Vec<u64>> {
+        let trace = self.stacks.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|frame| frame.ip).collect())
+    }
+
+    /// How many reads of socket `cookie` returned EOF in CLOSE_WAIT (a lower
+    /// bound: see the probe); `None` without the receive hook or the entry.
+    pub fn eof_reads(&self, cookie: u64) -> Option<u64> {
+        self.eof_reads.as_ref()?.get(&cookie, 0).ok()
+    }
+
+    /// Frees stacks no live process uses; returns how many were there.
+    pub fn forget_stacks(&mut self, ids: &[u32]) -> usize {
+        ids.iter()
+            .filter(|id| self.stacks.remove(id).is_ok())
+            .count()
+    }
+
+    /// Frees the call-site entries of processes that exited; returns how many.
+    pub fn forget_processes(&mut self, tgids: &HashSet<u32>) -> usize {
+        if tgids.is_empty() || self.capacities.call_sites <= 1 {
+            return 0;
+        }
+        let gone: Vec<CallSiteKey> = self
+            .call_sites
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| tgids.contains(&key.tgid))
+            .collect();
+        gone.iter()
+            .filter(|key| self.call_sites.remove(key).is_ok())
+            .count()
+    }
+
+    /// How full each bounded map is. Counting walks the keys (one syscall
+    /// each): call it every few seconds, not per event. The owners live in
+    /// each socket's storage, freed with it, and are not counted.
+    pub fn map_occupancy(&self) -> Vec<Occupancy> {
+        let capacities = &self.capacities;
+        let mut maps = vec![
+            Occupancy {
+                name: "stacks",
+                entries: self.stacks.stack_ids().filter(Result::is_ok).count() as u64,
+                capacity: Some(u64::from(capacities.stacks)),
+            },
+            // LRU maps (call sites, EOF reads): full in normal use, the
+            // oldest entries giving way; bounded, but not worth an alert.
+            Occupancy {
+                name: "call_site_stacks",
+                entries: self.call_sites.keys().filter(Result::is_ok).count() as u64,
+                capacity: Some(u64::from(capacities.call_sites)),
+            },
+        ];
+        if let Some(eof_reads) = &self.eof_reads {
+            maps.push(Occupancy {
+                name: "eof_reads",
+                entries: eof_reads.keys().filter(Result::is_ok).count() as u64,
+                capacity: Some(u64::from(capacities.eof_reads)),
+            });
+        }
+        maps
+    }
+
+    /// Hands every record waiting in the ring buffer to `each`; returns how many.
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> u64 {
+        let mut drained = 0;
+        while let Some(record) = self.events.next() {
+            each(&record);
+            drained += 1;
+        }
+        drained
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let read = |counter: Counter| -> Result<u64, ProbeError> {
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| ProbeError::Map {
+                        what: "counters",
+                        source,
+                    })?;
+            Ok(per_cpu.iter().sum())
+        };
+        debug_assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);
+        Ok(KernelCounters {
+            ring_reserve_failed: read(Counter::RingReserveFailed)?,
+            owner_insert_failed: read(Counter::OwnerInsertFailed)?,
+            not_tcp: read(Counter::NotTcp)?,
+            filtered_in_kernel: read(Counter::FilteredInKernel)?,
+            socket_read_failed: read(Counter::SocketReadFailed)?,
+            destroyed_reserve_failed: read(Counter::DestroyedReserveFailed)?,
+            stack_reserve_failed: read(Counter::StackReserveFailed)?,
+        })
+    }
+
+    /// The transition program's statistics.
+    pub fn program_stats(&self) -> Result<ProgramStats, ProbeError> {
+        self.stats_of(names::PROGRAM)
+    }
+
+    /// Statistics of every program attached, by name.
+    pub fn all_program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
+        [
+            names::PROGRAM,
+            names::DESTROY_PROGRAM,
+            names::RECV_PROGRAM,
+            names::ACCEPT_PROGRAM_FOUR_PARAMS,
+            names::ACCEPT_PROGRAM_TWO_PARAMS,
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name, self.stats_of(name).ok()?)))
+        .collect()
+    }
+
+    fn stats_of(&self, name: &'static str) -> Result<ProgramStats, ProbeError> {
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(ProbeError::Missing("program"))?;
+        // A program that was never loaded has no fd: it has no stats either.
+        let fd = program.fd().map_err(ProbeError::Attach)?;
+        let info = program_info(fd.as_fd().as_raw_fd()).map_err(ProbeError::Stats)?;
+        Ok(ProgramStats {
+            run_count: info.run_cnt,
+            run_time: Duration::from_nanos(info.run_time_ns),
+            recursion_misses: info.recursion_misses,
+        })
+    }
+}
+
+impl AsRawFd for Probe {
+    /// The ring buffer's: readable when the probe has woken the reader.
+    fn as_raw_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<(), ProbeError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::Missing(program))?
+        .try_into()
+        .map_err(ProbeError::Attach)?;
+    program.load(tracepoint, btf).map_err(ProbeError::Attach)?;
+    program.attach().map_err(ProbeError::Attach)?;
+    Ok(())
+}
+
+fn attach_fexit(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    function: &str,
+    btf: &aya::Btf,
+) -> Result<(), ProgramError> {
+    let Some(found) = ebpf.program_mut(program) else {
+        return Err(ProgramError::UnexpectedProgramType);
+    };
+    let program: &mut FExit = found.try_into()?;
+    program.load(function, btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+/// A verifier log is many lines; a notice is one.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    convert(map).map_err(|source| ProbeError::Map { what: name, source })
+}
+
+/// aya does not expose `recursion_misses`, so ask the kernel directly.
+fn program_info(fd: RawFd) -> std::io::Result<aya_obj::generated::bpf_prog_info> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is a plain C struct of integers; all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoByFd {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: the attr layout is the kernel's `info` member of union bpf_attr;
+    // the kernel writes at most `info_len` bytes into `info`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const attr,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(info)
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid resource id and pointer. Failure only matters on old
+    // kernels, where loading then fails with its own error.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(validate_ring_buffer_bytes(4096).unwrap(), 4096);
+        assert_eq!(validate_ring_buffer_bytes(1 << 24).unwrap(), 1 << 24);
+        for bad in [0, 1024, 4095, 12288] {
+            assert!(validate_ring_buffer_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}

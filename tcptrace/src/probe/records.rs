@@ -1,0 +1,339 @@
+//! Ring-buffer bytes -> typed records, with length checks and no unsafe.
+//!
+//! A record that is short, of an unknown kind, or carries a state or family
+//! the kernel does not define is a [`DecodeError`]: counted and skipped by the
+//! caller, never a panic and never a guess.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Buf;
+use tcptrace_common::{
+    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_RECORD_SIZE, StackKind,
+    TASK_COMM_LEN, TRANSITION_RECORD_SIZE, TcpState,
+};
+use thiserror::Error;
+
+use crate::model::transition::{Process, Record, StackSample, Transition};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes, expected {expected}")]
+    WrongLength { len: usize, expected: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown TCP state {0}")]
+    UnknownState(u8),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("unknown stack kind {0}")]
+    UnknownStackKind(u8),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let mut buf = bytes;
+    if buf.remaining() < 4 {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: TRANSITION_RECORD_SIZE,
+        });
+    }
+    let raw_kind = buf.get_u32_ne();
+    match RecordKind::from_raw(raw_kind) {
+        Some(RecordKind::Transition) => decode_transition(bytes).map(Record::Transition),
+        Some(RecordKind::Destroyed) => decode_destroyed(bytes),
+        Some(RecordKind::Stack) => decode_stack(bytes),
+        None => Err(DecodeError::UnknownKind(raw_kind)),
+    }
+}
+
+fn decode_stack(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() != STACK_RECORD_SIZE {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: STACK_RECORD_SIZE,
+        });
+    }
+    let mut buf = &bytes[4..];
+    let tgid = buf.get_u32_ne();
+    let timestamp_ns = buf.get_u64_ne();
+    let cookie = buf.get_u64_ne();
+    let stack_id = buf.get_i32_ne();
+    let raw_kind = buf.get_u8();
+    Ok(Record::Stack(StackSample {
+        timestamp_ns,
+        cookie,
+        tgid,
+        kind: StackKind::from_raw(raw_kind).ok_or(DecodeError::UnknownStackKind(raw_kind))?,
+        stack_id: u32::try_from(stack_id).map_err(|_| stack_id),
+    }))
+}
+
+fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() != DESTROYED_RECORD_SIZE {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: DESTROYED_RECORD_SIZE,
+        });
+    }
+    // After the kind and the kernel's timestamp, which nothing reads.
+    let mut buf = &bytes[16..];
+    Ok(Record::Destroyed {
+        cookie: buf.get_u64_ne(),
+    })
+}
+
+/// Fields are read in `TransitionRecord`'s declaration order; the unit test
+/// `decodes_what_the_probe_writes` checks that against the struct itself.
+fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    if bytes.len() != TRANSITION_RECORD_SIZE {
+        return Err(DecodeError::WrongLength {
+            len: bytes.len(),
+            expected: TRANSITION_RECORD_SIZE,
+        });
+    }
+    let mut buf = bytes;
+    let _kind = buf.get_u32_ne();
+    let owner_tgid = buf.get_u32_ne();
+    let timestamp_ns = buf.get_u64_ne();
+    let cookie = buf.get_u64_ne();
+    let skaddr = buf.get_u64_ne();
+    let socket_inode = buf.get_u64_ne();
+    let mut local_addr = [0u8; 16];
+    buf.copy_to_slice(&mut local_addr);
+    let mut remote_addr = [0u8; 16];
+    buf.copy_to_slice(&mut remote_addr);
+    let mut comm = [0u8; TASK_COMM_LEN];
+    buf.copy_to_slice(&mut comm);
+    let netns_inode = buf.get_u32_ne();
+    let local_port = buf.get_u16_ne();
+    let remote_port = buf.get_u16_ne();
+    let family = buf.get_u16_ne();
+    let old_state = buf.get_u8();
+    let new_state = buf.get_u8();
+
+    let state = |raw| TcpState::from_raw(raw).ok_or(DecodeError::UnknownState(raw));
+    let address = |raw: [u8; 16]| match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(raw))),
+        other => Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(Transition {
+        timestamp_ns,
+        cookie,
+        skaddr,
+        owner: (owner_tgid != 0).then(|| Process {
+            tgid: owner_tgid,
+            comm: comm_to_string(&comm),
+        }),
+        local: SocketAddr::new(address(local_addr)?, local_port),
+        remote: SocketAddr::new(address(remote_addr)?, remote_port),
+        old_state: state(old_state)?,
+        new_state: state(new_state)?,
+        netns_inode: (netns_inode != 0).then_some(netns_inode),
+        socket_inode: (socket_inode != 0).then_some(socket_inode),
+    })
+}
+
+fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tcptrace_common::TransitionRecord;
+
+    use super::*;
+
+    pub(crate) fn sample_record() -> TransitionRecord {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..6].copy_from_slice(b"server");
+        let mut local_addr = [0u8; 16];
+        local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut remote_addr = [0u8; 16];
+        remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        TransitionRecord {
+            kind: RecordKind::Transition as u32,
+            owner_tgid: 4242,
+            timestamp_ns: 123_456_789,
+            cookie: 77,
+            skaddr: 0xffff_8880_1234_5678,
+            socket_inode: 0,
+            local_addr,
+            remote_addr,
+            owner_comm: comm,
+            netns_inode: 4026531840,
+            local_port: 8080,
+            remote_port: 45678,
+            family: AF_INET,
+            old_state: TcpState::Established as u8,
+            new_state: TcpState::CloseWait as u8,
+            _reserved: 0,
+        }
+    }
+
+    /// The bytes exactly as the probe writes them: the struct's own memory.
+    pub(crate) fn record_bytes(record: &TransitionRecord) -> Vec<u8> {
+        record.to_bytes().to_vec()
+    }
+
+    fn transition(bytes: &[u8]) -> Transition {
+        match decode(bytes) {
+            Ok(Record::Transition(t)) => t,
+            other => panic!("expected a transition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_what_the_probe_writes() {
+        let mut record = sample_record();
+        record.new_state = TcpState::Close as u8;
+        record.socket_inode = 31337;
+        let t = transition(&record_bytes(&record));
+        assert_eq!(t.socket_inode, Some(31337));
+        assert_eq!(t.new_state, TcpState::Close);
+        let t = transition(&record_bytes(&sample_record()));
+        assert_eq!(t.socket_inode, None);
+        assert_eq!(t.timestamp_ns, 123_456_789);
+        assert_eq!(t.cookie, 77);
+        assert_eq!(t.skaddr, 0xffff_8880_1234_5678);
+        assert_eq!(
+            t.owner,
+            Some(Process {
+                tgid: 4242,
+                comm: "server".into()
+            })
+        );
+        assert_eq!(t.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.remote, "127.0.0.2:45678".parse().unwrap());
+        assert_eq!(t.old_state, TcpState::Established);
+        assert_eq!(t.new_state, TcpState::CloseWait);
+        assert_eq!(t.netns_inode, Some(4026531840));
+    }
+
+    #[test]
+    fn decodes_ipv6_and_unknown_owner() {
+        let mut record = sample_record();
+        record.family = AF_INET6;
+        record.local_addr = Ipv6Addr::LOCALHOST.octets();
+        record.remote_addr = "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap().octets();
+        record.owner_tgid = 0;
+        record.netns_inode = 0;
+        let t = transition(&record_bytes(&record));
+        assert_eq!(t.local, "[::1]:8080".parse().unwrap());
+        assert_eq!(t.remote, "[::ffff:10.1.2.3]:45678".parse().unwrap());
+        assert_eq!(t.owner, None);
+        assert_eq!(t.netns_inode, None);
+    }
+
+    #[test]
+    fn short_long_and_empty_records_are_errors() {
+        let bytes = record_bytes(&sample_record());
+        for len in [0, 3, 4, TRANSITION_RECORD_SIZE - 1] {
+            assert!(
+                matches!(decode(&bytes[..len]), Err(DecodeError::WrongLength { .. })),
+                "length {len}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&long),
+            Err(DecodeError::WrongLength { len: 112, .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_stack_records_and_rejects_unknown_kinds() {
+        let record = |stack_id: i32, kind: u8| {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&(RecordKind::Stack as u32).to_ne_bytes());
+            bytes.extend_from_slice(&77u32.to_ne_bytes());
+            bytes.extend_from_slice(&5u64.to_ne_bytes());
+            bytes.extend_from_slice(&9u64.to_ne_bytes());
+            bytes.extend_from_slice(&stack_id.to_ne_bytes());
+            bytes.extend_from_slice(&[kind, 0, 0, 0]);
+            bytes
+        };
+        assert_eq!(
+            decode(&record(12, 3)),
+            Ok(Record::Stack(StackSample {
+                timestamp_ns: 5,
+                cookie: 9,
+                tgid: 77,
+                kind: StackKind::Eof,
+                stack_id: Ok(12)
+            }))
+        );
+        let Ok(Record::Stack(failed)) = decode(&record(-17, 1)) else {
+            panic!("a failed stack is still a record");
+        };
+        assert_eq!(failed.stack_id, Err(-17));
+        assert_eq!(decode(&record(1, 9)), Err(DecodeError::UnknownStackKind(9)));
+        assert!(decode(&record(1, 1)[..31]).is_err());
+    }
+
+    #[test]
+    fn decodes_destroyed_records_with_length_checks() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(RecordKind::Destroyed as u32).to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(&99u64.to_ne_bytes());
+        bytes.extend_from_slice(&4242u64.to_ne_bytes());
+        assert_eq!(decode(&bytes), Ok(Record::Destroyed { cookie: 4242 }));
+        assert!(matches!(
+            decode(&bytes[..20]),
+            Err(DecodeError::WrongLength { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_kind_state_and_family_are_errors() {
+        let mut bytes = record_bytes(&sample_record());
+        bytes[..4].copy_from_slice(&99u32.to_ne_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
+
+        let mut record = sample_record();
+        record.new_state = 13;
+        assert_eq!(
+            decode(&record_bytes(&record)),
+            Err(DecodeError::UnknownState(13))
+        );
+        record.new_state = 0;
+        assert_eq!(
+            decode(&record_bytes(&record)),
+            Err(DecodeError::UnknownState(0))
+        );
+
+        let mut record = sample_record();
+        record.family = 1;
+        assert_eq!(
+            decode(&record_bytes(&record)),
+            Err(DecodeError::UnknownFamily(1))
+        );
+    }
+
+    #[test]
+    fn state_names_match_the_kernel() {
+        for (raw, name) in [
+            (1, "ESTABLISHED"),
+            (2, "SYN_SENT"),
+            (3, "SYN_RECV"),
+            (4, "FIN_WAIT1"),
+            (5, "FIN_WAIT2"),
+            (6, "TIME_WAIT"),
+            (7, "CLOSE"),
+            (8, "CLOSE_WAIT"),
+            (9, "LAST_ACK"),
+            (10, "LISTEN"),
+            (11, "CLOSING"),
+            (12, "NEW_SYN_RECV"),
+        ] {
+            let state = TcpState::from_raw(raw).unwrap();
+            assert_eq!(state.name(), name);
+            assert_eq!(state as u8, raw);
+        }
+        assert_eq!(TcpState::from_raw(0), None);
+        assert_eq!(TcpState::from_raw(255), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! Rendering only: model values in, text, JSON or OpenMetrics out.
+//!
+//! watch's lines, the leak report, the top table, the metrics exposition,
+//! and `terminal`, which makes every name from the host safe to print.
+
+pub(crate) mod metrics;
+pub(crate) mod report;
+pub(crate) mod terminal;
+pub(crate) mod top;
+pub(crate) mod watch;
