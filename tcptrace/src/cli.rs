@@ -11,12 +11,12 @@ use crate::{
     commands::watch::WatchOptions,
     engine::monitor::LeaksOptions,
     model::filter::{Filter, IpFamily},
+    model::leak_report::ReportFilter,
     probe::loader::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
         validate_max_sockets, validate_ring_buffer_bytes,
     },
     view::metrics::MetricsLimits,
-    view::report::ReportFilter,
     view::top::{RowFilter, SortKey},
     view::watch::Format,
 };

@@ -18,9 +18,10 @@ use crate::{
     engine::DRAIN_INTERVAL,
     engine::monitor::{LeaksOptions, Monitor, RECONCILE_INTERVAL, STACK_PRUNE_EVERY, all_drops},
     host::reader::{HostReader, HostRequest, read_host, release_free_memory, states_with_files},
+    model::leak_report::{LeakReport, ProgramHealth},
     probe::loader::{Probe, ProbeOptions},
     probe::preflight,
-    view::report::{LeakReport, ProgramHealth, render_text},
+    view::report::render_text,
     view::watch,
 };
 

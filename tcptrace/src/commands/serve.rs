@@ -13,9 +13,9 @@ use crate::{
     engine::http::{self, Published},
     engine::monitor::LeaksOptions,
     host::reader::{HostRead, HostReader, HostRequest, read_host, release_free_memory},
+    model::leak_report::{LeakPage, LeakReport, PageLimits},
     probe::loader::Probe,
     view::metrics::{MetricsLimits, MetricsState},
-    view::report::{LeakPage, LeakReport, PageLimits},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";

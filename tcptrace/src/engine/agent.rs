@@ -31,12 +31,12 @@ use crate::{
     model::health::{AgentTotals, Occupancy},
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
+    model::leak_report::LeakReport,
     model::process::Placement,
     model::tracker::SocketTracker,
     model::transition::{Process, Record},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::report::LeakReport,
     view::top::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
 };
 

@@ -17,14 +17,14 @@ use crate::{
     model::health::Occupancy,
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
+    model::leak_report::{
+        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
+    },
     model::leaks::{LeakKind, LeakTracker},
     model::process::FdUsage,
     model::transition::{Record, StackSample, Transition},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::report::{
-        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
-    },
 };
 
 /// How often live tracking is checked against the kernel's table. A leak

@@ -13,6 +13,7 @@ pub(crate) mod filter;
 pub(crate) mod health;
 pub(crate) mod holder;
 pub(crate) mod kernel_socket;
+pub(crate) mod leak_report;
 pub(crate) mod leaks;
 pub(crate) mod process;
 pub(crate) mod stack;

@@ -33,7 +33,7 @@ use prometheus_client::{
 use crate::{
     model::diagnose::{FindingKind, Severity},
     model::health::{AgentTotals, Occupancy},
-    view::report::LeakReport,
+    model::leak_report::LeakReport,
     view::top::TopSnapshot,
 };
 
@@ -537,7 +537,7 @@ fn occupancy_families(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{view::report::ProcessLeaks, view::top::ProcessRow};
+    use crate::{model::leak_report::ProcessLeaks, view::top::ProcessRow};
 
     fn row(pid: u32, comm: &str, transitions: &[(&str, u64)]) -> ProcessRow {
         ProcessRow {
@@ -900,7 +900,7 @@ mod tests {
             min_age_ms: 0,
             leaking_sockets: 3,
             processes: vec![
-                crate::view::report::ProcessLeaks {
+                crate::model::leak_report::ProcessLeaks {
                     pid: Some(1),
                     comm: Some("a".into()),
                     close_wait: 2,
@@ -908,7 +908,7 @@ mod tests {
                     oldest_age_ms: 1500,
                     ..Default::default()
                 },
-                crate::view::report::ProcessLeaks {
+                crate::model::leak_report::ProcessLeaks {
                     pid: Some(2),
                     comm: Some("b".into()),
                     close_wait: 1,

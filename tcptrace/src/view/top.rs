@@ -17,7 +17,7 @@ use crate::{
     model::diagnose::Finding,
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
-    view::report::{LeakReport, ProbeHealth},
+    model::leak_report::{LeakReport, ProbeHealth},
     view::terminal::sanitize,
 };
 
