@@ -94,6 +94,15 @@ enum Role {
         #[arg(long)]
         connections: u32,
     },
+    /// Listen, and accept only after "go": `connections` are accepted
+    /// (the clients may have reset them meanwhile), read to EOF or the
+    /// reset, and closed; says how many were reset.
+    LateAcceptor {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+    },
     /// Connect `count` times, read to the server's EOF, and hold the sockets until "go".
     LeakyClient {
         #[arg(long)]
@@ -282,6 +291,7 @@ fn main() -> Result<()> {
             leak,
         } => leaky_service(addr, connections, leak),
         Role::ClosingServer { addr, connections } => closing_server(addr, connections),
+        Role::LateAcceptor { addr, connections } => late_acceptor(addr, connections),
         Role::LeakyClient { connect, count } => leaky_client(connect, count),
         Role::SelfLeak { addr, leak } => self_leak(addr, leak),
         Role::ChurnServer {
@@ -631,6 +641,30 @@ fn closing_server(addr: SocketAddr, connections: u32) -> Result<()> {
         drop(conn);
     }
     say("done");
+    Ok(())
+}
+
+fn late_acceptor(addr: SocketAddr, connections: u32) -> Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&addr.into())?;
+    // Room for every connection: none may wait for a SYN retransmit.
+    socket.listen(connections.clamp(1, 4096) as i32)?;
+    let listener: TcpListener = socket.into();
+    say(&format!(
+        "listening pid={} port={}",
+        std::process::id(),
+        listener.local_addr()?.port()
+    ));
+    wait_for_go()?;
+    let mut reset = 0;
+    for _ in 0..connections {
+        let (mut conn, _) = listener.accept()?;
+        // Data queued before a RST is read first; the reset comes after.
+        if read_to_eof(&mut conn).is_err() {
+            reset += 1;
+        }
+    }
+    say(&format!("accepted connections={connections} reset={reset}"));
     Ok(())
 }
 
