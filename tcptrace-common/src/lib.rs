@@ -313,10 +313,15 @@ pub enum Counter {
     DestroyedReserveFailed = 5,
     /// The ring buffer was full: a stack record was dropped.
     StackReserveFailed = 6,
+    /// The stack map gave no id for a stack (its bucket held another
+    /// stack, or it was full): the socket's code path is not known.
+    StackNotStored = 7,
+    /// An insert into the call-site or EOF-count map failed.
+    MapInsertFailed = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 9] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
@@ -324,12 +329,14 @@ impl Counter {
         Self::SocketReadFailed,
         Self::DestroyedReserveFailed,
         Self::StackReserveFailed,
+        Self::StackNotStored,
+        Self::MapInsertFailed,
     ];
 }
 
 /// Number of slots in the counter array (room to add counters without
 /// changing the map's size).
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 16;
 
 /// Configuration the agent writes into the program's read-only data before
 /// loading it: struct offsets read from the running kernel's BTF (aya has no

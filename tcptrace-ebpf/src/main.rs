@@ -16,8 +16,8 @@ use core::{
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_ANY, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_SK_STORAGE_GET_F_CREATE,
     },
     btf_maps::SkStorage,
     helpers::generated::{
@@ -54,6 +54,10 @@ struct SocketState {
     owner: SocketOwner,
     /// STACK_TAKEN_* bits.
     stacks_taken: u32,
+    /// Reads that returned EOF in CLOSE_WAIT. Published to EOF_READS from
+    /// the second on: a correct server reads EOF once and closes, and must
+    /// not cost a map insert per connection.
+    eof_reads: u32,
 }
 
 #[btf_map]
@@ -71,10 +75,11 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 static CALL_SITE_STACKS: LruHashMap<CallSiteKey, i64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Socket cookie -> reads that returned EOF in CLOSE_WAIT. Written only
-/// from a CLOSE_WAIT socket's first EOF read on, so it holds the CLOSE_WAIT
-/// sockets the agent asks about (code spinning on EOF); LRU, since cookies
-/// are never reused and a closed socket's count is never read again.
+/// Socket cookie -> reads that returned EOF in CLOSE_WAIT, for the sockets
+/// read at EOF more than once (code spinning on EOF), which the agent reads
+/// by cookie. An entry is deleted when its socket leaves CLOSE_WAIT, so the
+/// map holds only CLOSE_WAIT sockets; LRU, so a flood of them cannot fail
+/// an insert.
 #[map]
 static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
@@ -184,7 +189,11 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     if kind == StackKind::Eof {
-        count_eof_read(cookie);
+        // Plain read-modify-write, as below: a lower bound.
+        state.eof_reads = state.eof_reads.saturating_add(1);
+        if state.eof_reads > 1 {
+            publish_eof_reads(cookie, state.eof_reads);
+        }
     }
     if taken {
         return 0;
@@ -196,13 +205,17 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-fn count_eof_read(cookie: u64) {
+fn publish_eof_reads(cookie: u64, reads: u32) {
     match EOF_READS.get_ptr_mut(cookie) {
-        // SAFETY: a live map value. Concurrent increments can lose one: the
-        // count is a lower bound.
-        Some(count) => unsafe { *count = (*count).saturating_add(1) },
+        // SAFETY: a live map value of the right type.
+        Some(count) => unsafe { *count = u64::from(reads) },
         None => {
-            let _ = EOF_READS.insert(cookie, 1, BPF_NOEXIST as u64);
+            if EOF_READS
+                .insert(cookie, u64::from(reads), BPF_ANY as u64)
+                .is_err()
+            {
+                count(Counter::MapInsertFailed);
+            }
         }
     }
 }
@@ -247,13 +260,16 @@ fn take_stack(ctx: &BtfTracePointContext, cookie: u64, kind: StackKind) {
             Some(&id) => id,
             None => {
                 let id = user_stack_id(ctx);
-                if id >= 0 {
-                    let _ = CALL_SITE_STACKS.insert(key, id, BPF_ANY as u64);
+                if id >= 0 && CALL_SITE_STACKS.insert(key, id, BPF_ANY as u64).is_err() {
+                    count(Counter::MapInsertFailed);
                 }
                 id
             }
         }
     };
+    if stack_id < 0 {
+        count(Counter::StackNotStored);
+    }
     let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
         count(Counter::StackReserveFailed);
         return;
@@ -333,7 +349,7 @@ fn record_transition(
 
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let owner = track_owner(sk, old_state, new_state);
+    let owner = track_owner(sk, cookie, old_state, new_state);
 
     if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
@@ -392,23 +408,45 @@ fn record_transition(
 
 /// The owner of `sk` after this transition: the current task where the
 /// transition runs in the owner's syscall, otherwise whatever an earlier
-/// process-context transition recorded (or unknown, tgid 0).
-fn track_owner(sk: *const u8, old_state: u8, new_state: u8) -> SocketOwner {
+/// process-context transition recorded (or unknown, tgid 0). A socket
+/// leaving CLOSE_WAIT also takes its EOF count out of EOF_READS, with the
+/// storage lookup the owner needs anyway.
+fn track_owner(sk: *const u8, cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
     if TcpState::runs_in_owner_context(old_state, new_state) {
         let current = current_task();
         if new_state != CLOSE {
-            remember_owner(sk, &current);
+            match socket_state(sk, true) {
+                Some(state) => {
+                    state.owner = current;
+                    if old_state == CLOSE_WAIT {
+                        forget_eof_reads(state, cookie);
+                    }
+                }
+                None => count(Counter::OwnerInsertFailed),
+            }
         }
         return current;
     }
     match socket_state(sk, false) {
         // A concurrent update can at worst mix two owners' bytes for one
         // event, never fault.
-        Some(state) => state.owner,
+        Some(state) => {
+            if old_state == CLOSE_WAIT {
+                forget_eof_reads(state, cookie);
+            }
+            state.owner
+        }
         None => SocketOwner {
             comm: [0; TASK_COMM_LEN],
             tgid: 0,
         },
+    }
+}
+
+fn forget_eof_reads(state: &SocketState, cookie: u64) {
+    // Only a socket read at EOF twice has an entry.
+    if state.eof_reads > 1 {
+        let _ = EOF_READS.remove(cookie);
     }
 }
 

@@ -152,9 +152,10 @@ pub struct KernelArgs {
           default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
 
-    /// CLOSE_WAIT sockets whose EOF reads the probe counts at once (for the
-    /// EOF-spin diagnosis; about 80 bytes of kernel memory each, up to 4194304).
-    /// Owners need no room: the probe keeps them in each socket.
+    /// CLOSE_WAIT sockets read at EOF more than once whose reads the probe
+    /// counts at one time (for the EOF-spin diagnosis; about 80 bytes of kernel
+    /// memory each, 1 to 4194304). Owners need no room: the probe keeps them in
+    /// each socket.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS,
           value_parser = parse_max_sockets)]
     pub max_sockets: u32,

@@ -62,9 +62,10 @@ pub enum StackLevel {
 pub struct ProbeOptions {
     /// A power of two, at least one page.
     pub ring_buffer_bytes: u32,
-    /// Capacity of the in-kernel map of EOF-read counts (CLOSE_WAIT sockets
-    /// read at EOF at once). Owners need no capacity: they live in each
-    /// socket's own storage.
+    /// Capacity of the in-kernel map of EOF-read counts: CLOSE_WAIT sockets
+    /// read at EOF more than once, at one time (beyond it the least recently
+    /// read give way). Owners need no capacity: they live in each socket's
+    /// own storage.
     pub max_sockets: u32,
     pub owner_tgid_filter: Option<u32>,
     pub port_filter: Option<u16>,
@@ -111,6 +112,8 @@ pub enum ProbeError {
         u64::from(MAX_MAX_SOCKETS) * SOCKET_ENTRY_BYTES / (1024 * 1024)
     )]
     TooManySockets { asked: u32 },
+    #[error("--max-sockets must be at least 1")]
+    NoSockets,
     #[error("loading the eBPF probe failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF probe object has no {0}: the build is broken")]
@@ -138,10 +141,10 @@ pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<u32, ProbeError> {
 }
 
 pub fn validate_max_sockets(sockets: u32) -> Result<u32, ProbeError> {
-    if (1..=MAX_MAX_SOCKETS).contains(&sockets) {
-        Ok(sockets)
-    } else {
-        Err(ProbeError::TooManySockets { asked: sockets })
+    match sockets {
+        0 => Err(ProbeError::NoSockets),
+        1..=MAX_MAX_SOCKETS => Ok(sockets),
+        _ => Err(ProbeError::TooManySockets { asked: sockets }),
     }
 }
 
@@ -155,6 +158,11 @@ pub struct KernelCounters {
     pub socket_read_failed: u64,
     pub destroyed_reserve_failed: u64,
     pub stack_reserve_failed: u64,
+    /// Stacks the stack map had no room for (a full map, or a bucket held
+    /// by another stack): code paths shown as not taken.
+    pub stack_not_stored: u64,
+    /// Failed inserts into the call-site or EOF-count map.
+    pub map_insert_failed: u64,
 }
 
 impl KernelCounters {
@@ -421,6 +429,8 @@ impl Probe {
             socket_read_failed: read(Counter::SocketReadFailed)?,
             destroyed_reserve_failed: read(Counter::DestroyedReserveFailed)?,
             stack_reserve_failed: read(Counter::StackReserveFailed)?,
+            stack_not_stored: read(Counter::StackNotStored)?,
+            map_insert_failed: read(Counter::MapInsertFailed)?,
         })
     }
 
