@@ -1,0 +1,419 @@
+//! The probe's kernel maps under churn, read in-process with
+//! `Probe::map_occupancy`: short connections, resets before the accept and
+//! resets in CLOSE_WAIT must leave the maps as they found them once their
+//! processes are gone, with no failed insert and every owner right. Plus the
+//! bounds of the options that size kernel memory.
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    process::{Command, Output},
+    thread,
+    time::Duration,
+};
+
+use common::{Peer, kernel_has_recv_tracepoint, require_root};
+use tcptrace::{
+    decode::{Record, Transition, decode},
+    probe::{Probe, ProbeOptions, StackLevel},
+};
+use tcptrace_common::{StackKind, TcpState};
+
+/// Entries other TCP traffic on the host may add meanwhile (the probe sees
+/// every process): far below what one entry per connection would add.
+const SLACK: u64 = 256;
+const CONNECTIONS: &str = "200";
+
+/// The probe and what it delivered for this test's peers.
+struct Traced {
+    probe: Probe,
+    ports: HashSet<u16>,
+    pids: HashSet<u32>,
+    /// Sockets seen on `ports`: a socket closed by a reset may show port 0.
+    cookies: HashSet<u64>,
+    transitions: Vec<Transition>,
+    /// (tgid, cookie, kind, stack id) of stacks taken in this test's peers.
+    stacks: Vec<(u32, u64, StackKind, Result<u32, i32>)>,
+}
+
+impl Traced {
+    fn drain(&mut self) {
+        let Self {
+            probe,
+            ports,
+            pids,
+            cookies,
+            transitions,
+            stacks,
+        } = self;
+        probe.drain(|bytes| match decode(bytes) {
+            Ok(Record::Transition(t))
+                if ports.contains(&t.local.port())
+                    || ports.contains(&t.remote.port())
+                    || cookies.contains(&t.cookie) =>
+            {
+                cookies.insert(t.cookie);
+                transitions.push(t);
+            }
+            Ok(Record::Stack(s)) if pids.contains(&s.tgid) => {
+                stacks.push((s.tgid, s.cookie, s.kind, s.stack_id));
+            }
+            _ => {}
+        });
+    }
+
+    /// Drains for a second: the last closes of a load arrive after it exits.
+    fn settle(&mut self) {
+        for _ in 0..10 {
+            self.drain();
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn watch(&mut self, peer: &Peer, port: Option<&str>) {
+        self.pids.insert(peer.pid());
+        if let Some(port) = port {
+            self.ports.insert(port.parse().expect("port"));
+        }
+    }
+
+    fn entries(&self, map: &str) -> u64 {
+        entries(&self.probe, map)
+    }
+
+    /// Transitions of the connections to the listener on `port`, each with
+    /// whether it is the server's end. Either end is known by how it opened:
+    /// another socket may have had the same port as its own.
+    fn on_port(&self, port: u16) -> Vec<(bool, &Transition)> {
+        let opened = |old: TcpState, new: TcpState, server: bool| -> HashSet<u64> {
+            self.transitions
+                .iter()
+                .filter(|t| t.old_state == old && t.new_state == new)
+                .filter(|t| {
+                    if server {
+                        t.local.port() == port
+                    } else {
+                        t.remote.port() == port
+                    }
+                })
+                .map(|t| t.cookie)
+                .collect()
+        };
+        let servers = opened(TcpState::SynRecv, TcpState::Established, true);
+        let clients = opened(TcpState::Close, TcpState::SynSent, false);
+        self.transitions
+            .iter()
+            .filter_map(|t| {
+                if servers.contains(&t.cookie) {
+                    Some((true, t))
+                } else {
+                    clients.contains(&t.cookie).then_some((false, t))
+                }
+            })
+            .collect()
+    }
+}
+
+fn entries(probe: &Probe, map: &str) -> u64 {
+    probe
+        .map_occupancy()
+        .into_iter()
+        .find(|o| o.name == map)
+        .unwrap_or_else(|| panic!("no occupancy for {map}"))
+        .entries
+}
+
+fn owner(t: &Transition) -> Option<u32> {
+    t.owner.as_ref().map(|o| o.tgid)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[test]
+fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
+    if !require_root() {
+        return;
+    }
+    let probe = Probe::load(&ProbeOptions {
+        ring_buffer_bytes: 64 << 20,
+        stacks: StackLevel::Deduped,
+        track_closed_held: true,
+        ..ProbeOptions::default()
+    })
+    .expect("load probe");
+    let mut traced = Traced {
+        probe,
+        ports: HashSet::new(),
+        pids: HashSet::new(),
+        cookies: HashSet::new(),
+        transitions: Vec::new(),
+        stacks: Vec::new(),
+    };
+    let recv_hook = kernel_has_recv_tracepoint();
+    traced.settle();
+    let baseline = traced.probe.map_occupancy();
+    let at_start = |map: &str| {
+        baseline
+            .iter()
+            .find(|o| o.name == map)
+            .map_or(0, |o| o.entries)
+    };
+    eprintln!("baseline {baseline:?}");
+
+    // 1. Churn, the client closing first: each server socket reads EOF
+    // once, as a correct server does, which must cost no map entry.
+    let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"]);
+    let port = server.expect("listening")["port"].clone();
+    traced.watch(&server, Some(&port));
+    let mut client = Peer::spawn(&[
+        "churn-client",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--threads",
+        "2",
+        "--seconds",
+        "2",
+        "--hold",
+    ]);
+    traced.watch(&client, None);
+    let done = client.expect("done");
+    let connections: u64 = done["connections"].parse().unwrap();
+    assert!(connections > 1000, "{done:?}");
+    traced.settle();
+    if recv_hook {
+        assert!(
+            traced.entries("eof_reads") <= at_start("eof_reads") + SLACK,
+            "{connections} connections read at EOF once each: {:?}",
+            traced.probe.map_occupancy()
+        );
+    }
+    server.go();
+    server.expect("served");
+    client.go();
+    server.wait_success();
+    client.wait_success();
+
+    // 2. Resets before the accept: the clients reset connections the
+    // server accepts only later, already closed (with an accept hook, the
+    // path that left an owner behind in the old global map).
+    let mut late = Peer::spawn(&[
+        "late-acceptor",
+        "--addr",
+        "127.0.0.1:0",
+        "--connections",
+        CONNECTIONS,
+    ]);
+    let late_port = late.expect("listening")["port"].clone();
+    traced.watch(&late, Some(&late_port));
+    let resetting = Peer::spawn(&[
+        "clients",
+        "--connect",
+        &format!("127.0.0.1:{late_port}"),
+        "--count",
+        CONNECTIONS,
+        "--rst",
+    ]);
+    let resetting_pid = resetting.pid();
+    traced.watch(&resetting, None);
+    resetting.expect("done");
+    resetting.wait_success();
+    traced.settle();
+    let accepting_from = monotonic_ns();
+    late.go();
+    let accepted = late.expect("accepted");
+    let late_pid = late.pid();
+    late.wait_success();
+    traced.settle();
+    let late_port: u16 = late_port.parse().unwrap();
+    let late_connections = traced.on_port(late_port);
+    let reset_before_accept = late_connections
+        .iter()
+        .filter(|(server, t)| {
+            *server && t.new_state == TcpState::Close && t.timestamp_ns < accepting_from
+        })
+        .count();
+    assert_eq!(
+        reset_before_accept.to_string(),
+        CONNECTIONS,
+        "every connection reset before its accept ({accepted:?})"
+    );
+    for (server, t) in late_connections {
+        let expected = if server { late_pid } else { resetting_pid };
+        assert!(
+            owner(t).is_none_or(|tgid| tgid == expected),
+            "owner {:?} for {t:?}",
+            t.owner
+        );
+    }
+
+    // 3. Resets in CLOSE_WAIT: the server reads EOF, then closes with
+    // SO_LINGER 0; five it keeps, leaked, until "go".
+    let mut leaky = Peer::spawn(&[
+        "leaky-server",
+        "--addr",
+        "127.0.0.1:0",
+        "--connections",
+        CONNECTIONS,
+        "--leak",
+        "5",
+        "--rst-others",
+    ]);
+    let leaky_port = leaky.expect("listening")["port"].clone();
+    traced.watch(&leaky, Some(&leaky_port));
+    let closing = Peer::spawn(&[
+        "clients",
+        "--connect",
+        &format!("127.0.0.1:{leaky_port}"),
+        "--count",
+        CONNECTIONS,
+    ]);
+    let closing_pid = closing.pid();
+    traced.watch(&closing, None);
+    closing.expect("done");
+    closing.wait_success();
+    let holding = leaky.expect("holding");
+    let held = Peer::held_cookies(&holding);
+    assert_eq!(held.len(), 5, "{holding:?}");
+    leaky.go();
+    leaky.expect("released");
+    let leaky_pid = leaky.pid();
+    leaky.wait_success();
+    traced.settle();
+    let leaky_port: u16 = leaky_port.parse().unwrap();
+    let leaky_connections = traced.on_port(leaky_port);
+    let reset_in_close_wait = leaky_connections
+        .iter()
+        .filter(|(server, t)| {
+            *server && t.old_state == TcpState::CloseWait && t.new_state == TcpState::Close
+        })
+        .count();
+    assert_eq!(reset_in_close_wait, 200 - 5);
+    let accept_hook = traced.probe.accept_hook;
+    for &(server, t) in &leaky_connections {
+        if !server {
+            assert!(owner(t).is_none_or(|tgid| tgid == closing_pid), "{t:?}");
+            continue;
+        }
+        // The server's sockets: never the client that ran in softirq.
+        assert!(owner(t).is_none_or(|tgid| tgid == leaky_pid), "{t:?}");
+        if held.contains(&t.cookie) {
+            let leaked = t.old_state == TcpState::Established
+                && t.new_state == TcpState::CloseWait
+                && accept_hook;
+            let closed = t.old_state == TcpState::CloseWait && t.new_state == TcpState::LastAck;
+            if leaked || closed {
+                assert_eq!(owner(t), Some(leaky_pid), "the leak's owner: {t:?}");
+            }
+        }
+    }
+    for cookie in &held {
+        assert!(
+            leaky_connections
+                .iter()
+                .any(|(_, t)| t.cookie == *cookie && t.new_state == TcpState::LastAck),
+            "the leak {cookie} was closed by its server"
+        );
+    }
+
+    // 4. A socket read at EOF over and over has its count, and loses it
+    // when it leaves CLOSE_WAIT.
+    if recv_hook {
+        let mut spinner = Peer::spawn(&["eof-spinner", "--addr", "127.0.0.1:0", "--seconds", "1"]);
+        traced.watch(&spinner, None);
+        spinner.expect("spinning");
+        let spun: u64 = spinner.expect("spun")["reads"].parse().unwrap();
+        traced.settle();
+        let spinner_pid = spinner.pid();
+        let cookie = traced
+            .stacks
+            .iter()
+            .find(|s| s.0 == spinner_pid && s.2 == StackKind::Eof)
+            .map(|s| s.1)
+            .expect("the spinner's EOF stack");
+        let counted = traced.probe.eof_reads(cookie).expect("an EOF count");
+        assert!(
+            counted > 1 && counted <= spun,
+            "{counted} of {spun} EOF reads"
+        );
+        spinner.go();
+        spinner.wait_success();
+        traced.settle();
+        assert_eq!(
+            traced.probe.eof_reads(cookie),
+            None,
+            "count kept after close"
+        );
+    }
+
+    // 5. The peers are gone: their call sites and stacks are forgotten, and
+    // the maps are back where they were.
+    let pids = traced.pids.clone();
+    let forgotten = traced.probe.forget_processes(&pids);
+    assert!(forgotten > 0, "the peers' call sites were recorded");
+    assert_eq!(traced.probe.forget_processes(&pids), 0, "none left");
+    let ids: HashSet<u32> = traced.stacks.iter().filter_map(|s| s.3.ok()).collect();
+    let ids: Vec<u32> = ids.into_iter().collect();
+    assert!(!ids.is_empty(), "stacks were taken");
+    assert_eq!(traced.probe.forget_stacks(&ids), ids.len());
+    assert!(
+        ids.iter()
+            .all(|id| traced.probe.stack_addresses(*id).is_none())
+    );
+    let after = traced.probe.map_occupancy();
+    eprintln!("after {after:?}");
+    for map in ["stacks", "call_site_stacks", "eof_reads"] {
+        if after.iter().any(|o| o.name == map) {
+            assert!(
+                traced.entries(map) <= at_start(map) + SLACK,
+                "{map}: {after:?} after {baseline:?}"
+            );
+        }
+    }
+    let counters = traced.probe.counters().expect("counters");
+    assert_eq!(counters.owner_insert_failed, 0, "{counters:?}");
+    assert_eq!(counters.map_insert_failed, 0, "{counters:?}");
+}
+
+fn tcptrace(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(args)
+        .output()
+        .expect("run tcptrace")
+}
+
+#[test]
+fn kernel_memory_options_are_bounded_and_say_how_much_was_asked() {
+    for (args, hints) in [
+        (
+            &["serve", "--max-sockets", "100000000"][..],
+            &[
+                "--max-sockets 100000000",
+                "about 7629 MiB",
+                "at most 4194304",
+            ][..],
+        ),
+        (&["leaks", "--max-sockets", "0"], &["at least 1"]),
+        (&["watch", "--max-sockets", "lots"], &["not a number"]),
+        (
+            &["top", "--ring-buffer-size", "1G"],
+            &["1024 MiB", "at most 256 MiB"],
+        ),
+        (&["leaks", "--ring-buffer-size", "8G"], &["at most 2G"]),
+    ] {
+        let output = tcptrace(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        for hint in hints {
+            assert!(stderr.contains(hint), "{args:?}: {stderr}");
+        }
+    }
+}
