@@ -15,8 +15,11 @@ use std::{
 
 use common::{Peer, kernel_has_recv_tracepoint, require_root};
 use tcptrace::{
-    decode::{Record, Transition, decode},
-    probe::{Probe, ProbeOptions, StackLevel},
+    model::transition::{Record, Transition},
+    probe::{
+        loader::{Probe, ProbeOptions, StackLevel},
+        records::decode,
+    },
 };
 use tcptrace_common::{StackKind, TcpState};
 
