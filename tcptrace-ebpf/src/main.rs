@@ -78,8 +78,9 @@ static CALL_SITE_STACKS: LruHashMap<CallSiteKey, i64> = LruHashMap::with_max_ent
 /// Socket cookie -> reads that returned EOF in CLOSE_WAIT, for the sockets
 /// read at EOF more than once (code spinning on EOF), which the agent reads
 /// by cookie. An entry is deleted when its socket leaves CLOSE_WAIT, so the
-/// map holds only CLOSE_WAIT sockets; LRU, so a flood of them cannot fail
-/// an insert.
+/// map holds only CLOSE_WAIT sockets (but for a read that races its socket's
+/// reset, after the socket lock is released); LRU, so such a leftover ages
+/// out and a flood of spinning sockets cannot fail an insert.
 #[map]
 static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
@@ -414,16 +415,11 @@ fn record_transition(
 fn track_owner(sk: *const u8, cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
     if TcpState::runs_in_owner_context(old_state, new_state) {
         let current = current_task();
-        if new_state != CLOSE {
-            match socket_state(sk, true) {
-                Some(state) => {
-                    state.owner = current;
-                    if old_state == CLOSE_WAIT {
-                        forget_eof_reads(state, cookie);
-                    }
-                }
-                None => count(Counter::OwnerInsertFailed),
-            }
+        if new_state != CLOSE
+            && let Some(state) = remember_owner(sk, &current)
+            && old_state == CLOSE_WAIT
+        {
+            forget_eof_reads(state, cookie);
         }
         return current;
     }
@@ -450,11 +446,13 @@ fn forget_eof_reads(state: &SocketState, cookie: u64) {
     }
 }
 
-fn remember_owner(sk: *const u8, owner: &SocketOwner) {
-    match socket_state(sk, true) {
-        Some(state) => state.owner = *owner,
-        None => count(Counter::OwnerInsertFailed),
-    }
+fn remember_owner(sk: *const u8, owner: &SocketOwner) -> Option<&'static mut SocketState> {
+    let Some(state) = socket_state(sk, true) else {
+        count(Counter::OwnerInsertFailed);
+        return None;
+    };
+    state.owner = *owner;
+    Some(state)
 }
 
 fn current_tgid() -> u32 {
