@@ -25,7 +25,7 @@ use tcptrace_common::{StackKind, TcpState};
 
 /// Entries other TCP traffic on the host may add meanwhile (the probe sees
 /// every process): far below what one entry per connection would add.
-const SLACK: u64 = 256;
+const SLACK: u64 = 64;
 const CONNECTIONS: &str = "200";
 
 /// The probe and what it delivered for this test's peers.
@@ -184,13 +184,15 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
         "--threads",
         "2",
         "--seconds",
-        "2",
+        "3",
         "--hold",
     ]);
     traced.watch(&client, None);
     let done = client.expect("done");
     let connections: u64 = done["connections"].parse().unwrap();
-    assert!(connections > 1000, "{done:?}");
+    // Few under emulation (a hundred or two a second), but still more
+    // than the slack.
+    assert!(connections > 2 * SLACK, "{done:?}");
     traced.settle();
     if recv_hook {
         assert!(
@@ -300,30 +302,34 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
         })
         .count();
     assert_eq!(reset_in_close_wait, 200 - 5);
-    let accept_hook = traced.probe.accept_hook;
     for &(server, t) in &leaky_connections {
         if !server {
             assert!(owner(t).is_none_or(|tgid| tgid == closing_pid), "{t:?}");
             continue;
         }
-        // The server's sockets: never the client that ran in softirq.
+        // The server's sockets: never the client that ran in softirq. A
+        // client's FIN may arrive before the accept, so ESTABLISHED ->
+        // CLOSE_WAIT may have no owner yet, even with an accept hook.
         assert!(owner(t).is_none_or(|tgid| tgid == leaky_pid), "{t:?}");
-        if held.contains(&t.cookie) {
-            let leaked = t.old_state == TcpState::Established
-                && t.new_state == TcpState::CloseWait
-                && accept_hook;
-            let closed = t.old_state == TcpState::CloseWait && t.new_state == TcpState::LastAck;
-            if leaked || closed {
-                assert_eq!(owner(t), Some(leaky_pid), "the leak's owner: {t:?}");
-            }
-        }
     }
     for cookie in &held {
-        assert!(
+        let closing = |old: TcpState, new: TcpState| {
             leaky_connections
                 .iter()
-                .any(|(_, t)| t.cookie == *cookie && t.new_state == TcpState::LastAck),
-            "the leak {cookie} was closed by its server"
+                .find(|(_, t)| t.cookie == *cookie && t.old_state == old && t.new_state == new)
+                .map(|(_, t)| owner(t))
+        };
+        // Its close, in the server's syscall; then the last ACK, in softirq
+        // on behalf of whatever ran: the owner from the socket's storage.
+        assert_eq!(
+            closing(TcpState::CloseWait, TcpState::LastAck),
+            Some(Some(leaky_pid)),
+            "the leak {cookie} closed by its server"
+        );
+        assert_eq!(
+            closing(TcpState::LastAck, TcpState::Close),
+            Some(Some(leaky_pid)),
+            "the leak {cookie} ended under its server"
         );
     }
 
