@@ -51,7 +51,7 @@ enum Task {
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1440))]
         minutes: u32,
     },
-    /// Set up, then run the root integration tests (leaks, watch, kernel_table) in QEMU
+    /// Set up, then run the root integration tests (leaks, watch, kernel_table, maps) in QEMU
     /// guests booting Debian's 6.1 and 6.12 kernels; arguments after `--` go to the test
     /// binaries (e.g. a test name filter).
     VmTest {

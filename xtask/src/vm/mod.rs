@@ -49,7 +49,7 @@ const SERIES: [Series; 2] = [
 ];
 
 /// The integration tests of package `tcptrace` that run in the guests.
-const TESTS: [&str; 3] = ["leaks", "watch", "kernel_table"];
+const TESTS: [&str; 4] = ["leaks", "watch", "kernel_table", "maps"];
 
 /// Modules the tests need that Debian does not build in, loaded by /init
 /// (nothing in the guest could load them on demand): tcp_diag (and
