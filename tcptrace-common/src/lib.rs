@@ -243,8 +243,10 @@ impl StackKind {
     }
 }
 
-/// A user stack taken for a socket. `stack_id` indexes the probe's stack
-/// map; negative is the kernel's error (e.g. a hash-bucket collision).
+/// Announces that a copy of the user stack was taken for a socket: the
+/// copy itself waits in the probe's `STACK_COPIES` map, keyed by
+/// (cookie, kind), until the socket is destroyed or the agent reads it.
+/// `copy_status` is 0, or a `STACK_COPY_*` failure.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackRecord {
@@ -252,7 +254,7 @@ pub struct StackRecord {
     pub tgid: u32,
     pub timestamp_ns: u64,
     pub cookie: u64,
-    pub stack_id: i32,
+    pub copy_status: i32,
     pub stack_kind: u8,
     pub _reserved: [u8; 3],
 }
@@ -260,29 +262,66 @@ pub struct StackRecord {
 pub const STACK_RECORD_SIZE: usize = 32;
 const _: () = assert!(core::mem::size_of::<StackRecord>() == STACK_RECORD_SIZE);
 
-/// Key of the probe's call-site dedupe map: one stack per (process, kind,
-/// call site), so a server making thousands of connections per second walks
-/// its stack once per code path, not once per connection.
+/// `StackRecord::copy_status`: not one page of the user stack was readable.
+pub const STACK_COPY_UNREADABLE: i32 = -1;
+/// `StackRecord::copy_status`: the copy map refused the insert.
+pub const STACK_COPY_NOT_STORED: i32 = -2;
+
+/// The stack copy covers whole pages from the one holding the stack pointer:
+/// page-aligned reads are the only ones the verifier can bound cheaply, and
+/// a page boundary is where a short stack ends.
+pub const STACK_COPY_PAGE: usize = 4096;
+/// At least 12 KiB above the stack pointer (see docs/STACKS.md for the depth
+/// this reaches in each language the tests cover).
+pub const STACK_COPY_PAGES: usize = 4;
+pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGE * STACK_COPY_PAGES;
+
+/// Key of the probe's stack-copy map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallSiteKey {
-    pub site: u64,
-    pub tgid: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackCopyKey {
+    pub cookie: u64,
+    /// `StackKind`.
     pub stack_kind: u32,
+    pub _reserved: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CallSiteKey>() == 16);
+const _: () = assert!(core::mem::size_of::<StackCopyKey>() == 16);
 
 // SAFETY: plain old data: integers only, no padding (asserted above).
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for CallSiteKey {}
+unsafe impl aya::Pod for StackCopyKey {}
+
+/// The user registers an unwinder starts from and the bytes of the user
+/// stack, from the page holding `sp`: what `perf --call-graph dwarf` takes,
+/// so code built without frame pointers unwinds from its `.eh_frame`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackCopy {
+    pub tgid: u32,
+    /// Bytes of `stack` read: whole pages, 0 to STACK_COPY_BYTES.
+    pub len: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The user address of `stack[0]`: the page holding `sp`.
+    pub base: u64,
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<StackCopy>() == 40 + STACK_COPY_BYTES);
+
+// SAFETY: plain old data: integers and bytes only, no padding (asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for StackCopy {}
 
 /// `ProbeConfig::stack_level`.
 pub const STACKS_OFF: u32 = 0;
-/// One stack per (process, kind, call site).
-pub const STACKS_DEDUPED: u32 = 1;
-/// A full stack walk for every socket.
-pub const STACKS_EVERY_SOCKET: u32 = 2;
+/// A stack copy per socket at its first read of EOF in CLOSE_WAIT: where a
+/// leaking handler reads the end of the stream and does not close.
+pub const STACKS_EOF: u32 = 1;
+/// Also copies at connect() and at each socket's first data read.
+pub const STACKS_FULL: u32 = 2;
 
 /// Value of the probe's per-socket owner map, keyed by socket cookie.
 #[repr(C)]
@@ -313,10 +352,11 @@ pub enum Counter {
     DestroyedReserveFailed = 5,
     /// The ring buffer was full: a stack record was dropped.
     StackReserveFailed = 6,
-    /// The stack map gave no id for a stack (its bucket held another
-    /// stack, or it was full): the socket's code path is not known.
+    /// A stack copy could not be taken or stored (no readable page at the
+    /// stack pointer, or the copy map refused it): the socket's code path is
+    /// not known.
     StackNotStored = 7,
-    /// An insert into the call-site or EOF-count map failed.
+    /// An insert into the EOF-count map failed.
     MapInsertFailed = 8,
 }
 
@@ -381,17 +421,19 @@ pub struct ProbeConfig {
     pub socket_inode_number_offset: u32,
     /// `__sk_common.skc_state` (u8).
     pub state_offset: u32,
-    /// `pt_regs.ip` and `pt_regs.bp` (u64 each): where the user registers
-    /// saved at syscall entry keep the instruction and frame pointers.
+    /// `pt_regs.ip`, `pt_regs.bp` and `pt_regs.sp` (u64 each): where the
+    /// user registers saved at syscall entry keep the instruction, frame and
+    /// stack pointers.
     pub regs_ip_offset: u32,
     pub regs_bp_offset: u32,
-    /// STACKS_OFF, STACKS_DEDUPED or STACKS_EVERY_SOCKET.
+    pub regs_sp_offset: u32,
+    /// STACKS_OFF, STACKS_EOF or STACKS_FULL.
     pub stack_level: u32,
     /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
     pub read_socket_inode: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 84);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -414,6 +456,7 @@ impl ProbeConfig {
         state_offset: 0,
         regs_ip_offset: 0,
         regs_bp_offset: 0,
+        regs_sp_offset: 0,
         stack_level: STACKS_OFF,
         read_socket_inode: 0,
     };
@@ -435,11 +478,10 @@ pub mod names {
     pub const ACCEPT_PROGRAM_FOUR_PARAMS: &str = "inet_csk_accept_four_params";
     pub const ACCEPT_PROGRAM_TWO_PARAMS: &str = "inet_csk_accept_two_params";
     pub const ACCEPT_FUNCTION: &str = "inet_csk_accept";
-    pub const STACKS_MAP: &str = "STACKS";
+    pub const STACK_COPIES_MAP: &str = "STACK_COPIES";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const EOF_READS_MAP: &str = "EOF_READS";
-    pub const CALL_SITE_STACKS_MAP: &str = "CALL_SITE_STACKS";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 
@@ -497,8 +539,8 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 21 * 4);
-        assert_eq!(offset_of!(StackRecord, stack_id), 24);
+        assert_eq!(size_of::<ProbeConfig>(), 22 * 4);
+        assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }
 }

@@ -14,25 +14,25 @@ use core::{
 };
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
-        BPF_ANY, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_SK_STORAGE_GET_F_CREATE,
     },
     btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_socket_cookie, bpf_get_stackid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_sk_storage_get, bpf_task_pt_regs,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_sk_storage_get, bpf_task_pt_regs,
     },
     macros::{btf_map, btf_tracepoint, fexit, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FExitContext},
 };
 use tcptrace_common::{
-    AF_INET, COUNTER_SLOTS, CallSiteKey, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig,
-    RecordKind, STACKS_EVERY_SOCKET, STACKS_OFF, SocketOwner, StackKind, StackRecord,
-    TASK_COMM_LEN, TcpState, TransitionRecord,
+    AF_INET, COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind,
+    STACK_COPY_NOT_STORED, STACK_COPY_PAGE, STACK_COPY_PAGES, STACK_COPY_UNREADABLE, STACKS_FULL,
+    SocketOwner, StackCopy, StackCopyKey, StackKind, StackRecord, TASK_COMM_LEN, TcpState,
+    TransitionRecord,
 };
 
 /// Written by the agent before load; read-only to the program.
@@ -66,14 +66,17 @@ static SOCKETS: SkStorage<SocketState> = SkStorage::new();
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// User stacks, by the id `bpf_get_stackid` returns. Without
-/// BPF_F_REUSE_STACKID an id keeps pointing at its first stack.
+/// Stack copies of sockets, by (cookie, kind): each is taken in the
+/// socket's own syscall and waits here, so only the copies of sockets that
+/// stay in CLOSE_WAIT are ever read and unwound; the rest are deleted when
+/// their socket is destroyed, a few milliseconds later. LRU, so copies of
+/// sockets whose destruction the probe missed age out.
 #[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+static STACK_COPIES: LruHashMap<StackCopyKey, StackCopy> = LruHashMap::with_max_entries(1024, 0);
 
-/// (process, kind, call site) -> stack id already taken for it.
+/// A copy is built here first: 16 KiB does not fit the program's stack.
 #[map]
-static CALL_SITE_STACKS: LruHashMap<CallSiteKey, i64> = LruHashMap::with_max_entries(16384, 0);
+static STACK_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket cookie -> reads that returned EOF in CLOSE_WAIT, for the sockets
 /// read at EOF more than once (code spinning on EOF), which the agent reads
@@ -86,8 +89,7 @@ static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
 const STACK_TAKEN_FIRST_IO: u32 = 1;
 const STACK_TAKEN_EOF: u32 = 2;
-/// Frames of the frame-pointer chain hashed into a call site.
-const CALL_SITE_DEPTH: usize = 4;
+const STACK_TAKEN_CONNECT: u32 = 4;
 
 macro_rules! config {
     ($field:ident) => {
@@ -114,8 +116,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     match record_transition(sk, old_state as u8, new_state as u8) {
         Ok(Some(cookie)) if new_state as u8 == SYN_SENT && old_state as u8 == CLOSE => {
             // connect(): the client-side creator, in its own syscall.
-            if config!(stack_level) != STACKS_OFF {
-                take_stack(&ctx, cookie, StackKind::Connect);
+            if config!(stack_level) == STACKS_FULL
+                && let Some(state) = socket_state(sk, true)
+            {
+                state.stacks_taken |= STACK_TAKEN_CONNECT;
+                take_stack(cookie, StackKind::Connect);
             }
         }
         Ok(_) => {}
@@ -163,7 +168,8 @@ fn remember_accepting_owner(accepted: *const u8) {
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
-    if ret < 0 {
+    // Data reads matter only with full stacks: leave before any helper.
+    if ret < 0 || (ret > 0 && config!(stack_level) != STACKS_FULL) {
         return 0;
     }
     match read_field::<u16>(sk, config!(protocol_offset)) {
@@ -202,7 +208,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     // Plain read-modify-write: two CPUs reading one socket at once can take
     // a stack twice, never miss one.
     state.stacks_taken |= bit;
-    take_stack(&ctx, cookie, kind);
+    take_stack(cookie, kind);
     0
 }
 
@@ -244,31 +250,13 @@ fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut SocketState>
     unsafe { state.as_mut() }
 }
 
-/// Sends the current user stack for `cookie`. At the default level a stack
-/// is walked once per (process, kind, call site) and its id reused after.
-fn take_stack(ctx: &BtfTracePointContext, cookie: u64, kind: StackKind) {
-    let tgid = current_tgid();
-    let stack_id = if config!(stack_level) == STACKS_EVERY_SOCKET {
-        user_stack_id(ctx)
-    } else {
-        let key = CallSiteKey {
-            site: call_site(),
-            tgid,
-            stack_kind: kind as u32,
-        };
-        // SAFETY: the value is copied out at once.
-        match unsafe { CALL_SITE_STACKS.get(key) } {
-            Some(&id) => id,
-            None => {
-                let id = user_stack_id(ctx);
-                if id >= 0 && CALL_SITE_STACKS.insert(key, id, BPF_ANY as u64).is_err() {
-                    count(Counter::MapInsertFailed);
-                }
-                id
-            }
-        }
-    };
-    if stack_id < 0 {
+/// Copies the user registers and stack of the current syscall into
+/// STACK_COPIES for `cookie`, and tells the agent with a record. A copy
+/// that cannot be taken is still announced, with its failure, so the report
+/// can say why a socket has no code path.
+fn take_stack(cookie: u64, kind: StackKind) {
+    let copy_status = copy_user_stack(cookie, kind);
+    if copy_status != 0 {
         count(Counter::StackNotStored);
     }
     let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
@@ -279,10 +267,10 @@ fn take_stack(ctx: &BtfTracePointContext, cookie: u64, kind: StackKind) {
     unsafe {
         entry.as_mut_ptr().write(StackRecord {
             kind: RecordKind::Stack as u32,
-            tgid,
+            tgid: current_tgid(),
             timestamp_ns: bpf_ktime_get_ns(),
             cookie,
-            stack_id: stack_id as i32,
+            copy_status,
             stack_kind: kind as u8,
             _reserved: [0; 3],
         });
@@ -290,44 +278,72 @@ fn take_stack(ctx: &BtfTracePointContext, cookie: u64, kind: StackKind) {
     entry.submit(wakeup_flag());
 }
 
-fn user_stack_id(ctx: &BtfTracePointContext) -> i64 {
-    // SAFETY: a tracing context and a stack-trace map, as the helper requires.
-    unsafe {
-        bpf_get_stackid(
-            ctx.as_ptr(),
-            &raw const STACKS as *mut c_void,
-            BPF_F_USER_STACK as u64,
-        )
-    }
-}
-
-/// A cheap fingerprint of the user call site: the instruction pointer saved
-/// at syscall entry and the first return addresses of the frame-pointer
-/// chain — a few user reads instead of a full stack walk.
-fn call_site() -> u64 {
-    let (ip_offset, bp_offset) = (config!(regs_ip_offset), config!(regs_bp_offset));
+/// 0, or a STACK_COPY_* failure.
+fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
+    let Some(copy) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return STACK_COPY_NOT_STORED;
+    };
+    // SAFETY: this CPU's scratch slot; the program does not nest on a CPU.
+    let copy = unsafe { &mut *copy };
     // SAFETY: the BTF pointer of the current task, whose saved user
     // registers are then read with checked probe reads.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    let mut site = read_field::<u64>(regs, ip_offset).unwrap_or(0);
-    let mut frame = read_field::<u64>(regs, bp_offset).unwrap_or(0);
-    for _ in 0..CALL_SITE_DEPTH {
-        if frame == 0 {
-            break;
-        }
-        // A frame is [saved frame pointer, return address].
-        let mut pair = [0u64; 2];
-        // SAFETY: a checked read of user memory into a local of 16 bytes.
+    copy.tgid = current_tgid();
+    copy.ip = read_field::<u64>(regs, config!(regs_ip_offset)).unwrap_or(0);
+    copy.bp = read_field::<u64>(regs, config!(regs_bp_offset)).unwrap_or(0);
+    copy.sp = read_field::<u64>(regs, config!(regs_sp_offset)).unwrap_or(0);
+    copy.base = copy.sp & !(STACK_COPY_PAGE as u64 - 1);
+    copy.len = 0;
+    // Whole pages up from the one holding sp: a stack ends at a page
+    // boundary, so the first page that fails is where this stack ends.
+    for page in 0..STACK_COPY_PAGES {
+        let offset = page * STACK_COPY_PAGE;
+        let source = (copy.base + offset as u64) as *const c_void;
+        // SAFETY: a checked read of user memory into a page of the scratch
+        // copy, which has STACK_COPY_PAGES of them.
         let failed = unsafe {
-            bpf_probe_read_user(pair.as_mut_ptr() as *mut c_void, 16, frame as *const c_void)
+            bpf_probe_read_user(
+                copy.stack.as_mut_ptr().add(offset) as *mut c_void,
+                STACK_COPY_PAGE as u32,
+                source,
+            )
         } != 0;
         if failed {
             break;
         }
-        site = site.rotate_left(17) ^ pair[1];
-        frame = pair[0];
+        copy.len += STACK_COPY_PAGE as u32;
     }
-    site
+    if copy.len == 0 {
+        return STACK_COPY_UNREADABLE;
+    }
+    let key = StackCopyKey {
+        cookie,
+        stack_kind: kind as u32,
+        _reserved: 0,
+    };
+    // By reference: the value is 16 KiB, far over the program's stack.
+    match STACK_COPIES.insert(key, copy, BPF_ANY as u64) {
+        Ok(()) => 0,
+        Err(_) => STACK_COPY_NOT_STORED,
+    }
+}
+
+/// Deletes the stack copies a socket has, at its destruction.
+fn forget_stack_copies(cookie: u64, taken: u32) {
+    for (bit, kind) in [
+        (STACK_TAKEN_CONNECT, StackKind::Connect),
+        (STACK_TAKEN_FIRST_IO, StackKind::FirstIo),
+        (STACK_TAKEN_EOF, StackKind::Eof),
+    ] {
+        if taken & bit != 0 {
+            let key = StackCopyKey {
+                cookie,
+                stack_kind: kind as u32,
+                _reserved: 0,
+            };
+            let _ = STACK_COPIES.remove(key);
+        }
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -554,6 +570,11 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    if let Some(state) = socket_state(sk, false)
+        && state.stacks_taken != 0
+    {
+        forget_stack_copies(cookie, state.stacks_taken);
+    }
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
         count(Counter::DestroyedReserveFailed);
         return 0;

@@ -135,8 +135,9 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 
-    /// Code-path stacks: off; default (connect, first-I/O and EOF stacks,
-    /// one stack walk per process and call site); full (a walk per socket).
+    /// Code-path stacks: off; default (a copy of the user stack at each
+    /// socket's read of EOF, unwound only for sockets left open); full (also
+    /// at each connect() and first data read).
     #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
     pub stacks: StackLevel,
 
@@ -174,8 +175,8 @@ impl KernelArgs {
 pub fn parse_stack_level(text: &str) -> Result<StackLevel, String> {
     match text.trim() {
         "off" => Ok(StackLevel::Off),
-        "default" => Ok(StackLevel::Deduped),
-        "full" => Ok(StackLevel::EverySocket),
+        "default" => Ok(StackLevel::Eof),
+        "full" => Ok(StackLevel::Full),
         other => Err(format!(
             "unknown stack level '{other}'; one of: off, default, full"
         )),

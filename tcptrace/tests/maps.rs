@@ -15,7 +15,7 @@ use std::{
 
 use common::{Peer, kernel_has_recv_tracepoint, require_root};
 use tcptrace::{
-    model::transition::{Record, Transition},
+    model::transition::{Record, StackCopyFailure, Transition},
     probe::{
         loader::{Probe, ProbeOptions, StackLevel},
         records::decode,
@@ -36,8 +36,8 @@ struct Traced {
     /// Sockets seen on `ports`: a socket closed by a reset may show port 0.
     cookies: HashSet<u64>,
     transitions: Vec<Transition>,
-    /// (tgid, cookie, kind, stack id) of stacks taken in this test's peers.
-    stacks: Vec<(u32, u64, StackKind, Result<u32, i32>)>,
+    /// (tgid, cookie, kind, copied) of stacks taken in this test's peers.
+    stacks: Vec<(u32, u64, StackKind, Result<(), StackCopyFailure>)>,
 }
 
 impl Traced {
@@ -60,7 +60,7 @@ impl Traced {
                 transitions.push(t);
             }
             Ok(Record::Stack(s)) if pids.contains(&s.tgid) => {
-                stacks.push((s.tgid, s.cookie, s.kind, s.stack_id));
+                stacks.push((s.tgid, s.cookie, s.kind, s.copied));
             }
             _ => {}
         });
@@ -148,7 +148,7 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
     }
     let probe = Probe::load(&ProbeOptions {
         ring_buffer_bytes: 64 << 20,
-        stacks: StackLevel::Deduped,
+        stacks: StackLevel::Eof,
         track_closed_held: true,
         ..ProbeOptions::default()
     })
@@ -363,23 +363,22 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
         );
     }
 
-    // 5. The peers are gone: their call sites and stacks are forgotten, and
-    // the maps are back where they were.
-    let pids = traced.pids.clone();
-    let forgotten = traced.probe.forget_processes(&pids);
-    assert!(forgotten > 0, "the peers' call sites were recorded");
-    assert_eq!(traced.probe.forget_processes(&pids), 0, "none left");
-    let ids: HashSet<u32> = traced.stacks.iter().filter_map(|s| s.3.ok()).collect();
-    let ids: Vec<u32> = ids.into_iter().collect();
-    assert!(!ids.is_empty(), "stacks were taken");
-    assert_eq!(traced.probe.forget_stacks(&ids), ids.len());
+    // 5. The peers are gone: every stack copy was taken, and the copies
+    // went with their sockets (destroyed, or read here), so the copy map is
+    // back where it was.
+    assert!(!traced.stacks.is_empty(), "stacks were taken");
     assert!(
-        ids.iter()
-            .all(|id| traced.probe.stack_addresses(*id).is_none())
+        traced.stacks.iter().all(|s| s.3.is_ok()),
+        "{:?}",
+        traced
+            .stacks
+            .iter()
+            .filter(|s| s.3.is_err())
+            .collect::<Vec<_>>()
     );
     let after = traced.probe.map_occupancy();
     eprintln!("after {after:?}");
-    for map in ["stacks", "call_site_stacks", "eof_reads"] {
+    for map in ["stack_copies", "eof_reads"] {
         if after.iter().any(|o| o.name == map) {
             assert!(
                 traced.entries(map) <= at_start(map) + SLACK,

@@ -162,7 +162,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     });
     monitor.drain(probe.get_mut());
     monitor.apply_host(&read, Some(probe.get_mut()), false);
-    monitor.wait_for_stacks();
+    monitor.wait_for_stacks(probe.get_mut());
     let counters = probe.get_ref().counters()?;
     monitor.health.drops = all_drops(&counters);
     monitor.health.programs = probe

@@ -7,6 +7,7 @@
 pub(crate) mod agent;
 pub(crate) mod http;
 pub(crate) mod monitor;
+pub(crate) mod stacks;
 
 use std::time::Duration;
 

@@ -7,13 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_common::{StackKind, TcpState};
+use tcptrace_common::TcpState;
 
 use crate::{
+    engine::stacks::{MAX_SOCKET_STACKS, SocketStackBook},
     host::clock::monotonic_now_ns,
     host::reader::{HostRead, HostRequest},
     host::sockdiag::TableSnapshot,
-    host::symbolize::SymbolizerWorker,
     model::health::Occupancy,
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
@@ -22,7 +22,7 @@ use crate::{
     },
     model::leaks::{LeakKind, LeakTracker},
     model::process::FdUsage,
-    model::transition::{Record, StackSample, Transition},
+    model::transition::{Record, Transition},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
 };
@@ -38,8 +38,6 @@ const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 /// with a file can be in, and the stacks of sockets it no longer lists are
 /// forgotten (their CLOSE was lost).
 pub(crate) const STACK_PRUNE_EVERY: u64 = 10;
-/// How long a final report waits for stacks still being named.
-const FINAL_SYMBOLIZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct LeaksOptions {
@@ -52,33 +50,13 @@ pub struct LeaksOptions {
     pub filter: ReportFilter,
 }
 
-/// The stacks one socket's records named: (process, stack id) per kind.
-#[derive(Clone, Copy, Debug, Default)]
-struct StackRefs {
-    connect: Option<(u32, u32)>,
-    first_io: Option<(u32, u32)>,
-    eof: Option<(u32, u32)>,
-    /// The newest record's time: a socket listed by no table read begun
-    /// after it is gone (its CLOSE was lost).
-    seen_ns: u64,
-}
-
-/// Live sockets are not capped by number: they are freed at CLOSE or
-/// destroy and reconciled with the kernel's table, so they follow the
-/// host's own socket count. This is only a guard against a host whose table
-/// cannot be read at all for a long time.
-const MAX_SOCKET_STACKS: usize = 1 << 21;
-
 pub(crate) struct Monitor {
     pub(crate) tracker: LeakTracker,
     pub(crate) health: ProbeHealth,
     growth: GrowthHistory,
     options: LeaksOptions,
-    symbolizer: SymbolizerWorker,
     /// The stacks of live sockets, by cookie; forgotten when the socket is.
-    socket_stacks: HashMap<u64, StackRefs>,
-    /// Stacks named by this drain's records and not yet read from the probe.
-    unread_stacks: Vec<(u32, u32)>,
+    stacks: SocketStackBook,
     /// Holders of the sockets that matter, from the newest walk of /proc.
     pub(crate) holders: HashMap<u64, Vec<Holder>>,
     holders_scanned_at: Option<Instant>,
@@ -100,10 +78,7 @@ impl Monitor {
             health: ProbeHealth::default(),
             growth: GrowthHistory::default(),
             options,
-            symbolizer: SymbolizerWorker::start()
-                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?,
-            socket_stacks: HashMap::new(),
-            unread_stacks: Vec::new(),
+            stacks: SocketStackBook::start()?,
             holders: HashMap::new(),
             holders_scanned_at: None,
             scanned_inodes: HashSet::new(),
@@ -128,7 +103,7 @@ impl Monitor {
         self.tracker.observe(transition);
         // Closed with no file left: nothing will ever report it again.
         if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
-            self.socket_stacks.remove(&transition.cookie);
+            self.stacks.forget_socket(transition.cookie);
         }
     }
 
@@ -140,50 +115,22 @@ impl Monitor {
             Record::Transition(transition) => self.observe_transition(&transition),
             Record::Destroyed { cookie, .. } => {
                 self.tracker.destroyed(cookie);
-                self.socket_stacks.remove(&cookie);
+                self.stacks.forget_socket(cookie);
             }
-            Record::Stack(sample) => self.observe_stack(sample),
+            Record::Stack(sample) => {
+                self.stacks.observe(sample);
+                self.health.stack_errors = self.stacks.errors;
+            }
         }
     }
 
-    fn observe_stack(&mut self, sample: StackSample) {
-        let Ok(stack_id) = sample.stack_id else {
-            self.health.stack_errors += 1;
-            return;
-        };
-        if self.socket_stacks.len() >= MAX_SOCKET_STACKS
-            && !self.socket_stacks.contains_key(&sample.cookie)
-        {
-            self.health.stack_errors += 1;
-            return;
-        }
-        let refs = self.socket_stacks.entry(sample.cookie).or_default();
-        refs.seen_ns = refs.seen_ns.max(sample.timestamp_ns);
-        let slot = match sample.kind {
-            StackKind::Connect => &mut refs.connect,
-            StackKind::FirstIo => &mut refs.first_io,
-            StackKind::Eof => &mut refs.eof,
-        };
-        slot.get_or_insert((sample.tgid, stack_id));
-        if !self.symbolizer.is_requested(sample.tgid, stack_id) {
-            self.unread_stacks.push((sample.tgid, stack_id));
-        }
-    }
-
-    /// Copies each new stack out of the probe's map (before the process can
-    /// exit and its id be freed) and hands it to the symbolizer thread.
-    pub(crate) fn read_new_stacks(&mut self, probe: &Probe) {
-        for (tgid, stack_id) in std::mem::take(&mut self.unread_stacks) {
-            if self.symbolizer.is_requested(tgid, stack_id) {
-                continue;
-            }
-            let queued = probe
-                .stack_addresses(stack_id)
-                .is_some_and(|addresses| self.symbolizer.request(tgid, stack_id, addresses));
-            if !queued {
-                self.health.stack_errors += 1;
-            }
-        }
+    /// Reads the stack copies of the sockets leaking long enough to be
+    /// worth unwinding, and takes in the stacks unwound since last time.
+    pub(crate) fn read_new_stacks(&mut self, probe: &mut Probe) {
+        let leaking = self.tracker.suspects().map(|s| s.cookie);
+        self.stacks
+            .read_copies(probe, leaking, monotonic_now_ns(), false);
+        self.health.stack_errors = self.stacks.errors;
     }
 
     pub(crate) fn drain(&mut self, probe: &mut Probe) {
@@ -216,7 +163,12 @@ impl Monitor {
     /// the holders, and which processes are gone. Call only after draining
     /// every event written before `read.started_ns`. A read that failed
     /// changes nothing it could not see: suspects stay, with their ages.
-    pub(crate) fn apply_host(&mut self, read: &HostRead, probe: Option<&mut Probe>, startup: bool) {
+    pub(crate) fn apply_host(
+        &mut self,
+        read: &HostRead,
+        _probe: Option<&mut Probe>,
+        startup: bool,
+    ) {
         let table = &read.table;
         self.health.unreadable_namespaces = table.unreadable.len();
         if let Some(error) = &table.failed {
@@ -272,7 +224,7 @@ impl Monitor {
                     self.fd_usage = read.fd_usage.clone();
                 }
                 self.told_walk_failed = false;
-                self.forget_exited(&scan.pids, probe);
+                self.forget_exited(&scan.pids);
             }
             Err(error) => {
                 // Holders and fd usage stay as last known.
@@ -289,21 +241,15 @@ impl Monitor {
     /// Forgets the stacks of sockets the kernel's table no longer lists.
     /// `table` must list every state a socket with a file can be in.
     pub(crate) fn prune_stacks(&mut self, table: &TableSnapshot, started_ns: u64) {
-        if !table.is_complete() {
-            return;
-        }
-        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
-        self.socket_stacks
-            .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
+        self.stacks.prune(table, started_ns);
     }
 
-    /// Stacks of processes that exited: freed here, in the symbolizer and
-    /// in the probe's maps (an id still used by a live process stays). A
-    /// process must be missing from two walks in a row: one that began
-    /// before it was born does not list it.
-    fn forget_exited(&mut self, alive: &HashSet<u32>, probe: Option<&mut Probe>) {
+    /// Stacks of processes that exited: freed here, in the unwinder and in
+    /// the symbolizer. A process must be missing from two walks in a row:
+    /// one that began before it was born does not list it.
+    fn forget_exited(&mut self, alive: &HashSet<u32>) {
         let missing: HashSet<u32> = self
-            .symbolizer
+            .stacks
             .processes()
             .into_iter()
             .filter(|pid| !alive.contains(pid))
@@ -313,20 +259,19 @@ impl Monitor {
         if exited.is_empty() {
             return;
         }
-        let freed = self.symbolizer.forget(&exited);
-        if let Some(probe) = probe {
-            probe.forget_stacks(&freed);
-            probe.forget_processes(&exited);
-        }
+        self.stacks.forget_processes(&exited);
     }
 
     /// Waits for the stacks read so far to be named: before a final report,
     /// which would otherwise show them as not taken.
-    pub(crate) fn wait_for_stacks(&self) {
-        if !self.symbolizer.flush(FINAL_SYMBOLIZE_TIMEOUT) {
+    pub(crate) fn wait_for_stacks(&mut self, probe: &mut Probe) {
+        let leaking: Vec<u64> = self.tracker.suspects().map(|s| s.cookie).collect();
+        let done = self.stacks.finish(probe, leaking.into_iter());
+        self.health.stack_errors = self.stacks.errors;
+        if !done {
             eprintln!(
-                "tcptrace: naming the stacks took over {}s; the report shows those not named yet as not taken",
-                FINAL_SYMBOLIZE_TIMEOUT.as_secs()
+                "tcptrace: unwinding and naming the stacks took over {}s; the report shows those not named yet as not taken",
+                SocketStackBook::final_timeout().as_secs()
             );
         }
     }
@@ -341,12 +286,12 @@ impl Monitor {
             },
             Occupancy {
                 name: "socket_stacks",
-                entries: self.socket_stacks.len() as u64,
+                entries: self.stacks.sockets() as u64,
                 capacity: Some(MAX_SOCKET_STACKS as u64),
             },
             Occupancy {
                 name: "symbolized_stacks",
-                entries: self.symbolizer.entries() as u64,
+                entries: self.stacks.named() as u64,
                 capacity: None,
             },
             Occupancy {
@@ -360,21 +305,9 @@ impl Monitor {
     pub(crate) fn report(&mut self, min_age: Duration) -> LeakReport {
         let now_ns = monotonic_now_ns();
         let leaks = self.tracker.leaks(now_ns, min_age);
-        let frames =
-            |slot: Option<(u32, u32)>| slot.and_then(|(tgid, id)| self.symbolizer.frames(tgid, id));
         let stacks: HashMap<u64, SocketStacks> = leaks
             .iter()
-            .filter_map(|s| {
-                let refs = self.socket_stacks.get(&s.cookie)?;
-                Some((
-                    s.cookie,
-                    SocketStacks {
-                        connect: frames(refs.connect),
-                        first_io: frames(refs.first_io),
-                        eof: frames(refs.eof),
-                    },
-                ))
-            })
+            .filter_map(|s| Some((s.cookie, self.stacks.of_socket(s.cookie)?)))
             .collect();
         let fd_usage = &self.fd_usage;
         let mut report = build_report(
@@ -402,6 +335,7 @@ pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
 mod tests {
     use super::*;
     use crate::{model::holder::ProcScan, model::kernel_socket::NetNamespace};
+    use tcptrace_common::StackKind;
 
     const S: u64 = 1_000_000_000;
 
@@ -433,12 +367,12 @@ mod tests {
     }
 
     fn stack(cookie: u64, at_s: u64, kind: StackKind) -> Record {
-        Record::Stack(StackSample {
+        Record::Stack(crate::model::transition::StackSample {
             timestamp_ns: at_s * S,
             cookie,
             tgid: 42,
             kind,
-            stack_id: Ok(7),
+            copied: Ok(()),
         })
     }
 

@@ -3,7 +3,7 @@
 //! Takes in: requests for what to read (sockets, namespaces, pids). Gives out:
 //! [`crate::model`] values: the kernel's socket table over sock_diag in every
 //! network namespace, who holds which socket from one /proc walk, containers
-//! and pods from cgroups, symbolized stacks, the monotonic clock, and
+//! and pods from cgroups, stacks unwound from the probe's copies and symbolized, the monotonic clock, and
 //! `reader`, which does one host read off the drain thread.
 
 pub(crate) mod clock;
@@ -13,3 +13,4 @@ pub(crate) mod reader;
 pub mod sockdiag;
 pub(crate) mod symbolize;
 pub(crate) mod sysctl;
+pub(crate) mod unwind;

@@ -40,6 +40,7 @@ enum Job {
         pid: u32,
         stack_id: u32,
         addresses: Vec<u64>,
+        truncated: Option<String>,
     },
     Forget(Vec<u32>),
     /// Answered once every job queued before it is done.
@@ -80,11 +81,18 @@ impl SymbolizerWorker {
 
     /// Queues a stack for resolution; `addresses` innermost first. False
     /// when the worker is too far behind to take it: the stack stays unnamed.
-    pub fn request(&mut self, pid: u32, stack_id: u32, addresses: Vec<u64>) -> bool {
+    pub fn request(
+        &mut self,
+        pid: u32,
+        stack_id: u32,
+        addresses: Vec<u64>,
+        truncated: Option<String>,
+    ) -> bool {
         match self.jobs.try_send(Job::Resolve {
             pid,
             stack_id,
             addresses,
+            truncated,
         }) {
             Ok(()) => {
                 self.requested.insert((pid, stack_id));
@@ -169,8 +177,13 @@ fn work(queue: Receiver<Job>, resolved: Resolved) {
                 pid,
                 stack_id,
                 addresses,
+                truncated,
             } => {
-                let frames = Arc::new(resolve(&symbolizer, pid, &addresses));
+                let mut frames = resolve(&symbolizer, pid, &addresses);
+                if let Some(reason) = truncated {
+                    frames.push(format!("(stack truncated: {reason})"));
+                }
+                let frames = Arc::new(frames);
                 let mut resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
                 resolved.insert((pid, stack_id), frames);
             }
@@ -287,7 +300,7 @@ mod tests {
         let address = marker_function_for_symbolization();
         let pid = std::process::id();
         let mut worker = SymbolizerWorker::start().unwrap();
-        assert!(worker.request(pid, 1, vec![address]));
+        assert!(worker.request(pid, 1, vec![address], None));
         assert!(worker.is_requested(pid, 1));
         assert!(worker.flush(Duration::from_secs(60)), "never resolved");
         let frames = worker.frames(pid, 1).expect("resolved once flushed");

@@ -43,13 +43,23 @@ pub enum Record {
     Stack(StackSample),
 }
 
-/// A user stack the probe took for a socket, by id in its stack map.
+/// A user stack copy the probe took for a socket: the copy waits in the
+/// probe's map under (cookie, kind) until the agent reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackSample {
     pub timestamp_ns: u64,
     pub cookie: u64,
     pub tgid: u32,
     pub kind: StackKind,
-    /// `Err(errno)` when the kernel could not store the stack.
-    pub stack_id: Result<u32, i32>,
+    pub copied: Result<(), StackCopyFailure>,
+}
+
+/// Why the probe has no copy of a stack it tried to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackCopyFailure {
+    /// Not one page at the user stack pointer could be read.
+    Unreadable,
+    /// The copy map refused it.
+    NotStored,
+    Other(i32),
 }

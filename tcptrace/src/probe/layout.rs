@@ -114,14 +114,16 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         state_offset: locate(btf, &STATE)?,
         ..ProbeConfig::UNSET
     };
-    // Only stacks need the saved user registers; without them the call-site
-    // dedupe degrades to one stack per process and kind.
-    if let (Ok(ip), Ok(bp)) = (
+    // Only stacks need the saved user registers; without them a stack copy
+    // has nothing to start unwinding from, and the loader turns stacks off.
+    if let (Ok(ip), Ok(bp), Ok(sp)) = (
         btf.member("pt_regs", &["ip"]),
         btf.member("pt_regs", &["bp"]),
+        btf.member("pt_regs", &["sp"]),
     ) {
         config.regs_ip_offset = ip.offset;
         config.regs_bp_offset = bp.offset;
+        config.regs_sp_offset = sp.offset;
     }
     let netns_inode = btf
         .member("net", &["ns", "inum"])
@@ -216,7 +218,11 @@ mod tests {
             false,
             "pt_regs",
             168,
-            &[("bp", u64_t, 256, 0), ("ip", u64_t, 1024, 0)],
+            &[
+                ("bp", u64_t, 256, 0),
+                ("ip", u64_t, 1024, 0),
+                ("sp", u64_t, 1216, 0),
+            ],
         );
         let protocol = if protocol_size == 2 { u16_t } else { u8_t };
         b.composite(
@@ -251,7 +257,14 @@ mod tests {
             config.state_offset, 18,
             "found through the volatile qualifier"
         );
-        assert_eq!((config.regs_bp_offset, config.regs_ip_offset), (32, 128));
+        assert_eq!(
+            (
+                config.regs_bp_offset,
+                config.regs_ip_offset,
+                config.regs_sp_offset
+            ),
+            (32, 128, 152)
+        );
         assert_eq!(config.has_netns, 1);
     }
 

@@ -3,18 +3,18 @@
 //! the integration tests load the probe through it too.
 
 use std::{
-    collections::HashSet,
     os::fd::{AsFd, AsRawFd, RawFd},
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
-    COUNTER_SLOTS, CallSiteKey, Counter, STACKS_DEDUPED, STACKS_EVERY_SOCKET, STACKS_OFF, names,
+    COUNTER_SLOTS, Counter, STACKS_EOF, STACKS_FULL, STACKS_OFF, StackCopy, StackCopyKey,
+    StackKind, names,
 };
 use thiserror::Error;
 
@@ -40,9 +40,13 @@ pub const MAX_MAX_SOCKETS: u32 = 1 << 22;
 /// Kernel memory per entry of a preallocated LRU hash of u64 -> u64: the
 /// map's `memlock` in /proc/PID/fdinfo on 6.18 (83886976 bytes for 1 Mi entries).
 pub const SOCKET_ENTRY_BYTES: u64 = 80;
-/// Stacks of the stack map: a fixed bound.
-const STACK_MAP_ENTRIES: u32 = 16384;
-const CALL_SITE_ENTRIES: u32 = 16384;
+/// Stack copies waiting for their socket to close or be read: 16 KiB each,
+/// so 16 MiB of kernel memory. A healthy socket's copy lives for the few
+/// milliseconds between its EOF read and its close; the agent reads the
+/// copies of sockets still open within a second. LRU: a burst of more
+/// sockets than this, all reading EOF within that second, loses the oldest
+/// copies (their sockets are then shown without a code path, and why).
+pub const STACK_COPY_ENTRIES: u32 = 1024;
 
 /// Which user stacks the probe takes, and so what it costs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,12 +54,13 @@ pub enum StackLevel {
     /// None, and no per-recv hook.
     #[default]
     Off,
-    /// connect, first I/O and EOF stacks, walked once per process, kind
-    /// and call site (the probe fingerprints the call site from a few
-    /// frame-pointer reads first).
-    Deduped,
-    /// A full stack walk for every socket (about 1 µs each).
-    EverySocket,
+    /// A stack copy per socket at its first read of EOF in CLOSE_WAIT: one
+    /// per passive close, and exactly the code that read the end of the
+    /// stream and then did not close.
+    Eof,
+    /// Also a copy at each connect() and at each socket's first data read:
+    /// two or three copies per connection.
+    Full,
 }
 
 #[derive(Clone, Debug)]
@@ -158,10 +163,10 @@ pub struct KernelCounters {
     pub socket_read_failed: u64,
     pub destroyed_reserve_failed: u64,
     pub stack_reserve_failed: u64,
-    /// Stacks the stack map had no room for (a full map, or a bucket held
-    /// by another stack): code paths shown as not taken.
+    /// Stack copies not taken (no readable stack page) or not stored (the
+    /// copy map refused them): code paths shown as not taken.
     pub stack_not_stored: u64,
-    /// Failed inserts into the call-site or EOF-count map.
+    /// Failed inserts into the EOF-count map.
     pub map_insert_failed: u64,
 }
 
@@ -175,8 +180,7 @@ impl KernelCounters {
 /// The capacities the probe's bounded maps were created with.
 #[derive(Clone, Copy, Debug)]
 struct MapCapacities {
-    stacks: u32,
-    call_sites: u32,
+    stack_copies: u32,
     eof_reads: u32,
 }
 
@@ -195,11 +199,9 @@ pub struct Probe {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    stacks: StackTraceMap<MapData>,
+    stack_copies: AyaHashMap<MapData, StackCopyKey, StackCopy>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
     eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
-    /// (process, kind, call site) -> stack id.
-    call_sites: AyaHashMap<MapData, CallSiteKey, i64>,
     /// The capacities the maps were created with.
     capacities: MapCapacities,
     /// Features this kernel could not give, one line each for the user.
@@ -225,15 +227,15 @@ impl Probe {
         config.read_socket_inode = u32::from(options.track_closed_held);
         config.stack_level = match options.stacks {
             StackLevel::Off => STACKS_OFF,
-            StackLevel::Deduped => STACKS_DEDUPED,
-            StackLevel::EverySocket => STACKS_EVERY_SOCKET,
+            StackLevel::Eof => STACKS_EOF,
+            StackLevel::Full => STACKS_FULL,
         };
         let mut notices = Vec::new();
         let recv_hook = format!("btf_trace_{}", names::RECV_TRACEPOINT);
         let attach_recv = options.stacks != StackLevel::Off && btf.has_type_named(&recv_hook);
         if options.stacks != StackLevel::Off && !attach_recv {
             notices.push(
-                "tcptrace: no first-I/O or EOF stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); connect stacks only"
+                "tcptrace: no EOF or first-I/O stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); connect stacks with --stacks full only"
                     .to_owned(),
             );
         }
@@ -241,20 +243,14 @@ impl Probe {
         // A map the mode does not use still exists in the object: one entry.
         let stacks = options.stacks != StackLevel::Off;
         let capacities = MapCapacities {
-            stacks: if stacks { STACK_MAP_ENTRIES } else { 1 },
-            call_sites: if options.stacks == StackLevel::Deduped {
-                CALL_SITE_ENTRIES
-            } else {
-                1
-            },
+            stack_copies: if stacks { STACK_COPY_ENTRIES } else { 1 },
             eof_reads: if attach_recv { max_sockets } else { 1 },
         };
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG_GLOBAL, &config, true)
             .map_max_entries(names::EVENTS_MAP, ring_buffer_bytes)
-            .map_max_entries(names::STACKS_MAP, capacities.stacks)
-            .map_max_entries(names::CALL_SITE_STACKS_MAP, capacities.call_sites)
+            .map_max_entries(names::STACK_COPIES_MAP, capacities.stack_copies)
             .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
             .load(PROBE_OBJECT)
             .map_err(ProbeError::Load)?;
@@ -311,7 +307,7 @@ impl Probe {
         };
         let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
-        let stacks = take_map(&mut ebpf, names::STACKS_MAP, StackTraceMap::try_from)?;
+        let stack_copies = take_map(&mut ebpf, names::STACK_COPIES_MAP, AyaHashMap::try_from)?;
         let eof_reads = if attach_recv {
             Some(take_map(
                 &mut ebpf,
@@ -321,24 +317,30 @@ impl Probe {
         } else {
             None
         };
-        let call_sites = take_map(&mut ebpf, names::CALL_SITE_STACKS_MAP, AyaHashMap::try_from)?;
         Ok(Self {
             ebpf,
             events,
             counters,
-            stacks,
+            stack_copies,
             eof_reads,
-            call_sites,
             capacities,
             notices,
             accept_hook,
         })
     }
 
-    /// The instruction pointers of stack `id`, innermost first.
-    pub fn stack_addresses(&self, id: u32) -> Option<Vec<u64>> {
-        let trace = self.stacks.get(&id, 0).ok()?;
-        Some(trace.frames().iter().map(|frame| frame.ip).collect())
+    /// Takes the stack copy of socket `cookie` out of the probe's map.
+    pub fn take_stack_copy(&mut self, cookie: u64, kind: StackKind) -> Option<Box<StackCopy>> {
+        let key = StackCopyKey {
+            cookie,
+            stack_kind: kind as u32,
+            _reserved: 0,
+        };
+        let copy = Box::new(self.stack_copies.get(&key, 0).ok()?);
+        // A copy still there when its socket is destroyed is deleted by the
+        // probe; here it only frees the slot sooner.
+        let _ = self.stack_copies.remove(&key);
+        Some(copy)
     }
 
     /// How many reads of socket `cookie` returned EOF in CLOSE_WAIT (a lower
@@ -347,48 +349,16 @@ impl Probe {
         self.eof_reads.as_ref()?.get(&cookie, 0).ok()
     }
 
-    /// Frees stacks no live process uses; returns how many were there.
-    pub fn forget_stacks(&mut self, ids: &[u32]) -> usize {
-        ids.iter()
-            .filter(|id| self.stacks.remove(id).is_ok())
-            .count()
-    }
-
-    /// Frees the call-site entries of processes that exited; returns how many.
-    pub fn forget_processes(&mut self, tgids: &HashSet<u32>) -> usize {
-        if tgids.is_empty() || self.capacities.call_sites <= 1 {
-            return 0;
-        }
-        let gone: Vec<CallSiteKey> = self
-            .call_sites
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| tgids.contains(&key.tgid))
-            .collect();
-        gone.iter()
-            .filter(|key| self.call_sites.remove(key).is_ok())
-            .count()
-    }
-
     /// How full each bounded map is. Counting walks the keys (one syscall
     /// each): call it every few seconds, not per event. The owners live in
     /// each socket's storage, freed with it, and are not counted.
     pub fn map_occupancy(&self) -> Vec<Occupancy> {
         let capacities = &self.capacities;
-        let mut maps = vec![
-            Occupancy {
-                name: "stacks",
-                entries: self.stacks.stack_ids().filter(Result::is_ok).count() as u64,
-                capacity: Some(u64::from(capacities.stacks)),
-            },
-            // LRU maps (call sites, EOF reads): full in normal use, the
-            // oldest entries giving way; bounded, but not worth an alert.
-            Occupancy {
-                name: "call_site_stacks",
-                entries: self.call_sites.keys().filter(Result::is_ok).count() as u64,
-                capacity: Some(u64::from(capacities.call_sites)),
-            },
-        ];
+        let mut maps = vec![Occupancy {
+            name: "stack_copies",
+            entries: self.stack_copies.keys().filter(Result::is_ok).count() as u64,
+            capacity: Some(u64::from(capacities.stack_copies)),
+        }];
         if let Some(eof_reads) = &self.eof_reads {
             maps.push(Occupancy {
                 name: "eof_reads",

@@ -8,12 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Buf;
 use tcptrace_common::{
-    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_RECORD_SIZE, StackKind,
-    TASK_COMM_LEN, TRANSITION_RECORD_SIZE, TcpState,
+    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_COPY_NOT_STORED,
+    STACK_COPY_UNREADABLE, STACK_RECORD_SIZE, StackKind, TASK_COMM_LEN, TRANSITION_RECORD_SIZE,
+    TcpState,
 };
 use thiserror::Error;
 
-use crate::model::transition::{Process, Record, StackSample, Transition};
+use crate::model::transition::{Process, Record, StackCopyFailure, StackSample, Transition};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -57,14 +58,19 @@ fn decode_stack(bytes: &[u8]) -> Result<Record, DecodeError> {
     let tgid = buf.get_u32_ne();
     let timestamp_ns = buf.get_u64_ne();
     let cookie = buf.get_u64_ne();
-    let stack_id = buf.get_i32_ne();
+    let copy_status = buf.get_i32_ne();
     let raw_kind = buf.get_u8();
     Ok(Record::Stack(StackSample {
         timestamp_ns,
         cookie,
         tgid,
         kind: StackKind::from_raw(raw_kind).ok_or(DecodeError::UnknownStackKind(raw_kind))?,
-        stack_id: u32::try_from(stack_id).map_err(|_| stack_id),
+        copied: match copy_status {
+            0 => Ok(()),
+            STACK_COPY_UNREADABLE => Err(StackCopyFailure::Unreadable),
+            STACK_COPY_NOT_STORED => Err(StackCopyFailure::NotStored),
+            other => Err(StackCopyFailure::Other(other)),
+        },
     }))
 }
 
@@ -245,30 +251,30 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_stack_records_and_rejects_unknown_kinds() {
-        let record = |stack_id: i32, kind: u8| {
+        let record = |copy_status: i32, kind: u8| {
             let mut bytes = Vec::new();
             bytes.extend_from_slice(&(RecordKind::Stack as u32).to_ne_bytes());
             bytes.extend_from_slice(&77u32.to_ne_bytes());
             bytes.extend_from_slice(&5u64.to_ne_bytes());
             bytes.extend_from_slice(&9u64.to_ne_bytes());
-            bytes.extend_from_slice(&stack_id.to_ne_bytes());
+            bytes.extend_from_slice(&copy_status.to_ne_bytes());
             bytes.extend_from_slice(&[kind, 0, 0, 0]);
             bytes
         };
         assert_eq!(
-            decode(&record(12, 3)),
+            decode(&record(0, 3)),
             Ok(Record::Stack(StackSample {
                 timestamp_ns: 5,
                 cookie: 9,
                 tgid: 77,
                 kind: StackKind::Eof,
-                stack_id: Ok(12)
+                copied: Ok(())
             }))
         );
-        let Ok(Record::Stack(failed)) = decode(&record(-17, 1)) else {
+        let Ok(Record::Stack(failed)) = decode(&record(-1, 1)) else {
             panic!("a failed stack is still a record");
         };
-        assert_eq!(failed.stack_id, Err(-17));
+        assert_eq!(failed.copied, Err(StackCopyFailure::Unreadable));
         assert_eq!(decode(&record(1, 9)), Err(DecodeError::UnknownStackKind(9)));
         assert!(decode(&record(1, 1)[..31]).is_err());
     }

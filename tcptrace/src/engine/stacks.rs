@@ -1,0 +1,280 @@
+//! The code paths of live sockets: from the probe's stack copies, through
+//! unwinding, to names.
+//!
+//! The probe copies a socket's user stack in the socket's own syscall and
+//! keeps the copy in its map. Only the copies of sockets still leaking
+//! after `COPY_READ_DELAY` are read and unwound: a healthy socket closes
+//! within milliseconds of its EOF read, and the probe deletes its copy when
+//! the kernel destroys it. Each socket's stack is its own: two sockets
+//! share a stack id only when their unwound addresses are the same.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use tcptrace_common::StackKind;
+
+use crate::{
+    host::{sockdiag::TableSnapshot, symbolize::SymbolizerWorker, unwind::UnwindWorker},
+    model::{
+        leak_report::SocketStacks,
+        stack::UnwoundStack,
+        transition::{StackCopyFailure, StackSample},
+    },
+    probe::loader::Probe,
+};
+
+/// A copy younger than this is left in the probe: its socket is probably
+/// about to close, and then the probe deletes it unread.
+const COPY_READ_DELAY: Duration = Duration::from_millis(500);
+/// How long a final report waits for stacks still being unwound or named.
+const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Live sockets are not capped by number: they are freed at CLOSE or
+/// destroy and reconciled with the kernel's table, so they follow the
+/// host's own socket count. This is only a guard against a host whose table
+/// cannot be read at all for a long time.
+pub(crate) const MAX_SOCKET_STACKS: usize = 1 << 21;
+
+/// Where one socket's stack of one kind is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// In the probe's copy map since `taken_ns`.
+    Copied { taken_ns: u64 },
+    /// With the unwinding thread.
+    Unwinding,
+    /// Unwound, by (process, stack id).
+    Unwound(u32, u32),
+    /// No copy: the probe could not take or keep one.
+    Lost,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct StackRefs {
+    connect: Option<Slot>,
+    first_io: Option<Slot>,
+    eof: Option<Slot>,
+    /// The newest record's time: a socket listed by no table read begun
+    /// after it is gone (its CLOSE was lost).
+    seen_ns: u64,
+}
+
+impl StackRefs {
+    fn slot(&mut self, kind: StackKind) -> &mut Option<Slot> {
+        match kind {
+            StackKind::Connect => &mut self.connect,
+            StackKind::FirstIo => &mut self.first_io,
+            StackKind::Eof => &mut self.eof,
+        }
+    }
+}
+
+pub(crate) struct SocketStackBook {
+    symbolizer: SymbolizerWorker,
+    unwinder: UnwindWorker,
+    by_socket: HashMap<u64, StackRefs>,
+    /// One id per distinct (process, unwound stack).
+    ids: HashMap<(u32, UnwoundStack), u32>,
+    next_id: u32,
+    /// Stacks that could not be taken, kept, unwound or named.
+    pub(crate) errors: u64,
+}
+
+impl SocketStackBook {
+    pub(crate) fn start() -> anyhow::Result<Self> {
+        Ok(Self {
+            symbolizer: SymbolizerWorker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?,
+            unwinder: UnwindWorker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the unwinding thread: {e}"))?,
+            by_socket: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            errors: 0,
+        })
+    }
+
+    pub(crate) fn observe(&mut self, sample: StackSample) {
+        if self.by_socket.len() >= MAX_SOCKET_STACKS && !self.by_socket.contains_key(&sample.cookie)
+        {
+            self.errors += 1;
+            return;
+        }
+        let refs = self.by_socket.entry(sample.cookie).or_default();
+        refs.seen_ns = refs.seen_ns.max(sample.timestamp_ns);
+        let slot = match sample.copied {
+            Ok(()) => Slot::Copied {
+                taken_ns: sample.timestamp_ns,
+            },
+            Err(StackCopyFailure::Unreadable | StackCopyFailure::NotStored)
+            | Err(StackCopyFailure::Other(_)) => {
+                self.errors += 1;
+                Slot::Lost
+            }
+        };
+        // The first of a kind is the one that names the socket.
+        refs.slot(sample.kind).get_or_insert(slot);
+    }
+
+    pub(crate) fn forget_socket(&mut self, cookie: u64) {
+        self.by_socket.remove(&cookie);
+    }
+
+    /// Reads the copies of `leaking` sockets that waited long enough (all of
+    /// them with `all`, before a final report) and queues them for
+    /// unwinding; takes in the stacks unwound since the last call.
+    pub(crate) fn read_copies(
+        &mut self,
+        probe: &mut Probe,
+        leaking: impl Iterator<Item = u64>,
+        now_ns: u64,
+        all: bool,
+    ) {
+        self.take_unwound();
+        let delay = COPY_READ_DELAY.as_nanos() as u64;
+        for cookie in leaking {
+            let Some(refs) = self.by_socket.get_mut(&cookie) else {
+                continue;
+            };
+            for kind in [StackKind::Connect, StackKind::FirstIo, StackKind::Eof] {
+                let slot = refs.slot(kind);
+                let Some(Slot::Copied { taken_ns }) = *slot else {
+                    continue;
+                };
+                if !all && now_ns.saturating_sub(taken_ns) < delay {
+                    continue;
+                }
+                let queued = probe
+                    .take_stack_copy(cookie, kind)
+                    .is_some_and(|copy| self.unwinder.request((cookie, kind as u32), copy));
+                *slot = Some(if queued { Slot::Unwinding } else { Slot::Lost });
+                if !queued {
+                    self.errors += 1;
+                }
+            }
+        }
+    }
+
+    fn take_unwound(&mut self) {
+        for ((cookie, kind), pid, stack) in self.unwinder.finished() {
+            let id = match self.ids.get(&(pid, stack.clone())) {
+                Some(&id) => id,
+                None => {
+                    let id = self.next_id;
+                    self.next_id = self.next_id.wrapping_add(1);
+                    self.ids.insert((pid, stack.clone()), id);
+                    id
+                }
+            };
+            if !self.symbolizer.is_requested(pid, id)
+                && !self
+                    .symbolizer
+                    .request(pid, id, stack.addresses, stack.truncated)
+            {
+                self.errors += 1;
+            }
+            let Some(kind) = StackKind::from_raw(kind as u8) else {
+                continue;
+            };
+            // A socket that closed meanwhile was forgotten: so is its stack.
+            if let Some(refs) = self.by_socket.get_mut(&cookie) {
+                *refs.slot(kind) = Some(Slot::Unwound(pid, id));
+            }
+        }
+    }
+
+    /// Forgets the stacks of sockets the kernel's table no longer lists.
+    /// `table` must list every state a socket with a file can be in.
+    pub(crate) fn prune(&mut self, table: &TableSnapshot, started_ns: u64) {
+        if !table.is_complete() {
+            return;
+        }
+        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+        self.by_socket
+            .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
+    }
+
+    /// The processes whose stacks are known.
+    pub(crate) fn processes(&self) -> HashSet<u32> {
+        self.symbolizer.processes()
+    }
+
+    /// Frees everything known about processes that exited.
+    pub(crate) fn forget_processes(&mut self, exited: &HashSet<u32>) {
+        self.symbolizer.forget(exited);
+        self.unwinder.forget(exited);
+        self.ids.retain(|(pid, _), _| !exited.contains(pid));
+    }
+
+    /// Reads, unwinds and names every stack of `leaking` sockets before a
+    /// final report; false if that took longer than the report can wait.
+    pub(crate) fn finish(&mut self, probe: &mut Probe, leaking: impl Iterator<Item = u64>) -> bool {
+        self.read_copies(probe, leaking, 0, true);
+        let unwound = self.unwinder.flush(FINAL_TIMEOUT);
+        self.take_unwound();
+        unwound && self.symbolizer.flush(FINAL_TIMEOUT)
+    }
+
+    pub(crate) fn final_timeout() -> Duration {
+        FINAL_TIMEOUT
+    }
+
+    /// The named frames of one socket, as far as they are known.
+    pub(crate) fn of_socket(&self, cookie: u64) -> Option<SocketStacks> {
+        let refs = self.by_socket.get(&cookie)?;
+        let frames = |slot: Option<Slot>| match slot {
+            Some(Slot::Unwound(pid, id)) => self.symbolizer.frames(pid, id),
+            _ => None,
+        };
+        Some(SocketStacks {
+            connect: frames(refs.connect),
+            first_io: frames(refs.first_io),
+            eof: frames(refs.eof),
+        })
+    }
+
+    pub(crate) fn sockets(&self) -> usize {
+        self.by_socket.len()
+    }
+
+    pub(crate) fn named(&self) -> usize {
+        self.symbolizer.entries()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn sample(cookie: u64, at_s: u64, kind: StackKind) -> StackSample {
+        StackSample {
+            timestamp_ns: at_s * S,
+            cookie,
+            tgid: 42,
+            kind,
+            copied: Ok(()),
+        }
+    }
+
+    #[test]
+    fn a_failed_copy_is_counted_and_the_first_copy_of_a_kind_stays() {
+        let mut book = SocketStackBook::start().unwrap();
+        book.observe(StackSample {
+            copied: Err(StackCopyFailure::Unreadable),
+            ..sample(1, 1, StackKind::Eof)
+        });
+        assert_eq!(book.errors, 1);
+        book.observe(sample(2, 1, StackKind::Eof));
+        book.observe(sample(2, 3, StackKind::Eof));
+        assert_eq!(
+            book.by_socket[&2].eof,
+            Some(Slot::Copied { taken_ns: S }),
+            "the second EOF read of a socket does not replace its stack"
+        );
+        book.forget_socket(2);
+        assert_eq!(book.sockets(), 1);
+    }
+}

@@ -1,0 +1,471 @@
+//! Stack copies to return addresses: DWARF CFI unwinding in userspace, as
+//! `perf --call-graph dwarf` does, so code built without frame pointers
+//! (most release builds) still shows its callers.
+//!
+//! The probe copies the user registers and up to 16 KiB of the user stack
+//! in the socket's own syscall. Here framehop walks that copy with each
+//! module's `.eh_frame` (or `.debug_frame`), read from the process's own
+//! files; code with no unwind info (JIT code, Go) is walked by its frame
+//! pointers. Unwinding reads ELF files, so it runs on its own thread.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    ops::Range,
+    sync::{
+        Arc,
+        mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel},
+    },
+    time::{Duration, Instant},
+};
+
+use framehop::{
+    ExplicitModuleSectionInfo, Module, Unwinder,
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+};
+use object::{Object, ObjectSection, ObjectSegment};
+use tcptrace_common::StackCopy;
+
+use crate::model::stack::UnwoundStack;
+
+/// Frames past this are cut (and said to be).
+const MAX_FRAMES: usize = 128;
+/// Copies waiting for the thread; past this they are counted as lost.
+const QUEUE_DEPTH: usize = 256;
+
+/// What a copy is unwound for: the caller's own key comes back with it.
+pub type CopyKey = (u64, u32);
+
+enum Job {
+    Unwind { key: CopyKey, copy: Box<StackCopy> },
+    Forget(Vec<u32>),
+    Flush(Sender<()>),
+}
+
+/// The agent's side of the unwinding thread.
+pub struct UnwindWorker {
+    jobs: SyncSender<Job>,
+    done: Receiver<(CopyKey, u32, UnwoundStack)>,
+}
+
+impl UnwindWorker {
+    pub fn start() -> std::io::Result<Self> {
+        let (jobs, queue) = sync_channel(QUEUE_DEPTH);
+        let (results, done) = channel();
+        std::thread::Builder::new()
+            .name("unwind".into())
+            .spawn(move || work(queue, results))?;
+        Ok(Self { jobs, done })
+    }
+
+    /// Queues a copy; false when the thread is too far behind to take it.
+    pub fn request(&self, key: CopyKey, copy: Box<StackCopy>) -> bool {
+        match self.jobs.try_send(Job::Unwind { key, copy }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// The stacks unwound since the last call: (key, process, stack).
+    pub fn finished(&self) -> Vec<(CopyKey, u32, UnwoundStack)> {
+        self.done.try_iter().collect()
+    }
+
+    /// Drops the modules of processes that exited.
+    pub fn forget(&self, pids: &HashSet<u32>) {
+        if !pids.is_empty() {
+            // Best effort: a full queue keeps the modules a little longer.
+            let _ = self
+                .jobs
+                .try_send(Job::Forget(pids.iter().copied().collect()));
+        }
+    }
+
+    /// Waits until every copy queued so far is unwound, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, finished) = channel();
+        let deadline = Instant::now() + timeout;
+        let mut job = Job::Flush(done);
+        loop {
+            match self.jobs.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    job = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return false,
+            }
+        }
+        finished
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+fn work(queue: Receiver<Job>, results: Sender<(CopyKey, u32, UnwoundStack)>) {
+    let mut processes = Processes::default();
+    while let Ok(job) = queue.recv() {
+        match job {
+            Job::Unwind { key, copy } => {
+                let stack = processes.unwind(&copy);
+                if results.send((key, copy.tgid, stack)).is_err() {
+                    return;
+                }
+            }
+            Job::Forget(pids) => {
+                for pid in pids {
+                    processes.by_pid.remove(&pid);
+                }
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+type SectionData = Arc<[u8]>;
+
+/// One process's modules, rebuilt when its mappings change.
+struct ProcessModules {
+    maps: String,
+    unwinder: UnwinderX86_64<SectionData>,
+    cache: CacheX86_64,
+}
+
+#[derive(Default)]
+struct Processes {
+    by_pid: HashMap<u32, ProcessModules>,
+    /// Unwind sections per file, shared by every process mapping it.
+    files: HashMap<FileKey, Option<Arc<FileSections>>>,
+}
+
+/// A file as the kernel names it in /proc/PID/maps: device and inode.
+type FileKey = (String, u64);
+
+struct FileSections {
+    text: Option<(Range<u64>, SectionData)>,
+    eh_frame: Option<(Range<u64>, SectionData)>,
+    eh_frame_hdr: Option<(Range<u64>, SectionData)>,
+    debug_frame: Option<SectionData>,
+    got: Option<Range<u64>>,
+    /// (file range, p_vaddr) of each executable loadable segment: maps an
+    /// executable mapping's file offset to the addresses the file states.
+    segments: Vec<(Range<u64>, u64)>,
+}
+
+impl Processes {
+    fn unwind(&mut self, copy: &StackCopy) -> UnwoundStack {
+        let pid = copy.tgid;
+        let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return UnwoundStack {
+                addresses: vec![copy.ip],
+                truncated: Some("the process exited before its stack was unwound".to_owned()),
+            };
+        };
+        let stale = self.by_pid.get(&pid).is_none_or(|known| known.maps != maps);
+        if stale {
+            let unwinder = self.build(pid, &maps);
+            self.by_pid.insert(
+                pid,
+                ProcessModules {
+                    maps,
+                    unwinder,
+                    cache: CacheX86_64::new(),
+                },
+            );
+        }
+        let Some(process) = self.by_pid.get_mut(&pid) else {
+            return UnwoundStack::default();
+        };
+        unwind_copy(&process.unwinder, &mut process.cache, copy)
+    }
+
+    fn build(&mut self, pid: u32, maps: &str) -> UnwinderX86_64<SectionData> {
+        let mut unwinder = UnwinderX86_64::new();
+        for mapping in executable_mappings(maps) {
+            let key = (mapping.device.clone(), mapping.inode);
+            let sections = self
+                .files
+                .entry(key)
+                .or_insert_with(|| read_sections(pid, &mapping).map(Arc::new))
+                .clone();
+            let Some(sections) = sections else { continue };
+            let Some(bias) = load_bias(&sections.segments, &mapping) else {
+                continue;
+            };
+            let info = ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: sections.text.as_ref().map(|(r, _)| r.clone()),
+                text: sections.text.as_ref().map(|(_, d)| d.clone()),
+                eh_frame_svma: sections.eh_frame.as_ref().map(|(r, _)| r.clone()),
+                eh_frame: sections.eh_frame.as_ref().map(|(_, d)| d.clone()),
+                eh_frame_hdr_svma: sections.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
+                eh_frame_hdr: sections.eh_frame_hdr.as_ref().map(|(_, d)| d.clone()),
+                debug_frame: sections.debug_frame.clone(),
+                got_svma: sections.got.clone(),
+                ..Default::default()
+            };
+            unwinder.add_module(Module::new(
+                mapping.path.clone(),
+                mapping.range.clone(),
+                bias,
+                info,
+            ));
+        }
+        // A process's own files change rarely; files no process maps any
+        // longer are few and small next to the stacks they explain.
+        unwinder
+    }
+}
+
+/// Walks a copy. Reads outside the copy end the walk: that is where the
+/// copy, not the stack, ended, and the stack is then said to be cut.
+pub fn unwind_copy(
+    unwinder: &UnwinderX86_64<SectionData>,
+    cache: &mut CacheX86_64,
+    copy: &StackCopy,
+) -> UnwoundStack {
+    let len = (copy.len as usize).min(copy.stack.len());
+    let stack = &copy.stack[..len];
+    let base = copy.base;
+    let mut read_stack = |address: u64| -> Result<u64, ()> {
+        let offset = address.checked_sub(base).ok_or(())? as usize;
+        let bytes = stack
+            .get(offset..offset.checked_add(8).ok_or(())?)
+            .ok_or(())?;
+        Ok(u64::from_ne_bytes(bytes.try_into().map_err(|_| ())?))
+    };
+    let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
+    let mut frames = unwinder.iter_frames(copy.ip, regs, cache, &mut read_stack);
+    let mut addresses = Vec::new();
+    let truncated = loop {
+        if addresses.len() >= MAX_FRAMES {
+            break Some(format!("more than {MAX_FRAMES} frames"));
+        }
+        match frames.next() {
+            Ok(Some(frame)) => addresses.push(frame.address_for_lookup()),
+            Ok(None) => break None,
+            Err(framehop::Error::CouldNotReadStack(address)) => {
+                break Some(if address >= base + len as u64 {
+                    format!(
+                        "the {} KiB stack copy ended before the outermost frame",
+                        len / 1024
+                    )
+                } else {
+                    format!("a frame pointed outside the stack ({address:#x})")
+                });
+            }
+            Err(error) => break Some(format!("unwinding stopped: {error}")),
+        }
+    };
+    // A walk that ends in a null return address reached the outermost
+    // frame; anything else that stops a walk with frames left says so.
+    UnwoundStack {
+        addresses,
+        truncated,
+    }
+}
+
+/// One executable, file-backed mapping of /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub range: Range<u64>,
+    pub offset: u64,
+    pub device: String,
+    pub inode: u64,
+    pub path: String,
+}
+
+pub fn executable_mappings(maps: &str) -> Vec<Mapping> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let device = fields.next()?.to_owned();
+            let inode = fields.next()?.parse::<u64>().ok()?;
+            let path = fields.collect::<Vec<_>>().join(" ");
+            if !perms.contains('x') || inode == 0 || !path.starts_with('/') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let range = u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?;
+            Some(Mapping {
+                range,
+                offset,
+                device,
+                inode,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// What to add to an address the file states to get where it is mapped.
+/// `segments` are the executable ones: the kernel maps a segment from the
+/// page holding its first byte, so a mapping's offset may lie up to a page
+/// before the segment's own (lld leaves the two unaligned).
+pub fn load_bias(segments: &[(Range<u64>, u64)], mapping: &Mapping) -> Option<u64> {
+    let page = 4096;
+    let (file_range, vaddr) = segments.iter().find(|(file_range, _)| {
+        (file_range.start & !(page - 1)..file_range.end).contains(&mapping.offset)
+    })?;
+    let stated = if mapping.offset >= file_range.start {
+        vaddr.checked_add(mapping.offset - file_range.start)?
+    } else {
+        vaddr.checked_sub(file_range.start - mapping.offset)?
+    };
+    mapping.range.start.checked_sub(stated)
+}
+
+/// The unwind sections of a mapped file, read through the process's own
+/// view of it (its mount namespace; still there if the file was replaced).
+fn read_sections(pid: u32, mapping: &Mapping) -> Option<FileSections> {
+    let through_map_files = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.range.start, mapping.range.end
+    );
+    let data = fs::read(&through_map_files)
+        .or_else(|_| fs::read(format!("/proc/{pid}/root{}", mapping.path)))
+        .ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let section = |name: &str| -> Option<(Range<u64>, SectionData)> {
+        let section = file.section_by_name(name)?;
+        let bytes = section.uncompressed_data().ok()?;
+        let start = section.address();
+        Some((start..start + section.size(), Arc::from(&*bytes)))
+    };
+    let segments = file
+        .segments()
+        .filter(|segment| match segment.flags() {
+            object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+            _ => false,
+        })
+        .filter_map(|segment| {
+            let (offset, size) = segment.file_range();
+            (size > 0).then(|| (offset..offset + size, segment.address()))
+        })
+        .collect();
+    Some(FileSections {
+        text: section(".text"),
+        eh_frame: section(".eh_frame"),
+        eh_frame_hdr: section(".eh_frame_hdr"),
+        debug_frame: section(".debug_frame").map(|(_, data)| data),
+        got: file
+            .section_by_name(".got")
+            .map(|s| s.address()..s.address() + s.size()),
+        segments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 42 /usr/bin/server
+55d0c0001000-55d0c0005000 r-xp 00001000 08:01 42 /usr/bin/server
+7f0000000000-7f0000001000 rwxp 00000000 00:00 0
+7f1000000000-7f1000100000 r-xp 00028000 08:01 77 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn only_executable_file_mappings_are_modules() {
+        let mappings = executable_mappings(MAPS);
+        assert_eq!(mappings.len(), 2, "{mappings:?}");
+        assert_eq!(mappings[0].path, "/usr/bin/server");
+        assert_eq!(mappings[0].range, 0x55d0c0001000..0x55d0c0005000);
+        assert_eq!(mappings[1].offset, 0x28000);
+        assert_eq!(mappings[1].inode, 77);
+    }
+
+    #[test]
+    fn the_bias_maps_the_stated_address_of_the_mapped_offset() {
+        let mapping = &executable_mappings(MAPS)[1];
+        // libc: the text segment at file offset 0x28000 states 0x28000,
+        // mapped at 0x7f1000000000: the file's address 0 is 0x28000 below.
+        let segments = vec![(0x28000..0x1a0000, 0x28000)];
+        assert_eq!(
+            load_bias(&segments, mapping),
+            Some(0x7f1000000000 - 0x28000)
+        );
+        // lld: the segment starts mid-page (offset 0x28940, address
+        // 0x29940); the mapping begins at the page holding it, 0x28000,
+        // which is address 0x29000.
+        let unaligned = vec![(0x28940..0x1a0000, 0x29940)];
+        assert_eq!(
+            load_bias(&unaligned, mapping),
+            Some(0x7f1000000000 - 0x29000)
+        );
+        // A second mapping of one segment, 0x8000 into it.
+        let before = vec![(0x20000..0x1a0000, 0x20000)];
+        assert_eq!(load_bias(&before, mapping), Some(0x7f1000000000 - 0x28000));
+        assert_eq!(load_bias(&[], mapping), None);
+    }
+
+    /// This test process unwinds a copy of its own stack, taken as the
+    /// probe takes one: registers and the bytes above the stack pointer.
+    #[test]
+    #[inline(never)]
+    fn unwinds_a_copy_of_this_threads_stack() {
+        let copy = copy_own_stack();
+        let mut processes = Processes::default();
+        let stack = processes.unwind(&copy);
+        assert!(stack.addresses.len() >= 3, "{stack:?}");
+        // This test function's caller chain passes through the test
+        // harness: some return address must fall in this binary's text.
+        let own = executable_mappings(&fs::read_to_string("/proc/self/maps").unwrap());
+        let exe = fs::read_link("/proc/self/exe").unwrap();
+        let in_exe = stack.addresses.iter().skip(1).filter(|a| {
+            own.iter()
+                .any(|m| m.range.contains(a) && exe.to_string_lossy() == m.path)
+        });
+        assert!(in_exe.count() >= 2, "{stack:?}");
+    }
+
+    /// Registers and stack bytes of this very frame: the registers are read
+    /// here, and nothing above this frame's stack pointer changes while the
+    /// bytes are copied (calls only write below it), so the copy is what
+    /// the probe would have taken at this instruction.
+    #[inline(never)]
+    fn copy_own_stack() -> Box<StackCopy> {
+        // Zeroed on the heap: 16 KiB on this frame would fill the copy.
+        // SAFETY: all-zero bytes are a valid StackCopy (integers only).
+        let mut copy: Box<StackCopy> = unsafe { Box::new_zeroed().assume_init() };
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads three registers, touches no memory.
+        unsafe {
+            std::arch::asm!("lea {0}, [rip]", "mov {1}, rsp", "mov {2}, rbp",
+                out(reg) ip, out(reg) sp, out(reg) bp);
+        }
+        copy.tgid = std::process::id();
+        (copy.ip, copy.sp, copy.bp) = (ip, sp, bp);
+        copy.base = sp & !4095;
+        let start = copy.base as usize;
+        let len = (mapping_end(start) - start).min(copy.stack.len());
+        // SAFETY: [start, start + len) lies inside this thread's mapped stack.
+        let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
+        copy.stack[..len].copy_from_slice(bytes);
+        copy.len = len as u32;
+        copy
+    }
+
+    /// The end of the mapping holding `address`.
+    fn mapping_end(address: usize) -> usize {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .filter_map(|line| {
+                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+                Some((
+                    usize::from_str_radix(start, 16).ok()?,
+                    usize::from_str_radix(end, 16).ok()?,
+                ))
+            })
+            .find(|(start, end)| (*start..*end).contains(&address))
+            .map(|(_, end)| end)
+            .unwrap()
+    }
+}
