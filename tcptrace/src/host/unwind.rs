@@ -20,7 +20,7 @@ use std::{
 };
 
 use framehop::{
-    ExplicitModuleSectionInfo, Module, Unwinder,
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 use object::{Object, ObjectSection, ObjectSegment};
@@ -129,6 +129,7 @@ type SectionData = Arc<[u8]>;
 /// One process's modules, rebuilt when its mappings change.
 struct ProcessModules {
     maps: String,
+    files: Vec<Range<u64>>,
     unwinder: UnwinderX86_64<SectionData>,
     cache: CacheX86_64,
 }
@@ -166,10 +167,15 @@ impl Processes {
         let stale = self.by_pid.get(&pid).is_none_or(|known| known.maps != maps);
         if stale {
             let unwinder = self.build(pid, &maps);
+            let files = executable_mappings(&maps)
+                .into_iter()
+                .map(|m| m.range)
+                .collect();
             self.by_pid.insert(
                 pid,
                 ProcessModules {
                     maps,
+                    files,
                     unwinder,
                     cache: CacheX86_64::new(),
                 },
@@ -178,7 +184,12 @@ impl Processes {
         let Some(process) = self.by_pid.get_mut(&pid) else {
             return UnwoundStack::default();
         };
-        unwind_copy(&process.unwinder, &mut process.cache, copy)
+        let mut memory = ProcessMemory {
+            pid,
+            files: &process.files,
+            known: HashMap::new(),
+        };
+        unwind_copy(&process.unwinder, &mut process.cache, &mut memory, copy)
     }
 
     fn build(&mut self, pid: u32, maps: &str) -> UnwinderX86_64<SectionData> {
@@ -219,11 +230,62 @@ impl Processes {
     }
 }
 
+/// Python 3.12's perf trampoline (`sub $8,%rsp; call *%rcx; add $8,%rsp;
+/// ret`), one per Python function named in its perf map. It keeps no
+/// frame pointer and has no unwind info, so neither CFI nor the
+/// frame-pointer fallback can step out of it; its frame is 16 bytes.
+const PYTHON_TRAMPOLINE: [u8; 11] = [
+    0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+];
+/// Where the return address sits in it: after the call.
+const PYTHON_TRAMPOLINE_RETURN: u64 = 6;
+
+/// Code bytes of the process, for frames outside any file: read from its
+/// memory, since JIT code exists nowhere else.
+pub trait CodeReader {
+    fn is_python_trampoline(&mut self, return_address: u64) -> bool;
+    /// Whether `address` is in code mapped from a file (which has unwind
+    /// info or frame pointers), rather than JIT code.
+    fn is_file_backed(&self, address: u64) -> bool;
+}
+
+/// Reads /proc/PID/mem, remembering answers per address.
+struct ProcessMemory<'a> {
+    pid: u32,
+    /// Code mapped from files: never a trampoline, and not read.
+    files: &'a [Range<u64>],
+    known: HashMap<u64, bool>,
+}
+
+impl CodeReader for ProcessMemory<'_> {
+    fn is_file_backed(&self, address: u64) -> bool {
+        self.files.iter().any(|file| file.contains(&address))
+    }
+
+    fn is_python_trampoline(&mut self, return_address: u64) -> bool {
+        if self.is_file_backed(return_address) {
+            return false;
+        }
+        let pid = self.pid;
+        *self.known.entry(return_address).or_insert_with(|| {
+            use std::os::unix::fs::FileExt;
+            let Some(start) = return_address.checked_sub(PYTHON_TRAMPOLINE_RETURN) else {
+                return false;
+            };
+            let mut code = [0u8; PYTHON_TRAMPOLINE.len()];
+            fs::File::open(format!("/proc/{pid}/mem"))
+                .and_then(|mem| mem.read_exact_at(&mut code, start))
+                .is_ok_and(|()| code == PYTHON_TRAMPOLINE)
+        })
+    }
+}
+
 /// Walks a copy. Reads outside the copy end the walk: that is where the
 /// copy, not the stack, ended, and the stack is then said to be cut.
 pub fn unwind_copy(
     unwinder: &UnwinderX86_64<SectionData>,
     cache: &mut CacheX86_64,
+    code: &mut impl CodeReader,
     copy: &StackCopy,
 ) -> UnwoundStack {
     let len = (copy.len as usize).min(copy.stack.len());
@@ -236,16 +298,30 @@ pub fn unwind_copy(
             .ok_or(())?;
         Ok(u64::from_ne_bytes(bytes.try_into().map_err(|_| ())?))
     };
-    let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
-    let mut frames = unwinder.iter_frames(copy.ip, regs, cache, &mut read_stack);
+    let mut regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
+    let mut frame = FrameAddress::InstructionPointer(copy.ip);
     let mut addresses = Vec::new();
     let truncated = loop {
         if addresses.len() >= MAX_FRAMES {
             break Some(format!("more than {MAX_FRAMES} frames"));
         }
-        match frames.next() {
-            Ok(Some(frame)) => addresses.push(frame.address_for_lookup()),
-            Ok(None) => break None,
+        addresses.push(frame.address_for_lookup());
+        let step = match frame {
+            FrameAddress::ReturnAddress(address) if code.is_python_trampoline(address.get()) => {
+                let sp = regs.sp() + 16;
+                regs.set_sp(sp);
+                read_stack(sp - 8)
+                    .map(Some)
+                    .map_err(|()| framehop::Error::CouldNotReadStack(sp - 8))
+            }
+            _ => unwinder.unwind_frame(frame, &mut regs, cache, &mut read_stack),
+        };
+        match step {
+            Ok(Some(return_address)) => match FrameAddress::from_return_address(return_address) {
+                Some(next) => frame = next,
+                None => break ended_at(code, frame),
+            },
+            Ok(None) => break ended_at(code, frame),
             Err(framehop::Error::CouldNotReadStack(address)) => {
                 break Some(if address >= base + len as u64 {
                     format!(
@@ -259,12 +335,20 @@ pub fn unwind_copy(
             Err(error) => break Some(format!("unwinding stopped: {error}")),
         }
     };
-    // A walk that ends in a null return address reached the outermost
-    // frame; anything else that stops a walk with frames left says so.
     UnwoundStack {
         addresses,
         truncated,
     }
+}
+
+/// A walk that ends cleanly in a file's code reached the outermost frame
+/// (`_start`, a thread's start, `runtime.goexit`). One that ends in JIT
+/// code only met a frame pointer of 0, which such code may well not keep.
+fn ended_at(code: &impl CodeReader, frame: FrameAddress) -> Option<String> {
+    let address = frame.address_for_lookup();
+    (!code.is_file_backed(address)).then(|| {
+        format!("the walk ended in code with no unwind info at {address:#x} (JIT code without frame pointers?)")
+    })
 }
 
 /// One executable, file-backed mapping of /proc/PID/maps.
@@ -404,6 +488,83 @@ mod tests {
         let before = vec![(0x20000..0x1a0000, 0x20000)];
         assert_eq!(load_bias(&before, mapping), Some(0x7f1000000000 - 0x28000));
         assert_eq!(load_bias(&[], mapping), None);
+    }
+
+    struct Trampolines(Vec<u64>);
+
+    impl CodeReader for Trampolines {
+        fn is_python_trampoline(&mut self, return_address: u64) -> bool {
+            self.0.contains(&return_address)
+        }
+
+        /// Every address in these tests is JIT code, but the last one.
+        fn is_file_backed(&self, address: u64) -> bool {
+            address == 0x2fff
+        }
+    }
+
+    fn zeroed_copy() -> Box<StackCopy> {
+        // SAFETY: all-zero bytes are a valid StackCopy (integers only).
+        unsafe { Box::new_zeroed().assume_init() }
+    }
+
+    /// Writes `value` at `offset` bytes above the copy's base.
+    fn put(copy: &mut StackCopy, offset: usize, value: u64) {
+        copy.stack[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    /// JIT code with frame pointers calls through a Python trampoline,
+    /// whose 16-byte frame has neither: it is stepped over by its own rule.
+    #[test]
+    fn steps_over_a_python_trampoline_that_keeps_no_frame_pointer() {
+        let mut copy = zeroed_copy();
+        copy.base = 0x7ffd_0000_0000;
+        copy.len = 4096;
+        copy.ip = 0x1000;
+        copy.sp = copy.base + 0x80;
+        // Innermost frame: [bp] saved bp, [bp + 8] return address into
+        // the trampoline, whose frame then is 16 bytes above bp + 16.
+        copy.bp = copy.base + 0x100;
+        put(&mut copy, 0x100, 0);
+        put(&mut copy, 0x108, 0x2006);
+        put(&mut copy, 0x118, 0x3000);
+        let unwinder = UnwinderX86_64::new();
+        let mut cache = CacheX86_64::new();
+        let stack = unwind_copy(&unwinder, &mut cache, &mut Trampolines(vec![0x2006]), &copy);
+        assert_eq!(stack.addresses, vec![0x1000, 0x2005, 0x2fff], "{stack:?}");
+        assert_eq!(stack.truncated, None);
+
+        // Not a trampoline: the frame-pointer rule meets the null frame
+        // pointer the JIT code left, and the stack says it may be cut.
+        let mut cache = CacheX86_64::new();
+        let stack = unwind_copy(&unwinder, &mut cache, &mut Trampolines(vec![]), &copy);
+        assert_eq!(stack.addresses, vec![0x1000, 0x2005], "{stack:?}");
+        assert!(
+            stack
+                .truncated
+                .as_deref()
+                .is_some_and(|why| why.contains("no unwind info at 0x2005")),
+            "{stack:?}"
+        );
+    }
+
+    #[test]
+    fn a_stack_longer_than_the_copy_says_where_the_copy_ended() {
+        let mut copy = zeroed_copy();
+        copy.base = 0x7ffd_0000_0000;
+        copy.len = 4096;
+        copy.ip = 0x1000;
+        copy.sp = copy.base + 0x80;
+        // The frame chain leads past the copied page.
+        copy.bp = copy.base + 0xff8;
+        let unwinder = UnwinderX86_64::new();
+        let mut cache = CacheX86_64::new();
+        let stack = unwind_copy(&unwinder, &mut cache, &mut Trampolines(vec![]), &copy);
+        assert_eq!(stack.addresses, vec![0x1000]);
+        assert_eq!(
+            stack.truncated.as_deref(),
+            Some("the 4 KiB stack copy ended before the outermost frame")
+        );
     }
 
     /// This test process unwinds a copy of its own stack, taken as the
