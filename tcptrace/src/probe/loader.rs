@@ -225,15 +225,22 @@ impl Probe {
         // trickle is picked up by its timer instead of by interrupts.
         config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
         config.read_socket_inode = u32::from(options.track_closed_held);
-        config.stack_level = match options.stacks {
+        let mut notices = Vec::new();
+        let mut stack_level = options.stacks;
+        if stack_level != StackLevel::Off && config.regs_sp_offset == 0 {
+            notices.push(
+                "tcptrace: no stacks: this kernel's BTF does not describe the saved user registers (pt_regs)".to_owned(),
+            );
+            stack_level = StackLevel::Off;
+        }
+        config.stack_level = match stack_level {
             StackLevel::Off => STACKS_OFF,
             StackLevel::Eof => STACKS_EOF,
             StackLevel::Full => STACKS_FULL,
         };
-        let mut notices = Vec::new();
         let recv_hook = format!("btf_trace_{}", names::RECV_TRACEPOINT);
-        let attach_recv = options.stacks != StackLevel::Off && btf.has_type_named(&recv_hook);
-        if options.stacks != StackLevel::Off && !attach_recv {
+        let attach_recv = stack_level != StackLevel::Off && btf.has_type_named(&recv_hook);
+        if stack_level != StackLevel::Off && !attach_recv {
             notices.push(
                 "tcptrace: no EOF or first-I/O stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); connect stacks with --stacks full only"
                     .to_owned(),
@@ -241,7 +248,7 @@ impl Probe {
         }
 
         // A map the mode does not use still exists in the object: one entry.
-        let stacks = options.stacks != StackLevel::Off;
+        let stacks = stack_level != StackLevel::Off;
         let capacities = MapCapacities {
             stack_copies: if stacks { STACK_COPY_ENTRIES } else { 1 },
             eof_reads: if attach_recv { max_sockets } else { 1 },
