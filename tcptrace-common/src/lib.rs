@@ -427,13 +427,16 @@ pub struct ProbeConfig {
     pub regs_ip_offset: u32,
     pub regs_bp_offset: u32,
     pub regs_sp_offset: u32,
+    /// `inet_sock.inet_sport` (big-endian u16), 0 if not found: the local
+    /// port a socket keeps after the kernel released it at CLOSE.
+    pub inet_sport_offset: u32,
     /// STACKS_OFF, STACKS_EOF or STACKS_FULL.
     pub stack_level: u32,
     /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
     pub read_socket_inode: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 92);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -457,6 +460,7 @@ impl ProbeConfig {
         regs_ip_offset: 0,
         regs_bp_offset: 0,
         regs_sp_offset: 0,
+        inet_sport_offset: 0,
         stack_level: STACKS_OFF,
         read_socket_inode: 0,
     };
@@ -539,7 +543,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 22 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 23 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

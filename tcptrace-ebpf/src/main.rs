@@ -361,7 +361,13 @@ fn record_transition(
         return Ok(None);
     }
     let family: u16 = read_field(sk, config!(family_offset))?;
-    let local_port: u16 = read_field(sk, config!(local_port_offset))?;
+    let mut local_port: u16 = read_field(sk, config!(local_port_offset))?;
+    if local_port == 0 && new_state == CLOSE && config!(inet_sport_offset) != 0 {
+        // The kernel released the port just before this transition; the
+        // source port it used is still in the inet_sock, and a socket
+        // closed but held must stay findable by its service's port.
+        local_port = u16::from_be(read_field(sk, config!(inet_sport_offset))?);
+    }
     let remote_port = u16::from_be(read_field(sk, config!(remote_port_offset))?);
 
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.

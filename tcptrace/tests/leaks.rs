@@ -28,6 +28,8 @@ struct ServedClients {
     /// Who holds the leaks: the server, or the child it forked.
     holder: u32,
     held: Vec<u64>,
+    /// The server's listening port.
+    port: String,
 }
 
 fn serve_clients(
@@ -59,6 +61,7 @@ fn serve_clients(
     ServedClients {
         holder: holding["pid"].parse().unwrap(),
         held: sorted(Peer::held_cookies(&holding)),
+        port,
         server,
         clients,
     }
@@ -241,6 +244,16 @@ fn a_closed_but_held_socket_is_a_leak() {
     assert_eq!(entry["closed_held"], 3, "{entry:#}");
     assert_eq!(entry["close_wait"], 0);
     assert_eq!(report.cookies(served.holder), served.held);
+    // The port the kernel released at CLOSE is still the socket's, so
+    // `--port` finds it.
+    for socket in entry["sockets"].as_array().unwrap() {
+        let local = socket["local"].as_str().unwrap();
+        assert!(
+            local.ends_with(&format!(":{}", served.port)),
+            "{local} is not on port {}",
+            served.port
+        );
+    }
     served.release();
 }
 

@@ -115,7 +115,7 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         ..ProbeConfig::UNSET
     };
     // Only stacks need the saved user registers; without them a stack copy
-    // has nothing to start unwinding from, and the loader turns stacks off.
+    // has nothing to start unwinding from, and the loader takes none.
     if let (Ok(ip), Ok(bp), Ok(sp)) = (
         btf.member("pt_regs", &["ip"]),
         btf.member("pt_regs", &["bp"]),
@@ -124,6 +124,12 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         config.regs_ip_offset = ip.offset;
         config.regs_bp_offset = bp.offset;
         config.regs_sp_offset = sp.offset;
+    }
+    // Optional: without it a socket closed but held shows port 0.
+    if let Ok(sport) = btf.member("inet_sock", &["inet_sport"])
+        && sport.size == 2
+    {
+        config.inet_sport_offset = sport.offset;
     }
     let netns_inode = btf
         .member("net", &["ns", "inum"])
