@@ -112,11 +112,7 @@ fn work(queue: Receiver<Job>, results: Sender<(CopyKey, u32, UnwoundStack)>) {
                     return;
                 }
             }
-            Job::Forget(pids) => {
-                for pid in pids {
-                    processes.by_pid.remove(&pid);
-                }
-            }
+            Job::Forget(pids) => processes.forget(&pids),
             Job::Flush(done) => {
                 let _ = done.send(());
             }
@@ -129,6 +125,8 @@ type SectionData = Arc<[u8]>;
 /// One process's modules, rebuilt when its mappings change.
 struct ProcessModules {
     maps: String,
+    /// The files whose sections `unwinder` holds.
+    file_keys: Vec<FileKey>,
     files: Vec<Range<u64>>,
     unwinder: UnwinderX86_64<SectionData>,
     cache: CacheX86_64,
@@ -145,7 +143,10 @@ struct Processes {
 type FileKey = (String, u64);
 
 struct FileSections {
-    text: Option<(Range<u64>, SectionData)>,
+    /// Only the range: framehop reads code bytes just to unwind a first
+    /// frame caught mid-prologue, and a syscall's first frame never is; a
+    /// JVM's or Node's text is tens of MiB.
+    text_svma: Option<Range<u64>>,
     eh_frame: Option<(Range<u64>, SectionData)>,
     eh_frame_hdr: Option<(Range<u64>, SectionData)>,
     debug_frame: Option<SectionData>,
@@ -166,7 +167,7 @@ impl Processes {
         };
         let stale = self.by_pid.get(&pid).is_none_or(|known| known.maps != maps);
         if stale {
-            let unwinder = self.build(pid, &maps);
+            let (unwinder, file_keys) = self.build(pid, &maps);
             let files = executable_mappings(&maps)
                 .into_iter()
                 .map(|m| m.range)
@@ -175,6 +176,7 @@ impl Processes {
                 pid,
                 ProcessModules {
                     maps,
+                    file_keys,
                     files,
                     unwinder,
                     cache: CacheX86_64::new(),
@@ -192,10 +194,12 @@ impl Processes {
         unwind_copy(&process.unwinder, &mut process.cache, &mut memory, copy)
     }
 
-    fn build(&mut self, pid: u32, maps: &str) -> UnwinderX86_64<SectionData> {
+    fn build(&mut self, pid: u32, maps: &str) -> (UnwinderX86_64<SectionData>, Vec<FileKey>) {
         let mut unwinder = UnwinderX86_64::new();
+        let mut file_keys = Vec::new();
         for mapping in executable_mappings(maps) {
             let key = (mapping.device.clone(), mapping.inode);
+            file_keys.push(key.clone());
             let sections = self
                 .files
                 .entry(key)
@@ -207,8 +211,7 @@ impl Processes {
             };
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
-                text_svma: sections.text.as_ref().map(|(r, _)| r.clone()),
-                text: sections.text.as_ref().map(|(_, d)| d.clone()),
+                text_svma: sections.text_svma.clone(),
                 eh_frame_svma: sections.eh_frame.as_ref().map(|(r, _)| r.clone()),
                 eh_frame: sections.eh_frame.as_ref().map(|(_, d)| d.clone()),
                 eh_frame_hdr_svma: sections.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
@@ -224,9 +227,20 @@ impl Processes {
                 info,
             ));
         }
-        // A process's own files change rarely; files no process maps any
-        // longer are few and small next to the stacks they explain.
-        unwinder
+        (unwinder, file_keys)
+    }
+
+    /// Drops exited processes and the files no remaining process maps.
+    fn forget(&mut self, pids: &[u32]) {
+        for pid in pids {
+            self.by_pid.remove(pid);
+        }
+        let used: HashSet<&FileKey> = self
+            .by_pid
+            .values()
+            .flat_map(|process| &process.file_keys)
+            .collect();
+        self.files.retain(|key, _| used.contains(key));
     }
 }
 
@@ -433,7 +447,9 @@ fn read_sections(pid: u32, mapping: &Mapping) -> Option<FileSections> {
         })
         .collect();
     Some(FileSections {
-        text: section(".text"),
+        text_svma: file
+            .section_by_name(".text")
+            .map(|s| s.address()..s.address() + s.size()),
         eh_frame: section(".eh_frame"),
         eh_frame_hdr: section(".eh_frame_hdr"),
         debug_frame: section(".debug_frame").map(|(_, data)| data),
@@ -585,6 +601,10 @@ mod tests {
                 .any(|m| m.range.contains(a) && exe.to_string_lossy() == m.path)
         });
         assert!(in_exe.count() >= 2, "{stack:?}");
+        // Once the process is gone, so are the files only it mapped.
+        assert!(!processes.files.is_empty());
+        processes.forget(&[std::process::id()]);
+        assert!(processes.by_pid.is_empty() && processes.files.is_empty());
     }
 
     /// Registers and stack bytes of this very frame: the registers are read
