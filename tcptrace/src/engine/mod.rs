@@ -2,9 +2,11 @@
 //!
 //! Takes in: a probe and the host readers. Gives out: the leak monitor's
 //! reports (`monitor`), the host agent's snapshots for `top` and `serve`
-//! (`agent`), and the metrics HTTP server's thread (`http`).
+//! (`agent`, which hands the diagnoses what `diagnosis_inputs` assembles
+//! from each refresh), and the metrics HTTP server's thread (`http`).
 
 pub(crate) mod agent;
+mod diagnosis_inputs;
 pub(crate) mod http;
 pub(crate) mod monitor;
 pub(crate) mod stacks;
