@@ -15,7 +15,8 @@ use crate::{
     engine::agent,
     engine::monitor::LeaksOptions,
     host::reader::HostReader,
-    view::top::{RowFilter, SortKey, TopSnapshot, render_text, select},
+    model::top_snapshot::TopSnapshot,
+    view::top::{RowFilter, SortKey, render_text, select},
     view::watch,
 };
 

@@ -27,11 +27,11 @@ use crate::{
     model::holder::Holder,
     model::leak_report::LeakReport,
     model::process::Placement,
+    model::top_snapshot::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot},
     model::tracker::SocketTracker,
     model::transition::{Process, Record},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::top::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot},
 };
 
 /// The holder scan walks every process's fds; sockets with no history are

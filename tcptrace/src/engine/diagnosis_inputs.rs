@@ -23,8 +23,8 @@ use crate::{
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
     model::leak_report::LeakReport,
+    model::top_snapshot::socket_owner,
     probe::loader::Probe,
-    view::top::socket_owner,
 };
 
 fn owner_label(pid: u32, comm: &str) -> String {

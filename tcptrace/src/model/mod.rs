@@ -17,5 +17,6 @@ pub(crate) mod leak_report;
 pub(crate) mod leaks;
 pub(crate) mod process;
 pub(crate) mod stack;
+pub(crate) mod top_snapshot;
 pub mod tracker;
 pub mod transition;

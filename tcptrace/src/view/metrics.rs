@@ -34,7 +34,7 @@ use crate::{
     model::diagnose::{FindingKind, Severity},
     model::health::{AgentTotals, Occupancy},
     model::leak_report::LeakReport,
-    view::top::TopSnapshot,
+    model::top_snapshot::TopSnapshot,
 };
 
 /// The label value for everything folded together.
@@ -537,7 +537,7 @@ fn occupancy_families(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::leak_report::ProcessLeaks, view::top::ProcessRow};
+    use crate::{model::leak_report::ProcessLeaks, model::top_snapshot::ProcessRow};
 
     fn row(pid: u32, comm: &str, transitions: &[(&str, u64)]) -> ProcessRow {
         ProcessRow {
