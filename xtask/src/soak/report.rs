@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{
-    METRICS_DEADLINE, Outcomes, PHASES, PhaseKind, Plan, SERVE_INTERVAL, SERVE_MIN_AGE,
+    METRICS_DEADLINE, SERVE_INTERVAL, SERVE_MIN_AGE,
+    outcomes::Outcomes,
+    plan::{PHASES, PhaseKind, Plan},
     sample::{MetricsFigures, Sample},
 };
 use crate::harness::machine;
@@ -461,8 +463,8 @@ fn render_phases(out: &mut String, plan: &Plan, outcomes: &Outcomes) {
         }
         PhaseKind::IdleClients => format!(
             "{} HTTP connections to serve, half idle, half sending one header byte every {} s: {}",
-            super::IDLE_CONNECTIONS,
-            super::SLOWLORIS_BYTE_EVERY_MS / 1000,
+            super::phases::IDLE_CONNECTIONS,
+            super::phases::SLOWLORIS_BYTE_EVERY_MS / 1000,
             outcomes.idle_report.as_deref().unwrap_or("no report")
         ),
         PhaseKind::CoolDown => "nothing but the leaker's held leaks".to_owned(),
@@ -579,7 +581,7 @@ fn render_samples(out: &mut String, outcomes: &Outcomes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::soak::LeakCheck;
+    use crate::soak::outcomes::LeakCheck;
 
     fn sample(t: f64, phase: usize, maps: &[(&str, f64)], capacity: &[(&str, f64)]) -> Sample {
         let map = |pairs: &[(&str, f64)]| {
