@@ -16,6 +16,7 @@ mod plan;
 mod report;
 mod sample;
 mod svg;
+mod verdicts;
 
 use std::{
     fs,
