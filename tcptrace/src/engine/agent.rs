@@ -9,13 +9,9 @@ use std::{
 };
 
 use tcptrace_common::TcpState;
-use tokio::{
-    io::unix::AsyncFd,
-    time::{Interval, MissedTickBehavior, interval},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
-    engine::DRAIN_INTERVAL,
     engine::diagnosis_inputs::{Diagnoses, Owners},
     engine::monitor::{LeaksOptions, Monitor, all_drops},
     host::clock::monotonic_now_ns,
@@ -57,18 +53,6 @@ pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgen
     let mut agent = HostAgent::new(options.clone())?;
     agent.seed_listeners();
     Ok((probe, agent))
-}
-
-/// The drain timer (a steady trickle is read without a wake-up per event)
-/// and the refresh timer of `top` and `serve`; the refresh timer's first,
-/// immediate tick is already taken (the caller refreshed at start).
-pub async fn ticks(refresh: Duration) -> (Interval, Interval) {
-    let mut drain_tick = interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut refresh_tick = interval(refresh);
-    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    refresh_tick.tick().await;
-    (drain_tick, refresh_tick)
 }
 
 pub struct HostAgent {

@@ -7,12 +7,7 @@
 
 pub(crate) mod agent;
 mod diagnosis_inputs;
+pub(crate) mod drain_loop;
 pub(crate) mod http;
 pub(crate) mod monitor;
 pub(crate) mod stacks;
-
-use std::time::Duration;
-
-/// How often the ring buffer is drained when the probe does not wake us: it
-/// wakes the reader only when a backlog builds up, to spare an interrupt per event.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
