@@ -195,6 +195,59 @@ impl Drop for Peer {
     }
 }
 
+/// A churn-server and a churn-client (2 threads each) on loopback: the
+/// client connects, sends, reads the answer and closes for `seconds`, then
+/// holds, both peers alive and every connection closed, until `stop`.
+pub struct Churn {
+    pub server: Peer,
+    pub client: Peer,
+    pub port: String,
+}
+
+impl Churn {
+    pub fn start(seconds: u32) -> Self {
+        let server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"]);
+        let port = server.expect("listening")["port"].clone();
+        let client = Peer::spawn(&[
+            "churn-client",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--threads",
+            "2",
+            "--seconds",
+            &seconds.to_string(),
+            "--hold",
+        ]);
+        Self {
+            server,
+            client,
+            port,
+        }
+    }
+
+    /// Waits for the client to finish churning: how many connections it
+    /// made, and all it said.
+    pub fn done(&self) -> (u64, HashMap<String, String>) {
+        let done = self.client.expect("done");
+        let connections = done["connections"].parse().expect("connections");
+        (connections, done)
+    }
+
+    /// Lets both peers exit, and checks they exited cleanly.
+    pub fn stop(self) {
+        let Self {
+            mut server,
+            mut client,
+            ..
+        } = self;
+        server.go();
+        server.expect("served");
+        client.go();
+        server.wait_success();
+        client.wait_success();
+    }
+}
+
 /// `tcptrace COMMAND --json ARGS` as a child process, killed on drop.
 struct Agent {
     child: Child,
