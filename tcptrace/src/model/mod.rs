@@ -2,7 +2,8 @@
 //!
 //! Takes in: decoded transitions, the kernel's socket table, holders and
 //! host facts, all as plain values. Gives out: per-socket state, leaks with
-//! their ages, per-owner activity, and findings. Imports nothing of probe/,
+//! their ages, per-owner activity, the per-process snapshot `top` shows and
+//! `serve` exports, and findings. Imports nothing of probe/,
 //! host/, engine/, view/ or commands/, no aya, no /proc, no sockets, no
 //! output format: every file here is unit-tested without root.
 
