@@ -80,7 +80,7 @@ struct ServeLoop<'a> {
 }
 
 impl ServeLoop<'_> {
-    /// Refreshes, publishes /metrics and /leaks, and logs new leaks.
+    /// Refreshes, and publishes /metrics and /leaks.
     fn publish(&mut self, probe: &mut Probe, read: HostRead, startup: bool) -> LeakReport {
         let (snapshot, leaks) = self.agent.refresh_with(probe, read, startup);
         self.metrics.update_transitions(&snapshot);
