@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Peer, ServeRun, require_root};
+use common::{Churn, ServeRun, require_root};
 
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -62,20 +62,8 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
     let before = after_refreshes(&serve, 2);
     let socket_stacks_before = table(&before, "socket_stacks");
 
-    let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"]);
-    let port = server.expect("listening")["port"].clone();
-    let client = Peer::spawn(&[
-        "churn-client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--threads",
-        "2",
-        "--seconds",
-        "3",
-        "--hold",
-    ]);
-    let done = client.expect("done");
-    let connections: u64 = done["connections"].parse().unwrap();
+    let churn = Churn::start(3);
+    let (connections, done) = churn.done();
     assert!(connections > 1000, "{done:?}");
 
     // Both peers alive, every connection closed: the stacks of the churn's
@@ -88,12 +76,7 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
         "the churn's stacks were taken\n{during}"
     );
 
-    server.go();
-    server.expect("served");
-    let mut client = client;
-    client.go();
-    server.wait_success();
-    client.wait_success();
+    churn.stop();
 
     // Gone: what the probe and the agent kept for them goes too.
     let deadline = Instant::now() + SETTLE_TIMEOUT;

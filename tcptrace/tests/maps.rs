@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Peer, kernel_has_recv_tracepoint, require_root};
+use common::{Churn, Peer, kernel_has_recv_tracepoint, require_root};
 use tcptrace::{
     model::transition::{Record, StackCopyFailure, Transition},
     probe::{
@@ -174,22 +174,10 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
 
     // 1. Churn, the client closing first: each server socket reads EOF
     // once, as a correct server does, which must cost no map entry.
-    let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"]);
-    let port = server.expect("listening")["port"].clone();
-    traced.watch(&server, Some(&port));
-    let mut client = Peer::spawn(&[
-        "churn-client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--threads",
-        "2",
-        "--seconds",
-        "3",
-        "--hold",
-    ]);
-    traced.watch(&client, None);
-    let done = client.expect("done");
-    let connections: u64 = done["connections"].parse().unwrap();
+    let churn = Churn::start(3);
+    traced.watch(&churn.server, Some(&churn.port));
+    traced.watch(&churn.client, None);
+    let (connections, done) = churn.done();
     // Few under emulation (a hundred or two a second), but still more
     // than the slack.
     assert!(connections > 2 * SLACK, "{done:?}");
@@ -201,11 +189,7 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
             traced.probe.map_occupancy()
         );
     }
-    server.go();
-    server.expect("served");
-    client.go();
-    server.wait_success();
-    client.wait_success();
+    churn.stop();
 
     // 2. Resets before the accept: the clients reset connections the
     // server accepts only later, already closed (with an accept hook, the

@@ -5,22 +5,27 @@
 //! where the test must control timing, waits for a line on stdin first.
 //! Every loop is bounded; every address is given by the caller and meant to
 //! be loopback.
+//!
+//! Here: the roles and the helpers they share. The peers, by role:
+//! `lifecycle` (step-by-step connections for watch and tracking tests),
+//! `leaky` (the leaks the leak tests find), `trouble` (what `top`
+//! diagnoses), `load` (the benchmark's load), `soak` (the soak's loads).
 
 use std::{
     io::{BufRead, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+mod leaky;
+mod lifecycle;
 mod load;
 mod soak;
 mod trouble;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use socket2::{Domain, Socket, Type};
 
 #[derive(Parser)]
 struct Cli {
@@ -260,9 +265,9 @@ enum Role {
 
 fn main() -> Result<()> {
     match Cli::parse().role {
-        Role::Server { addr } => server(addr),
-        Role::Client { connect } => client(connect),
-        Role::Bystander { addr, connections } => bystander(addr, connections),
+        Role::Server { addr } => lifecycle::server(addr),
+        Role::Client { connect } => lifecycle::client(connect),
+        Role::Bystander { addr, connections } => lifecycle::bystander(addr, connections),
         Role::LeakyServer {
             addr,
             connections,
@@ -270,11 +275,11 @@ fn main() -> Result<()> {
             rst_others,
             no_read,
             fork_holder,
-        } => leaky_server(
+        } => leaky::leaky_server(
             addr,
             connections,
             leak,
-            LeakyServerStyle {
+            leaky::LeakyServerStyle {
                 rst_others,
                 no_read,
                 fork_holder,
@@ -284,16 +289,16 @@ fn main() -> Result<()> {
             connect,
             count,
             rst,
-        } => clients(connect, count, rst),
+        } => leaky::clients(connect, count, rst),
         Role::LeakyService {
             addr,
             connections,
             leak,
-        } => leaky_service(addr, connections, leak),
-        Role::ClosingServer { addr, connections } => closing_server(addr, connections),
-        Role::LateAcceptor { addr, connections } => late_acceptor(addr, connections),
-        Role::LeakyClient { connect, count } => leaky_client(connect, count),
-        Role::SelfLeak { addr, leak } => self_leak(addr, leak),
+        } => leaky::leaky_service(addr, connections, leak),
+        Role::ClosingServer { addr, connections } => leaky::closing_server(addr, connections),
+        Role::LateAcceptor { addr, connections } => leaky::late_acceptor(addr, connections),
+        Role::LeakyClient { connect, count } => leaky::leaky_client(connect, count),
+        Role::SelfLeak { addr, leak } => leaky::self_leak(addr, leak),
         Role::ChurnServer {
             addr,
             threads,
@@ -329,7 +334,7 @@ fn main() -> Result<()> {
             addr,
             connections,
             threads,
-        } => churn(addr, connections, threads),
+        } => lifecycle::churn(addr, connections, threads),
         Role::EofSpinner { addr, seconds } => {
             trouble::eof_spinner(addr, Duration::from_secs_f64(seconds))
         }
@@ -394,7 +399,7 @@ pub(crate) fn wait_for_go() -> Result<()> {
 }
 
 /// The kernel's socket cookie (SO_COOKIE), the identity tcptrace reports.
-fn cookie(fd: &impl AsRawFd) -> Result<u64> {
+pub(crate) fn cookie(fd: &impl AsRawFd) -> Result<u64> {
     let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket fd and an out buffer of the stated length.
@@ -413,329 +418,8 @@ fn cookie(fd: &impl AsRawFd) -> Result<u64> {
     Ok(value)
 }
 
-fn server(addr: SocketAddr) -> Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.bind(&addr.into())?;
-    let bound = socket
-        .local_addr()?
-        .as_socket()
-        .context("bound address is not IP")?;
-    say(&format!(
-        "bound pid={} port={} cookie={}",
-        std::process::id(),
-        bound.port(),
-        cookie(&socket)?
-    ));
-    wait_for_go()?;
-    socket.listen(16)?;
-    let listener: TcpListener = socket.into();
-    say("listening");
-    let (mut conn, peer) = listener.accept()?;
-    say(&format!("accepted cookie={} peer={peer}", cookie(&conn)?));
+pub(crate) fn read_to_eof(conn: &mut TcpStream) -> Result<()> {
     let mut buf = [0u8; 256];
     while conn.read(&mut buf)? != 0 {}
-    say("eof");
-    drop(conn);
-    drop(listener);
-    say("closed");
-    Ok(())
-}
-
-fn client(connect: SocketAddr) -> Result<()> {
-    say(&format!("ready pid={}", std::process::id()));
-    wait_for_go()?;
-    let mut stream = TcpStream::connect(connect)?;
-    say(&format!(
-        "connected cookie={} local={}",
-        cookie(&stream)?,
-        stream.local_addr()?
-    ));
-    stream.write_all(b"hello")?;
-    // Closing waits for the test: the server has accepted by then, so the
-    // FIN reaches a socket whose owner the accept showed.
-    wait_for_go()?;
-    drop(stream);
-    say("closed");
-    Ok(())
-}
-
-fn one_connection(listener: &TcpListener) -> Result<()> {
-    let mut client = TcpStream::connect(listener.local_addr()?)?;
-    let (mut accepted, _) = listener.accept()?;
-    client.write_all(b"x")?;
-    let mut byte = [0u8; 1];
-    accepted.read_exact(&mut byte)?;
-    client.shutdown(Shutdown::Write)?;
-    let _ = accepted.read(&mut byte)?;
-    Ok(())
-}
-
-fn bystander(addr: SocketAddr, connections: u32) -> Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    say(&format!(
-        "bystander pid={} port={}",
-        std::process::id(),
-        listener.local_addr()?.port()
-    ));
-    let pace = Duration::from_secs(1) / connections.max(1);
-    for _ in 0..connections {
-        one_connection(&listener)?;
-        thread::sleep(pace);
-    }
-    say("done");
-    Ok(())
-}
-
-fn read_to_eof(conn: &mut TcpStream) -> Result<()> {
-    let mut buf = [0u8; 256];
-    while conn.read(&mut buf)? != 0 {}
-    Ok(())
-}
-
-fn cookie_list(held: &[TcpStream]) -> Result<String> {
-    let cookies: Result<Vec<String>> = held.iter().map(|c| Ok(cookie(c)?.to_string())).collect();
-    Ok(cookies?.join(","))
-}
-
-/// Holds `held` open, in CLOSE_WAIT, until the test says "go".
-fn hold(held: Vec<TcpStream>) -> Result<()> {
-    say(&format!(
-        "holding pid={} count={} cookies={}",
-        std::process::id(),
-        held.len(),
-        cookie_list(&held)?
-    ));
-    wait_for_go()?;
-    drop(held);
-    say("released");
-    Ok(())
-}
-
-struct LeakyServerStyle {
-    rst_others: bool,
-    no_read: bool,
-    fork_holder: bool,
-}
-
-fn leaky_server(
-    addr: SocketAddr,
-    connections: u32,
-    leak: u32,
-    style: LeakyServerStyle,
-) -> Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    say(&format!(
-        "listening pid={} port={}",
-        std::process::id(),
-        listener.local_addr()?.port()
-    ));
-    let mut held = Vec::new();
-    for i in 0..connections {
-        let (mut conn, _) = listener.accept()?;
-        if i < leak && style.no_read {
-            held.push(conn);
-            continue;
-        }
-        read_to_eof(&mut conn)?;
-        if i < leak {
-            held.push(conn);
-        } else if style.rst_others {
-            Socket::from(conn).set_linger(Some(Duration::ZERO))?;
-        }
-    }
-    drop(listener);
-    if style.fork_holder {
-        // SAFETY: single-threaded here; the child only continues this code.
-        match unsafe { libc::fork() } {
-            -1 => return Err(std::io::Error::last_os_error()).context("fork"),
-            0 => {}
-            _parent => {
-                drop(held);
-                return Ok(());
-            }
-        }
-    }
-    hold(held)
-}
-
-fn clients(connect: SocketAddr, count: u32, rst: bool) -> Result<()> {
-    let mut kept = Vec::new();
-    for _ in 0..count {
-        let mut stream = TcpStream::connect(connect)?;
-        stream.write_all(b"request")?;
-        if rst {
-            // Give the server time to accept before the RST arrives.
-            kept.push(stream);
-        }
-    }
-    if rst {
-        thread::sleep(Duration::from_millis(200));
-        for stream in kept {
-            Socket::from(stream).set_linger(Some(Duration::ZERO))?;
-        }
-    }
-    say("done");
-    Ok(())
-}
-
-// The named steps of leaky-service. `inline(never)` keeps each a frame of
-// its own; the stacks name the function that calls the read helper, since
-// the libc wrapper itself keeps no frame pointer.
-#[inline(never)]
-fn leaky_service(addr: SocketAddr, connections: u32, leak: u32) -> Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    say(&format!(
-        "listening pid={} port={}",
-        std::process::id(),
-        listener.local_addr()?.port()
-    ));
-    let accepted = accept_connections(&listener, connections)?;
-    drop(listener);
-    let mut kept = Vec::new();
-    for (i, mut conn) in accepted.into_iter().enumerate() {
-        serve_request(&mut conn)?;
-        wait_for_hangup(&mut conn)?;
-        if (i as u32) < leak {
-            kept.push(conn);
-        }
-    }
-    keep_forgotten_sockets(kept)
-}
-
-#[inline(never)]
-fn accept_connections(listener: &TcpListener, count: u32) -> Result<Vec<TcpStream>> {
-    (0..count).map(|_| Ok(listener.accept()?.0)).collect()
-}
-
-#[inline(never)]
-fn serve_request(conn: &mut TcpStream) -> Result<()> {
-    let mut request = [0u8; 7];
-    read_some(conn, &mut request)?;
-    Ok(())
-}
-
-#[inline(never)]
-fn wait_for_hangup(conn: &mut TcpStream) -> Result<()> {
-    read_to_eof(conn)
-}
-
-#[inline(never)]
-fn read_some(conn: &mut TcpStream, buf: &mut [u8]) -> Result<usize> {
-    Ok(conn.read(buf)?)
-}
-
-#[inline(never)]
-fn keep_forgotten_sockets(kept: Vec<TcpStream>) -> Result<()> {
-    hold(kept)
-}
-
-fn closing_server(addr: SocketAddr, connections: u32) -> Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    say(&format!(
-        "listening pid={} port={}",
-        std::process::id(),
-        listener.local_addr()?.port()
-    ));
-    for _ in 0..connections {
-        let (conn, _) = listener.accept()?;
-        drop(conn);
-    }
-    say("done");
-    Ok(())
-}
-
-fn late_acceptor(addr: SocketAddr, connections: u32) -> Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.bind(&addr.into())?;
-    // Room for every connection: none may wait for a SYN retransmit.
-    socket.listen(connections.clamp(1, 4096) as i32)?;
-    let listener: TcpListener = socket.into();
-    say(&format!(
-        "listening pid={} port={}",
-        std::process::id(),
-        listener.local_addr()?.port()
-    ));
-    wait_for_go()?;
-    let mut reset = 0;
-    for _ in 0..connections {
-        let (mut conn, _) = listener.accept()?;
-        // Data queued before a RST is read first; the reset comes after.
-        if read_to_eof(&mut conn).is_err() {
-            reset += 1;
-        }
-    }
-    say(&format!("accepted connections={connections} reset={reset}"));
-    Ok(())
-}
-
-fn leaky_client(connect: SocketAddr, count: u32) -> Result<()> {
-    let mut held = Vec::new();
-    for _ in 0..count {
-        let mut stream = open_upstream_connection(connect)?;
-        read_to_eof(&mut stream)?;
-        held.push(stream);
-    }
-    hold(held)
-}
-
-#[inline(never)]
-fn open_upstream_connection(connect: SocketAddr) -> Result<TcpStream> {
-    Ok(TcpStream::connect(connect)?)
-}
-
-fn self_leak(addr: SocketAddr, leak: u32) -> Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    let mut held = Vec::new();
-    for _ in 0..leak {
-        let client = TcpStream::connect(listener.local_addr()?)?;
-        let (mut conn, _) = listener.accept()?;
-        drop(client);
-        read_to_eof(&mut conn)?;
-        held.push(conn);
-    }
-    hold(held)
-}
-
-fn churn(addr: SocketAddr, connections: u32, threads: u32) -> Result<()> {
-    // A deep backlog and one acceptor per client: an overflowing backlog
-    // drops SYNs, and each drop stalls a client for a 1 s retransmit.
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    let listener: TcpListener = socket.into();
-    let target = listener.local_addr()?;
-    let started = Instant::now();
-    let threads = threads.max(1);
-    let share = |i: u32| connections / threads + u32::from(i < connections % threads);
-    let mut workers = Vec::new();
-    for i in 0..threads {
-        let listener = listener.try_clone()?;
-        let accepts = share(i);
-        workers.push(thread::spawn(move || -> Result<()> {
-            for _ in 0..accepts {
-                let (mut conn, _) = listener.accept()?;
-                // Read to the client's FIN, then close: no unread data, no RST.
-                read_to_eof(&mut conn)?;
-            }
-            Ok(())
-        }));
-        let connects = share(i);
-        workers.push(thread::spawn(move || -> Result<()> {
-            for _ in 0..connects {
-                let mut stream = TcpStream::connect(target)?;
-                stream.write_all(b"ping")?;
-            }
-            Ok(())
-        }));
-    }
-    for worker in workers {
-        worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
-    }
-    say(&format!(
-        "done connections={connections} seconds={:.3}",
-        started.elapsed().as_secs_f64()
-    ));
     Ok(())
 }

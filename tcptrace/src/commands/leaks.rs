@@ -4,20 +4,17 @@
 
 use std::{
     io::{IsTerminal, Write},
+    ops::ControlFlow,
     time::Duration,
 };
 
 use tcptrace_common::TcpState;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
-    engine::DRAIN_INTERVAL,
+    engine::drain_loop::{self, Refresh, Schedule, StopSignals},
     engine::monitor::{LeaksOptions, Monitor, RECONCILE_INTERVAL, STACK_PRUNE_EVERY, all_drops},
-    host::reader::{HostReader, HostRequest, read_host, release_free_memory, states_with_files},
+    host::reader::{HostRead, HostRequest, read_host, release_free_memory, states_with_files},
     model::leak_report::{LeakReport, ProgramHealth},
     probe::loader::{Probe, ProbeOptions},
     probe::preflight,
@@ -53,6 +50,65 @@ fn write_report<W: Write>(
     out.flush()
 }
 
+/// The loop's part that is leaks': reconciles with the table, and the
+/// live report.
+struct LeaksLoop<'a, W: Write> {
+    monitor: &'a mut Monitor,
+    min_age: Duration,
+    out: &'a mut W,
+    json: bool,
+    live_terminal: bool,
+    reconciles: u64,
+    /// Whether the read under way lists every socket with a file, for
+    /// pruning the stacks of sockets gone.
+    pruning: bool,
+    /// Set when the reader went away: there is nobody to give a final
+    /// report to.
+    gone: Option<LeaksOutcome>,
+}
+
+impl<W: Write> Refresh for LeaksLoop<'_, W> {
+    fn drain(&mut self, probe: &mut Probe) {
+        self.monitor.drain(probe);
+    }
+
+    fn host_request(&mut self) -> HostRequest {
+        self.reconciles += 1;
+        self.pruning = self.reconciles.is_multiple_of(STACK_PRUNE_EVERY);
+        let states = if self.pruning {
+            states_with_files()
+        } else {
+            vec![TcpState::CloseWait]
+        };
+        self.monitor.host_request(&states)
+    }
+
+    fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
+        self.monitor.drain(probe);
+        self.monitor.apply_host(&read, Some(probe), false);
+        if self.pruning {
+            self.monitor.prune_stacks(&read.table, read.started_ns);
+        }
+        drop(read);
+        release_free_memory();
+        Ok(ControlFlow::Continue(()))
+    }
+
+    fn report(&mut self, probe: &mut Probe) -> anyhow::Result<ControlFlow<()>> {
+        self.monitor.drain(probe);
+        self.monitor.health.drops = probe.counters().map(|c| all_drops(&c)).unwrap_or(0);
+        let report = self.monitor.report(self.min_age);
+        if let Err(error) = write_report(self.out, &report, self.json, self.live_terminal) {
+            watch::reader_gone(error)?;
+            self.gone = Some(LeaksOutcome {
+                leaks_found: !report.is_empty(),
+            });
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
 pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<LeaksOutcome> {
     let json = options.json;
     if options.once {
@@ -80,8 +136,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     // SAFETY: the probe owns the ring buffer's fd and keeps it open and
     // unchanged for as long as the AsyncFd holds the probe.
     let mut probe = unsafe { AsyncFd::register(probe)? };
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = StopSignals::new()?;
     let min_age = options.min_age;
     let duration = options.duration;
     let live_terminal = duration.is_none() && !json && std::io::stdout().is_terminal();
@@ -98,62 +153,28 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         eprintln!("{notice}");
     }
 
-    let mut drain_tick = interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut report_tick = interval(if live_terminal {
-        REPORT_INTERVAL
-    } else {
-        APPEND_INTERVAL
-    });
-    report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    report_tick.tick().await;
-    let mut reconcile_tick = interval(RECONCILE_INTERVAL);
-    reconcile_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    reconcile_tick.tick().await;
-    let deadline = sleep(duration.unwrap_or(Duration::MAX));
-    tokio::pin!(deadline);
-    let mut host = HostReader::default();
-    let mut reconciles = 0u64;
-    let mut pruning = false;
-    loop {
-        tokio::select! {
-            guard = probe.readable_mut() => {
-                let mut guard = guard?;
-                monitor.drain(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => monitor.drain(probe.get_mut()),
-            _ = reconcile_tick.tick(), if !host.is_busy() => {
-                reconciles += 1;
-                pruning = reconciles.is_multiple_of(STACK_PRUNE_EVERY);
-                let states = if pruning { states_with_files() } else { vec![TcpState::CloseWait] };
-                host.start(monitor.host_request(&states));
-            }
-            Some(read) = host.finished() => {
-                monitor.drain(probe.get_mut());
-                monitor.apply_host(&read, Some(probe.get_mut()), false);
-                if pruning {
-                    monitor.prune_stacks(&read.table, read.started_ns);
-                }
-                drop(read);
-                release_free_memory();
-            }
-            _ = report_tick.tick(), if duration.is_none() => {
-                monitor.drain(probe.get_mut());
-                monitor.health.drops = probe.get_ref().counters().map(|c| all_drops(&c)).unwrap_or(0);
-                let report = monitor.report(min_age);
-                if let Err(error) = write_report(&mut out, &report, json, live_terminal) {
-                    // The reader left: there is nobody to give a final report to.
-                    watch::reader_gone(error)?;
-                    return Ok(LeaksOutcome {
-                        leaks_found: !report.is_empty(),
-                    });
-                }
-            }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            _ = &mut deadline, if duration.is_some() => break,
-        }
+    let schedule = Schedule {
+        host_every: RECONCILE_INTERVAL,
+        report_every: duration.is_none().then_some(if live_terminal {
+            REPORT_INTERVAL
+        } else {
+            APPEND_INTERVAL
+        }),
+        duration,
+    };
+    let mut leaks = LeaksLoop {
+        monitor: &mut monitor,
+        min_age,
+        out: &mut out,
+        json,
+        live_terminal,
+        reconciles: 0,
+        pruning: false,
+        gone: None,
+    };
+    drain_loop::run(&mut probe, &mut signals, schedule, &mut leaks).await?;
+    if let Some(outcome) = leaks.gone {
+        return Ok(outcome);
     }
 
     let read = read_host(HostRequest {

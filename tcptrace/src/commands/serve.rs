@@ -2,17 +2,17 @@
 //! for Prometheus, `/leaks` as the leak report's JSON, and each new leak as
 //! one JSON line on stderr for log pipelines.
 
-use std::{collections::HashSet, net::SocketAddr, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, ops::ControlFlow, time::Duration};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     engine::agent::{self, HostAgent},
+    engine::drain_loop::{self, Refresh, Schedule, StopSignals},
     engine::http::{self, Published},
     engine::monitor::LeaksOptions,
-    host::reader::{HostRead, HostReader, HostRequest, read_host, release_free_memory},
+    host::reader::{HostRead, HostRequest, read_host, release_free_memory},
     model::leak_report::{LeakPage, LeakReport, PageLimits},
     probe::loader::Probe,
     view::metrics::{MetricsLimits, MetricsState},
@@ -71,6 +71,47 @@ fn log_new_leaks(report: &LeakReport, announced: &mut HashSet<u64>) {
     *announced = current;
 }
 
+/// The loop's part that is serve's: each host read is published.
+struct ServeLoop<'a> {
+    agent: &'a mut HostAgent,
+    metrics: MetricsState,
+    published: Published,
+    announced: HashSet<u64>,
+}
+
+impl ServeLoop<'_> {
+    /// Refreshes, and publishes /metrics and /leaks.
+    fn publish(&mut self, probe: &mut Probe, read: HostRead, startup: bool) -> LeakReport {
+        let (snapshot, leaks) = self.agent.refresh_with(probe, read, startup);
+        self.metrics.update_transitions(&snapshot);
+        let mut totals = self.agent.totals();
+        totals.kernel_maps = probe.map_occupancy();
+        let text = self.metrics.render(&snapshot, &leaks, &totals);
+        let leaks_json =
+            serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
+        self.published
+            .publish(Bytes::from(text), Bytes::from(leaks_json));
+        release_free_memory();
+        leaks
+    }
+}
+
+impl Refresh for ServeLoop<'_> {
+    fn drain(&mut self, probe: &mut Probe) {
+        self.agent.drain(probe);
+    }
+
+    fn host_request(&mut self) -> HostRequest {
+        self.agent.host_request()
+    }
+
+    fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
+        let leaks = self.publish(probe, read, false);
+        log_new_leaks(&leaks, &mut self.announced);
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     if !options.listen.ip().is_loopback() {
         eprintln!(
@@ -83,60 +124,35 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     let listen = http::start(options.listen, published.clone())?;
 
     let (mut probe, mut agent) = agent::start(&options.leaks)?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = StopSignals::new()?;
 
     for notice in &probe.get_ref().notices {
         eprintln!("{notice}");
     }
-    let mut metrics = MetricsState::new(options.limits);
-    let mut announced = HashSet::new();
-    let mut publish =
-        |agent: &mut HostAgent, probe: &mut Probe, read: HostRead, startup: bool| -> LeakReport {
-            let (snapshot, leaks) = agent.refresh_with(probe, read, startup);
-            metrics.update_transitions(&snapshot);
-            let mut totals = agent.totals();
-            totals.kernel_maps = probe.map_occupancy();
-            let text = metrics.render(&snapshot, &leaks, &totals);
-            let leaks_json =
-                serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
-            published.publish(Bytes::from(text), Bytes::from(leaks_json));
-            release_free_memory();
-            leaks
-        };
+    let mut serve = ServeLoop {
+        agent: &mut agent,
+        metrics: MetricsState::new(options.limits),
+        published,
+        announced: HashSet::new(),
+    };
     let first = read_host(HostRequest {
         holders: true,
-        ..agent.host_request()
+        ..serve.agent.host_request()
     });
-    let leaks = publish(&mut agent, probe.get_mut(), first, true);
+    let leaks = serve.publish(probe.get_mut(), first, true);
     // The ready line first: leaks found at start follow it, as later ones do.
     eprintln!(
         "tcptrace: serving http://{listen}/metrics and http://{listen}/leaks (refresh every {}); SIGTERM or Ctrl-C to stop",
         humantime::format_duration(options.interval)
     );
-    log_new_leaks(&leaks, &mut announced);
+    log_new_leaks(&leaks, &mut serve.announced);
 
-    let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
-    let mut host = HostReader::default();
-    loop {
-        tokio::select! {
-            guard = probe.readable_mut() => {
-                let mut guard = guard?;
-                agent.drain(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => agent.drain(probe.get_mut()),
-            _ = refresh_tick.tick(), if !host.is_busy() => {
-                host.start(agent.host_request());
-            }
-            Some(read) = host.finished() => {
-                let leaks = publish(&mut agent, probe.get_mut(), read, false);
-                log_new_leaks(&leaks, &mut announced);
-            }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-        }
-    }
+    let schedule = Schedule {
+        host_every: options.interval,
+        report_every: None,
+        duration: None,
+    };
+    drain_loop::run(&mut probe, &mut signals, schedule, &mut serve).await?;
     eprintln!("tcptrace: stopped");
     Ok(())
 }

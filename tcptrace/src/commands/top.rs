@@ -3,19 +3,18 @@
 
 use std::{
     io::{IsTerminal, Write},
+    ops::ControlFlow,
     time::Duration,
 };
 
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::sleep,
-};
-
 use crate::{
-    engine::agent,
+    engine::agent::{self, HostAgent},
+    engine::drain_loop::{self, Refresh, Schedule, StopSignals},
     engine::monitor::LeaksOptions,
-    host::reader::HostReader,
-    view::top::{RowFilter, SortKey, TopSnapshot, render_text, select},
+    host::reader::{HostRead, HostRequest},
+    model::top_snapshot::TopSnapshot,
+    probe::loader::Probe,
+    view::top::{RowFilter, SortKey, render_text, select},
     view::watch,
 };
 
@@ -57,10 +56,40 @@ fn write_snapshot<W: Write>(
     out.flush()
 }
 
+/// The loop's part that is top's: each host read becomes a table.
+struct TopLoop<'a, W: Write> {
+    agent: &'a mut HostAgent,
+    options: &'a TopOptions,
+    out: &'a mut W,
+    live_terminal: bool,
+    /// The reader went away: no final table.
+    reader_gone: bool,
+}
+
+impl<W: Write> Refresh for TopLoop<'_, W> {
+    fn drain(&mut self, probe: &mut Probe) {
+        self.agent.drain(probe);
+    }
+
+    fn host_request(&mut self) -> HostRequest {
+        self.agent.host_request()
+    }
+
+    fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
+        let (mut snapshot, _) = self.agent.refresh_with(probe, read, false);
+        select(&mut snapshot, &self.options.filter, self.options.sort);
+        if let Err(error) = write_snapshot(self.out, &snapshot, self.options, self.live_terminal) {
+            watch::reader_gone(error)?;
+            self.reader_gone = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
 pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()> {
     let (mut probe, mut agent) = agent::start(&options.leaks)?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = StopSignals::new()?;
     let live_terminal = !options.json && std::io::stdout().is_terminal();
     // The first refresh sets the baseline for rates and reconciles leaks.
     let _ = agent.refresh(probe.get_mut(), true);
@@ -72,33 +101,21 @@ pub async fn run<W: Write>(options: TopOptions, mut out: W) -> anyhow::Result<()
         humantime::format_duration(options.interval)
     );
 
-    let (mut drain_tick, mut refresh_tick) = agent::ticks(options.interval).await;
-    let mut host = HostReader::default();
-    let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            guard = probe.readable_mut() => {
-                let mut guard = guard?;
-                agent.drain(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => agent.drain(probe.get_mut()),
-            _ = refresh_tick.tick(), if !host.is_busy() => {
-                host.start(agent.host_request());
-            }
-            Some(read) = host.finished() => {
-                let (mut snapshot, _) = agent.refresh_with(probe.get_mut(), read, false);
-                select(&mut snapshot, &options.filter, options.sort);
-                if let Err(error) = write_snapshot(&mut out, &snapshot, &options, live_terminal) {
-                    watch::reader_gone(error)?;
-                    return Ok(());
-                }
-            }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            _ = &mut deadline, if options.duration.is_some() => break,
-        }
+    let schedule = Schedule {
+        host_every: options.interval,
+        report_every: None,
+        duration: options.duration,
+    };
+    let mut top = TopLoop {
+        agent: &mut agent,
+        options: &options,
+        out: &mut out,
+        live_terminal,
+        reader_gone: false,
+    };
+    drain_loop::run(&mut probe, &mut signals, schedule, &mut top).await?;
+    if top.reader_gone {
+        return Ok(());
     }
     let (mut snapshot, _) = agent.refresh(probe.get_mut(), false);
     select(&mut snapshot, &options.filter, options.sort);

@@ -4,18 +4,16 @@ use std::{
     collections::HashSet,
     fmt,
     io::{self, Write},
+    ops::ControlFlow,
     time::Duration,
 };
 
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
+    engine::drain_loop::{self, Refresh, Schedule, StopSignals},
     host::clock::WallClock,
-    host::reader::{HostReader, HostRequest, states_with_files},
+    host::reader::{HostRead, HostRequest, states_with_files},
     model::filter::Filter,
     model::tracker::SocketTracker,
     model::transition::Record,
@@ -144,13 +142,46 @@ impl<W: Write> Pipeline<W> {
     }
 }
 
+/// The loop's part that is watch's: records become lines, and the
+/// tracker is checked against the kernel's table now and then.
+impl<W: Write> Refresh for Pipeline<W> {
+    fn drain(&mut self, probe: &mut Probe) {
+        probe.drain(|bytes| self.handle(bytes));
+    }
+
+    fn host_request(&mut self) -> HostRequest {
+        HostRequest {
+            states: states_with_files(),
+            ..HostRequest::default()
+        }
+    }
+
+    fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
+        self.drain(probe);
+        if read.table.is_complete() {
+            let listed: HashSet<u64> = read.table.sockets.iter().map(|s| s.cookie).collect();
+            self.tracker
+                .reconcile(&|cookie| listed.contains(&cookie), read.started_ns);
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    fn woke(&mut self) -> ControlFlow<()> {
+        self.flush();
+        if self.output_closed {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
 pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<WatchSummary> {
     let probe = Probe::load(&options.probe)?;
     // SAFETY: the probe owns the ring buffer's fd and keeps it open and
     // unchanged for as long as the AsyncFd holds the probe.
     let mut probe = unsafe { AsyncFd::register(probe)? };
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = StopSignals::new()?;
     let mut pipeline = Pipeline {
         tracker: SocketTracker::new(),
         filter: options.filter,
@@ -171,46 +202,12 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
         pipeline.flush();
     }
 
-    let mut tick = interval(crate::engine::DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut reconcile_tick = interval(TRACKER_RECONCILE_INTERVAL);
-    reconcile_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    reconcile_tick.tick().await;
-    let mut host = HostReader::default();
-    let deadline = sleep(options.duration.unwrap_or(Duration::MAX));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            guard = probe.readable_mut() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().drain(|bytes| pipeline.handle(bytes));
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                probe.get_mut().drain(|bytes| pipeline.handle(bytes));
-            }
-            _ = reconcile_tick.tick(), if !host.is_busy() => {
-                host.start(HostRequest {
-                    states: states_with_files(),
-                    ..HostRequest::default()
-                });
-            }
-            Some(read) = host.finished() => {
-                probe.get_mut().drain(|bytes| pipeline.handle(bytes));
-                if read.table.is_complete() {
-                    let listed: HashSet<u64> = read.table.sockets.iter().map(|s| s.cookie).collect();
-                    pipeline.tracker.reconcile(&|cookie| listed.contains(&cookie), read.started_ns);
-                }
-            }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            _ = &mut deadline, if options.duration.is_some() => break,
-        }
-        pipeline.flush();
-        if pipeline.output_closed {
-            break;
-        }
-    }
+    let schedule = Schedule {
+        host_every: TRACKER_RECONCILE_INTERVAL,
+        report_every: None,
+        duration: options.duration,
+    };
+    drain_loop::run(&mut probe, &mut signals, schedule, &mut pipeline).await?;
     // What the probe wrote before we stopped is still owed to the user.
     probe.get_mut().drain(|bytes| pipeline.handle(bytes));
     pipeline.flush();

@@ -5,39 +5,29 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use tcptrace_common::TcpState;
-use tokio::{
-    io::unix::AsyncFd,
-    time::{Interval, MissedTickBehavior, interval},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
-    engine::DRAIN_INTERVAL,
+    engine::diagnosis_inputs::{Diagnoses, Owners},
     engine::monitor::{LeaksOptions, Monitor, all_drops},
     host::clock::monotonic_now_ns,
     host::procfs::socket_holders,
     host::reader::{HostRead, HostRequest, read_host},
-    host::sockdiag::{TableSnapshot, dump_all_namespaces},
+    host::sockdiag::dump_all_namespaces,
     model::activity::Activity,
-    model::diagnose::{
-        ConnectOutcomes, DestinationLoad, EofReads, Finding, ListenerLoad, PortSettings,
-        ProcessLeakSummary, StuckSocket, connect_failure_findings, eof_spin_findings,
-        fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
-    },
     model::health::{AgentTotals, Occupancy},
     model::holder::Holder,
-    model::kernel_socket::KernelSocket,
     model::leak_report::LeakReport,
     model::process::Placement,
+    model::top_snapshot::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot},
     model::tracker::SocketTracker,
     model::transition::{Process, Record},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::top::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot, socket_owner},
 };
 
 /// The holder scan walks every process's fds; sockets with no history are
@@ -48,20 +38,6 @@ const HOLDER_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a process's container and namespace are taken as known.
 const PLACEMENT_REREAD_INTERVAL: Duration = Duration::from_secs(30);
-
-fn owner_label(pid: u32, comm: &str) -> String {
-    format!("pid {pid} ({comm})")
-}
-
-/// Counts at the previous refresh, for the diagnoses that need a rate.
-#[derive(Default)]
-struct Previous {
-    at_ns: Option<u64>,
-    connects: HashMap<(u32, SocketAddr), (u64, u64)>,
-    eof_reads: HashMap<u64, (u64, u64)>,
-    /// FIN_WAIT2 sockets first seen in the table (no history): a lower bound.
-    fin_wait2_seen: HashMap<u64, u64>,
-}
 
 /// The probe of leak mode, registered with the runtime, and an agent that
 /// knows the listeners opened before it started: what `top` and `serve`
@@ -79,18 +55,6 @@ pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgen
     Ok((probe, agent))
 }
 
-/// The drain timer (a steady trickle is read without a wake-up per event)
-/// and the refresh timer of `top` and `serve`; the refresh timer's first,
-/// immediate tick is already taken (the caller refreshed at start).
-pub async fn ticks(refresh: Duration) -> (Interval, Interval) {
-    let mut drain_tick = interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut refresh_tick = interval(refresh);
-    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    refresh_tick.tick().await;
-    (drain_tick, refresh_tick)
-}
-
 pub struct HostAgent {
     monitor: Monitor,
     tracker: SocketTracker,
@@ -104,11 +68,7 @@ pub struct HostAgent {
     alive: HashSet<u32>,
     /// Each process's container and namespace, and when they were read.
     placements: HashMap<u32, (Placement, Instant)>,
-    previous: Previous,
-    /// Each network namespace's port and timeout sysctls, read inside it.
-    settings: HashMap<u64, PortSettings>,
-    /// Namespaces whose settings could not be read, told once each.
-    settings_unreadable: HashSet<u64>,
+    diagnoses: Diagnoses,
     min_age: Duration,
     /// Kernel counters at the last refresh.
     kernel: KernelCounters,
@@ -127,9 +87,7 @@ impl HostAgent {
             unattributed: HashSet::new(),
             alive: HashSet::new(),
             placements: HashMap::new(),
-            previous: Previous::default(),
-            settings: HashMap::new(),
-            settings_unreadable: HashSet::new(),
+            diagnoses: Diagnoses::default(),
             kernel: KernelCounters::default(),
             told_owner_storage_full: false,
         })
@@ -280,7 +238,7 @@ impl HostAgent {
             self.placements
                 .insert(*pid, (placement.clone(), Instant::now()));
         }
-        let table = self.take_settings(read);
+        let table = self.diagnoses.take_settings(read);
         let now_ns = monotonic_now_ns();
 
         // An incomplete table would wrongly end sockets it could not list.
@@ -342,33 +300,14 @@ impl HostAgent {
             .map(|row| row.pid)
             .collect();
         self.activity.retain_processes(|pid| !exited.contains(&pid));
-        snapshot.findings = self.diagnose(&table.sockets, &leaks, probe, now_ns);
+        let owners = Owners {
+            activity: &self.activity,
+            holders: &self.monitor.holders,
+        };
+        snapshot.findings = self
+            .diagnoses
+            .diagnose(&owners, &table.sockets, &leaks, probe, now_ns);
         (snapshot, leaks)
-    }
-
-    /// Keeps each namespace's settings (telling once about those that could
-    /// not be read) and returns the table.
-    fn take_settings(&mut self, read: HostRead) -> TableSnapshot {
-        // Settings of a failed read are not known to have changed.
-        if read.table.failed.is_some() {
-            return read.table;
-        }
-        self.settings.clear();
-        for (namespace, settings) in read.settings {
-            match settings {
-                Ok(settings) => {
-                    self.settings.insert(namespace, settings);
-                }
-                Err(error) => {
-                    if self.settings_unreadable.insert(namespace) {
-                        eprintln!(
-                            "tcptrace: no TIME_WAIT or FIN_WAIT2 diagnoses in network namespace {namespace}: {error}"
-                        );
-                    }
-                }
-            }
-        }
-        read.table
     }
 
     pub fn totals(&self) -> AgentTotals {
@@ -400,237 +339,5 @@ impl HostAgent {
             capacity: None,
         });
         tables
-    }
-
-    fn owner_of(&self, socket: &KernelSocket) -> Option<String> {
-        socket_owner(socket, &self.activity, &self.monitor.holders)
-            .map(|(pid, comm)| owner_label(pid, &comm))
-    }
-
-    fn diagnose(
-        &mut self,
-        table: &[KernelSocket],
-        leaks: &LeakReport,
-        probe: &Probe,
-        now_ns: u64,
-    ) -> Vec<Finding> {
-        let window = self
-            .previous
-            .at_ns
-            .map(|at| Duration::from_nanos(now_ns.saturating_sub(at)))
-            .unwrap_or_default();
-        let mut findings = leak_findings(
-            &leaks
-                .processes
-                .iter()
-                .map(|p| ProcessLeakSummary {
-                    owner: match (p.pid, &p.comm) {
-                        (Some(pid), Some(comm)) => owner_label(pid, comm),
-                        _ => "no process holds them".to_owned(),
-                    },
-                    leaking_sockets: (p.close_wait + p.closed_held) as u64,
-                    oldest_age: Duration::from_millis(p.oldest_age_ms),
-                    leaks_per_minute: p.growth_per_minute,
-                    open_fds: p.fds_open,
-                    fd_limit: p.fd_limit,
-                })
-                .collect::<Vec<_>>(),
-        );
-
-        // Connects per destination and owner since the last refresh.
-        let mut outcomes = Vec::new();
-        let mut destination_rates: HashMap<SocketAddr, f64> = HashMap::new();
-        let mut connects = HashMap::new();
-        for (tgid, destination, counts) in self.activity.destinations() {
-            let (attempted_before, failed_before) = self
-                .previous
-                .connects
-                .get(&(tgid, destination))
-                .copied()
-                .unwrap_or((0, 0));
-            let attempted = counts.attempted.saturating_sub(attempted_before);
-            let failed = counts.failed.saturating_sub(failed_before);
-            connects.insert((tgid, destination), (counts.attempted, counts.failed));
-            if window.is_zero() {
-                continue;
-            }
-            *destination_rates.entry(destination).or_default() +=
-                attempted as f64 / window.as_secs_f64();
-            if attempted > 0 || failed > 0 {
-                let comm = self
-                    .activity
-                    .process(tgid)
-                    .map(|p| p.comm.clone())
-                    .unwrap_or_default();
-                outcomes.push(ConnectOutcomes {
-                    owner: owner_label(tgid, &comm),
-                    destination,
-                    attempted,
-                    failed,
-                    window,
-                });
-            }
-        }
-        self.previous.connects = connects;
-        findings.extend(connect_failure_findings(&outcomes));
-
-        findings.extend(self.port_findings(table, &destination_rates));
-        findings.extend(self.fin_wait2(table, now_ns));
-        findings.extend(self.eof_spins(table, probe, now_ns, window));
-        findings.extend(syn_backlog_findings(&self.listener_loads(table)));
-        self.previous.at_ns = Some(now_ns);
-        sort_findings(&mut findings);
-        findings
-    }
-
-    fn port_findings(
-        &self,
-        table: &[KernelSocket],
-        rates: &HashMap<SocketAddr, f64>,
-    ) -> Vec<Finding> {
-        // Per namespace: each has its own ports and its own sysctls.
-        let mut loads: HashMap<(u64, SocketAddr), DestinationLoad> = HashMap::new();
-        for socket in table {
-            let Some(settings) = self.settings.get(&socket.netns_inode) else {
-                continue;
-            };
-            let ephemeral = settings.ephemeral_low..=settings.ephemeral_high;
-            if socket.state == TcpState::Listen || !ephemeral.contains(&socket.local.port()) {
-                continue;
-            }
-            let load = loads
-                .entry((socket.netns_inode, socket.remote))
-                .or_insert_with(|| DestinationLoad {
-                    destination: socket.remote,
-                    time_wait: 0,
-                    other_in_use: 0,
-                    connects_per_second: rates.get(&socket.remote).copied().unwrap_or(0.0),
-                });
-            if socket.state == TcpState::TimeWait {
-                load.time_wait += 1;
-            } else {
-                load.other_in_use += 1;
-            }
-        }
-        loads
-            .iter()
-            .filter_map(|((netns, _), load)| time_wait_finding(load, self.settings.get(netns)?))
-            .collect()
-    }
-
-    fn fin_wait2(&mut self, table: &[KernelSocket], now_ns: u64) -> Vec<Finding> {
-        let mut seen = HashMap::new();
-        let mut stuck: HashMap<u64, Vec<StuckSocket>> = HashMap::new();
-        for socket in table {
-            if socket.state != TcpState::FinWait2 || socket.inode == 0 {
-                continue;
-            }
-            let (since_ns, lower_bound) = match self.activity.live_socket(socket.cookie) {
-                Some(live) if live.state == TcpState::FinWait2 => (live.since_ns, false),
-                _ => (
-                    self.previous
-                        .fin_wait2_seen
-                        .get(&socket.cookie)
-                        .copied()
-                        .unwrap_or(now_ns),
-                    true,
-                ),
-            };
-            if lower_bound {
-                seen.insert(socket.cookie, since_ns);
-            }
-            stuck
-                .entry(socket.netns_inode)
-                .or_default()
-                .push(StuckSocket {
-                    owner: self
-                        .owner_of(socket)
-                        .unwrap_or_else(|| "unknown".to_owned()),
-                    local: socket.local,
-                    remote: socket.remote,
-                    age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
-                    age_is_lower_bound: lower_bound,
-                });
-        }
-        self.previous.fin_wait2_seen = seen;
-        stuck
-            .iter()
-            .filter_map(|(netns, sockets)| {
-                Some(fin_wait2_findings(sockets, self.settings.get(netns)?))
-            })
-            .flatten()
-            .collect()
-    }
-
-    fn eof_spins(
-        &mut self,
-        table: &[KernelSocket],
-        probe: &Probe,
-        now_ns: u64,
-        window: Duration,
-    ) -> Vec<Finding> {
-        let mut samples = HashMap::new();
-        let mut reads = Vec::new();
-        for socket in table.iter().filter(|s| s.state == TcpState::CloseWait) {
-            let Some(count) = probe.eof_reads(socket.cookie) else {
-                continue;
-            };
-            samples.insert(socket.cookie, (count, now_ns));
-            let Some(&(before, at_ns)) = self.previous.eof_reads.get(&socket.cookie) else {
-                continue;
-            };
-            let span = Duration::from_nanos(now_ns.saturating_sub(at_ns));
-            if span.is_zero() || window.is_zero() {
-                continue;
-            }
-            reads.push(EofReads {
-                owner: self
-                    .owner_of(socket)
-                    .unwrap_or_else(|| "unknown".to_owned()),
-                cookie: socket.cookie,
-                remote: socket.remote,
-                eof_reads: count.saturating_sub(before),
-                window: span,
-            });
-        }
-        self.previous.eof_reads = samples;
-        eof_spin_findings(&reads)
-    }
-
-    fn listener_loads(&self, table: &[KernelSocket]) -> Vec<ListenerLoad> {
-        let mut syn_recv: HashMap<(u64, u16), Vec<SocketAddr>> = HashMap::new();
-        for socket in table.iter().filter(|s| s.state == TcpState::SynRecv) {
-            syn_recv
-                .entry((socket.netns_inode, socket.local.port()))
-                .or_default()
-                .push(socket.local);
-        }
-        table
-            .iter()
-            .filter(|s| s.state == TcpState::Listen)
-            .map(|listener| {
-                let half_open = syn_recv
-                    .get(&(listener.netns_inode, listener.local.port()))
-                    .map_or(0, |locals| {
-                        locals
-                            .iter()
-                            .filter(|local| {
-                                listener.local.ip().is_unspecified()
-                                    || local.ip().to_canonical()
-                                        == listener.local.ip().to_canonical()
-                            })
-                            .count()
-                    });
-                ListenerLoad {
-                    owner: self
-                        .owner_of(listener)
-                        .unwrap_or_else(|| "unknown".to_owned()),
-                    local: listener.local,
-                    syn_recv: half_open as u64,
-                    accept_queue: u64::from(listener.recv_queue),
-                    accept_backlog: u64::from(listener.send_queue),
-                }
-            })
-            .collect()
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Takes in: decoded transitions, the kernel's socket table, holders and
 //! host facts, all as plain values. Gives out: per-socket state, leaks with
-//! their ages, per-owner activity, and findings. Imports nothing of probe/,
+//! their ages, per-owner activity, the per-process snapshot `top` shows and
+//! `serve` exports, and findings. Imports nothing of probe/,
 //! host/, engine/, view/ or commands/, no aya, no /proc, no sockets, no
 //! output format: every file here is unit-tested without root.
 
@@ -17,5 +18,6 @@ pub(crate) mod leak_report;
 pub(crate) mod leaks;
 pub(crate) mod process;
 pub(crate) mod stack;
+pub(crate) mod top_snapshot;
 pub mod tracker;
 pub mod transition;

@@ -34,7 +34,7 @@ use crate::{
     model::diagnose::{FindingKind, Severity},
     model::health::{AgentTotals, Occupancy},
     model::leak_report::LeakReport,
-    view::top::TopSnapshot,
+    model::top_snapshot::TopSnapshot,
 };
 
 /// The label value for everything folded together.
@@ -270,7 +270,8 @@ impl MetricsState {
         }
     }
 
-    /// The whole exposition for this update.
+    /// The whole exposition for this update, family by family in the order
+    /// they are exposed.
     pub fn render(
         &self,
         snapshot: &TopSnapshot,
@@ -278,13 +279,22 @@ impl MetricsState {
         totals: &AgentTotals,
     ) -> String {
         let mut registry = Registry::default();
-        let labels = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
+        self.register_transitions(&mut registry);
+        self.register_sockets(&mut registry, snapshot);
+        self.register_leaks(&mut registry, snapshot, leaks);
+        self.register_leaking_pids(&mut registry, leaks);
+        register_findings(&mut registry, snapshot);
+        register_totals(&mut registry, totals);
+        register_occupancy(&mut registry, totals);
 
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+
+    /// Transitions per owning comm, since start.
+    fn register_transitions(&self, registry: &mut Registry) {
         let transitions = Family::<Vec<(String, String)>, Counter>::default();
         for ((transition, comm), &total) in &self.transition_totals {
             let (from, to) = transition.split_once("->").unwrap_or((transition, ""));
@@ -297,7 +307,10 @@ impl MetricsState {
             "TCP state transitions since the agent started, by the owning process's comm (never the task that happened to be on the CPU)",
             transitions,
         );
+    }
 
+    /// Sockets in the kernel's table per state and owning comm.
+    fn register_sockets(&self, registry: &mut Registry, snapshot: &TopSnapshot) {
         // The same comms as the transitions: a comm's series can be joined.
         let sockets = GaugeFamily::default();
         for row in &snapshot.processes {
@@ -318,7 +331,11 @@ impl MetricsState {
             "TCP sockets in the kernel's table by state and owning comm (TIME_WAIT attributed through the socket cookie; no owner known: comm=\"unknown\")",
             sockets,
         );
+    }
 
+    /// Leaked sockets and the oldest leak's age per holder, folded past
+    /// `--top-comms`.
+    fn register_leaks(&self, registry: &mut Registry, snapshot: &TopSnapshot, leaks: &LeakReport) {
         let containers: HashMap<u32, &str> = snapshot
             .processes
             .iter()
@@ -373,7 +390,10 @@ impl MetricsState {
             Unit::Seconds,
             oldest,
         );
+    }
 
+    /// The top leaking processes by pid: the only per-pid series.
+    fn register_leaking_pids(&self, registry: &mut Registry, leaks: &LeakReport) {
         let mut leakers: Vec<_> = leaks
             .processes
             .iter()
@@ -397,95 +417,107 @@ impl MetricsState {
             "Leaked sockets of the top leaking processes only, by pid",
             by_pid,
         );
-
-        let findings = GaugeFamily::default();
-        // Every kind and severity, 0 when absent: alerts need no absent().
-        for kind in FindingKind::ALL {
-            for severity in Severity::ALL {
-                let count = snapshot
-                    .findings
-                    .iter()
-                    .filter(|f| f.kind == kind && f.severity == severity)
-                    .count();
-                findings
-                    .get_or_create(&labels(&[
-                        ("kind", kind.name()),
-                        ("severity", severity.name()),
-                    ]))
-                    .set(count as i64);
-            }
-        }
-        registry.register(
-            "tcptrace_findings",
-            "Active diagnoses by kind and severity (see /leaks and `tcptrace top` for the evidence)",
-            findings,
-        );
-
-        for (name, help, value) in [
-            (
-                "tcptrace_events",
-                "Records received from the probe",
-                totals.events,
-            ),
-            (
-                "tcptrace_events_dropped",
-                "Records the probe could not deliver (ring buffer full); reconciliation with the kernel's table keeps them from becoming false leaks",
-                totals.dropped,
-            ),
-            (
-                "tcptrace_decode_errors",
-                "Records that failed to decode",
-                totals.decode_errors,
-            ),
-            (
-                "tcptrace_map_insert_failures",
-                "Failed inserts into the probe's maps and the agent's bounded tables",
-                totals.map_insert_failures,
-            ),
-            (
-                "tcptrace_reconcile_corrections",
-                "Tracked sockets corrected after comparing with the kernel's socket table",
-                totals.reconcile_corrections,
-            ),
-            (
-                "tcptrace_host_read_failures",
-                "Reads of /proc or of the kernel's socket table that failed (fd exhaustion, an unreadable namespace); what was known before is kept meanwhile, so leak reports may be out of date",
-                totals.host_read_failures,
-            ),
-        ] {
-            let counter = Counter::<u64>::default();
-            counter.inc_by(value);
-            registry.register(name, help, counter);
-        }
-
-        for (tables, label, entries, entries_help, capacity, capacity_help) in [
-            (
-                &totals.kernel_maps,
-                "map",
-                "tcptrace_map_entries",
-                "Entries in each of the probe's maps in the kernel",
-                "tcptrace_map_capacity",
-                "Entries each of the probe's maps can hold (none for maps freed with what they describe)",
-            ),
-            (
-                &totals.agent_tables,
-                "table",
-                "tcptrace_agent_table_entries",
-                "Entries in each of the agent's own tables",
-                "tcptrace_agent_table_capacity",
-                "Entries each of the agent's tables can hold (none for tables bounded by what they describe: live sockets, processes)",
-            ),
-        ] {
-            let (entries_family, capacity_family) = occupancy_families(tables, label);
-            registry.register(entries, entries_help, entries_family);
-            registry.register(capacity, capacity_help, capacity_family);
-        }
-
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut text, &registry);
-        text
     }
+}
+
+/// Every finding kind and severity, 0 when absent.
+fn register_findings(registry: &mut Registry, snapshot: &TopSnapshot) {
+    let findings = GaugeFamily::default();
+    // Every kind and severity, 0 when absent: alerts need no absent().
+    for kind in FindingKind::ALL {
+        for severity in Severity::ALL {
+            let count = snapshot
+                .findings
+                .iter()
+                .filter(|f| f.kind == kind && f.severity == severity)
+                .count();
+            findings
+                .get_or_create(&labels(&[
+                    ("kind", kind.name()),
+                    ("severity", severity.name()),
+                ]))
+                .set(count as i64);
+        }
+    }
+    registry.register(
+        "tcptrace_findings",
+        "Active diagnoses by kind and severity (see /leaks and `tcptrace top` for the evidence)",
+        findings,
+    );
+}
+
+/// The agent's running totals: events, drops, failures.
+fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
+    for (name, help, value) in [
+        (
+            "tcptrace_events",
+            "Records received from the probe",
+            totals.events,
+        ),
+        (
+            "tcptrace_events_dropped",
+            "Records the probe could not deliver (ring buffer full); reconciliation with the kernel's table keeps them from becoming false leaks",
+            totals.dropped,
+        ),
+        (
+            "tcptrace_decode_errors",
+            "Records that failed to decode",
+            totals.decode_errors,
+        ),
+        (
+            "tcptrace_map_insert_failures",
+            "Failed inserts into the probe's maps and the agent's bounded tables",
+            totals.map_insert_failures,
+        ),
+        (
+            "tcptrace_reconcile_corrections",
+            "Tracked sockets corrected after comparing with the kernel's socket table",
+            totals.reconcile_corrections,
+        ),
+        (
+            "tcptrace_host_read_failures",
+            "Reads of /proc or of the kernel's socket table that failed (fd exhaustion, an unreadable namespace); what was known before is kept meanwhile, so leak reports may be out of date",
+            totals.host_read_failures,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+}
+
+/// How full the probe's maps and the agent's tables are.
+fn register_occupancy(registry: &mut Registry, totals: &AgentTotals) {
+    for (tables, label, entries, entries_help, capacity, capacity_help) in [
+        (
+            &totals.kernel_maps,
+            "map",
+            "tcptrace_map_entries",
+            "Entries in each of the probe's maps in the kernel",
+            "tcptrace_map_capacity",
+            "Entries each of the probe's maps can hold (none for maps freed with what they describe)",
+        ),
+        (
+            &totals.agent_tables,
+            "table",
+            "tcptrace_agent_table_entries",
+            "Entries in each of the agent's own tables",
+            "tcptrace_agent_table_capacity",
+            "Entries each of the agent's tables can hold (none for tables bounded by what they describe: live sockets, processes)",
+        ),
+    ] {
+        let (entries_family, capacity_family) = occupancy_families(tables, label);
+        registry.register(entries, entries_help, entries_family);
+        registry.register(capacity, capacity_help, capacity_family);
+    }
+}
+
+/// Label pairs as prometheus-client takes them.
+fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// A count as a gauge value; no count comes near i64::MAX.
@@ -537,7 +569,7 @@ fn occupancy_families(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::leak_report::ProcessLeaks, view::top::ProcessRow};
+    use crate::{model::leak_report::ProcessLeaks, model::top_snapshot::ProcessRow};
 
     fn row(pid: u32, comm: &str, transitions: &[(&str, u64)]) -> ProcessRow {
         ProcessRow {

@@ -2,6 +2,8 @@
 //!
 //! watch's lines, the leak report, the top table, the metrics exposition,
 //! and `terminal`, which makes every name from the host safe to print.
+//! The data they render comes from model/ (the top table's from
+//! `model::top_snapshot`).
 
 pub(crate) mod metrics;
 pub(crate) mod report;

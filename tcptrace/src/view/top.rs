@@ -1,76 +1,15 @@
-//! The per-process view of `tcptrace top` (and the data `serve` exports):
-//! counts from the activity tracker, sockets per state from the kernel's
-//! table, leaks from the leak report. Pure: every input is an argument.
+//! The per-process table of `tcptrace top`: which rows, in which order, and
+//! the text. The snapshot itself is built in `model::top_snapshot`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    time::Duration,
-};
+use std::fmt::Write as _;
 
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::NOTHING};
-use serde::Serialize;
 use tcptrace_common::TcpState;
 
 use crate::{
-    model::activity::{Activity, ProcessCounts},
-    model::diagnose::Finding,
-    model::holder::Holder,
-    model::kernel_socket::KernelSocket,
-    model::leak_report::{LeakReport, ProbeHealth},
+    model::top_snapshot::{ProcessRow, TopSnapshot},
     view::terminal::sanitize,
 };
-
-use crate::model::process::Placement;
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ProcessRow {
-    pub pid: u32,
-    pub comm: String,
-    /// Short container id; empty for host processes.
-    pub container: String,
-    pub pod_uid: Option<String>,
-    pub netns: Option<u64>,
-    pub connects: u64,
-    pub connects_per_s: f64,
-    pub accepts: u64,
-    pub accepts_per_s: f64,
-    pub failed_connects: u64,
-    pub resets: u64,
-    /// Leaking sockets this process holds, from the leak tracker.
-    pub leaking: u64,
-    /// Sockets it owns now, per state, from the kernel's table.
-    pub sockets: BTreeMap<&'static str, u64>,
-    /// "OLD->NEW" -> count since start.
-    pub transitions: BTreeMap<String, u64>,
-    /// Exited since the last snapshot: shown once, so its last counts are
-    /// not lost, then forgotten.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub exited: bool,
-}
-
-impl ProcessRow {
-    pub fn sockets_in(&self, state: TcpState) -> u64 {
-        self.sockets.get(state.name()).copied().unwrap_or(0)
-    }
-}
-
-/// Sockets and transitions no process could be named for.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Unattributed {
-    pub sockets: BTreeMap<&'static str, u64>,
-    pub transitions: BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct TopSnapshot {
-    /// Span the rates are measured over.
-    pub interval_ms: u64,
-    pub processes: Vec<ProcessRow>,
-    pub unattributed: Unattributed,
-    pub findings: Vec<Finding>,
-    pub health: ProbeHealth,
-}
 
 /// Columns `top` sorts by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -103,174 +42,6 @@ impl RowFilter {
     fn keeps(&self, row: &ProcessRow) -> bool {
         self.pid.is_none_or(|pid| pid == row.pid)
             && self.comm.as_deref().is_none_or(|comm| comm == row.comm)
-    }
-}
-
-fn transition_name((old, new): (TcpState, TcpState)) -> String {
-    format!("{}->{}", old.name(), new.name())
-}
-
-fn transition_names(counts: &ProcessCounts) -> BTreeMap<String, u64> {
-    counts
-        .transitions
-        .iter()
-        .map(|(&pair, &n)| (transition_name(pair), n))
-        .collect()
-}
-
-/// Connect and accept counts at the previous snapshot, for rates.
-#[derive(Default)]
-pub struct RateBaseline {
-    counts: HashMap<u32, (u64, u64)>,
-    at_ns: Option<u64>,
-}
-
-impl RateBaseline {
-    /// Per-second connect and accept rates of each process since the last
-    /// call, and the span they cover; the first call has no span.
-    pub fn advance(
-        &mut self,
-        activity: &Activity,
-        now_ns: u64,
-    ) -> (HashMap<u32, (f64, f64)>, Duration) {
-        let span = self
-            .at_ns
-            .map(|at| Duration::from_nanos(now_ns.saturating_sub(at)))
-            .unwrap_or_default();
-        let seconds = span.as_secs_f64();
-        let mut rates = HashMap::new();
-        let mut counts = HashMap::new();
-        for (pid, process) in activity.processes() {
-            let now = (process.counts.connects, process.counts.accepts);
-            let before = self.counts.get(&pid).copied().unwrap_or((0, 0));
-            if seconds > 0.0 {
-                rates.insert(
-                    pid,
-                    (
-                        now.0.saturating_sub(before.0) as f64 / seconds,
-                        now.1.saturating_sub(before.1) as f64 / seconds,
-                    ),
-                );
-            }
-            counts.insert(pid, now);
-        }
-        self.counts = counts;
-        self.at_ns = Some(now_ns);
-        (rates, span)
-    }
-}
-
-/// Who owns a socket the kernel lists: its history first (exact, and the
-/// only way for TIME_WAIT entries, which have no file), else the process
-/// holding its file (the lowest pid, when several share it).
-pub fn socket_owner(
-    socket: &KernelSocket,
-    activity: &Activity,
-    holders: &HashMap<u64, Vec<Holder>>,
-) -> Option<(u32, String)> {
-    if let Some(process) = activity.owner_of(socket.cookie) {
-        return Some((process.tgid, process.comm.clone()));
-    }
-    if socket.inode == 0 {
-        return None;
-    }
-    holders
-        .get(&socket.inode)?
-        .iter()
-        .min_by_key(|h| h.pid)
-        .map(|h| (h.pid, h.comm.clone()))
-}
-
-pub struct SnapshotInputs<'a> {
-    pub activity: &'a Activity,
-    pub table: &'a [KernelSocket],
-    pub holders: &'a HashMap<u64, Vec<Holder>>,
-    pub leaks: &'a LeakReport,
-    pub rates: &'a HashMap<u32, (f64, f64)>,
-    pub span: Duration,
-    pub alive: &'a dyn Fn(u32) -> bool,
-    pub placement: &'a mut dyn FnMut(u32) -> Placement,
-}
-
-pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
-    let SnapshotInputs {
-        activity,
-        table,
-        holders,
-        leaks,
-        rates,
-        span,
-        alive,
-        placement,
-    } = inputs;
-    let mut rows: BTreeMap<u32, ProcessRow> = BTreeMap::new();
-
-    for (pid, process) in activity.processes() {
-        let (connects_per_s, accepts_per_s) = rates.get(&pid).copied().unwrap_or((0.0, 0.0));
-        let counts = &process.counts;
-        rows.insert(
-            pid,
-            ProcessRow {
-                pid,
-                comm: process.comm.clone(),
-                connects: counts.connects,
-                connects_per_s,
-                accepts: counts.accepts,
-                accepts_per_s,
-                failed_connects: counts.failed_connects,
-                resets: counts.resets,
-                transitions: transition_names(counts),
-                exited: !alive(pid),
-                ..ProcessRow::default()
-            },
-        );
-    }
-
-    let mut unattributed = Unattributed {
-        transitions: transition_names(&activity.unattributed),
-        ..Unattributed::default()
-    };
-    for socket in table {
-        let state = socket.state.name();
-        match socket_owner(socket, activity, holders) {
-            Some((pid, comm)) => {
-                let entry = rows.entry(pid).or_insert_with(|| ProcessRow {
-                    pid,
-                    comm,
-                    ..ProcessRow::default()
-                });
-                *entry.sockets.entry(state).or_default() += 1;
-            }
-            None => *unattributed.sockets.entry(state).or_default() += 1,
-        }
-    }
-
-    for process in &leaks.processes {
-        let Some(pid) = process.pid else { continue };
-        let entry = rows.entry(pid).or_insert_with(|| ProcessRow {
-            pid,
-            comm: process.comm.clone().unwrap_or_default(),
-            ..ProcessRow::default()
-        });
-        entry.leaking += (process.close_wait + process.closed_held) as u64;
-    }
-
-    let processes = rows
-        .into_values()
-        .map(|mut row| {
-            let where_ = placement(row.pid);
-            row.container = where_.container;
-            row.pod_uid = where_.pod_uid;
-            row.netns = where_.netns;
-            row
-        })
-        .collect();
-    TopSnapshot {
-        interval_ms: span.as_millis() as u64,
-        processes,
-        unattributed,
-        findings: Vec::new(),
-        health: leaks.health.clone(),
     }
 }
 
@@ -423,8 +194,14 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, time::Duration};
+
     use super::*;
     use crate::{
+        model::activity::Activity,
+        model::leak_report::{LeakReport, ProbeHealth},
+        model::process::Placement,
+        model::top_snapshot::{SnapshotInputs, build_snapshot},
         model::tracker::{Owner, OwnerSource, TrackedTransition},
         model::transition::{Process, Transition},
         view::metrics::{MetricsLimits, MetricsState},

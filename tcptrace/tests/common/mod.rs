@@ -1,12 +1,16 @@
 //! Shared by the root integration tests: the test peers as separate
-//! processes, and `tcptrace` itself run as a child process.
+//! processes (`peers`), and `tcptrace` itself run as a child process.
 #![allow(dead_code)] // each test binary uses a different part
+
+mod peers;
+
+#[allow(unused_imports)] // as dead_code above
+pub use peers::{Churn, Peer, testpeer_path};
 
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
-    path::PathBuf,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     thread,
     time::Duration,
@@ -47,25 +51,6 @@ pub fn kernel_version() -> (u32, u32) {
     (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
-pub fn testpeer_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("TCPTRACE_TESTPEER") {
-        return path.into();
-    }
-    // target/<profile>/deps/<test> -> target/<profile>/tcptrace-testpeer
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps")
-        .join("tcptrace-testpeer");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build -p tcptrace-testpeer` (cargo xtask test does)",
-        path.display()
-    );
-    path
-}
-
 /// Lines of a child's pipe, read on a thread so waits can time out.
 fn line_channel(pipe: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
@@ -89,110 +74,6 @@ pub fn parse_step(line: &str) -> (String, HashMap<String, String>) {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     (word, fields)
-}
-
-pub struct Peer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    role: String,
-}
-
-impl Peer {
-    pub fn spawn(args: &[&str]) -> Self {
-        let mut command = Command::new(testpeer_path());
-        command.args(args);
-        Self::spawn_command(command, &args.join(" "))
-    }
-
-    /// A peer started through a wrapper (e.g. `unshare --net`).
-    pub fn spawn_command(mut command: Command, role: &str) -> Self {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start tcptrace-testpeer");
-        let lines = line_channel(child.stdout.take().unwrap());
-        Self {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            role: role.to_owned(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the step `word` and returns its fields.
-    pub fn expect(&self, word: &str) -> HashMap<String, String> {
-        let line = self
-            .lines
-            .recv_timeout(STEP_TIMEOUT)
-            .unwrap_or_else(|_| panic!("peer `{}` did not say `{word}`", self.role));
-        let (said, fields) = parse_step(&line);
-        assert_eq!(said, word, "peer `{}` said {line:?}", self.role);
-        fields
-    }
-
-    pub fn go(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"go\n").expect("write go");
-        stdin.flush().unwrap();
-    }
-
-    /// A peer in a network namespace of its own (alive as long as the peer,
-    /// loopback only).
-    pub fn spawn_in_new_netns(args: &[&str]) -> Self {
-        Self::spawn_in_new_netns_with(&[], args)
-    }
-
-    /// The same, with the namespace's sysctls set first: (name under
-    /// /proc/sys/net/ipv4, value). They are the namespace's own: the host's
-    /// stay as they are.
-    pub fn spawn_in_new_netns_with(sysctls: &[(&str, &str)], args: &[&str]) -> Self {
-        let mut script = String::from("ip link set lo up");
-        for (name, value) in sysctls {
-            assert!(
-                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && value.chars().all(|c| c.is_ascii_digit() || c == ' '),
-                "a sysctl name and numbers only: {name}={value}"
-            );
-            script.push_str(&format!(" && echo '{value}' > /proc/sys/net/ipv4/{name}"));
-        }
-        script.push_str(" && exec \"$0\" \"$@\"");
-        let mut command = Command::new("unshare");
-        command.args(["--net", "sh", "-c", &script]);
-        command.arg(testpeer_path());
-        command.args(args);
-        Self::spawn_command(command, &format!("{} (own netns)", args.join(" ")))
-    }
-
-    /// The cookies a `hold` step listed.
-    pub fn held_cookies(fields: &HashMap<String, String>) -> Vec<u64> {
-        fields["cookies"]
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(|c| c.parse().expect("cookie"))
-            .collect()
-    }
-
-    pub fn wait_success(mut self) {
-        let status = self.child.wait().expect("wait peer");
-        assert!(
-            status.success(),
-            "peer `{}` exited with {status}",
-            self.role
-        );
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `tcptrace COMMAND --json ARGS` as a child process, killed on drop.

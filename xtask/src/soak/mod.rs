@@ -4,13 +4,21 @@
 //! sampled every few seconds; docs/RELIABILITY.md gets the series, a plot
 //! and the verdicts. A benchmark, not a test: its numbers are in the
 //! document, and it exits non-zero when a verdict fails.
+//!
+//! Here: the running soak (serve, the churn server, the leaker) and its
+//! leak checks; `plan` scales the phases, `phases` runs each phase's load,
+//! `sample` samples serve, `outcomes` is what the run recorded, `verdicts`
+//! judges it, `report` and `svg` write the document and the plot.
 
+mod outcomes;
+mod phases;
+mod plan;
 mod report;
 mod sample;
 mod svg;
+mod verdicts;
 
 use std::{
-    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -25,6 +33,8 @@ use crate::{
     harness::{Proc, Tracer, http_get},
     step,
 };
+use outcomes::{LeakCheck, Outcomes};
+use plan::{PHASES, Plan};
 use sample::{SCRAPE_TIMEOUT, Sampler, Shared, ss_close_wait};
 
 /// serve's own defaults, except a short --min-age so a new leak counts at
@@ -34,126 +44,8 @@ const SERVE_MIN_AGE: &str = "1s";
 /// Leaks the leaker adds each step, and closes every third step.
 const LEAKS_PER_STEP: u32 = 10;
 const CLOSED_PER_THIRD_STEP: u32 = 5;
-/// A burst: this many processes, each opening and then closing this many
-/// connections at once: about 200,000 transitions of 104 bytes in well under
-/// a second, several times what the default 4 MiB ring holds. (Four such
-/// processes did not overflow it here; eight did.)
-const BURST_PROCESSES: usize = 8;
-const BURST_CONNECTIONS: u32 = 4000;
-const IDLE_CONNECTIONS: u32 = 2000;
-const SLOWLORIS_BYTE_EVERY_MS: u64 = 3000;
-const MIN_COOL_DOWN: Duration = Duration::from_secs(70);
 /// /metrics must answer within this while the idle connections are open.
 const METRICS_DEADLINE: Duration = Duration::from_secs(1);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PhaseKind {
-    WarmUp,
-    ConnectionChurn,
-    ProcessChurn,
-    Bursts,
-    Restart,
-    IdleClients,
-    CoolDown,
-}
-
-/// Each phase's share of the run, in order.
-pub const PHASES: [(PhaseKind, &str, f64); 7] = [
-    (PhaseKind::WarmUp, "warm-up", 0.10),
-    (PhaseKind::ConnectionChurn, "connection churn", 0.15),
-    (PhaseKind::ProcessChurn, "process churn", 0.15),
-    (PhaseKind::Bursts, "ring bursts", 0.10),
-    (PhaseKind::Restart, "kill -9 + restart", 0.15),
-    (PhaseKind::IdleClients, "idle + slowloris", 0.15),
-    (PhaseKind::CoolDown, "cool-down", 0.20),
-];
-
-/// How the run is scaled from `--minutes`.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub minutes: u32,
-    pub total: Duration,
-    pub sample_every: Duration,
-    pub leak_step: Duration,
-    pub processes: u32,
-    pub bursts: u32,
-}
-
-impl Plan {
-    pub fn new(minutes: u32) -> Self {
-        let total = Duration::from_secs(u64::from(minutes) * 60);
-        let seconds = total.as_secs_f64();
-        Self {
-            minutes,
-            total,
-            // Every 20 s on a 30-minute run; at least ~20 samples on a short one.
-            sample_every: Duration::from_secs_f64((seconds / 90.0).clamp(5.0, 20.0)),
-            // Every minute on a 30-minute run.
-            leak_step: Duration::from_secs_f64((seconds / 30.0).clamp(8.0, 60.0)),
-            processes: (50 * minutes).max(300),
-            bursts: (minutes / 5).max(2),
-        }
-    }
-
-    pub fn phase_length(&self, index: usize) -> Duration {
-        let share = self.total.mul_f64(PHASES[index].2);
-        if PHASES[index].0 == PhaseKind::CoolDown {
-            // Past TIME_WAIT (60 s): what the churn left in the kernel's table
-            // is gone, so what is left in the tables is serve's own.
-            share.max(MIN_COOL_DOWN)
-        } else {
-            share
-        }
-    }
-}
-
-/// When each phase really ran, in seconds since the start.
-#[derive(Clone, Debug)]
-pub struct PhaseSpan {
-    pub start: f64,
-    pub end: f64,
-}
-
-#[derive(Clone, Debug)]
-pub struct LeakCheck {
-    pub after: String,
-    pub t: f64,
-    /// The leaker's own count of what it holds.
-    pub held: u64,
-    pub ss: Option<u64>,
-    pub leaks: Result<u64, String>,
-    pub waited: Duration,
-}
-
-impl LeakCheck {
-    pub fn matched(&self) -> bool {
-        matches!((&self.leaks, self.ss), (Ok(leaks), Some(ss)) if *leaks == ss)
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Outcomes {
-    pub spans: Vec<PhaseSpan>,
-    pub checks: Vec<LeakCheck>,
-    /// (seconds since start, Ok(ms) or the error) of each timed /metrics GET.
-    pub metrics_under_idle: Vec<(f64, Result<f64, String>)>,
-    pub idle_report: Option<String>,
-    pub process_churn_report: Option<String>,
-    pub burst_reports: Vec<String>,
-    /// Drop counter at the start and end of the burst phase.
-    pub burst_drops: (Option<f64>, Option<f64>),
-    pub restart_at: Option<f64>,
-    pub leaks_logged: usize,
-    pub serve_exit: Option<String>,
-    pub bpf_before: (usize, usize),
-    pub bpf_after: (usize, usize),
-    pub bpf_held: (BTreeSet<u32>, BTreeSet<u32>),
-    pub bpf_left: (Vec<u32>, Vec<u32>),
-    /// How long after the end those were still listed.
-    pub bpf_wait: Duration,
-    pub processes_left: Vec<(u32, String)>,
-    pub samples: Vec<sample::Sample>,
-}
 
 struct Binaries {
     tcptrace: PathBuf,
@@ -327,186 +219,6 @@ impl Soak {
                 &format!("{seconds:.1}"),
             ],
         )
-    }
-
-    fn run_phase(&mut self, index: usize) -> Result<()> {
-        let (kind, name, _) = PHASES[index];
-        let length = self.plan.phase_length(index);
-        let phase_started = Instant::now();
-        let deadline = phase_started + length;
-        let seconds = length.as_secs_f64();
-        self.shared.set_phase(index);
-        step(&format!(
-            "soak: {name} for {seconds:.0} s (at {:.0} s)",
-            self.now()
-        ));
-        let span_start = self.now();
-        // Loads that end by themselves before the phase does.
-        let mut loads: Vec<Proc> = Vec::new();
-        match kind {
-            PhaseKind::WarmUp | PhaseKind::Restart => {
-                if kind == PhaseKind::Restart {
-                    self.restart()?;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                loads.push(self.churn_client(1, (left.as_secs_f64() - 1.0).max(1.0))?);
-            }
-            PhaseKind::ConnectionChurn => {
-                loads.push(self.churn_client(2, (seconds - 1.0).max(1.0))?);
-            }
-            PhaseKind::ProcessChurn => {
-                loads.push(Proc::spawn(
-                    &self.bin.peer,
-                    &[
-                        "process-churn",
-                        "--connect",
-                        &format!("127.0.0.1:{}", self.churn_port),
-                        "--processes",
-                        &self.plan.processes.to_string(),
-                        "--seconds",
-                        &format!("{:.1}", (seconds - 2.0).max(1.0)),
-                    ],
-                )?);
-            }
-            PhaseKind::Bursts => self.bursts(deadline)?,
-            PhaseKind::IdleClients => self.idle_clients(deadline)?,
-            PhaseKind::CoolDown => {}
-        }
-        self.wait_until(deadline, kind == PhaseKind::CoolDown)?;
-        for load in &loads {
-            let done = load.expect_within("done", Duration::from_secs(30))?;
-            if kind == PhaseKind::ProcessChurn {
-                self.outcomes.process_churn_report = Some(format!(
-                    "{} processes forked, {} failed, in {} s",
-                    done["processes"], done["failed"], done["seconds"]
-                ));
-            }
-        }
-        drop(loads);
-        let check = self.check_leaks(name);
-        self.outcomes.checks.push(check);
-        self.outcomes.spans.push(PhaseSpan {
-            start: span_start,
-            end: self.now(),
-        });
-        Ok(())
-    }
-
-    /// `kill -9` of serve, a new one, and at once the leak check.
-    fn restart(&mut self) -> Result<()> {
-        self.drain_serve_log();
-        self.shared.set_serve(None, self.instance);
-        // Dropping kills with SIGKILL and reaps.
-        self.serve = None;
-        self.outcomes.restart_at = Some(self.now());
-        self.instance += 1;
-        step("soak: serve killed with SIGKILL; starting it again");
-        self.start_serve()?;
-        let check = self.check_leaks("the restart");
-        self.outcomes.checks.push(check);
-        Ok(())
-    }
-
-    fn bursts(&mut self, deadline: Instant) -> Result<()> {
-        self.outcomes.burst_drops.0 = self.drops_now();
-        // Leave the end of the phase for serve to catch up and count.
-        let room = deadline
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(SERVE_INTERVAL + Duration::from_secs(1));
-        let spacing = room / self.plan.bursts;
-        for burst in 0..self.plan.bursts {
-            let next = Instant::now() + spacing;
-            let mut peers = (0..BURST_PROCESSES)
-                .map(|_| {
-                    Proc::spawn(
-                        &self.bin.peer,
-                        &[
-                            "ring-burst",
-                            "--addr",
-                            "127.0.0.1:0",
-                            "--connections",
-                            &BURST_CONNECTIONS.to_string(),
-                        ],
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
-            for peer in &peers {
-                peer.expect_within("open", Duration::from_secs(60))?;
-            }
-            for peer in &mut peers {
-                peer.tell("go")?;
-            }
-            let mut slowest = 0.0f64;
-            for peer in &peers {
-                slowest = slowest.max(peer.expect("done")?["seconds"].parse()?);
-            }
-            self.outcomes.burst_reports.push(format!(
-                "burst {}: {} connections opened, then closed at once in {:.0} ms",
-                burst + 1,
-                BURST_PROCESSES as u32 * BURST_CONNECTIONS,
-                slowest * 1e3
-            ));
-            drop(peers);
-            self.wait_until(next, false)?;
-        }
-        self.wait_until(deadline, false)?;
-        self.outcomes.burst_drops.1 = self.drops_now();
-        Ok(())
-    }
-
-    fn idle_clients(&mut self, deadline: Instant) -> Result<()> {
-        let address = self.address()?;
-        // Over before the phase ends, so its closing shows in the samples.
-        let seconds = (deadline
-            .saturating_duration_since(Instant::now())
-            .as_secs_f64()
-            - 2.0)
-            .max(2.0);
-        let clients = Proc::spawn(
-            &self.bin.peer,
-            &[
-                "idle-http",
-                "--connect",
-                &address,
-                "--connections",
-                &IDLE_CONNECTIONS.to_string(),
-                "--seconds",
-                &format!("{seconds:.1}"),
-                "--byte-every-ms",
-                &SLOWLORIS_BYTE_EVERY_MS.to_string(),
-            ],
-        )?;
-        let opened = clients.expect_within("opened", Duration::from_secs(60))?;
-        step(&format!(
-            "soak: {} idle and slowloris connections open ({} failed)",
-            opened["connected"], opened["failed"]
-        ));
-        let window_start = Instant::now();
-        let window = (window_start + Duration::from_secs_f64(seconds - 1.0))
-            .saturating_duration_since(window_start);
-        // Three GETs spread over the time the connections are open.
-        for i in 0..3u32 {
-            self.wait_until(window_start + window * i / 3, false)?;
-            let timer = Instant::now();
-            let answer = http_get(&address, "/metrics", SCRAPE_TIMEOUT)
-                .map(|_| timer.elapsed().as_secs_f64() * 1e3)
-                .map_err(|e| format!("{e:#}"));
-            self.outcomes.metrics_under_idle.push((self.now(), answer));
-        }
-        self.wait_until(deadline, false)?;
-        let done = clients.expect_within("done", Duration::from_secs(30))?;
-        self.outcomes.idle_report = Some(format!(
-            "{} connected ({} failed to connect); closed by serve within {:.0} s: {} of the idle (the last {} s after all were open), {} of the slowloris (the last after {} s); {} still open",
-            done["connected"],
-            opened["failed"],
-            seconds,
-            done["idle_closed"],
-            done["idle_last_closed_s"],
-            done["slow_closed"],
-            done["slow_last_closed_s"],
-            done["open"]
-        ));
-        Ok(())
     }
 }
 

@@ -3,7 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::{Outcomes, PHASES, Plan, sample::Sample};
+use super::{
+    outcomes::Outcomes,
+    plan::{PHASES, Plan},
+    sample::Sample,
+};
 
 /// One panel's figure from a sample.
 type Reading = Box<dyn Fn(&Sample) -> Option<f64>>;
