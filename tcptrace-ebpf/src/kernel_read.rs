@@ -1,0 +1,86 @@
+//! Checked reads of kernel memory at the offsets the agent found in BTF.
+
+use core::{ffi::c_void, mem::size_of, ptr::addr_of_mut};
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use tcptrace_common::{AF_INET, TransitionRecord};
+
+#[derive(PartialEq, Eq)]
+pub(crate) struct ReadFailed;
+
+/// # Safety
+/// `record` must point to a reserved ring-buffer slot.
+pub(crate) unsafe fn read_addresses(
+    sk: *const u8,
+    family: u16,
+    record: *mut TransitionRecord,
+) -> Result<(), ReadFailed> {
+    let (local_offset, remote_offset, len) = if family == AF_INET {
+        (config!(local_v4_offset), config!(remote_v4_offset), 4)
+    } else {
+        (config!(local_v6_offset), config!(remote_v6_offset), 16)
+    };
+    // SAFETY: the caller passes a reserved slot, whose two 16-byte address
+    // fields are valid for writes; the reads are bounded by `len` <= 16.
+    unsafe {
+        let local = addr_of_mut!((*record).local_addr) as *mut u8;
+        let remote = addr_of_mut!((*record).remote_addr) as *mut u8;
+        local.write_bytes(0, 16);
+        remote.write_bytes(0, 16);
+        read_into(local, len, sk, local_offset)?;
+        read_into(remote, len, sk, remote_offset)
+    }
+}
+
+pub(crate) fn read_netns_inode(sk: *const u8) -> u32 {
+    if config!(has_netns) == 0 {
+        return 0;
+    }
+    let Ok(net) = read_field::<u64>(sk, config!(net_offset)) else {
+        return 0;
+    };
+    read_field::<u32>(net as *const u8, config!(netns_inode_offset)).unwrap_or(0)
+}
+
+/// The inode number of the file still attached to `sk`, or 0 when the
+/// socket is orphaned (its last fd closed).
+pub(crate) fn read_socket_inode(sk: *const u8) -> u64 {
+    let Ok(socket) = read_field::<u64>(sk, config!(socket_offset)) else {
+        return 0;
+    };
+    if socket == 0 {
+        return 0;
+    }
+    read_field::<u64>(socket as *const u8, config!(socket_inode_number_offset)).unwrap_or(0)
+}
+
+pub(crate) fn read_field<T: Copy + Default>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {
+    let mut value = T::default();
+    // SAFETY: probe-read into a local of exactly size_of::<T>() bytes.
+    unsafe {
+        read_into(
+            &raw mut value as *mut u8,
+            size_of::<T>() as u32,
+            base,
+            offset,
+        )?
+    };
+    Ok(value)
+}
+
+/// # Safety
+/// `dst` must be valid for `len` bytes of writes.
+pub(crate) unsafe fn read_into(
+    dst: *mut u8,
+    len: u32,
+    base: *const u8,
+    offset: u32,
+) -> Result<(), ReadFailed> {
+    let src = base.wrapping_add(offset as usize) as *const c_void;
+    // SAFETY: `dst` is valid for `len` bytes (the caller's contract); the
+    // kernel side of the read is checked by bpf_probe_read_kernel itself.
+    match unsafe { bpf_probe_read_kernel(dst as *mut c_void, len, src) } {
+        0 => Ok(()),
+        _ => Err(ReadFailed),
+    }
+}

@@ -1,0 +1,155 @@
+//! What the probe keeps per socket, in the socket's own storage, and the
+//! owner it records: the process seen at a process-context transition.
+
+use core::{ffi::c_void, ptr::null_mut};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE},
+    btf_maps::SkStorage,
+    helpers::generated::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_sk_storage_get},
+    macros::{btf_map, map},
+    maps::LruHashMap,
+};
+use tcptrace_common::{Counter, SocketOwner, TASK_COMM_LEN, TcpState};
+
+use crate::{CLOSE, CLOSE_WAIT, count};
+
+/// What the probe keeps per socket, in the socket itself: the kernel frees
+/// it with the socket, so nothing is inserted or deleted per connection and
+/// nothing can be left behind by a CLOSE the program did not see.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SocketState {
+    /// The process seen owning it at a process-context transition (tgid 0:
+    /// none yet).
+    pub(crate) owner: SocketOwner,
+    /// STACK_TAKEN_* bits.
+    pub(crate) stacks_taken: u32,
+    /// Reads that returned EOF in CLOSE_WAIT. Published to EOF_READS from
+    /// the second on: a correct server reads EOF once and closes, and must
+    /// not cost a map insert per connection.
+    pub(crate) eof_reads: u32,
+}
+
+#[btf_map]
+pub(crate) static SOCKETS: SkStorage<SocketState> = SkStorage::new();
+
+/// Socket cookie -> reads that returned EOF in CLOSE_WAIT, for the sockets
+/// read at EOF more than once (code spinning on EOF), which the agent reads
+/// by cookie. An entry is deleted when its socket leaves CLOSE_WAIT, so the
+/// map holds only CLOSE_WAIT sockets (but for a read that races its socket's
+/// reset, after the socket lock is released); LRU, so such a leftover ages
+/// out and a flood of spinning sockets cannot fail an insert.
+#[map]
+pub(crate) static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+pub(crate) const STACK_TAKEN_FIRST_IO: u32 = 1;
+pub(crate) const STACK_TAKEN_EOF: u32 = 2;
+pub(crate) const STACK_TAKEN_CONNECT: u32 = 4;
+
+pub(crate) fn publish_eof_reads(cookie: u64, reads: u32) {
+    match EOF_READS.get_ptr_mut(cookie) {
+        // SAFETY: a live map value of the right type.
+        Some(count) => unsafe { *count = u64::from(reads) },
+        None => {
+            if EOF_READS
+                .insert(cookie, u64::from(reads), BPF_ANY as u64)
+                .is_err()
+            {
+                count(Counter::MapInsertFailed);
+            }
+        }
+    }
+}
+
+/// The probe's storage in `sk`; with `create`, allocated (zeroed) if it is
+/// not there yet. `sk` must be a BTF-typed socket pointer the kernel gave.
+pub(crate) fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut SocketState> {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    // SAFETY: the map is a socket storage map of SocketState, `sk` a socket
+    // pointer the kernel typed from BTF; the helper returns a pointer to the
+    // storage, valid for this program run, or null.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            &raw const SOCKETS as *mut c_void,
+            sk as *mut c_void,
+            null_mut(),
+            flags,
+        )
+    } as *mut SocketState;
+    // SAFETY: non-null storage of the right type (see above).
+    unsafe { state.as_mut() }
+}
+
+/// The owner of `sk` after this transition: the current task where the
+/// transition runs in the owner's syscall, otherwise whatever an earlier
+/// process-context transition recorded (or unknown, tgid 0). A socket
+/// leaving CLOSE_WAIT also takes its EOF count out of EOF_READS, with the
+/// storage lookup the owner needs anyway.
+pub(crate) fn track_owner(sk: *const u8, cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
+    if TcpState::runs_in_owner_context(old_state, new_state) {
+        let current = current_task();
+        if new_state != CLOSE
+            && let Some(state) = remember_owner(sk, &current)
+            && old_state == CLOSE_WAIT
+        {
+            forget_eof_reads(state, cookie);
+        }
+        return current;
+    }
+    match socket_state(sk, false) {
+        // A concurrent update can at worst mix two owners' bytes for one
+        // event, never fault.
+        Some(state) => {
+            if old_state == CLOSE_WAIT {
+                forget_eof_reads(state, cookie);
+            }
+            state.owner
+        }
+        None => SocketOwner {
+            comm: [0; TASK_COMM_LEN],
+            tgid: 0,
+        },
+    }
+}
+
+pub(crate) fn forget_eof_reads(state: &SocketState, cookie: u64) {
+    // Only a socket read at EOF twice has an entry.
+    if state.eof_reads > 1 {
+        let _ = EOF_READS.remove(cookie);
+    }
+}
+
+pub(crate) fn remember_owner(
+    sk: *const u8,
+    owner: &SocketOwner,
+) -> Option<&'static mut SocketState> {
+    let Some(state) = socket_state(sk, true) else {
+        count(Counter::OwnerInsertFailed);
+        return None;
+    };
+    state.owner = *owner;
+    Some(state)
+}
+
+pub(crate) fn current_tgid() -> u32 {
+    // SAFETY: a helper with no arguments.
+    (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32
+}
+
+pub(crate) fn current_task() -> SocketOwner {
+    let mut owner = SocketOwner {
+        comm: [0; TASK_COMM_LEN],
+        tgid: 0,
+    };
+    // SAFETY: helpers writing into a local buffer of the stated size.
+    unsafe {
+        owner.tgid = current_tgid();
+        bpf_get_current_comm(owner.comm.as_mut_ptr() as *mut c_void, TASK_COMM_LEN as u32);
+    }
+    owner
+}

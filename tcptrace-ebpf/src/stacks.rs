@@ -1,0 +1,133 @@
+//! Stack copies: the user registers and stack of a socket's own syscall,
+//! kept in a map until the socket is destroyed or the agent reads them.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::generated::{
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use tcptrace_common::{
+    Counter, RecordKind, STACK_COPY_NOT_STORED, STACK_COPY_PAGE, STACK_COPY_PAGES,
+    STACK_COPY_UNREADABLE, StackCopy, StackCopyKey, StackKind, StackRecord,
+};
+
+use crate::{
+    EVENTS, count,
+    kernel_read::read_field,
+    socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_EOF, STACK_TAKEN_FIRST_IO, current_tgid},
+    wakeup_flag,
+};
+
+/// Stack copies of sockets, by (cookie, kind): each is taken in the
+/// socket's own syscall and waits here, so only the copies of sockets that
+/// stay in CLOSE_WAIT are ever read and unwound; the rest are deleted when
+/// their socket is destroyed, a few milliseconds later. LRU, so copies of
+/// sockets whose destruction the probe missed age out.
+#[map]
+pub(crate) static STACK_COPIES: LruHashMap<StackCopyKey, StackCopy> =
+    LruHashMap::with_max_entries(1024, 0);
+
+/// A copy is built here first: 16 KiB does not fit the program's stack.
+#[map]
+pub(crate) static STACK_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the user registers and stack of the current syscall into
+/// STACK_COPIES for `cookie`, and tells the agent with a record. A copy
+/// that cannot be taken is still announced, with its failure, so the report
+/// can say why a socket has no code path.
+pub(crate) fn take_stack(cookie: u64, kind: StackKind) {
+    let copy_status = copy_user_stack(cookie, kind);
+    if copy_status != 0 {
+        count(Counter::StackNotStored);
+    }
+    let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
+        count(Counter::StackReserveFailed);
+        return;
+    };
+    // SAFETY: a reserved slot of the right size; every field is written.
+    unsafe {
+        entry.as_mut_ptr().write(StackRecord {
+            kind: RecordKind::Stack as u32,
+            tgid: current_tgid(),
+            timestamp_ns: bpf_ktime_get_ns(),
+            cookie,
+            copy_status,
+            stack_kind: kind as u8,
+            _reserved: [0; 3],
+        });
+    }
+    entry.submit(wakeup_flag());
+}
+
+/// 0, or a STACK_COPY_* failure.
+pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
+    let Some(copy) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return STACK_COPY_NOT_STORED;
+    };
+    // SAFETY: this CPU's scratch slot; the program does not nest on a CPU.
+    let copy = unsafe { &mut *copy };
+    // SAFETY: the BTF pointer of the current task, whose saved user
+    // registers are then read with checked probe reads.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    copy.tgid = current_tgid();
+    copy.ip = read_field::<u64>(regs, config!(regs_ip_offset)).unwrap_or(0);
+    copy.bp = read_field::<u64>(regs, config!(regs_bp_offset)).unwrap_or(0);
+    copy.sp = read_field::<u64>(regs, config!(regs_sp_offset)).unwrap_or(0);
+    copy.base = copy.sp & !(STACK_COPY_PAGE as u64 - 1);
+    copy.len = 0;
+    // Whole pages up from the one holding sp: a stack ends at a page
+    // boundary, so the first page that fails is where this stack ends.
+    for page in 0..STACK_COPY_PAGES {
+        let offset = page * STACK_COPY_PAGE;
+        let source = (copy.base + offset as u64) as *const c_void;
+        // SAFETY: a checked read of user memory into a page of the scratch
+        // copy, which has STACK_COPY_PAGES of them.
+        let failed = unsafe {
+            bpf_probe_read_user(
+                copy.stack.as_mut_ptr().add(offset) as *mut c_void,
+                STACK_COPY_PAGE as u32,
+                source,
+            )
+        } != 0;
+        if failed {
+            break;
+        }
+        copy.len += STACK_COPY_PAGE as u32;
+    }
+    if copy.len == 0 {
+        return STACK_COPY_UNREADABLE;
+    }
+    let key = StackCopyKey {
+        cookie,
+        stack_kind: kind as u32,
+        _reserved: 0,
+    };
+    // By reference: the value is 16 KiB, far over the program's stack.
+    match STACK_COPIES.insert(key, copy, BPF_ANY as u64) {
+        Ok(()) => 0,
+        Err(_) => STACK_COPY_NOT_STORED,
+    }
+}
+
+/// Deletes the stack copies a socket has, at its destruction.
+pub(crate) fn forget_stack_copies(cookie: u64, taken: u32) {
+    for (bit, kind) in [
+        (STACK_TAKEN_CONNECT, StackKind::Connect),
+        (STACK_TAKEN_FIRST_IO, StackKind::FirstIo),
+        (STACK_TAKEN_EOF, StackKind::Eof),
+    ] {
+        if taken & bit != 0 {
+            let key = StackCopyKey {
+                cookie,
+                stack_kind: kind as u32,
+                _reserved: 0,
+            };
+            let _ = STACK_COPIES.remove(key);
+        }
+    }
+}
