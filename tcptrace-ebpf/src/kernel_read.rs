@@ -15,20 +15,35 @@ pub(crate) unsafe fn read_addresses(
     family: u16,
     record: *mut TransitionRecord,
 ) -> Result<(), ReadFailed> {
-    let (local_offset, remote_offset, len) = if family == AF_INET {
-        (config!(local_v4_offset), config!(remote_v4_offset), 4)
-    } else {
-        (config!(local_v6_offset), config!(remote_v6_offset), 16)
-    };
     // SAFETY: the caller passes a reserved slot, whose two 16-byte address
-    // fields are valid for writes; the reads are bounded by `len` <= 16.
+    // fields are valid for writes; `sk` is the tracepoint's BTF-typed socket
+    // and the offsets are its address members, found in BTF.
     unsafe {
-        let local = addr_of_mut!((*record).local_addr) as *mut u8;
-        let remote = addr_of_mut!((*record).remote_addr) as *mut u8;
-        local.write_bytes(0, 16);
-        remote.write_bytes(0, 16);
-        read_into(local, len, sk, local_offset)?;
-        read_into(remote, len, sk, remote_offset)
+        let local = addr_of_mut!((*record).local_addr) as *mut [u32; 4];
+        let remote = addr_of_mut!((*record).remote_addr) as *mut [u32; 4];
+        if family == AF_INET {
+            local.write([load_field(sk, config!(local_v4_offset)), 0, 0, 0]);
+            remote.write([load_field(sk, config!(remote_v4_offset)), 0, 0, 0]);
+        } else {
+            local.write(load_v6(sk, config!(local_v6_offset)));
+            remote.write(load_v6(sk, config!(remote_v6_offset)));
+        }
+    }
+    Ok(())
+}
+
+/// # Safety
+/// As for [`load_field`], with a 16-byte address at `offset`.
+#[inline(always)]
+unsafe fn load_v6(sk: *const u8, offset: u32) -> [u32; 4] {
+    // SAFETY: the caller's contract; four loads within the address.
+    unsafe {
+        [
+            load_field(sk, offset),
+            load_field(sk, offset + 4),
+            load_field(sk, offset + 8),
+            load_field(sk, offset + 12),
+        ]
     }
 }
 
@@ -52,6 +67,20 @@ pub(crate) fn read_socket_inode(sk: *const u8) -> u64 {
         return 0;
     }
     read_field::<u64>(socket as *const u8, config!(socket_inode_number_offset)).unwrap_or(0)
+}
+
+/// A field of a socket the kernel handed the program as a BTF-typed
+/// pointer: a plain load, which the verifier checks against the type and
+/// turns into a fault-safe access, instead of a helper call. `offset` must
+/// come from the agent's read-only config, so the verifier knows it.
+///
+/// # Safety
+/// `base` must be a tracing argument of a BTF type with a `T` at `offset`.
+#[inline(always)]
+pub(crate) unsafe fn load_field<T: Copy>(base: *const u8, offset: u32) -> T {
+    // SAFETY: the caller's contract; the verifier rejects the program at
+    // load time if the access does not match the type.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
 }
 
 pub(crate) fn read_field<T: Copy + Default>(base: *const u8, offset: u32) -> Result<T, ReadFailed> {

@@ -18,20 +18,25 @@ use aya_ebpf::{
 };
 
 macro_rules! config {
-    ($field:ident) => {
+    ($field:ident) => {{
+        // Allowed: the macro is also used inside callers' unsafe blocks.
+        #[allow(unused_unsafe)]
         // Volatile: the value is patched into .rodata at load time, so the
         // compiler must not fold the compiled-in placeholder.
         // SAFETY: PROBE_CONFIG is a static, never written by the program, so
         // the pointer is valid and aligned and no write races the read.
-        unsafe { core::ptr::read_volatile(&raw const $crate::PROBE_CONFIG.$field) }
-    };
+        let value = unsafe { core::ptr::read_volatile(&raw const $crate::PROBE_CONFIG.$field) };
+        value
+    }};
 }
 
 mod kernel_read;
 mod socket_storage;
 mod stacks;
 
-use kernel_read::{ReadFailed, read_addresses, read_field, read_netns_inode, read_socket_inode};
+use kernel_read::{
+    ReadFailed, load_field, read_addresses, read_field, read_netns_inode, read_socket_inode,
+};
 use socket_storage::{
     STACK_TAKEN_CONNECT, STACK_TAKEN_EOF, STACK_TAKEN_FIRST_IO, current_task, publish_eof_reads,
     remember_owner, socket_state, track_owner,
@@ -125,13 +130,14 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if ret < 0 || (ret > 0 && config!(stack_level) != STACKS_FULL) {
         return 0;
     }
-    match read_field::<u16>(sk, config!(protocol_offset)) {
-        Ok(IPPROTO_TCP) => {}
-        _ => return 0,
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket; offsets are from BTF.
+    if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
+        return 0;
     }
     let (kind, bit) = if ret == 0 {
         // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
-        if read_field::<u8>(sk, config!(state_offset)) != Ok(CLOSE_WAIT) {
+        // SAFETY: as above.
+        if unsafe { load_field::<u8>(sk, config!(state_offset)) } != CLOSE_WAIT {
             return 0;
         }
         (StackKind::Eof, STACK_TAKEN_EOF)
@@ -171,20 +177,26 @@ fn record_transition(
     old_state: u8,
     new_state: u8,
 ) -> Result<Option<u64>, ReadFailed> {
-    let protocol: u16 = read_field(sk, config!(protocol_offset))?;
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket; the offset is from BTF.
+    let protocol: u16 = unsafe { load_field(sk, config!(protocol_offset)) };
     if protocol != IPPROTO_TCP {
         count(Counter::NotTcp);
         return Ok(None);
     }
-    let family: u16 = read_field(sk, config!(family_offset))?;
-    let mut local_port: u16 = read_field(sk, config!(local_port_offset))?;
+    // SAFETY: as for the protocol.
+    let family: u16 = unsafe { load_field(sk, config!(family_offset)) };
+    // SAFETY: as for the protocol.
+    let mut local_port: u16 = unsafe { load_field(sk, config!(local_port_offset)) };
     if local_port == 0 && new_state == CLOSE && config!(inet_sport_offset) != 0 {
         // The kernel released the port just before this transition; the
         // source port it used is still in the inet_sock, and a socket
         // closed but held must stay findable by its service's port.
+        // A probe read: inet_sock lies beyond the struct sock the verifier
+        // checks plain loads against.
         local_port = u16::from_be(read_field(sk, config!(inet_sport_offset))?);
     }
-    let remote_port = u16::from_be(read_field(sk, config!(remote_port_offset))?);
+    // SAFETY: as for the protocol.
+    let remote_port = u16::from_be(unsafe { load_field(sk, config!(remote_port_offset)) });
 
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };

@@ -18,7 +18,7 @@ use tcptrace_common::{
 
 use crate::{
     EVENTS, count,
-    kernel_read::read_field,
+    kernel_read::load_field,
     socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_EOF, STACK_TAKEN_FIRST_IO, current_tgid},
     wakeup_flag,
 };
@@ -75,9 +75,13 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     // registers are then read with checked probe reads.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     copy.tgid = current_tgid();
-    copy.ip = read_field::<u64>(regs, config!(regs_ip_offset)).unwrap_or(0);
-    copy.bp = read_field::<u64>(regs, config!(regs_bp_offset)).unwrap_or(0);
-    copy.sp = read_field::<u64>(regs, config!(regs_sp_offset)).unwrap_or(0);
+    // SAFETY: `regs` is the BTF-typed pt_regs the helper returned, the
+    // offsets are pt_regs members found in BTF.
+    unsafe {
+        copy.ip = load_field::<u64>(regs, config!(regs_ip_offset));
+        copy.bp = load_field::<u64>(regs, config!(regs_bp_offset));
+        copy.sp = load_field::<u64>(regs, config!(regs_sp_offset));
+    }
     copy.base = copy.sp & !(STACK_COPY_PAGE as u64 - 1);
     copy.len = 0;
     // Whole pages up from the one holding sp: a stack ends at a page
