@@ -296,6 +296,9 @@ fn check(name: &str, server: Server, expect: Expect, after_leaks: impl FnOnce(&S
             }
         }
     }
+    // All four took the same path: stacks that differ only in addresses
+    // nothing names (two compiled copies of one Java method) are one path.
+    assert_eq!(paths.len(), 1, "one code path for one bug: {paths:#?}");
 
     match expect {
         Expect::Handler { leaky, good } => {
