@@ -1,5 +1,5 @@
-//! Installs the eBPF toolchain and the Prometheus binaries the tests use,
-//! checking real artifacts (binaries that run, components rustup lists), never
+//! Installs the eBPF toolchain, the Prometheus binaries and the language
+//! runtimes the tests use, checking real artifacts (binaries that run, components rustup lists), never
 //! marker files. Each step says what it finds and what it does; a second run
 //! installs nothing.
 
@@ -37,6 +37,8 @@ pub fn run() -> Result<Installed> {
     ensure_llvm_dev(llvm_major)?;
     ensure_bpf_linker(llvm_major)?;
     let prometheus = ensure_prometheus()?;
+    ensure_go()?;
+    check_test_runtimes();
     Ok(Installed { prometheus })
 }
 
@@ -231,6 +233,77 @@ fn ensure_bpf_linker(llvm_major: u32) -> Result<()> {
     bpf_linker_matches(llvm_major)
         .map(|_| ())
         .context("bpf-linker was installed but does not run or links the wrong LLVM")
+}
+
+/// Where tests/code_paths.rs finds Go: Debian's `golang-go`.
+const GO: &str = "/usr/bin/go";
+
+/// Go builds one of the leaky servers of tests/code_paths.rs.
+fn ensure_go() -> Result<()> {
+    let version = || output(Command::new(GO).arg("version")).ok();
+    if let Some(version) = version() {
+        step(&format!("setup: go: present ({})", version.trim()));
+        return Ok(());
+    }
+    step(
+        "setup: golang-go: missing, installing with apt-get (tests/code_paths.rs builds a Go server)",
+    );
+    apt_install(&["golang-go"])?;
+    version()
+        .map(|_| ())
+        .with_context(|| format!("golang-go is installed but `{GO} version` fails"))
+}
+
+/// The runtimes tests/code_paths.rs runs its leaky servers in, at the paths
+/// it uses (keep the two lists the same), with the version each must report.
+/// Debian has no Python 3.12 or Node 20 to install, and the image has all of
+/// them, so a missing one is said, not installed, and only that test fails.
+const TEST_RUNTIMES: [(&str, &[&str], &str); 5] = [
+    (
+        "/root/.pyenv/versions/3.12.1/bin/python3.12",
+        &["--version"],
+        "Python 3.12",
+    ),
+    (
+        "/root/.pyenv/versions/3.11.7/bin/python3.11",
+        &["--version"],
+        "Python 3.11",
+    ),
+    (
+        "/usr/lib/jvm/java-17-openjdk-amd64/bin/javac",
+        &["-version"],
+        "javac 17",
+    ),
+    (
+        "/usr/lib/jvm/java-17-openjdk-amd64/bin/jcmd",
+        &["-h"],
+        "Usage",
+    ),
+    ("node", &["--version"], "v20."),
+];
+
+fn check_test_runtimes() {
+    for (program, args, version) in TEST_RUNTIMES {
+        let said = Command::new(program).args(args).output().map(|out| {
+            // javac and jcmd write their version and usage on stderr.
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            text
+        });
+        match said {
+            Ok(text) if text.contains(version) => {
+                step(&format!("setup: {program}: present ({version})"));
+            }
+            Ok(text) => step(&format!(
+                "setup: {program}: says {:?}, not {version}: tests/code_paths.rs will fail for it",
+                text.lines().next().unwrap_or_default()
+            )),
+            Err(e) => step(&format!(
+                "setup: {program} ({version}): missing ({e}): tests/code_paths.rs will fail for it; \
+                 install it there (pyenv for Python, NodeSource for Node 20, openjdk-17-jdk-headless for Java)"
+            )),
+        }
+    }
 }
 
 /// Outside the clone: every checkout shares one copy, and `cargo clean` or

@@ -454,3 +454,29 @@ impl Drop for FakeContainer {
         }
     }
 }
+
+/// `tcptrace leaks ARGS` as text, for what a person reads (tests that check
+/// the JSON run this beside a `LeakRun`).
+pub struct LeakTextRun(Agent);
+
+impl LeakTextRun {
+    pub fn start(args: &[&str]) -> Self {
+        let mut full = vec!["leaks"];
+        full.extend_from_slice(args);
+        Self(Agent::launch(&full, "tcptrace: watching for TCP socket leaks").0)
+    }
+
+    /// Waits `wait`, stops it with SIGINT, and returns its final report (the
+    /// reports before it, one per interval, are left out).
+    pub fn stop_after(self, wait: Duration) -> String {
+        thread::sleep(wait);
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.child.id() as libc::pid_t, libc::SIGINT) };
+        let (stdout, _) = self.0.finish();
+        let last = stdout
+            .iter()
+            .rposition(|line| line.starts_with("tcptrace leaks:"))
+            .unwrap_or_else(|| panic!("no report in {stdout:?}"));
+        stdout[last..].join("\n")
+    }
+}

@@ -1,0 +1,103 @@
+/* A leaky server for tests/code_paths.rs. Usage: leaky PORT (0: any).
+ *
+ * Says "listening PORT" once it listens on 127.0.0.1, then serves one
+ * connection at a time: the first byte picks the handler ('L': handle_leaky,
+ * anything else: handle_good). Both read to EOF through the same four
+ * helpers; only handle_good closes. After each, says "leaked" or "closed". */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_HELD 1024
+
+/* Leaked sockets stay referenced, as a real leak keeps them in some table
+ * (not static: -O2 would drop stores nobody reads). */
+int held[MAX_HELD];
+int held_count;
+
+/* Each helper does something after its call, so -O2 cannot turn the call
+ * into a jump that leaves no frame (a barrier the compiler cannot see past). */
+#define KEEP_FRAME() __asm__ volatile("" ::: "memory")
+
+__attribute__((noinline, noclone)) static long read_helper_4(int fd) {
+    char buf[4096];
+    long total = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0)
+            return n < 0 ? -1 : total;
+        total += n;
+    }
+}
+
+__attribute__((noinline, noclone)) static long read_helper_3(int fd) {
+    long n = read_helper_4(fd);
+    KEEP_FRAME();
+    return n;
+}
+
+__attribute__((noinline, noclone)) static long read_helper_2(int fd) {
+    long n = read_helper_3(fd);
+    KEEP_FRAME();
+    return n;
+}
+
+__attribute__((noinline, noclone)) static long read_helper_1(int fd) {
+    long n = read_helper_2(fd);
+    KEEP_FRAME();
+    return n;
+}
+
+__attribute__((noinline, noclone)) static void handle_leaky(int fd) {
+    read_helper_1(fd);
+    /* The bug: the socket is kept and never closed. */
+    if (held_count < MAX_HELD)
+        held[held_count++] = fd;
+    printf("leaked\n");
+    fflush(stdout);
+}
+
+__attribute__((noinline, noclone)) static void handle_good(int fd) {
+    read_helper_1(fd);
+    close(fd);
+    printf("closed\n");
+    fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s PORT\n", argv[0]);
+        return 2;
+    }
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        listen(listener, 64) < 0) {
+        perror("listen");
+        return 1;
+    }
+    socklen_t len = sizeof addr;
+    getsockname(listener, (struct sockaddr *)&addr, &len);
+    printf("listening %d\n", ntohs(addr.sin_port));
+    fflush(stdout);
+    for (;;) {
+        int fd = accept(listener, NULL, NULL);
+        if (fd < 0) {
+            perror("accept");
+            return 1;
+        }
+        char kind = 0;
+        if (recv(fd, &kind, 1, 0) != 1) {
+            close(fd);
+            continue;
+        }
+        if (kind == 'L')
+            handle_leaky(fd);
+        else
+            handle_good(fd);
+    }
+}
