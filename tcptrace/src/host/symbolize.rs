@@ -259,6 +259,10 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                 truncated,
             } => {
                 let named = namer.resolve(pid, &addresses, truncated);
+                namer
+                    .counters
+                    .perf_map_skipped_lines
+                    .store(namer.perf_maps.skipped_lines, Ordering::Relaxed);
                 let mut resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
                 resolved.insert((pid, stack_id), named);
             }
@@ -277,6 +281,11 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                         }
                     }
                 }
+                // Before the answer: whoever waits reads the count next.
+                namer
+                    .counters
+                    .perf_map_skipped_lines
+                    .store(namer.perf_maps.skipped_lines, Ordering::Relaxed);
                 let _ = done.send(());
             }
             Job::Forget(pids) => {
@@ -287,10 +296,6 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                 let _ = done.send(());
             }
         }
-        namer
-            .counters
-            .perf_map_skipped_lines
-            .store(namer.perf_maps.skipped_lines, Ordering::Relaxed);
         if forgotten_since_renewal && renewed.elapsed() >= SYMBOLIZER_RENEWAL {
             namer.symbolizer = Symbolizer::new();
             renewed = Instant::now();

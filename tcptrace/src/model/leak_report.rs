@@ -416,13 +416,12 @@ fn process_leaks(
 /// frames (unnamed ones by module only).
 type CodePathKey = (Option<&'static str>, Option<StackKey>, Option<StackKey>);
 type StackKey = (Vec<String>, bool);
+/// Sockets of a code path, its origin kind, and the stacks of its first socket.
+type Grouped = (usize, Option<&'static str>, Option<Frames>, Option<Frames>);
 
 fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Vec<CodePath> {
     // Each group shows the stacks of its first socket.
-    let mut paths: HashMap<
-        CodePathKey,
-        (usize, Option<&'static str>, Option<Frames>, Option<Frames>),
-    > = HashMap::new();
+    let mut paths: HashMap<CodePathKey, Grouped> = HashMap::new();
     for stacks in sockets {
         let (origin, origin_stack, eof_stack) = match stacks {
             Some(s) => {

@@ -70,8 +70,18 @@ impl Frame {
         {
             return format!("Go {package}");
         }
-        if self.kind == FrameKind::Runtime && is_jvm_stub_name(&self.text) {
-            return "JVM stubs".to_owned();
+        if self.kind == FrameKind::Runtime && self.module.as_deref().is_none_or(|m| m == "[anon]") {
+            // Named by a perf map: the module says nothing.
+            if self.text.starts_with("py::") {
+                return "Python stdlib".to_owned();
+            }
+            if java_method(&self.text).is_some() {
+                return "JDK".to_owned();
+            }
+            if is_jvm_stub_name(&self.text) {
+                return "JVM stubs".to_owned();
+            }
+            return "V8".to_owned();
         }
         self.module
             .clone()
@@ -175,6 +185,10 @@ fn is_module_offset(text: &str) -> bool {
 fn is_runtime_module_path(path: &str) -> bool {
     // Everything a JDK ships: libjvm, libnet, libnio, the java launcher.
     path.contains("/lib/jvm/") || path.contains("/jdk/lib/") || path.contains("/jre/lib/")
+        // Python's C extensions (`_socket`, and those in site-packages):
+        // a Python program's own code is its Python.
+        || path.contains("/lib/python")
+        || path.contains("/lib64/python")
 }
 
 /// Shared objects and executables that are runtimes or system libraries,
@@ -215,6 +229,7 @@ pub fn is_runtime_module(module: &str) -> bool {
     }
     PREFIXES.iter().any(|p| module.starts_with(p))
         || EXECUTABLES.contains(&module)
+        || module.contains(".cpython-")
         || module
             .strip_prefix("python")
             .is_some_and(|version| version.chars().all(|c| c.is_ascii_digit() || c == '.'))
@@ -416,7 +431,7 @@ pub fn runtime_note(frames: &[Frame], pid: u32) -> Option<String> {
                 if interpreted { " (interpreted here)" } else { "" }
             )
         }
-        Runtime::Node => "Node.js: the read happens in the event loop (libuv); the JS handler is not on the stack at a read. Look for the 'end' handler that does not destroy the socket (allowHalfOpen)".to_owned(),
+        Runtime::Node => "Node.js: the read happens in the event loop (libuv); the JS handler is not on the stack at a read. The peer closed; the socket stays open until JS calls end() or destroy() (allowHalfOpen, or an 'end' handler that does neither)".to_owned(),
     };
     Some(note)
 }
@@ -479,6 +494,14 @@ mod tests {
             ),
             ("uv__read", "/usr/bin/node"),
             ("uv__stream_io", "/usr/lib/x86_64-linux-gnu/libuv.so.1"),
+            (
+                "sock_recv_impl (socketmodule.c:3666) [inlined]",
+                "/root/.pyenv/versions/3.12.1/lib/python3.12/lib-dynload/_socket.cpython-312-x86_64-linux-gnu.so",
+            ),
+            (
+                "sock_recv",
+                "/usr/lib/python3.11/lib-dynload/_socket.cpython-311-x86_64-linux-gnu.so",
+            ),
             ("runtime.goexit", "/srv/goserver"),
             ("syscall.Syscall", "/srv/goserver"),
             ("internal/poll.(*FD).Read", "/srv/goserver"),
@@ -586,6 +609,20 @@ mod tests {
         assert_eq!(libc.area(), "libc.so.6");
         let stub = frame("StubRoutines (1)", Some("[anon]"), FrameKind::Runtime);
         assert_eq!(stub.area(), "JVM stubs");
+        let jdk = frame(
+            "int java.io.InputStream.read(byte[])",
+            Some("[anon]"),
+            FrameKind::Runtime,
+        );
+        assert_eq!(jdk.area(), "JDK");
+        let stdlib = frame(
+            "py::recv_into:/usr/lib/python3.12/socket.py",
+            Some("[anon]"),
+            FrameKind::Runtime,
+        );
+        assert_eq!(stdlib.area(), "Python stdlib");
+        let anon = frame("[anon]+0x10", Some("[anon]"), FrameKind::Unresolved);
+        assert_eq!(anon.area(), "[anon]");
     }
 
     #[test]

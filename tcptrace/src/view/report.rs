@@ -31,13 +31,10 @@ pub fn stack_lines(
     noted: bool,
 ) -> Vec<String> {
     let any_program = frames.iter().any(Frame::is_program);
-    let shown = |frame: &Frame| {
-        frame.is_program()
-            || (!any_program
-                && !noted
-                && !(frame.kind == FrameKind::Unresolved
-                    && frame.module.as_deref().is_none_or(|m| m == "[anon]")))
+    let anonymous = |frame: &Frame| {
+        frame.kind == FrameKind::Unresolved && frame.module.as_deref().is_none_or(|m| m == "[anon]")
     };
+    let shown = |frame: &Frame| frame.is_program() || !(any_program || noted || anonymous(frame));
     let mut lines = Vec::new();
     let mut folded: Vec<&Frame> = Vec::new();
     let mut count = 0;
@@ -419,7 +416,7 @@ mod tests {
             ],
             None,
         );
-        let text = render_text(&report_of(&[go.clone()]), DEFAULT_STACK_DEPTH);
+        let text = render_text(&report_of(std::slice::from_ref(&go)), DEFAULT_STACK_DEPTH);
         let stack: Vec<&str> = text
             .lines()
             .skip_while(|l| !l.contains("EOF:"))
@@ -538,7 +535,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "… 5 frames in libc.so.6, python3.12, [anon]",
+                "… 5 frames in libc.so.6, python3.12, Python stdlib",
                 "py::process_data:/srv/app.py",
                 "… 1 frame in python3.12",
                 "py::handle_request:/srv/app.py",
