@@ -259,10 +259,7 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                 truncated,
             } => {
                 let named = namer.resolve(pid, &addresses, truncated);
-                namer
-                    .counters
-                    .perf_map_skipped_lines
-                    .store(namer.perf_maps.skipped_lines, Ordering::Relaxed);
+                namer.publish_counts();
                 let mut resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
                 resolved.insert((pid, stack_id), named);
             }
@@ -282,10 +279,7 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                     }
                 }
                 // Before the answer: whoever waits reads the count next.
-                namer
-                    .counters
-                    .perf_map_skipped_lines
-                    .store(namer.perf_maps.skipped_lines, Ordering::Relaxed);
+                namer.publish_counts();
                 let _ = done.send(());
             }
             Job::Forget(pids) => {
@@ -305,6 +299,12 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
 }
 
 impl Namer {
+    fn publish_counts(&self) {
+        self.counters
+            .perf_map_skipped_lines
+            .store(self.perf_maps.skipped_lines, Ordering::Relaxed);
+    }
+
     fn resolve(&mut self, pid: u32, addresses: &[u64], truncated: Option<String>) -> Named {
         // blazesym's own perf-map reader fails the whole stack on a map it
         // cannot parse (the JVM's `0x` addresses): ours is used instead.
