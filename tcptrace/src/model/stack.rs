@@ -437,16 +437,17 @@ pub fn runtime_note(frames: &[Frame], pid: u32) -> Option<String> {
 }
 
 /// A stack from (text, module path) pairs, each frame classified as the
-/// symbolizer would: `py::…` from a perf map, `module+0x…` unnamed.
+/// symbolizer would: a name in `[anon]` from a perf map, `module+0x…`
+/// unnamed.
 #[cfg(test)]
 pub(crate) fn test_stack(frames: &[(&str, &str)], truncated: Option<&str>) -> Frames {
     let frames = frames
         .iter()
         .map(|&(text, path)| {
-            let source = if text.starts_with("py::") {
-                NameSource::PerfMap
-            } else if is_module_offset(text) {
+            let source = if is_module_offset(text) {
                 NameSource::None
+            } else if path == "[anon]" {
+                NameSource::PerfMap
             } else {
                 NameSource::Symbols
             };

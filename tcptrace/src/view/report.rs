@@ -576,4 +576,47 @@ mod tests {
             ["(stack truncated: the process exited before its stack was unwound)"]
         );
     }
+
+    /// Java 17, -XX:+PreserveFramePointer, named by `jcmd PID
+    /// Compiler.perfmap` after the leak: the stack as tcptrace saw it.
+    #[test]
+    fn compiled_java_methods_show_between_the_jdk_and_the_jvm() {
+        const JDK: &str = "/usr/lib/jvm/java-17-openjdk-amd64/lib";
+        let nio = format!("{JDK}/libnio.so");
+        let jvm = format!("{JDK}/server/libjvm.so");
+        let jli = format!("{JDK}/libjli.so");
+        let stack = test_stack(
+            &[
+                ("__GI___libc_read (read.c:26) [inlined]", LIBC),
+                ("__GI___libc_read (read.c:24)", LIBC),
+                ("Java_sun_nio_ch_SocketDispatcher_read0", &nio),
+                (
+                    "int sun.nio.ch.SocketDispatcher.read0(java.io.FileDescriptor, long, int)",
+                    "[anon]",
+                ),
+                ("int java.io.InputStream.read(byte[])", "[anon]"),
+                ("int Leak.drain(java.net.Socket)", "[anon]"),
+                ("void Leak.main(java.lang.String[])", "[anon]"),
+                ("StubRoutines (1)", "[anon]"),
+                (
+                    "JavaCalls::call_helper(JavaValue*, methodHandle const&, JavaCallArguments*, JavaThread*)",
+                    &jvm,
+                ),
+                ("jni_CallStaticVoidMethod", &jvm),
+                ("JavaMain", &jli),
+                ("start_thread (pthread_create.c:442)", LIBC),
+            ],
+            None,
+        );
+        assert_eq!(stack.note, None, "the program's methods are named");
+        assert_eq!(
+            stack_lines(&stack.frames, None, DEFAULT_STACK_DEPTH, false),
+            [
+                "… 5 frames in libc.so.6, libnio.so, JDK",
+                "int Leak.drain(java.net.Socket)",
+                "void Leak.main(java.lang.String[])",
+                "… 5 frames in JVM stubs, libjvm.so, libjli.so, …",
+            ]
+        );
+    }
 }
