@@ -15,10 +15,10 @@ use crate::{
 pub const DEFAULT_STACK_DEPTH: usize = 8;
 
 /// The lines of one stack in text: the program's frames in order,
-/// innermost first, up to `depth` of them, each run of runtime, library
-/// and unnamed frames between them folded into one line that says where
-/// they are, so the innermost libc and runtime frames never hide the
-/// leaking function. JSON keeps every frame.
+/// innermost first, up to `depth` of them; runtime, library and unnamed
+/// frames fold into a line before them and a line after them that say how
+/// many and where, so the innermost libc and runtime frames never hide
+/// the leaking function. JSON keeps every frame.
 ///
 /// With no frame of the program named, the runtime's named frames are
 /// shown instead, unless a note says which runtime hides the program:
@@ -36,29 +36,44 @@ pub fn stack_lines(
     };
     let shown = |frame: &Frame| frame.is_program() || !(any_program || noted || anonymous(frame));
     let mut lines = Vec::new();
-    let mut folded: Vec<&Frame> = Vec::new();
+    // Runs not shown: before the first frame shown, between two shown, and
+    // after the last one shown (with everything past `depth`).
+    let mut leading: Vec<&Frame> = Vec::new();
+    let mut between: Vec<&Frame> = Vec::new();
+    let mut run: Vec<&Frame> = Vec::new();
     let mut count = 0;
     for (index, frame) in frames.iter().enumerate() {
         if !shown(frame) {
-            folded.push(frame);
+            run.push(frame);
             continue;
         }
         if count == depth {
-            // Everything past the last frame shown, in one line.
-            folded.extend(&frames[index..]);
-            lines.push(fold_line(&folded, " more"));
-            folded.clear();
+            run.extend(&frames[index..]);
             break;
         }
-        if !folded.is_empty() {
-            lines.push(fold_line(&folded, ""));
-            folded.clear();
+        if count == 0 {
+            leading.append(&mut run);
+        } else {
+            between.append(&mut run);
         }
         lines.push(sanitize(&frame.text).into_owned());
         count += 1;
     }
-    if !folded.is_empty() {
-        lines.push(fold_line(&folded, ""));
+    if !leading.is_empty() {
+        lines.insert(0, fold_line(&leading, ""));
+    }
+    // One line for the rest: a line per run between an interpreter's
+    // frames would double the stack's height and say nothing new.
+    if !run.is_empty() || !between.is_empty() {
+        let more = if count == 0 { "" } else { " more" };
+        let mut line = fold_line(&[between.as_slice(), run.as_slice()].concat(), more);
+        if !between.is_empty() {
+            line.push_str(&format!(
+                " ({} of them between the frames above)",
+                between.len()
+            ));
+        }
+        lines.push(line);
     }
     if let Some(reason) = truncated {
         lines.push(sanitize(&truncation_line(reason)).into_owned());
@@ -428,7 +443,7 @@ mod tests {
                 "      EOF:       … 6 frames in Go syscall, Go internal/poll, Go net",
                 "                 main.drain",
                 "                 main.handleLegacy",
-                "                 … 1 frame in Go runtime",
+                "                 … 1 more frame in Go runtime",
             ],
             "{text}"
         );
@@ -537,9 +552,8 @@ mod tests {
             [
                 "… 5 frames in libc.so.6, python3.12, Python stdlib",
                 "py::process_data:/srv/app.py",
-                "… 1 frame in python3.12",
                 "py::handle_request:/srv/app.py",
-                "… 1 frame in python3.12",
+                "… 2 more frames in python3.12 (1 of them between the frames above)",
             ]
         );
         assert_eq!(stack.note, None);
@@ -561,7 +575,7 @@ mod tests {
             [
                 "__libc_recv",
                 "server+0x1234",
-                "… 1 frame in [anon]",
+                "… 1 more frame in [anon]",
                 "(stack truncated: a frame pointed outside the stack (0x10))",
             ]
         );
@@ -615,7 +629,7 @@ mod tests {
                 "… 5 frames in libc.so.6, libnio.so, JDK",
                 "int Leak.drain(java.net.Socket)",
                 "void Leak.main(java.lang.String[])",
-                "… 5 frames in JVM stubs, libjvm.so, libjli.so, …",
+                "… 5 more frames in JVM stubs, libjvm.so, libjli.so, …",
             ]
         );
     }
