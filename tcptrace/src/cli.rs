@@ -17,6 +17,7 @@ use crate::{
         validate_max_sockets, validate_ring_buffer_bytes,
     },
     view::metrics::MetricsLimits,
+    view::report::DEFAULT_STACK_DEPTH,
     view::top::{RowFilter, SortKey},
     view::watch::Format,
 };
@@ -141,6 +142,13 @@ pub struct LeaksArgs {
     #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
     pub stacks: StackLevel,
 
+    /// Frames of the program's own code shown per stack in the text report,
+    /// 1 to 128; runtime and library frames between them are folded into one
+    /// line each. JSON has every frame.
+    #[arg(long, value_name = "N", value_parser = parse_stack_depth,
+          default_value_t = DEFAULT_STACK_DEPTH)]
+    pub stack_depth: usize,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -200,6 +208,7 @@ impl LeaksArgs {
                 pid: self.pid,
                 port: self.port,
             },
+            stack_depth: self.stack_depth,
         }
     }
 }
@@ -294,6 +303,7 @@ impl HostArgs {
             once: false,
             json: false,
             filter: ReportFilter::default(),
+            stack_depth: DEFAULT_STACK_DEPTH,
         }
     }
 }
@@ -424,6 +434,16 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+pub fn parse_stack_depth(text: &str) -> Result<usize, String> {
+    const MAX: usize = 128;
+    match text.trim().parse::<usize>() {
+        Ok(depth @ 1..=MAX) => Ok(depth),
+        _ => Err(format!(
+            "'{text}' is not a stack depth: a number of frames from 1 to {MAX}"
+        )),
+    }
+}
+
 pub fn parse_max_sockets(text: &str) -> Result<u32, String> {
     let sockets: u32 = text
         .trim()
@@ -464,6 +484,31 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn stack_depth_is_checked() {
+        assert_eq!(parse_stack_depth("1"), Ok(1));
+        assert_eq!(parse_stack_depth(" 128 "), Ok(128));
+        for bad in ["0", "129", "-1", "eight", ""] {
+            let error = parse_stack_depth(bad).unwrap_err();
+            assert!(error.contains("from 1 to 128"), "{bad}: {error}");
+        }
+        let Command::Leaks(args) = Cli::try_parse_from(["tcptrace", "leaks"])
+            .unwrap()
+            .into_command()
+        else {
+            panic!("leaks")
+        };
+        assert_eq!(args.stack_depth, DEFAULT_STACK_DEPTH);
+        let Command::Leaks(args) = Cli::try_parse_from(["tcptrace", "leaks", "--stack-depth", "3"])
+            .unwrap()
+            .into_command()
+        else {
+            panic!("leaks")
+        };
+        assert_eq!(args.into_options().stack_depth, 3);
+        assert!(Cli::try_parse_from(["tcptrace", "leaks", "--stack-depth", "0"]).is_err());
     }
 
     #[test]

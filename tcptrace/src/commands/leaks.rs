@@ -35,6 +35,7 @@ fn write_report<W: Write>(
     out: &mut W,
     report: &LeakReport,
     json: bool,
+    stack_depth: usize,
     clear: bool,
 ) -> std::io::Result<()> {
     if json {
@@ -45,7 +46,7 @@ fn write_report<W: Write>(
             // Home and clear: a refreshed view, no alternate screen to restore.
             write!(out, "\x1b[H\x1b[2J")?;
         }
-        write!(out, "{}", render_text(report))?;
+        write!(out, "{}", render_text(report, stack_depth))?;
     }
     out.flush()
 }
@@ -57,6 +58,7 @@ struct LeaksLoop<'a, W: Write> {
     min_age: Duration,
     out: &'a mut W,
     json: bool,
+    stack_depth: usize,
     live_terminal: bool,
     reconciles: u64,
     /// Whether the read under way lists every socket with a file, for
@@ -98,7 +100,13 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
         self.monitor.drain(probe);
         self.monitor.health.drops = probe.counters().map(|c| all_drops(&c)).unwrap_or(0);
         let report = self.monitor.report(self.min_age);
-        if let Err(error) = write_report(self.out, &report, self.json, self.live_terminal) {
+        if let Err(error) = write_report(
+            self.out,
+            &report,
+            self.json,
+            self.stack_depth,
+            self.live_terminal,
+        ) {
             watch::reader_gone(error)?;
             self.gone = Some(LeaksOutcome {
                 leaks_found: !report.is_empty(),
@@ -111,6 +119,7 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
 
 pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<LeaksOutcome> {
     let json = options.json;
+    let stack_depth = options.stack_depth;
     if options.once {
         preflight::check_privileges()?;
         let mut monitor = Monitor::new(options)?;
@@ -121,7 +130,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         monitor.apply_host(&read, None, true);
         // Ages are unknown without history: everything in CLOSE_WAIT now is listed.
         let report = monitor.report(Duration::ZERO);
-        if let Err(error) = write_report(&mut out, &report, json, false) {
+        if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
             watch::reader_gone(error)?;
         }
         return Ok(LeaksOutcome {
@@ -167,6 +176,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         min_age,
         out: &mut out,
         json,
+        stack_depth,
         live_terminal,
         reconciles: 0,
         pruning: false,
@@ -198,7 +208,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         })
         .collect();
     let report = monitor.report(min_age);
-    if let Err(error) = write_report(&mut out, &report, json, false) {
+    if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
         watch::reader_gone(error)?;
     }
     Ok(LeaksOutcome {

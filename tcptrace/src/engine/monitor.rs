@@ -48,6 +48,8 @@ pub struct LeaksOptions {
     pub once: bool,
     pub json: bool,
     pub filter: ReportFilter,
+    /// The program's frames shown per stack in the text report.
+    pub stack_depth: usize,
 }
 
 pub(crate) struct Monitor {
@@ -305,6 +307,7 @@ impl Monitor {
     pub(crate) fn report(&mut self, min_age: Duration) -> LeakReport {
         let now_ns = monotonic_now_ns();
         let leaks = self.tracker.leaks(now_ns, min_age);
+        self.stacks.refresh_names(leaks.iter().map(|s| s.cookie));
         let stacks: HashMap<u64, SocketStacks> = leaks
             .iter()
             .filter_map(|s| Some((s.cookie, self.stacks.of_socket(s.cookie)?)))
@@ -322,6 +325,7 @@ impl Monitor {
         );
         self.health.corrections = self.tracker.corrections();
         report.health = self.health.clone();
+        self.stacks.naming_health(&mut report.health);
         report
     }
 }
@@ -347,6 +351,7 @@ mod tests {
             once: false,
             json: false,
             filter: ReportFilter::default(),
+            stack_depth: 8,
         })
         .unwrap()
     }

@@ -18,7 +18,7 @@ use tcptrace_common::StackKind;
 use crate::{
     host::{sockdiag::TableSnapshot, symbolize::SymbolizerWorker, unwind::UnwindWorker},
     model::{
-        leak_report::SocketStacks,
+        leak_report::{ProbeHealth, SocketStacks},
         stack::UnwoundStack,
         transition::{StackCopyFailure, StackSample},
     },
@@ -30,6 +30,9 @@ use crate::{
 const COPY_READ_DELAY: Duration = Duration::from_millis(500);
 /// How long a final report waits for stacks still being unwound or named.
 const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a report waits for JIT frames to be looked up again in perf
+/// maps; past it, the report shows the names known before.
+const RENAME_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Live sockets are not capped by number: they are freed at CLOSE or
 /// destroy and reconciled with the kernel's table, so they follow the
@@ -214,6 +217,26 @@ impl SocketStackBook {
         let unwound = self.unwinder.flush(FINAL_TIMEOUT);
         self.take_unwound();
         unwound && self.symbolizer.flush(FINAL_TIMEOUT)
+    }
+
+    /// Looks the JIT frames of these sockets' stacks that no perf map named
+    /// on arrival up again, before a report shows them: a map written after
+    /// the leak (`jcmd PID Compiler.perfmap`) still names it.
+    pub(crate) fn refresh_names(&self, cookies: impl Iterator<Item = u64>) {
+        let stacks = cookies
+            .filter_map(|cookie| self.by_socket.get(&cookie))
+            .flat_map(|refs| [refs.connect, refs.first_io, refs.eof])
+            .filter_map(|slot| match slot {
+                Some(Slot::Unwound(pid, id)) => Some((pid, id)),
+                _ => None,
+            });
+        self.symbolizer.refresh(stacks, RENAME_TIMEOUT);
+    }
+
+    /// What naming stacks failed at, into a report's health.
+    pub(crate) fn naming_health(&self, health: &mut ProbeHealth) {
+        health.symbolize_failures = self.symbolizer.failures();
+        health.perf_map_lines_skipped = self.symbolizer.perf_map_skipped_lines();
     }
 
     pub(crate) fn final_timeout() -> Duration {

@@ -8,6 +8,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod container;
+pub(crate) mod perf_map;
 pub mod procfs;
 pub(crate) mod reader;
 pub mod sockdiag;

@@ -14,7 +14,7 @@ use crate::{
     model::endpoint::endpoint,
     model::holder::Holder,
     model::leaks::{LeakKind, Suspect},
-    model::stack::Frames,
+    model::stack::{Frame, Frames, NamedStack},
 };
 
 use crate::model::process::FdUsage;
@@ -27,7 +27,8 @@ pub struct SocketStacks {
     pub eof: Option<Frames>,
 }
 
-/// Leaked sockets of one process that share their code paths.
+/// Leaked sockets of one process that share their code paths: the same
+/// named frames, whatever the addresses of frames nothing names.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CodePath {
     pub sockets: usize,
@@ -35,9 +36,47 @@ pub struct CodePath {
     /// that returned data: an accepted socket's serving path); `None` when no
     /// stack was taken.
     pub origin: Option<&'static str>,
+    /// One line per frame, innermost first, then `(stack truncated: …)`
+    /// if the stack was cut.
     pub origin_stack: Vec<String>,
     /// The recv that returned EOF and was never followed by close().
     pub eof_stack: Vec<String>,
+    /// The same frames with their module and whose code they are.
+    pub origin_frames: Vec<Frame>,
+    pub eof_frames: Vec<Frame>,
+    /// Why the walk stopped before the outermost frame.
+    pub origin_truncated: Option<String>,
+    pub eof_truncated: Option<String>,
+    /// Which runtime's frames hide the program's, and what would name them.
+    pub note: Option<String>,
+}
+
+impl CodePath {
+    fn new(
+        sockets: usize,
+        origin: Option<&'static str>,
+        origin_stack: Option<&NamedStack>,
+        eof_stack: Option<&NamedStack>,
+    ) -> Self {
+        let lines = |s: Option<&NamedStack>| s.map(NamedStack::lines).unwrap_or_default();
+        let frames = |s: Option<&NamedStack>| s.map(|s| s.frames.clone()).unwrap_or_default();
+        let truncated = |s: Option<&NamedStack>| s.and_then(|s| s.truncated.clone());
+        // The EOF read is the leaking one: its advice first.
+        let note = eof_stack
+            .and_then(|s| s.note.clone())
+            .or_else(|| origin_stack.and_then(|s| s.note.clone()));
+        Self {
+            sockets,
+            origin,
+            origin_stack: lines(origin_stack),
+            eof_stack: lines(eof_stack),
+            origin_frames: frames(origin_stack),
+            eof_frames: frames(eof_stack),
+            origin_truncated: truncated(origin_stack),
+            eof_truncated: truncated(eof_stack),
+            note,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -102,6 +141,11 @@ pub struct ProbeHealth {
     pub host_read_failures: u64,
     /// Stacks the kernel could not store (map full, bucket collision).
     pub stack_errors: u64,
+    /// Stacks the symbolizer failed on: their frames are unnamed.
+    pub symbolize_failures: u64,
+    /// Malformed lines skipped in processes' perf maps (the rest of each
+    /// map is still used).
+    pub perf_map_lines_skipped: u64,
     /// Each attached program's kernel statistics (counted only while
     /// bpf_stats is enabled).
     pub programs: Vec<ProgramHealth>,
@@ -368,36 +412,47 @@ fn process_leaks(
     }
 }
 
-/// (origin kind, origin stack, EOF stack): what makes two code paths one.
-type CodePathKey = (Option<&'static str>, Vec<String>, Vec<String>);
+/// What makes two code paths one: the origin kind, and each stack's named
+/// frames (unnamed ones by module only).
+type CodePathKey = (Option<&'static str>, Option<StackKey>, Option<StackKey>);
+type StackKey = (Vec<String>, bool);
+/// Sockets of a code path, its origin kind, and the stacks of its first socket.
+type Grouped = (usize, Option<&'static str>, Option<Frames>, Option<Frames>);
 
 fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Vec<CodePath> {
-    let mut paths: HashMap<CodePathKey, usize> = HashMap::new();
+    // Each group shows the stacks of its first socket.
+    let mut paths: HashMap<CodePathKey, Grouped> = HashMap::new();
     for stacks in sockets {
         let (origin, origin_stack, eof_stack) = match stacks {
             Some(s) => {
                 let (origin, frames) = match (&s.connect, &s.first_io) {
-                    (Some(frames), _) => (Some("connect"), frames.to_vec()),
-                    (None, Some(frames)) => (Some("first_io"), frames.to_vec()),
-                    (None, None) => (None, Vec::new()),
+                    (Some(frames), _) => (Some("connect"), Some(frames.clone())),
+                    (None, Some(frames)) => (Some("first_io"), Some(frames.clone())),
+                    (None, None) => (None, None),
                 };
-                (
-                    origin,
-                    frames,
-                    s.eof.as_ref().map(|f| f.to_vec()).unwrap_or_default(),
-                )
+                (origin, frames, s.eof.clone())
             }
-            None => (None, Vec::new(), Vec::new()),
+            None => (None, None, None),
         };
-        *paths.entry((origin, origin_stack, eof_stack)).or_default() += 1;
+        let key = (
+            origin,
+            origin_stack.as_ref().map(|s| s.group_key()),
+            eof_stack.as_ref().map(|s| s.group_key()),
+        );
+        paths
+            .entry(key)
+            .or_insert((0, origin, origin_stack, eof_stack))
+            .0 += 1;
     }
     let mut paths: Vec<CodePath> = paths
-        .into_iter()
-        .map(|((origin, origin_stack, eof_stack), sockets)| CodePath {
-            sockets,
-            origin,
-            origin_stack,
-            eof_stack,
+        .into_values()
+        .map(|(sockets, origin, origin_stack, eof_stack)| {
+            CodePath::new(
+                sockets,
+                origin,
+                origin_stack.as_deref(),
+                eof_stack.as_deref(),
+            )
         })
         .collect();
     paths.sort_by(|a, b| {
