@@ -18,12 +18,13 @@ use crate::{
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
     model::leak_report::{
-        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
+        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, StacksTaken,
+        build_report,
     },
     model::leaks::{LeakKind, LeakTracker},
     model::process::FdUsage,
     model::transition::{Record, Transition},
-    probe::loader::{KernelCounters, Probe, ProbeOptions},
+    probe::loader::{KernelCounters, Probe, ProbeOptions, StackLevel},
     probe::records::decode,
 };
 
@@ -326,6 +327,11 @@ impl Monitor {
         self.health.corrections = self.tracker.corrections();
         report.health = self.health.clone();
         self.stacks.naming_health(&mut report.health);
+        report.stacks = match self.options.probe.stacks {
+            StackLevel::Off => StacksTaken::Off,
+            StackLevel::Eof => StacksTaken::Eof,
+            StackLevel::Full => StacksTaken::Full,
+        };
         report
     }
 }

@@ -166,6 +166,20 @@ pub struct LeakReport {
     pub leaking_sockets: usize,
     pub processes: Vec<ProcessLeaks>,
     pub health: ProbeHealth,
+    /// Which stacks were taken, so a code path without one says why.
+    pub stacks: StacksTaken,
+}
+
+/// The stacks the probe takes (`--stacks`).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StacksTaken {
+    #[default]
+    Off,
+    /// At each socket's read of EOF.
+    Eof,
+    /// Also at connect() and at the first read of data.
+    Full,
 }
 
 impl LeakReport {
@@ -348,6 +362,7 @@ pub fn build_report(
         leaking_sockets: counted.len(),
         processes,
         health: ProbeHealth::default(),
+        stacks: StacksTaken::Off,
     }
 }
 

@@ -653,6 +653,7 @@ mod tests {
             leaking_sockets: processes.iter().map(|p| p.close_wait + p.closed_held).sum(),
             processes,
             health: Default::default(),
+            stacks: Default::default(),
         }
     }
 
@@ -930,6 +931,7 @@ mod tests {
         state.update_transitions(&snap);
         let leaks = LeakReport {
             min_age_ms: 0,
+            stacks: Default::default(),
             leaking_sockets: 3,
             processes: vec![
                 crate::model::leak_report::ProcessLeaks {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     model::{
-        leak_report::LeakReport,
+        leak_report::{LeakReport, StacksTaken},
         stack::{Frame, FrameKind, truncation_line},
     },
     view::terminal::sanitize,
@@ -115,9 +115,11 @@ fn write_stack(
     truncated: Option<&str>,
     depth: usize,
     noted: bool,
+    missing: &str,
 ) {
     if frames.is_empty() && truncated.is_none() {
-        let _ = writeln!(out, "      {label}: (no stack)");
+        let lead = format!("{label}:");
+        let _ = writeln!(out, "      {lead:<10} ({missing})");
         return;
     }
     for (i, line) in stack_lines(frames, truncated, depth, noted)
@@ -130,6 +132,21 @@ fn write_stack(
             String::new()
         };
         let _ = writeln!(out, "      {lead:<10} {line}");
+    }
+}
+
+/// Why a code path has no connect/first-I/O stack, and why no EOF stack.
+fn missing_stacks(taken: StacksTaken) -> (&'static str, &'static str) {
+    match taken {
+        StacksTaken::Off => ("stacks off", "stacks off"),
+        StacksTaken::Eof => (
+            "taken only with --stacks full",
+            "no stack: no read of EOF by its process while tcptrace ran",
+        ),
+        StacksTaken::Full => (
+            "no stack: made before tcptrace started, or not read yet",
+            "no stack: no read of EOF by its process while tcptrace ran",
+        ),
     }
 }
 
@@ -225,6 +242,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 _ => "first I/O",
             };
             let noted = path.note.is_some();
+            let (origin_missing, eof_missing) = missing_stacks(report.stacks);
             write_stack(
                 &mut out,
                 origin,
@@ -232,6 +250,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 path.origin_truncated.as_deref(),
                 stack_depth,
                 noted,
+                origin_missing,
             );
             write_stack(
                 &mut out,
@@ -240,6 +259,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 path.eof_truncated.as_deref(),
                 stack_depth,
                 noted,
+                eof_missing,
             );
             if let Some(note) = &path.note {
                 let _ = writeln!(out, "      {:<10} {}", "note:", sanitize(note));
@@ -368,6 +388,21 @@ mod tests {
         let text = render_text(&report, DEFAULT_STACK_DEPTH);
         assert!(text.contains("1 leaking socket "), "{text}");
         assert!(text.contains(">=45.0s"), "{text}");
+        // A code path without stacks says why, by what was taken.
+        assert!(text.contains("EOF:       (stacks off)"), "{text}");
+        let mut eof_only = report.clone();
+        eof_only.stacks = StacksTaken::Eof;
+        let text = render_text(&eof_only, DEFAULT_STACK_DEPTH);
+        assert!(
+            text.contains("first I/O: (taken only with --stacks full)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "EOF:       (no stack: no read of EOF by its process while tcptrace ran)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("10.0.0.1:1000"),
             "v4-mapped shown as IPv4: {text}"

@@ -243,6 +243,7 @@ mod tests {
                 leaking_sockets: 0,
                 processes: Vec::new(),
                 health: ProbeHealth::default(),
+                stacks: Default::default(),
             },
             rates: &HashMap::new(),
             span: Duration::ZERO,
