@@ -296,6 +296,13 @@ fn check(name: &str, server: Server, expect: Expect, after_leaks: impl FnOnce(&S
             }
         }
     }
+    // These leaks are accepted sockets: the hint must point at the server,
+    // not at a client pool.
+    let hint = entry["peer_pattern"].as_str().unwrap_or_default();
+    assert!(
+        !hint.contains("pool"),
+        "a server's leaks blamed on a pool: {hint}"
+    );
     // All four took the same path: stacks that differ only in addresses
     // nothing names (two compiled copies of one Java method) are one path.
     assert_eq!(paths.len(), 1, "one code path for one bug: {paths:#?}");

@@ -3,8 +3,8 @@
 //! which peers. Pure: holders, fd usage and time come in as arguments.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    net::IpAddr,
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -393,7 +393,7 @@ fn process_leaks(
         ) if rate > 0.0 => Some(limit.saturating_sub(open) as f64 / rate * 60.0),
         _ => None,
     };
-    let (peers, peer_pattern) = group_peers(sockets.iter().map(|(s, _)| s.remote.ip()));
+    let (peers, peer_pattern) = group_peers(sockets.iter().map(|(s, _)| (s.local, s.remote)));
     let mut listed: Vec<LeakedSocket> = sockets
         .iter()
         .map(|(s, fd)| LeakedSocket {
@@ -481,21 +481,50 @@ fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Ve
 
 const TOP_PEERS: usize = 5;
 
+/// Which end of its connections a process's leaking sockets are.
+#[derive(Debug, PartialEq, Eq)]
+enum Side {
+    /// All on one local port, from many remote ports: a server's.
+    Accepted,
+    /// All to one remote port, from many local ports: a client's.
+    Connected,
+    Unknown,
+}
+
+fn side_of(sockets: &[(SocketAddr, SocketAddr)]) -> Side {
+    let local_ports: HashSet<u16> = sockets.iter().map(|(l, _)| l.port()).collect();
+    let remote_ports: HashSet<u16> = sockets.iter().map(|(_, r)| r.port()).collect();
+    match (local_ports.len(), remote_ports.len()) {
+        (1, n) if n > 1 => Side::Accepted,
+        (n, 1) if n > 1 => Side::Connected,
+        _ => Side::Unknown,
+    }
+}
+
 /// Peers by leaked sockets, most first, and what the spread usually means
 /// (the reading an operator does by hand with `ss | sort | uniq -c`).
-fn group_peers(peers: impl Iterator<Item = IpAddr>) -> (Vec<PeerCount>, Option<&'static str>) {
+fn group_peers(
+    sockets: impl Iterator<Item = (SocketAddr, SocketAddr)>,
+) -> (Vec<PeerCount>, Option<&'static str>) {
+    let sockets: Vec<(SocketAddr, SocketAddr)> = sockets.collect();
     let mut counts: HashMap<IpAddr, usize> = HashMap::new();
-    for peer in peers {
-        *counts.entry(peer.to_canonical()).or_default() += 1;
+    for (_, remote) in &sockets {
+        *counts.entry(remote.ip().to_canonical()).or_default() += 1;
     }
     let total: usize = counts.values().sum();
     let distinct = counts.len();
     let mut sorted: Vec<(IpAddr, usize)> = counts.into_iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let pattern = match sorted.first() {
-        Some(&(_, top)) if total >= 3 && top * 2 > total => {
-            Some("one peer holds most: a misbehaving client, or a pool that keeps idle connections")
-        }
+        Some(&(_, top)) if total >= 3 && top * 2 > total => Some(match side_of(&sockets) {
+            Side::Accepted => {
+                "one client holds most: it hung up and this server did not close; look at the handler that serves it"
+            }
+            Side::Connected => {
+                "one server holds most: it hung up and this client did not close; a pool that keeps idle connections, or a missing close()"
+            }
+            Side::Unknown => "one peer holds most of them",
+        }),
         Some(&(_, top)) if distinct >= 3 && top <= 2 => {
             Some("many peers with one or two each: the application forgets close()")
         }
@@ -700,11 +729,16 @@ mod tests {
     }
 
     #[test]
-    fn one_dominant_peer_is_called_out() {
-        let peers = ["10.0.0.9", "10.0.0.9", "10.0.0.9", "10.0.0.1"]
-            .iter()
-            .map(|p| p.parse().unwrap());
-        let (top, pattern) = group_peers(peers);
+    fn one_dominant_peer_is_called_out_by_the_side_the_leaks_are_on() {
+        let addr = |text: &str| -> SocketAddr { text.parse().unwrap() };
+        // A server on :8080: accepted sockets from many client ports.
+        let accepted = [
+            ("10.0.0.2:8080", "10.0.0.9:40001"),
+            ("10.0.0.2:8080", "10.0.0.9:40002"),
+            ("10.0.0.2:8080", "10.0.0.9:40003"),
+            ("10.0.0.2:8080", "10.0.0.1:40004"),
+        ];
+        let (top, pattern) = group_peers(accepted.iter().map(|(l, r)| (addr(l), addr(r))));
         assert_eq!(
             top[0],
             PeerCount {
@@ -712,7 +746,25 @@ mod tests {
                 sockets: 3
             }
         );
-        assert!(pattern.unwrap().starts_with("one peer"));
+        let pattern = pattern.unwrap();
+        assert!(pattern.starts_with("one client holds most"), "{pattern}");
+        assert!(!pattern.contains("pool"), "{pattern}");
+        // A client with a pool to one upstream :5432.
+        let connected = [
+            ("10.0.0.2:51001", "10.0.0.9:5432"),
+            ("10.0.0.2:51002", "10.0.0.9:5432"),
+            ("10.0.0.2:51003", "10.0.0.9:5432"),
+        ];
+        let (_, pattern) = group_peers(connected.iter().map(|(l, r)| (addr(l), addr(r))));
+        assert!(pattern.unwrap().contains("pool"));
+        // Neither shape: no guess at the side.
+        let mixed = [
+            ("10.0.0.2:51001", "10.0.0.9:5432"),
+            ("10.0.0.2:8080", "10.0.0.9:40001"),
+            ("10.0.0.2:51003", "10.0.0.9:6379"),
+        ];
+        let (_, pattern) = group_peers(mixed.iter().map(|(l, r)| (addr(l), addr(r))));
+        assert_eq!(pattern, Some("one peer holds most of them"));
     }
 
     #[test]
