@@ -13,6 +13,7 @@
 
 mod report;
 mod rounds;
+mod stats;
 
 use std::{
     collections::HashMap,

@@ -4,36 +4,12 @@
 
 use std::{collections::HashMap, fmt::Write as _, time::Duration};
 
+use super::stats::{Spread, spread};
 use super::{
     BULK_SECONDS, CHURN_SECONDS, CLIENT_THREADS, CONFIGS, Config, KernelCost, LEAK_EVERY, Round,
     SERVE_INTERVAL, SERVE_REPORT_DELAY_S, STATS_SECONDS, SYSCALL_SECONDS, TRACE_SECONDS,
 };
 use crate::harness::machine;
-
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn spread(values: impl Iterator<Item = f64>) -> Option<Spread> {
-    let mut values: Vec<f64> = values.collect();
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    Some(Spread {
-        median,
-        min: values[0],
-        max: values[n - 1],
-    })
-}
 
 fn show(s: Option<Spread>, scale: f64, decimals: usize) -> String {
     match s {
