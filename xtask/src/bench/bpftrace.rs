@@ -27,7 +27,11 @@ pub(super) enum Peer {
 
 pub(super) const PEERS: [Peer; 2] = [Peer::Printf, Peer::Count];
 
+/// How its program is named in the document's kernel table.
+pub(super) const PROGRAM: &str = "bpftrace: tracepoint:sock:inet_sock_set_state";
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// How often SIGINT is repeated until bpftrace exits.
+const RESIGNAL: Duration = Duration::from_millis(500);
 
 impl Peer {
     pub(super) fn name(self) -> &'static str {
@@ -229,6 +233,8 @@ fn errors(said: &[String]) -> String {
 /// bpf_stats of the programs `pid` holds, from /proc/PID/fdinfo.
 fn program_stats(pid: u32) -> Vec<(String, u64, u64)> {
     let mut programs: Vec<(String, u64, u64)> = Vec::new();
+    // Two fds may hold one program.
+    let mut seen: Vec<String> = Vec::new();
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return programs;
     };
@@ -255,9 +261,9 @@ fn program_stats(pid: u32) -> Vec<(String, u64, u64)> {
         ) else {
             continue;
         };
-        let name = format!("bpftrace prog {id} (tracepoint)");
-        if !programs.iter().any(|(known, ..)| *known == name) {
-            programs.push((name, runs, ns));
+        if !seen.contains(&id) {
+            seen.push(id);
+            programs.push((PROGRAM.to_owned(), runs, ns));
         }
     }
     programs
@@ -277,18 +283,36 @@ impl Running {
     /// SIGINT, as a user stops it (the count-only one prints its map then),
     /// and its resource usage at exit.
     pub(super) fn stop(mut self) -> Result<PeerExit> {
-        let pid = self.child.id();
-        let programs = program_stats(pid);
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        let pid = self.child.id() as libc::pid_t;
+        let programs = program_stats(self.child.id());
         let mut status = 0;
         // SAFETY: all-zero is a valid rusage; wait4 fills it for our child.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: waiting for our own child with valid out pointers.
-        if unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) } != pid as i32 {
-            let error = std::io::Error::last_os_error();
-            let _ = self.child.kill();
-            bail!("wait4 on bpftrace failed: {error}");
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let mut signalled = Instant::now() - RESIGNAL;
+        loop {
+            // bpftrace 0.17 notices SIGINT only when it interrupts its
+            // epoll_wait: one that arrives elsewhere in its loop is lost, so
+            // it is sent again until bpftrace exits.
+            if signalled.elapsed() >= RESIGNAL {
+                // SAFETY: signalling our own child process, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGINT) };
+                signalled = Instant::now();
+            }
+            // SAFETY: waiting for our own child with valid out pointers.
+            match unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) } {
+                0 if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                0 => {
+                    let _ = self.child.kill();
+                    bail!("bpftrace did not exit within {STEP_TIMEOUT:?} of SIGINT");
+                }
+                reaped if reaped == pid => break,
+                _ => {
+                    let error = std::io::Error::last_os_error();
+                    let _ = self.child.kill();
+                    bail!("wait4 on bpftrace failed: {error}");
+                }
+            }
         }
         let stdout: Vec<String> = self
             .stdout

@@ -8,7 +8,7 @@ use std::{collections::HashMap, fmt::Write as _, time::Duration};
 use super::{
     CLIENT_THREADS, Config, KernelCost, LEAK_EVERY, Round, SCALE_ENV, SERVE_INTERVAL,
     SERVE_REPORT_DELAY_S, Timing,
-    bpftrace::{Availability, PEERS},
+    bpftrace::{self, Availability, PEERS},
     stats::{Spread, paired_ratios, spread},
 };
 use crate::harness::machine;
@@ -380,8 +380,9 @@ fn render_kernel(out: &mut String, run: &Run) {
         let transitions = cost
             .programs
             .iter()
-            .find(|(p, ..)| p == TRANSITION_PROGRAM || p.starts_with("bpftrace"))
+            .find(|(p, ..)| p == TRANSITION_PROGRAM || p == bpftrace::PROGRAM)
             .map_or(0, |(_, runs, _)| *runs);
+        // Per configuration: on its transition program's row.
         let agent = if transitions == 0 {
             "–".into()
         } else {
@@ -392,12 +393,14 @@ fn render_kernel(out: &mut String, run: &Run) {
         };
         let count = |v: Option<u64>| v.map_or("–".into(), |v| v.to_string());
         for (program, runs, run_ns) in &cost.programs {
+            let transition = program == TRANSITION_PROGRAM || program == bpftrace::PROGRAM;
             let _ = writeln!(
                 out,
-                "| {name} | {program} | {runs} | {:.0} | {} | {} | {agent} |",
+                "| {name} | {program} | {runs} | {:.0} | {} | {} | {} |",
                 *run_ns as f64 / (*runs).max(1) as f64,
                 count(cost.delivered),
                 count(cost.drops),
+                if transition { agent.as_str() } else { "" },
             );
         }
     }
@@ -420,10 +423,11 @@ pub(super) fn render(run: &Run, elapsed: Duration) -> String {
     }
     let _ = writeln!(
         out,
-        "Written by `cargo xtask bench --rounds {}` (run as root) on {}; after a warm-up round, {} alternation cycles in each of which every configuration runs once (the order rotating by one each cycle); {:.0} s in all. Absolute figures are medians with min–max in parentheses. **vs untraced** is the median of paired ratios: each traced round divided by the untraced round of the same cycle, with the min–max of those ratios. Every number below comes from that command; nothing here is asserted by a test.\n",
+        "Written by `cargo xtask bench --rounds {}` (run as root) on {}; after a warm-up round, {} alternation cycle{} in each of which every configuration runs once (the order rotating by one each cycle); {:.0} s in all. Absolute figures are medians with min–max in parentheses. **vs untraced** is the median of paired ratios: each traced round divided by the untraced round of the same cycle, with the min–max of those ratios. Every number below comes from that command; nothing here is asserted by a test.\n",
         run.rounds,
         machine(),
         run.rounds,
+        if run.rounds == 1 { "" } else { "s" },
         elapsed.as_secs_f64()
     );
     let _ = writeln!(
