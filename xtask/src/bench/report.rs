@@ -451,3 +451,91 @@ pub(super) fn render(run: &Run, elapsed: Duration) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::bpftrace::Peer;
+
+    fn round(cycle: usize, churn: f64) -> Round {
+        Round {
+            cycle,
+            churn_per_second: churn,
+            leaked: 4,
+            leaks_reported: Some(4),
+            events: Some(1000),
+            drops: Some(0),
+            agent_cpu: Some(Duration::from_micros(200)),
+            bulk_bytes_per_second: 1e9,
+            syscalls_per_second: 1e6,
+            ..Round::default()
+        }
+    }
+
+    fn document(bpftrace: &Availability, configs: &[Config]) -> String {
+        // The untraced rate drifts by cycle; every tracer costs 4 % of its own cycle's.
+        let base = [1000.0, 700.0, 1200.0];
+        let mut results = HashMap::new();
+        for config in configs {
+            let factor = if *config == Config::Untraced {
+                1.0
+            } else {
+                0.96
+            };
+            results.insert(
+                config.name(),
+                base.iter()
+                    .enumerate()
+                    .map(|(cycle, b)| round(cycle, b * factor))
+                    .collect(),
+            );
+        }
+        render(
+            &Run {
+                rounds: 3,
+                timing: Timing::FULL,
+                bpftrace,
+                configs,
+                results: &results,
+                kernel: &[],
+                pipeline_rate: 3e6,
+            },
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn the_churn_table_and_the_targets_show_the_median_paired_ratio() {
+        let bpftrace = Availability::Runs {
+            private_tracefs: false,
+        };
+        let doc = document(&bpftrace, &Config::all(&bpftrace));
+        let row = |name: &str| {
+            doc.lines()
+                .find(|line| line.starts_with(&format!("| {name} |")))
+                .unwrap_or_else(|| panic!("no row for {name} in\n{doc}"))
+                .to_owned()
+        };
+        assert!(row("leaks --stacks default").contains("**0.960×** (0.960–0.960)"));
+        assert!(row(Peer::Count.name()).contains("**0.960×**"));
+        assert!(
+            row("`serve --interval 5s` ≥ 0.95× untraced connections/s (median paired ratio)")
+                .ends_with("| met |")
+        );
+        assert!(!doc.contains("Smoke run"));
+    }
+
+    #[test]
+    fn a_peer_that_cannot_run_says_why_in_its_rows() {
+        let bpftrace = Availability::Cannot("bpftrace did not attach: ERROR: no tracefs".into());
+        let configs = Config::all(&bpftrace);
+        assert!(!configs.iter().any(|c| matches!(c, Config::Peer(_))));
+        let doc = document(&bpftrace, &configs);
+        for peer in PEERS {
+            assert!(doc.contains(&format!(
+                "| {} | not measured: bpftrace did not attach: ERROR: no tracefs |",
+                peer.name()
+            )));
+        }
+    }
+}
