@@ -37,10 +37,10 @@ enum Task {
     Test,
     /// Formatting and clippy, for the host crates and the eBPF crate separately.
     Lint,
-    /// Measure what tracing costs (as root, about 4 minutes after the builds); writes docs/PERFORMANCE.md.
+    /// Measure what tracing costs, beside bpftrace peers (as root, about 10 minutes after the builds; TCPTRACE_BENCH_SCALE=0.25 shortens the loads for a smoke run); writes docs/PERFORMANCE.md.
     Bench {
-        /// Rounds per configuration (at least 3 for the document).
-        #[arg(long, default_value_t = 3)]
+        /// Alternation cycles: rounds per configuration, each paired with the untraced round of its cycle.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
     /// Run the release `serve` for --minutes against churn, process churn, a

@@ -35,6 +35,7 @@ pub fn run() -> Result<Installed> {
     }
     ensure_rust_src()?;
     ensure_llvm_dev(llvm_major)?;
+    ensure_bpftrace()?;
     ensure_bpf_linker(llvm_major)?;
     let prometheus = ensure_prometheus()?;
     ensure_go()?;
@@ -124,6 +125,20 @@ fn ensure_llvm_dev(major: u32) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The bench's peer rows: what a user would otherwise run (no test uses it).
+fn ensure_bpftrace() -> Result<()> {
+    let runs = || output(Command::new("bpftrace").arg("--version")).ok();
+    if let Some(version) = runs() {
+        step(&format!("setup: bpftrace: present ({})", version.trim()));
+        return Ok(());
+    }
+    step("setup: bpftrace: missing, installing with apt-get (the bench's peer rows)");
+    apt_install(&["bpftrace"])?;
+    runs()
+        .map(|_| ())
+        .context("bpftrace is installed but `bpftrace --version` fails")
 }
 
 /// `apt-get install --no-install-recommends`, after `apt-get update` only if

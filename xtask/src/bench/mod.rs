@@ -7,12 +7,19 @@
 //! In-kernel cost comes from separate short runs with bpf_stats enabled,
 //! never from the throughput rounds (the statistics cost time themselves).
 //!
+//! Each traced round is compared with the untraced round of the same
+//! alternation cycle (a paired ratio), so that the host's drift between
+//! cycles does not blur a 5 % difference. bpftrace one-liners run as peers in
+//! the same cycles: what a user would otherwise reach for.
+//!
 //! Here: the configurations, the plan of rounds and the criterion run;
-//! `rounds` runs one round or one in-kernel cost run; `report` writes the
-//! document.
+//! `rounds` runs one round or one in-kernel cost run; `bpftrace` the peers;
+//! `stats` the arithmetic; `report` writes the document.
 
+mod bpftrace;
 mod report;
 mod rounds;
+mod stats;
 
 use std::{
     collections::HashMap,
@@ -24,17 +31,60 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use bpftrace::{Availability, PEERS, Peer};
 use report::render;
 use rounds::{BpfStatsGuard, kernel_cost, run_round};
 
 use crate::step;
 
-const CHURN_SECONDS: f64 = 4.0;
-const BULK_SECONDS: f64 = 2.0;
-const SYSCALL_SECONDS: f64 = 2.0;
-/// Long enough for the three workloads and their start-up.
-const TRACE_SECONDS: u64 = 11;
-const STATS_SECONDS: f64 = 3.0;
+/// Scales every load's length (0 < scale <= 1): for a smoke run of the
+/// benchmark's code, whose numbers are not measurements.
+const SCALE_ENV: &str = "TCPTRACE_BENCH_SCALE";
+
+/// How long each load runs.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    churn: f64,
+    bulk: f64,
+    syscalls: f64,
+    stats: f64,
+    scale: f64,
+}
+
+impl Timing {
+    const FULL: Self = Self {
+        churn: 4.0,
+        bulk: 2.0,
+        syscalls: 2.0,
+        stats: 3.0,
+        scale: 1.0,
+    };
+
+    fn from_env() -> Result<Self> {
+        let Some(text) = std::env::var_os(SCALE_ENV) else {
+            return Ok(Self::FULL);
+        };
+        let text = text.to_string_lossy();
+        let scale: f64 = text
+            .parse()
+            .ok()
+            .filter(|s| *s > 0.0 && *s <= 1.0)
+            .with_context(|| format!("{SCALE_ENV}={text}: want a number in (0, 1]"))?;
+        let full = Self::FULL;
+        Ok(Self {
+            churn: full.churn * scale,
+            bulk: full.bulk * scale,
+            syscalls: full.syscalls * scale,
+            stats: full.stats * scale,
+            scale,
+        })
+    }
+
+    /// Long enough for the three workloads and their start-up.
+    fn trace_seconds(self) -> u64 {
+        (self.churn + self.bulk + self.syscalls + 3.0).ceil() as u64
+    }
+}
 /// The churn server keeps one socket in this many: the leaks to find.
 const LEAK_EVERY: u64 = 500;
 const CLIENT_THREADS: &str = "2";
@@ -48,6 +98,8 @@ enum Config {
     /// The long-running agent: the probe of `leaks --stacks default` plus a
     /// full table read, attribution and diagnoses every refresh.
     Serve,
+    /// Not tcptrace: a bpftrace one-liner, for comparison.
+    Peer(Peer),
 }
 
 const CONFIGS: [Config; 6] = [
@@ -70,13 +122,27 @@ impl Config {
             Self::Watch => "watch --json > /dev/null".into(),
             Self::Leaks(level) => format!("leaks --stacks {level}"),
             Self::Serve => format!("serve --interval {SERVE_INTERVAL}"),
+            Self::Peer(peer) => peer.name().into(),
         }
     }
 
+    /// The tcptrace configurations and, where bpftrace runs, its peers.
+    fn all(bpftrace: &Availability) -> Vec<Self> {
+        let peers = match bpftrace {
+            Availability::Runs { .. } => &PEERS[..],
+            Availability::Cannot(_) => &[],
+        };
+        CONFIGS
+            .into_iter()
+            .chain(peers.iter().map(|peer| Self::Peer(*peer)))
+            .collect()
+    }
+
+    /// tcptrace's arguments; `None` where tcptrace does not run.
     fn tracer_args(self, seconds: u64) -> Option<Vec<String>> {
         let duration = format!("{seconds}s");
         match self {
-            Self::Untraced => None,
+            Self::Untraced | Self::Peer(_) => None,
             Self::Watch => Some(vec!["watch".into(), "--json".into(), "-d".into(), duration]),
             Self::Leaks(level) => Some(vec![
                 "leaks".into(),
@@ -105,6 +171,8 @@ impl Config {
 /// One configuration, one round.
 #[derive(Clone, Debug, Default)]
 struct Round {
+    /// The alternation cycle: its untraced round is this round's pair.
+    cycle: usize,
     churn_per_second: f64,
     leaked: u64,
     leaks_reported: Option<u64>,
@@ -122,13 +190,20 @@ struct Round {
 struct KernelCost {
     /// program -> (runs, run ns)
     programs: Vec<(String, u64, u64)>,
-    delivered: u64,
-    drops: u64,
+    /// Records that reached userspace (for the count-only peer: the
+    /// transitions its map counted); `None` where nothing says.
+    delivered: Option<u64>,
+    drops: Option<u64>,
+    /// The tracer's CPU over the whole run.
+    agent_cpu: Duration,
 }
 
-struct Binaries {
+/// What a round runs, and how long.
+struct Bench {
     tcptrace: PathBuf,
     peer: PathBuf,
+    timing: Timing,
+    bpftrace: Availability,
 }
 
 fn criterion_events_per_second(root: &Path) -> Result<f64> {
@@ -159,25 +234,45 @@ fn criterion_events_per_second(root: &Path) -> Result<f64> {
 
 pub fn run(root: &Path, rounds: u32) -> Result<()> {
     let started = Instant::now();
-    let bin = Binaries {
+    if rounds == 0 {
+        anyhow::bail!("--rounds 0: at least one round per configuration");
+    }
+    let timing = Timing::from_env()?;
+    step("bench: does bpftrace attach here? (count-only one-liner, one loopback connection)");
+    let bpftrace = bpftrace::availability();
+    match &bpftrace {
+        Availability::Runs { private_tracefs } => step(&format!(
+            "bench: bpftrace runs{}",
+            if *private_tracefs {
+                " (tracefs is not mounted here: in its own mount namespace with tracefs mounted)"
+            } else {
+                ""
+            }
+        )),
+        Availability::Cannot(why) => step(&format!("bench: bpftrace rows left out: {why}")),
+    }
+    let bench = Bench {
         tcptrace: root.join("target/release/tcptrace"),
         peer: root.join("target/release/tcptrace-testpeer"),
+        timing,
+        bpftrace,
     };
+    let configs = Config::all(&bench.bpftrace);
     step("bench: warm-up round, untraced and with watch");
-    run_round(&bin, Config::Untraced)?;
-    run_round(&bin, Config::Watch)?;
+    run_round(&bench, Config::Untraced, 0)?;
+    run_round(&bench, Config::Watch, 0)?;
 
     let mut results: HashMap<String, Vec<Round>> = HashMap::new();
-    for round in 0..rounds {
+    for cycle in 0..rounds as usize {
         // Rotate the order so no configuration always runs first.
-        for i in 0..CONFIGS.len() {
-            let config = CONFIGS[(i + round as usize) % CONFIGS.len()];
+        for i in 0..configs.len() {
+            let config = configs[(i + cycle) % configs.len()];
             step(&format!(
                 "bench: round {}/{rounds}: {}",
-                round + 1,
+                cycle + 1,
                 config.name()
             ));
-            let result = run_round(&bin, config)?;
+            let result = run_round(&bench, config, cycle)?;
             results.entry(config.name()).or_default().push(result);
         }
     }
@@ -187,18 +282,29 @@ pub fn run(root: &Path, rounds: u32) -> Result<()> {
     {
         let _stats = BpfStatsGuard::enable()?;
         // serve attaches what `leaks --stacks default` does.
-        for config in CONFIGS[1..]
+        for config in configs
             .iter()
-            .filter(|c| matches!(c, Config::Watch | Config::Leaks(_)))
+            .filter(|c| !matches!(c, Config::Untraced | Config::Serve))
         {
-            kernel.push((config.name(), kernel_cost(&bin, *config)?));
+            kernel.push((config.name(), kernel_cost(&bench, *config)?));
         }
     }
 
     step("bench: criterion, decode and track on one core");
     let pipeline_rate = criterion_events_per_second(root)?;
 
-    let doc = render(rounds, &results, &kernel, pipeline_rate, started.elapsed());
+    let doc = render(
+        &report::Run {
+            rounds,
+            timing: bench.timing,
+            bpftrace: &bench.bpftrace,
+            configs: &configs,
+            results: &results,
+            kernel: &kernel,
+            pipeline_rate,
+        },
+        started.elapsed(),
+    );
     let path = root.join("docs/PERFORMANCE.md");
     fs::create_dir_all(root.join("docs"))?;
     fs::write(&path, &doc)?;

@@ -1,16 +1,17 @@
 //! One benchmark round: the load generators against a leaking server, with
-//! or without a tracer, and what each side counted; and the short runs with
-//! bpf_stats enabled that measure the probe's in-kernel cost.
+//! or without a tracer (tcptrace or a bpftrace peer), and what each side
+//! counted; and the short runs with bpf_stats enabled that measure the
+//! probes' in-kernel cost.
 
 use std::{collections::HashMap, fs, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 
 use super::{
-    BPF_STATS, BULK_SECONDS, Binaries, CHURN_SECONDS, CLIENT_THREADS, Config, KernelCost,
-    LEAK_EVERY, Round, SERVE_REPORT_DELAY_S, STATS_SECONDS, SYSCALL_SECONDS, TRACE_SECONDS,
+    BPF_STATS, Bench, CLIENT_THREADS, Config, KernelCost, LEAK_EVERY, Round, SERVE_REPORT_DELAY_S,
+    bpftrace::{self, Availability, PeerExit},
 };
-use crate::harness::{Proc, Tracer, fields};
+use crate::harness::{Proc, Tracer, TracerExit, fields};
 
 /// Puts bpf_stats back as it was, however the benchmark ends.
 pub(super) struct BpfStatsGuard {
@@ -31,8 +32,16 @@ impl Drop for BpfStatsGuard {
     }
 }
 
-/// Churn for `seconds` against a leaking server; returns (connections/s, leaked, server pid).
-fn churn(bin: &Binaries, seconds: f64, until: impl FnOnce() -> Result<()>) -> Result<(f64, u64)> {
+/// What churn measured: its rate and the server's leaks.
+struct Churned {
+    per_second: f64,
+    leaked: u64,
+    server_pid: u32,
+}
+
+/// Churn for `seconds` against a leaking server, which keeps its leaks until
+/// `until` has returned.
+fn churn(bin: &Bench, seconds: f64, until: impl FnOnce(u32) -> Result<()>) -> Result<Churned> {
     let addr = "127.0.0.1:0";
     let mut server = Proc::spawn(
         &bin.peer,
@@ -60,13 +69,18 @@ fn churn(bin: &Binaries, seconds: f64, until: impl FnOnce() -> Result<()>) -> Re
     let done = client.expect("done")?;
     let per_second: f64 = done["per_second"].parse()?;
     // The server keeps its leaks until the tracer has reported.
-    until()?;
+    let server_pid = server.pid();
+    until(server_pid)?;
     server.close_stdin();
     let leaked: u64 = server.expect("served")?["leaked"].parse()?;
-    Ok((per_second, leaked))
+    Ok(Churned {
+        per_second,
+        leaked,
+        server_pid,
+    })
 }
 
-fn bulk(bin: &Binaries) -> Result<(f64, f64)> {
+fn bulk(bin: &Bench) -> Result<(f64, f64)> {
     let server = Proc::spawn(&bin.peer, &["bulk-server", "--addr", "127.0.0.1:0"])?;
     let port = server.expect("listening")?["port"].clone();
     let client = Proc::spawn(
@@ -76,7 +90,7 @@ fn bulk(bin: &Binaries) -> Result<(f64, f64)> {
             "--connect",
             &format!("127.0.0.1:{port}"),
             "--seconds",
-            &BULK_SECONDS.to_string(),
+            &bin.timing.bulk.to_string(),
         ],
     )?;
     client.expect("done")?;
@@ -87,10 +101,14 @@ fn bulk(bin: &Binaries) -> Result<(f64, f64)> {
     ))
 }
 
-fn syscalls(bin: &Binaries) -> Result<f64> {
+fn syscalls(bin: &Bench) -> Result<f64> {
     let looper = Proc::spawn(
         &bin.peer,
-        &["syscall-loop", "--seconds", &SYSCALL_SECONDS.to_string()],
+        &[
+            "syscall-loop",
+            "--seconds",
+            &bin.timing.syscalls.to_string(),
+        ],
     )?;
     Ok(looper.expect("done")?["calls_per_second"].parse()?)
 }
@@ -108,101 +126,155 @@ fn leak_report(stdout: &[String]) -> Result<serde_json::Value> {
     serde_json::from_str(last).context("the leak report is not JSON")
 }
 
-pub(super) fn run_round(bin: &Binaries, config: Config) -> Result<Round> {
-    let tracer = match config.tracer_args(TRACE_SECONDS) {
-        Some(args) => Some(Tracer::start(
-            &bin.tcptrace,
-            &args,
-            config != Config::Watch,
-        )?),
-        None => None,
+/// The leaks the report gives the churn server: it made them, and it is the
+/// only process whose leaks are counted (other programs on a shared host may
+/// leak too).
+fn server_leaks(report: &serde_json::Value, server_pid: u32) -> Option<u64> {
+    let processes = report["processes"].as_array()?;
+    let held: u64 = processes
+        .iter()
+        .filter(|p| p["pid"].as_u64() == Some(u64::from(server_pid)))
+        .map(|p| p["close_wait"].as_u64().unwrap_or(0) + p["closed_held"].as_u64().unwrap_or(0))
+        .sum();
+    if report["truncated"].as_bool() == Some(true) && held == 0 {
+        // A page that left the server out says nothing about it.
+        return None;
+    }
+    Some(held)
+}
+
+/// A tracer of either kind, running.
+enum Running {
+    Tcptrace(Tracer),
+    Peer(bpftrace::Running),
+}
+
+enum Exited {
+    Tcptrace(TracerExit, Option<serde_json::Value>),
+    Peer(PeerExit),
+}
+
+fn start(bench: &Bench, config: Config, seconds: u64) -> Result<Option<Running>> {
+    if let Config::Peer(peer) = config {
+        let Availability::Runs { private_tracefs } = bench.bpftrace else {
+            anyhow::bail!("bpftrace does not run here");
+        };
+        return Ok(Some(Running::Peer(bpftrace::start(peer, private_tracefs)?)));
+    }
+    config
+        .tracer_args(seconds)
+        .map(|args| {
+            Tracer::start(&bench.tcptrace, &args, config != Config::Watch).map(Running::Tcptrace)
+        })
+        .transpose()
+}
+
+pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<Round> {
+    let tracer = start(bench, config, bench.timing.trace_seconds())?;
+    let mut round = Round {
+        cycle,
+        ..Round::default()
     };
-    let mut round = Round::default();
-    let mut exit = None;
-    let mut served_report = None;
-    let (per_second, leaked) = churn(bin, CHURN_SECONDS, || {
-        let (bytes, recvs) = bulk(bin)?;
+    let mut exited = None;
+    let churned = churn(bench, bench.timing.churn, |_| {
+        let (bytes, recvs) = bulk(bench)?;
         round.bulk_bytes_per_second = bytes;
         round.recvs_per_second = recvs;
-        round.syscalls_per_second = syscalls(bin)?;
-        if let Some(tracer) = tracer {
-            if config == Config::Serve {
-                // Past one refresh after the load, as a scrape would see it.
-                thread::sleep(Duration::from_secs(SERVE_REPORT_DELAY_S));
-                served_report = Some(tracer.leaks_over_http()?);
-                tracer.terminate();
+        round.syscalls_per_second = syscalls(bench)?;
+        exited = match tracer {
+            None => None,
+            Some(Running::Peer(peer)) => Some(Exited::Peer(peer.stop()?)),
+            Some(Running::Tcptrace(tracer)) => {
+                let mut served = None;
+                if config == Config::Serve {
+                    // Past one refresh after the load, as a scrape would see it.
+                    thread::sleep(Duration::from_secs(SERVE_REPORT_DELAY_S));
+                    served = Some(tracer.leaks_over_http()?);
+                    tracer.terminate();
+                }
+                Some(Exited::Tcptrace(tracer.wait()?, served))
             }
-            exit = Some(tracer.wait()?);
-        }
+        };
         Ok(())
     })?;
-    round.churn_per_second = per_second;
-    round.leaked = leaked;
-    if let Some(exit) = exit {
-        round.agent_cpu = Some(exit.cpu);
-        round.agent_peak_rss_kib = Some(exit.peak_rss_kib);
-        match config {
-            Config::Watch => {
-                let summary = summary_fields(&exit.stderr)?;
-                round.events = Some(summary["events"].parse()?);
-                round.drops = Some(summary["drops"].parse()?);
-            }
-            Config::Leaks(_) => {
-                let report = leak_report(&exit.stdout)?;
+    round.churn_per_second = churned.per_second;
+    round.leaked = churned.leaked;
+    match exited {
+        None => {}
+        Some(Exited::Peer(exit)) => {
+            round.agent_cpu = Some(exit.cpu);
+            round.agent_peak_rss_kib = Some(exit.peak_rss_kib);
+            round.events = exit.transitions;
+        }
+        Some(Exited::Tcptrace(exit, served)) => {
+            round.agent_cpu = Some(exit.cpu);
+            round.agent_peak_rss_kib = Some(exit.peak_rss_kib);
+            let report = match config {
+                Config::Watch => {
+                    let summary = summary_fields(&exit.stderr)?;
+                    round.events = Some(summary["events"].parse()?);
+                    round.drops = Some(summary["drops"].parse()?);
+                    None
+                }
+                Config::Serve => Some(served.context("serve's /leaks")?),
+                _ => Some(leak_report(&exit.stdout)?),
+            };
+            if let Some(report) = report {
                 round.events = report["health"]["events"].as_u64();
                 round.drops = report["health"]["drops"].as_u64();
-                // The churn server is the only leaker the benchmark makes.
-                round.leaks_reported = report["leaking_sockets"].as_u64();
+                round.leaks_reported = server_leaks(&report, churned.server_pid);
             }
-            Config::Serve => {
-                let report = served_report.context("serve's /leaks")?;
-                round.events = report["health"]["events"].as_u64();
-                round.drops = report["health"]["drops"].as_u64();
-                round.leaks_reported = report["leaking_sockets"].as_u64();
-            }
-            Config::Untraced => {}
         }
     }
     Ok(round)
 }
 
-pub(super) fn kernel_cost(bin: &Binaries, config: Config) -> Result<KernelCost> {
-    let seconds = STATS_SECONDS as u64 + 3;
-    let args = config.tracer_args(seconds).expect("a traced configuration");
-    let tracer = Tracer::start(&bin.tcptrace, &args, config != Config::Watch)?;
-    let mut exit = None;
-    churn(bin, STATS_SECONDS, || {
-        exit = Some(tracer.wait()?);
+pub(super) fn kernel_cost(bench: &Bench, config: Config) -> Result<KernelCost> {
+    let stats = bench.timing.stats;
+    let tracer =
+        start(bench, config, stats.ceil() as u64 + 3)?.context("a traced configuration")?;
+    let mut exited = None;
+    churn(bench, stats, |_| {
+        exited = Some(match tracer {
+            Running::Tcptrace(tracer) => Exited::Tcptrace(tracer.wait()?, None),
+            Running::Peer(peer) => Exited::Peer(peer.stop()?),
+        });
         Ok(())
     })?;
-    let exit = exit.expect("waited");
     let mut cost = KernelCost::default();
-    match config {
-        Config::Watch => {
-            let summary = summary_fields(&exit.stderr)?;
-            cost.programs.push((
-                "inet_sock_set_state".into(),
-                summary["probe_runs"].parse()?,
-                summary["probe_run_ns"].parse()?,
-            ));
-            cost.delivered = summary["events"].parse()?;
-            cost.drops = summary["drops"].parse()?;
+    match exited.context("waited")? {
+        Exited::Peer(exit) => {
+            cost.programs = exit.programs;
+            cost.delivered = exit.transitions;
+            cost.agent_cpu = exit.cpu;
         }
-        _ => {
-            let report = leak_report(&exit.stdout)?;
-            for program in report["health"]["programs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
+        Exited::Tcptrace(exit, _) => {
+            cost.agent_cpu = exit.cpu;
+            if config == Config::Watch {
+                let summary = summary_fields(&exit.stderr)?;
                 cost.programs.push((
-                    program["program"].as_str().unwrap_or("?").to_owned(),
-                    program["runs"].as_u64().unwrap_or(0),
-                    program["run_ns"].as_u64().unwrap_or(0),
+                    "inet_sock_set_state".into(),
+                    summary["probe_runs"].parse()?,
+                    summary["probe_run_ns"].parse()?,
                 ));
+                cost.delivered = Some(summary["events"].parse()?);
+                cost.drops = Some(summary["drops"].parse()?);
+            } else {
+                let report = leak_report(&exit.stdout)?;
+                for program in report["health"]["programs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    cost.programs.push((
+                        program["program"].as_str().unwrap_or("?").to_owned(),
+                        program["runs"].as_u64().unwrap_or(0),
+                        program["run_ns"].as_u64().unwrap_or(0),
+                    ));
+                }
+                cost.delivered = report["health"]["events"].as_u64();
+                cost.drops = report["health"]["drops"].as_u64();
             }
-            cost.delivered = report["health"]["events"].as_u64().unwrap_or(0);
-            cost.drops = report["health"]["drops"].as_u64().unwrap_or(0);
         }
     }
     Ok(cost)
