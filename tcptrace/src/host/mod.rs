@@ -15,3 +15,4 @@ pub mod sockdiag;
 pub(crate) mod symbolize;
 pub(crate) mod sysctl;
 pub(crate) mod unwind;
+pub(crate) mod worker_queue;

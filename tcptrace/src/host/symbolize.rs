@@ -33,7 +33,7 @@ use blazesym::{
 };
 
 use crate::{
-    host::perf_map::PerfMaps,
+    host::{perf_map::PerfMaps, worker_queue::send_and_wait},
     model::stack::{Frame, Frames, NameSource, NamedStack, classify},
 };
 
@@ -165,21 +165,8 @@ impl SymbolizerWorker {
         self.wait_for(Job::Refresh { stacks, done }, finished, timeout)
     }
 
-    fn wait_for(&self, mut job: Job, finished: Receiver<()>, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.jobs.try_send(job) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    job = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => return false,
-            }
-        }
-        finished
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+    fn wait_for(&self, job: Job, finished: Receiver<()>, timeout: Duration) -> bool {
+        send_and_wait(&self.jobs, job, finished, timeout)
     }
 
     /// The processes whose stacks are known.

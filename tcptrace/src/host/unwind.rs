@@ -16,7 +16,7 @@ use std::{
         Arc,
         mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use framehop::{
@@ -26,7 +26,7 @@ use framehop::{
 use object::{Object, ObjectSection, ObjectSegment};
 use tcptrace_common::StackCopy;
 
-use crate::model::stack::UnwoundStack;
+use crate::{host::worker_queue::send_and_wait, model::stack::UnwoundStack};
 
 /// Frames past this are cut (and said to be).
 const MAX_FRAMES: usize = 128;
@@ -84,21 +84,7 @@ impl UnwindWorker {
     /// Waits until every copy queued so far is unwound, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (done, finished) = channel();
-        let deadline = Instant::now() + timeout;
-        let mut job = Job::Flush(done);
-        loop {
-            match self.jobs.try_send(job) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    job = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => return false,
-            }
-        }
-        finished
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        send_and_wait(&self.jobs, Job::Flush(done), finished, timeout)
     }
 }
 
