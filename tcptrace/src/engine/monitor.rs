@@ -308,7 +308,8 @@ impl Monitor {
     pub(crate) fn report(&mut self, min_age: Duration) -> LeakReport {
         let now_ns = monotonic_now_ns();
         let leaks = self.tracker.leaks(now_ns, min_age);
-        self.stacks.refresh_names(leaks.iter().map(|s| s.cookie));
+        self.stacks
+            .refresh_names(leaks.iter().map(|s| s.cookie), Duration::ZERO);
         let stacks: HashMap<u64, SocketStacks> = leaks
             .iter()
             .filter_map(|s| Some((s.cookie, self.stacks.of_socket(s.cookie)?)))

@@ -30,9 +30,6 @@ use crate::{
 const COPY_READ_DELAY: Duration = Duration::from_millis(500);
 /// How long a final report waits for stacks still being unwound or named.
 const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a report waits for JIT frames to be looked up again in perf
-/// maps; past it, the report shows the names known before.
-const RENAME_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Live sockets are not capped by number: they are freed at CLOSE or
 /// destroy and reconciled with the kernel's table, so they follow the
@@ -213,16 +210,21 @@ impl SocketStackBook {
     /// Reads, unwinds and names every stack of `leaking` sockets before a
     /// final report; false if that took longer than the report can wait.
     pub(crate) fn finish(&mut self, probe: &mut Probe, leaking: impl Iterator<Item = u64>) -> bool {
-        self.read_copies(probe, leaking, 0, true);
+        let leaking: Vec<u64> = leaking.collect();
+        self.read_copies(probe, leaking.iter().copied(), 0, true);
         let unwound = self.unwinder.flush(FINAL_TIMEOUT);
         self.take_unwound();
-        unwound && self.symbolizer.flush(FINAL_TIMEOUT)
+        unwound
+            && self.symbolizer.flush(FINAL_TIMEOUT)
+            && self.refresh_names(leaking.into_iter(), FINAL_TIMEOUT)
     }
 
     /// Looks the JIT frames of these sockets' stacks that no perf map named
-    /// on arrival up again, before a report shows them: a map written after
-    /// the leak (`jcmd PID Compiler.perfmap`) still names it.
-    pub(crate) fn refresh_names(&self, cookies: impl Iterator<Item = u64>) {
+    /// on arrival up again: a map written after the leak (`jcmd PID
+    /// Compiler.perfmap`) still names it. Waits at most `wait`: a periodic
+    /// report only queues it (it runs where events are drained) and shows
+    /// the new names next time; a final report waits.
+    pub(crate) fn refresh_names(&self, cookies: impl Iterator<Item = u64>, wait: Duration) -> bool {
         let stacks = cookies
             .filter_map(|cookie| self.by_socket.get(&cookie))
             .flat_map(|refs| [refs.connect, refs.first_io, refs.eof])
@@ -230,7 +232,7 @@ impl SocketStackBook {
                 Some(Slot::Unwound(pid, id)) => Some((pid, id)),
                 _ => None,
             });
-        self.symbolizer.refresh(stacks, RENAME_TIMEOUT);
+        self.symbolizer.refresh(stacks, wait)
     }
 
     /// What naming stacks failed at, into a report's health.
