@@ -22,6 +22,7 @@ use common::{FakeContainer, Peer, ServeRun, require_root, testpeer_path};
 const LIMIT: usize = 3;
 const LEAKERS: u16 = 30;
 const BUSY_COMMS: usize = 50;
+const BUSY_ROUNDS: usize = 4;
 const SERVICE: &str = "tt-leaky-svc";
 const SERVICE_LEAKS: u64 = 3;
 const TESTPEER_COMM: &str = "tcptrace-testpe";
@@ -116,13 +117,21 @@ impl Drop for NamedPeers {
 /// Starts `BUSY_COMMS` short-lived processes, each under a comm of its own
 /// and making 300 connections, one every 100 ms, on a thread; `running`
 /// turns false after the last has exited.
-fn busy_burst(peers: &NamedPeers, running: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+/// The burst goes round its comms again while `more` is set (at most
+/// `BUSY_ROUNDS` times), so a slow host still scrapes during it.
+fn busy_burst(
+    peers: &NamedPeers,
+    running: Arc<AtomicBool>,
+    more: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
     let programs: Vec<PathBuf> = (0..BUSY_COMMS)
         .map(|n| peers.named(&format!("tt-busy-{n:02}")))
         .collect();
     thread::spawn(move || {
         let mut children = Vec::new();
-        for program in programs {
+        let rounds =
+            (0..BUSY_ROUNDS).take_while(|&round| round == 0 || more.load(Ordering::SeqCst));
+        for program in rounds.flat_map(|_| programs.iter()) {
             let child = Command::new(&program)
                 .args([
                     "churn",
@@ -292,7 +301,8 @@ fn series_stay_bounded_and_a_leaking_service_keeps_its_own_through_a_burst() {
     // Busy comms take the free places first; the service starts leaking
     // while they keep coming.
     let running = Arc::new(AtomicBool::new(true));
-    let burst = busy_burst(&peers, running.clone());
+    let more = Arc::new(AtomicBool::new(true));
+    let burst = busy_burst(&peers, running.clone(), more.clone());
     thread::sleep(Duration::from_millis(1500));
     let service_path = peers.named(SERVICE);
     let mut service_command = Command::new(&service_path);
@@ -320,6 +330,9 @@ fn series_stay_bounded_and_a_leaking_service_keeps_its_own_through_a_burst() {
                 "the leaking service lost its series to the busy comms:\n{metrics}"
             );
             scrapes_with_service += 1;
+            if scrapes_with_service >= 5 {
+                more.store(false, Ordering::SeqCst);
+            }
         }
         thread::sleep(Duration::from_millis(200));
     }
