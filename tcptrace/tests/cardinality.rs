@@ -132,7 +132,7 @@ fn busy_burst(
         let rounds =
             (0..BUSY_ROUNDS).take_while(|&round| round == 0 || more.load(Ordering::SeqCst));
         for program in rounds.flat_map(|_| programs.iter()) {
-            let child = Command::new(&program)
+            let child = Command::new(program)
                 .args([
                     "churn",
                     "--addr",
