@@ -13,3 +13,6 @@ pub mod host;
 pub mod model;
 pub mod probe;
 pub(crate) mod view;
+
+#[cfg(test)]
+mod bench_hotpath;

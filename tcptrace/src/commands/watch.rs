@@ -80,7 +80,7 @@ impl fmt::Display for WatchSummary {
 }
 
 /// Turns ring-buffer records into output lines.
-struct Pipeline<W: Write> {
+pub(crate) struct Pipeline<W: Write> {
     tracker: SocketTracker,
     filter: Filter,
     format: Format,
@@ -94,7 +94,20 @@ struct Pipeline<W: Write> {
 }
 
 impl<W: Write> Pipeline<W> {
-    fn handle(&mut self, bytes: &[u8]) {
+    pub(crate) fn new(filter: Filter, format: Format, out: W) -> Self {
+        Self {
+            tracker: SocketTracker::new(),
+            filter,
+            format,
+            clock: WallClock::new(),
+            out,
+            summary: WatchSummary::default(),
+            output_closed: false,
+            write_error: None,
+        }
+    }
+
+    pub(crate) fn handle(&mut self, bytes: &[u8]) {
         self.summary.delivered += 1;
         let transition = match decode(bytes) {
             Ok(Record::Transition(transition)) => transition,
@@ -128,7 +141,7 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if let Err(error) = self.out.flush() {
             self.note_write_error(error);
         }
@@ -182,16 +195,7 @@ pub async fn run<W: Write>(options: WatchOptions, out: W) -> anyhow::Result<Watc
     // unchanged for as long as the AsyncFd holds the probe.
     let mut probe = unsafe { AsyncFd::register(probe)? };
     let mut signals = StopSignals::new()?;
-    let mut pipeline = Pipeline {
-        tracker: SocketTracker::new(),
-        filter: options.filter,
-        format: options.format,
-        clock: WallClock::new(),
-        out,
-        summary: WatchSummary::default(),
-        output_closed: false,
-        write_error: None,
-    };
+    let mut pipeline = Pipeline::new(options.filter, options.format, out);
     eprintln!("tcptrace: watching TCP state transitions; Ctrl-C to stop");
     for notice in &probe.get_ref().notices {
         eprintln!("{notice}");
@@ -232,16 +236,7 @@ mod tests {
     use crate::probe::records::tests::{record_bytes, sample_record};
 
     fn pipeline(filter: Filter) -> Pipeline<Vec<u8>> {
-        Pipeline {
-            tracker: SocketTracker::new(),
-            filter,
-            format: Format::Json,
-            clock: WallClock::new(),
-            out: Vec::new(),
-            summary: WatchSummary::default(),
-            output_closed: false,
-            write_error: None,
-        }
+        Pipeline::new(filter, Format::Json, Vec::new())
     }
 
     #[test]
