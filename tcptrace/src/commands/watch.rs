@@ -19,7 +19,7 @@ use crate::{
     model::transition::Record,
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::watch::{self, Format, WriteFailed},
+    view::watch::{self, Format, JsonLines, WriteFailed},
 };
 
 /// How often the tracker's sockets are checked against the kernel's table:
@@ -79,12 +79,19 @@ impl fmt::Display for WatchSummary {
     }
 }
 
+/// Output is gathered here and handed to the writer in pieces of about
+/// this size, and at every flush: one write per drain.
+const OUTPUT_CHUNK: usize = 1 << 16;
+
 /// Turns ring-buffer records into output lines.
 pub(crate) struct Pipeline<W: Write> {
     tracker: SocketTracker,
     filter: Filter,
     format: Format,
     clock: WallClock,
+    json: JsonLines,
+    /// Lines not yet handed to `out`.
+    pending: Vec<u8>,
     out: W,
     summary: WatchSummary,
     /// Set when our output cannot be written any more: the reader went
@@ -100,6 +107,8 @@ impl<W: Write> Pipeline<W> {
             filter,
             format,
             clock: WallClock::new(),
+            json: JsonLines::default(),
+            pending: Vec::with_capacity(OUTPUT_CHUNK + 1024),
             out,
             summary: WatchSummary::default(),
             output_closed: false,
@@ -126,23 +135,38 @@ impl<W: Write> Pipeline<W> {
         }
         let time = self.clock.wall_time(tracked.transition.timestamp_ns);
         self.summary.shown += 1;
-        let written = match self.format {
-            Format::Text => writeln!(self.out, "{}", watch::text_line(&tracked, time)),
-            Format::Json => watch::write_json(&mut self.out, &tracked, time),
-        };
-        if let Err(error) = written {
-            self.note_write_error(error);
+        match self.format {
+            Format::Text => {
+                self.pending
+                    .extend_from_slice(watch::text_line(&tracked, time).as_bytes());
+                self.pending.push(b'\n');
+            }
+            Format::Json => self.json.write(&mut self.pending, &tracked, time),
+        }
+        if self.pending.len() >= OUTPUT_CHUNK {
+            self.write_pending();
         }
     }
 
     fn write_line(&mut self, line: &str) {
-        if let Err(error) = writeln!(self.out, "{line}") {
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+    }
+
+    fn write_pending(&mut self) {
+        if !self.output_closed
+            && let Err(error) = self.out.write_all(&self.pending)
+        {
             self.note_write_error(error);
         }
+        self.pending.clear();
     }
 
     pub(crate) fn flush(&mut self) {
-        if let Err(error) = self.out.flush() {
+        self.write_pending();
+        if !self.output_closed
+            && let Err(error) = self.out.flush()
+        {
             self.note_write_error(error);
         }
     }
@@ -251,6 +275,7 @@ mod tests {
         assert_eq!(p.summary.delivered, 3);
         assert_eq!(p.summary.decode_errors, 2);
         assert_eq!(p.summary.shown, 1);
+        p.flush();
         let text = String::from_utf8(p.out).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("\"new_state\":\"CLOSE_WAIT\""));
@@ -271,6 +296,7 @@ mod tests {
         record.timestamp_ns += 2_000_000;
         p.handle(&record_bytes(&record));
         assert_eq!(p.summary.shown, 1);
+        p.flush();
         let line: serde_json::Value =
             serde_json::from_slice(p.out.split(|&b| b == b'\n').next().unwrap()).unwrap();
         assert_eq!(line["ms_in_old_state"], 2.0);

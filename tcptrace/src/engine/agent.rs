@@ -147,7 +147,7 @@ impl HostAgent {
                     listener.local,
                     Process {
                         tgid: only.pid,
-                        comm: only.comm.clone(),
+                        comm: only.comm.as_str().into(),
                     },
                 );
             }

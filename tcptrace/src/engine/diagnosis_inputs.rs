@@ -143,7 +143,7 @@ impl Diagnoses {
                 let comm = owners
                     .activity
                     .process(tgid)
-                    .map(|p| p.comm.clone())
+                    .map(|p| p.comm.to_string())
                     .unwrap_or_default();
                 outcomes.push(ConnectOutcomes {
                     owner: owner_label(tgid, &comm),

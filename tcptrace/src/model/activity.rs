@@ -15,7 +15,9 @@ use std::{
 use tcptrace_common::TcpState;
 
 use crate::{
-    model::health::Occupancy, model::tracker::TrackedTransition, model::transition::Process,
+    model::health::Occupancy,
+    model::tracker::TrackedTransition,
+    model::transition::{Comm, Process},
 };
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
@@ -46,7 +48,7 @@ pub struct ProcessCounts {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessActivity {
-    pub comm: String,
+    pub comm: Comm,
     pub counts: ProcessCounts,
     /// Its newest transition (CLOCK_MONOTONIC ns).
     pub last_ns: u64,
@@ -105,15 +107,13 @@ impl Activity {
                     .processes
                     .entry(process.tgid)
                     .or_insert_with(|| ProcessActivity {
-                        comm: process.comm.clone(),
+                        comm: process.comm,
                         counts: ProcessCounts::default(),
                         last_ns: 0,
                     });
                 entry.last_ns = entry.last_ns.max(t.timestamp_ns);
                 // A process's comm can change (exec, prctl); show the latest.
-                if entry.comm != process.comm {
-                    entry.comm.clone_from(&process.comm);
-                }
+                entry.comm = process.comm;
                 &mut entry.counts
             }
             None => &mut self.unattributed,

@@ -132,7 +132,7 @@ pub fn socket_owner(
     holders: &HashMap<u64, Vec<Holder>>,
 ) -> Option<(u32, String)> {
     if let Some(process) = activity.owner_of(socket.cookie) {
-        return Some((process.tgid, process.comm.clone()));
+        return Some((process.tgid, process.comm.to_string()));
     }
     if socket.inode == 0 {
         return None;
@@ -175,7 +175,7 @@ pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
             pid,
             ProcessRow {
                 pid,
-                comm: process.comm.clone(),
+                comm: process.comm.to_string(),
                 connects: counts.connects,
                 connects_per_s,
                 accepts: counts.accepts,

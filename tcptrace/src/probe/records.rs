@@ -14,7 +14,7 @@ use tcptrace_common::{
 };
 use thiserror::Error;
 
-use crate::model::transition::{Process, Record, StackCopyFailure, StackSample, Transition};
+use crate::model::transition::{Comm, Process, Record, StackCopyFailure, StackSample, Transition};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -129,7 +129,7 @@ fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
         skaddr,
         owner: (owner_tgid != 0).then(|| Process {
             tgid: owner_tgid,
-            comm: comm_to_string(&comm),
+            comm: Comm::from_kernel(&comm),
         }),
         local: SocketAddr::new(address(local_addr)?, local_port),
         remote: SocketAddr::new(address(remote_addr)?, remote_port),
@@ -138,11 +138,6 @@ fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
         netns_inode: (netns_inode != 0).then_some(netns_inode),
         socket_inode: (socket_inode != 0).then_some(socket_inode),
     })
-}
-
-fn comm_to_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 #[cfg(test)]

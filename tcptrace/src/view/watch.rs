@@ -4,10 +4,9 @@ use std::{
     fmt,
     io::{self, Write},
     net::IpAddr,
-    time::SystemTime,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
@@ -48,17 +47,14 @@ fn clock_time(time: SystemTime) -> String {
 
 pub fn text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
     let t = &tracked.transition;
-    let (pid, comm) = match &tracked.owner {
+    let comm = tracked.owner.as_ref().map(|o| o.process.comm.to_text());
+    let (pid, comm) = match (&tracked.owner, &comm) {
         // "~": inferred from the listening socket, see the README.
-        Some(owner) if owner.source == OwnerSource::Listener => (
-            format!("~{}", owner.process.tgid),
-            sanitize(&owner.process.comm),
-        ),
-        Some(owner) => (
-            owner.process.tgid.to_string(),
-            sanitize(&owner.process.comm),
-        ),
-        None => ("-".to_owned(), "-".into()),
+        (Some(owner), Some(comm)) if owner.source == OwnerSource::Listener => {
+            (format!("~{}", owner.process.tgid), sanitize(comm))
+        }
+        (Some(owner), Some(comm)) => (owner.process.tgid.to_string(), sanitize(comm)),
+        _ => ("-".to_owned(), "-".into()),
     };
     let transition = format!(
         "{} -> {}{}",
@@ -86,76 +82,195 @@ pub fn text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
     )
 }
 
-/// Serializes through `Display` straight into the output: no String per field.
-struct Shown<T: fmt::Display>(T);
+/// "2026-11-22T03:21:36.123" of RFC 3339 with microseconds: the part a
+/// millisecond shares.
+const MILLISECOND_TEXT_LEN: usize = 23;
+const RFC3339_MICROS_LEN: usize = 27;
 
-impl<T: fmt::Display> Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
+/// Writes `watch --json` lines, field by field, into a byte buffer. This
+/// runs for every event `watch --json` shows, so there is no serde value
+/// and no `format!`, and the time's text is made once per millisecond.
+/// The bytes are those `serde_json` writes for the same object (a test
+/// holds them to it).
+#[derive(Default)]
+pub struct JsonLines {
+    /// The wall-clock millisecond (since the epoch) whose text `ms_text` holds.
+    cached_ms: Option<u64>,
+    ms_text: [u8; MILLISECOND_TEXT_LEN],
 }
 
-struct Hex(u64);
-
-impl fmt::Display for Hex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
-
-#[derive(Serialize)]
-struct JsonTransition<'a> {
-    time: Shown<humantime::Rfc3339Timestamp>,
-    timestamp_ns: u64,
-    cookie: u64,
-    skaddr: Shown<Hex>,
-    pid: Option<u32>,
-    comm: Option<&'a str>,
-    owner_source: Option<&'static str>,
-    family: &'static str,
-    local_addr: Shown<IpAddr>,
-    local_port: u16,
-    remote_addr: Shown<IpAddr>,
-    remote_port: u16,
-    old_state: &'static str,
-    new_state: &'static str,
-    ms_in_old_state: Option<f64>,
-    likely_time_wait: bool,
-    netns_inode: Option<u32>,
-}
-
-/// One JSON object and a newline, written straight into `out`: this runs
-/// for every event `watch --json` shows.
-pub fn write_json(
-    out: &mut impl Write,
-    tracked: &TrackedTransition,
-    time: SystemTime,
-) -> io::Result<()> {
-    let t = &tracked.transition;
-    let local_ip = t.local.ip().to_canonical();
-    let json = JsonTransition {
-        time: Shown(humantime::format_rfc3339_micros(time)),
-        timestamp_ns: t.timestamp_ns,
-        cookie: t.cookie,
-        skaddr: Shown(Hex(t.skaddr)),
-        pid: tracked.owner.as_ref().map(|o| o.process.tgid),
-        comm: tracked.owner.as_ref().map(|o| o.process.comm.as_str()),
-        owner_source: tracked.owner.as_ref().map(|o| o.source.name()),
-        family: if local_ip.is_ipv4() { "ipv4" } else { "ipv6" },
-        local_addr: Shown(local_ip),
-        local_port: t.local.port(),
-        remote_addr: Shown(t.remote.ip().to_canonical()),
-        remote_port: t.remote.port(),
-        old_state: t.old_state.name(),
-        new_state: t.new_state.name(),
-        ms_in_old_state: tracked
+impl JsonLines {
+    /// One JSON object and a newline, appended to `out`.
+    pub fn write(&mut self, out: &mut Vec<u8>, tracked: &TrackedTransition, time: SystemTime) {
+        let t = &tracked.transition;
+        let owner = tracked.owner.as_ref();
+        let mut numbers = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"time\":");
+        self.write_time(out, time);
+        out.extend_from_slice(b",\"timestamp_ns\":");
+        out.extend_from_slice(numbers.format(t.timestamp_ns).as_bytes());
+        out.extend_from_slice(b",\"cookie\":");
+        out.extend_from_slice(numbers.format(t.cookie).as_bytes());
+        out.extend_from_slice(b",\"skaddr\":\"");
+        write_hex(out, t.skaddr);
+        out.extend_from_slice(b"\",\"pid\":");
+        match owner {
+            Some(o) => out.extend_from_slice(numbers.format(o.process.tgid).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"comm\":");
+        match owner {
+            Some(o) => write_json_string(out, o.process.comm.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"owner_source\":");
+        match owner {
+            Some(o) => {
+                out.push(b'"');
+                out.extend_from_slice(o.source.name().as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        let local_ip = t.local.ip().to_canonical();
+        out.extend_from_slice(if local_ip.is_ipv4() {
+            b",\"family\":\"ipv4\",\"local_addr\":\""
+        } else {
+            b",\"family\":\"ipv6\",\"local_addr\":\""
+        });
+        write_ip(out, local_ip);
+        out.extend_from_slice(b"\",\"local_port\":");
+        out.extend_from_slice(numbers.format(t.local.port()).as_bytes());
+        out.extend_from_slice(b",\"remote_addr\":\"");
+        write_ip(out, t.remote.ip().to_canonical());
+        out.extend_from_slice(b"\",\"remote_port\":");
+        out.extend_from_slice(numbers.format(t.remote.port()).as_bytes());
+        out.extend_from_slice(b",\"old_state\":\"");
+        out.extend_from_slice(t.old_state.name().as_bytes());
+        out.extend_from_slice(b"\",\"new_state\":\"");
+        out.extend_from_slice(t.new_state.name().as_bytes());
+        out.extend_from_slice(b"\",\"ms_in_old_state\":");
+        match tracked
             .time_in_old_state
-            .map(|d| d.as_nanos() as f64 / 1_000_000.0),
-        likely_time_wait: tracked.likely_time_wait,
-        netns_inode: t.netns_inode,
-    };
-    serde_json::to_writer(&mut *out, &json).map_err(io::Error::from)?;
-    out.write_all(b"\n")
+            .map(|d| d.as_nanos() as f64 / 1_000_000.0)
+        {
+            // serde_json writes floats with zmij, and non-finite ones as null.
+            Some(ms) if ms.is_finite() => {
+                out.extend_from_slice(zmij::Buffer::new().format_finite(ms).as_bytes())
+            }
+            _ => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(if tracked.likely_time_wait {
+            b",\"likely_time_wait\":true,\"netns_inode\":"
+        } else {
+            b",\"likely_time_wait\":false,\"netns_inode\":"
+        });
+        match t.netns_inode {
+            Some(inode) => out.extend_from_slice(numbers.format(inode).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// RFC 3339 with microseconds, as humantime writes it, in quotes; null
+    /// for a time it cannot write (past the year 9999).
+    fn write_time(&mut self, out: &mut Vec<u8>, time: SystemTime) {
+        let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ms = since_epoch.as_millis() as u64;
+        if self.cached_ms != Some(ms) {
+            let start = UNIX_EPOCH + Duration::from_millis(ms);
+            let mut text = StackText::default();
+            if fmt::write(
+                &mut text,
+                format_args!("{}", humantime::format_rfc3339_micros(start)),
+            )
+            .is_err()
+                || text.len != RFC3339_MICROS_LEN
+            {
+                self.cached_ms = None;
+                out.extend_from_slice(b"null");
+                return;
+            }
+            self.ms_text
+                .copy_from_slice(&text.bytes[..MILLISECOND_TEXT_LEN]);
+            self.cached_ms = Some(ms);
+        }
+        out.push(b'"');
+        out.extend_from_slice(&self.ms_text);
+        let micros = since_epoch.subsec_micros() % 1000;
+        out.extend_from_slice(&[
+            b'0' + (micros / 100) as u8,
+            b'0' + (micros / 10 % 10) as u8,
+            b'0' + (micros % 10) as u8,
+            b'Z',
+            b'"',
+        ]);
+    }
+}
+
+/// Text of at most 32 bytes, formatted without an allocation.
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.bytes
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `{:#x}`: "0x" and lowercase digits, no leading zeros.
+fn write_hex(out: &mut Vec<u8>, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"0x");
+    let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(DIGITS[(value >> (i * 4)) as usize & 0xf]);
+    }
+}
+
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut numbers = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(numbers.format(octet).as_bytes());
+            }
+        }
+        // Rare on a busy host's loopback, and its shortening rules are many:
+        // std's own text.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A JSON string of `bytes` (a comm: any bytes a process chose): shown as
+/// text with U+FFFD for what is not UTF-8, escaped as serde_json escapes.
+fn write_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    // Serializing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text.as_ref());
 }
 
 #[cfg(test)]
@@ -167,7 +282,7 @@ mod tests {
     use super::*;
     use crate::{
         model::tracker::Owner,
-        model::transition::{Process, Transition},
+        model::transition::{Comm, Process, Transition},
     };
 
     fn sample(owner_source: Option<OwnerSource>) -> TrackedTransition {
@@ -202,10 +317,150 @@ mod tests {
 
     fn json_line(tracked: &TrackedTransition, time: SystemTime) -> String {
         let mut out = Vec::new();
-        write_json(&mut out, tracked, time).unwrap();
+        JsonLines::default().write(&mut out, tracked, time);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
         line
+    }
+
+    /// The object `watch --json` has always written, through serde: the
+    /// bytes [`JsonLines`] must match.
+    #[derive(serde::Serialize)]
+    struct SerdeTransition<'a> {
+        time: String,
+        timestamp_ns: u64,
+        cookie: u64,
+        skaddr: String,
+        pid: Option<u32>,
+        comm: Option<&'a str>,
+        owner_source: Option<&'static str>,
+        family: &'static str,
+        local_addr: String,
+        local_port: u16,
+        remote_addr: String,
+        remote_port: u16,
+        old_state: &'static str,
+        new_state: &'static str,
+        ms_in_old_state: Option<f64>,
+        likely_time_wait: bool,
+        netns_inode: Option<u32>,
+    }
+
+    fn serde_line(tracked: &TrackedTransition, time: SystemTime) -> String {
+        let t = &tracked.transition;
+        let local_ip = t.local.ip().to_canonical();
+        let comm = tracked.owner.as_ref().map(|o| o.process.comm.to_text());
+        let json = SerdeTransition {
+            time: humantime::format_rfc3339_micros(time).to_string(),
+            timestamp_ns: t.timestamp_ns,
+            cookie: t.cookie,
+            skaddr: format!("{:#x}", t.skaddr),
+            pid: tracked.owner.as_ref().map(|o| o.process.tgid),
+            comm: comm.as_deref(),
+            owner_source: tracked.owner.as_ref().map(|o| o.source.name()),
+            family: if local_ip.is_ipv4() { "ipv4" } else { "ipv6" },
+            local_addr: local_ip.to_string(),
+            local_port: t.local.port(),
+            remote_addr: t.remote.ip().to_canonical().to_string(),
+            remote_port: t.remote.port(),
+            old_state: t.old_state.name(),
+            new_state: t.new_state.name(),
+            ms_in_old_state: tracked
+                .time_in_old_state
+                .map(|d| d.as_nanos() as f64 / 1_000_000.0),
+            likely_time_wait: tracked.likely_time_wait,
+            netns_inode: t.netns_inode,
+        };
+        serde_json::to_string(&json).unwrap() + "\n"
+    }
+
+    #[test]
+    fn json_lines_are_the_bytes_serde_json_writes() {
+        let hostile: [&[u8]; 6] = [
+            b"\n99999 FAKE\x1b[2J\x07",
+            b"q\"uote\\back",
+            b"\xff\xfe not utf8",
+            "数据库".as_bytes(),
+            b"del\x7f\t\r",
+            b"",
+        ];
+        let mut lines = JsonLines::default();
+        let mut out = Vec::new();
+        let mut expected = String::new();
+        let base = at();
+        let mut case = 0u64;
+        for comm in hostile {
+            for source in [
+                None,
+                Some(OwnerSource::ProcessContext),
+                Some(OwnerSource::Listener),
+            ] {
+                for (local, remote) in [
+                    ("[::ffff:127.0.0.1]:8080", "[::ffff:127.0.0.1]:45000"),
+                    ("0.0.0.0:0", "255.255.255.255:65535"),
+                    ("[::1]:80", "[2001:db8::1:0:0:1]:443"),
+                    ("[fe80::1]:1", "[::]:0"),
+                ] {
+                    for in_old in [
+                        None,
+                        Some(Duration::ZERO),
+                        Some(Duration::from_nanos(1)),
+                        Some(Duration::from_nanos(123_456_789)),
+                        Some(Duration::from_secs(86_400 * 400)),
+                    ] {
+                        case += 1;
+                        let mut tracked = sample(source);
+                        if let Some(owner) = tracked.owner.as_mut() {
+                            let mut raw = [0u8; 16];
+                            raw[..comm.len().min(16)].copy_from_slice(&comm[..comm.len().min(16)]);
+                            owner.process.comm = Comm::from_kernel(&raw);
+                        }
+                        let t = &mut tracked.transition;
+                        t.local = local.parse().unwrap();
+                        t.remote = remote.parse().unwrap();
+                        t.skaddr = [0, 1, 0xf, 0x10, u64::MAX][case as usize % 5];
+                        t.cookie = case * 0x1_0000_0001;
+                        t.timestamp_ns = case * 999_999_937;
+                        t.netns_inode = (case % 2 == 0).then_some(case as u32 * 7);
+                        tracked.likely_time_wait = case % 3 == 0;
+                        tracked.time_in_old_state = in_old;
+                        // Steps of under and over a millisecond, and a
+                        // return to an earlier one.
+                        let time = match case % 4 {
+                            0 => base - Duration::from_micros(1001),
+                            _ => base + Duration::from_micros(case * case * 37),
+                        };
+                        lines.write(&mut out, &tracked, time);
+                        expected.push_str(&serde_line(&tracked, time));
+                    }
+                }
+            }
+        }
+        let written = String::from_utf8(out).unwrap();
+        for (ours, theirs) in written.lines().zip(expected.lines()) {
+            assert_eq!(ours, theirs);
+        }
+        assert_eq!(written, expected);
+        assert_eq!(written.lines().count(), case as usize);
+    }
+
+    #[test]
+    fn the_epoch_is_a_time_and_the_year_10000_is_none() {
+        let mut lines = JsonLines::default();
+        let tracked = sample(None);
+        for time in [SystemTime::UNIX_EPOCH, at()] {
+            let mut out = Vec::new();
+            lines.write(&mut out, &tracked, time);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_line(&tracked, time));
+        }
+        let mut out = Vec::new();
+        lines.write(
+            &mut out,
+            &tracked,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000),
+        );
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["time"], serde_json::Value::Null, "not a wrong date");
     }
 
     #[test]
@@ -266,7 +521,7 @@ mod tests {
         let mut tracked = sample(Some(OwnerSource::ProcessContext));
         let hostile = "\n99999 FAKE\x1b[2J\x07";
         if let Some(owner) = tracked.owner.as_mut() {
-            owner.process.comm = hostile.into();
+            owner.process.comm = Comm::from(hostile);
         }
         let line = text_line(&tracked, at());
         assert!(!line.chars().any(char::is_control), "{line:?}");
