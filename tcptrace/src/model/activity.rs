@@ -72,15 +72,18 @@ pub struct LiveSocket {
 
 #[derive(Default)]
 pub struct Activity {
-    processes: HashMap<u32, ProcessActivity>,
+    // The foldhash maps are keyed by what the kernel hands out (tgids,
+    // cookies), which no one can choose: a fast hash with no defence against
+    // chosen keys is safe there, and it is paid for every event.
+    processes: foldhash::HashMap<u32, ProcessActivity>,
     /// Transitions of sockets whose owner is unknown (accepted on a listener
     /// opened before start by several processes, say).
     pub unattributed: ProcessCounts,
     destinations: HashMap<(u32, SocketAddr), ConnectCounts>,
-    live: HashMap<u64, LiveSocket>,
+    live: foldhash::HashMap<u64, LiveSocket>,
     /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
     /// table's TIME_WAIT entries are attributed through the cookie.
-    time_wait_owners: HashMap<u64, (Process, u64)>,
+    time_wait_owners: foldhash::HashMap<u64, (Process, u64)>,
     time_wait_order: VecDeque<(u64, u64)>,
     /// Entries not remembered because a bound was reached.
     pub dropped_entries: u64,

@@ -87,10 +87,13 @@ impl Suspect {
 
 #[derive(Default)]
 pub struct LeakTracker {
-    suspects: HashMap<u64, Suspect>,
+    // Both keyed by cookies the kernel hands out, which no one can choose: a
+    // fast hash with no defence against chosen keys is safe, and is paid for
+    // every event.
+    suspects: foldhash::HashMap<u64, Suspect>,
     /// Suspects the last reconciliation removed or added on the kernel's
     /// word: if their late event shows up, it was a race, not a loss.
-    removed_by_reconcile: HashSet<u64>,
+    removed_by_reconcile: foldhash::HashSet<u64>,
     corrections: u64,
 }
 
@@ -120,7 +123,10 @@ impl LeakTracker {
     }
 
     pub fn observe(&mut self, t: &Transition) {
-        if self.removed_by_reconcile.remove(&t.cookie) && t.old_state == TcpState::CloseWait {
+        if !self.removed_by_reconcile.is_empty()
+            && self.removed_by_reconcile.remove(&t.cookie)
+            && t.old_state == TcpState::CloseWait
+        {
             // Its leave was only late, not lost.
             self.corrections = self.corrections.saturating_sub(1);
         }

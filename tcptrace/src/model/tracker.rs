@@ -4,7 +4,7 @@
 //! Pure: takes decoded transitions, knows nothing of aya or the kernel, so it
 //! is tested without root.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use tcptrace_common::TcpState;
 
@@ -65,8 +65,11 @@ struct Listener {
 
 #[derive(Default)]
 pub struct SocketTracker {
-    sockets: HashMap<u64, SocketState>,
-    listeners: HashMap<u64, Listener>,
+    // Keyed by cookies the kernel hands out, which no one can choose: a
+    // fast hash with no defence against chosen keys is safe, and is paid for
+    // every event.
+    sockets: foldhash::HashMap<u64, SocketState>,
+    listeners: foldhash::HashMap<u64, Listener>,
 }
 
 impl SocketTracker {
