@@ -7,7 +7,7 @@
 //! task that happened to be on the CPU), tested without root.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     time::Duration,
 };
@@ -43,7 +43,37 @@ pub struct ProcessCounts {
     /// a reset sent or received, or an abortive close (SO_LINGER 0, close
     /// with unread data). The tracepoint does not tell these apart.
     pub resets: u64,
-    pub transitions: BTreeMap<(TcpState, TcpState), u64>,
+    pub transitions: TransitionCounts,
+}
+
+/// How often each (old, new) pair of states was seen: a fixed table, since
+/// it is counted for every event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransitionCounts([[u64; TcpState::ALL.len()]; TcpState::ALL.len()]);
+
+impl TransitionCounts {
+    fn count(&mut self, old: TcpState, new: TcpState) -> &mut u64 {
+        // The kernel numbers states from 1.
+        &mut self.0[old as usize - 1][new as usize - 1]
+    }
+
+    pub fn get(&self, old: TcpState, new: TcpState) -> u64 {
+        self.0[old as usize - 1][new as usize - 1]
+    }
+
+    /// The pairs seen at least once, with their counts.
+    pub fn iter(&self) -> impl Iterator<Item = ((TcpState, TcpState), u64)> + '_ {
+        TcpState::ALL.into_iter().flat_map(move |old| {
+            TcpState::ALL
+                .into_iter()
+                .map(move |new| ((old, new), self.get(old, new)))
+                .filter(|&(_, n)| n > 0)
+        })
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().flatten().sum()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +151,7 @@ impl Activity {
             }
             None => &mut self.unattributed,
         };
-        *counts.transitions.entry((old, new)).or_default() += 1;
+        *counts.transitions.count(old, new) += 1;
         match (old, new) {
             (TcpState::Close, TcpState::SynSent) => counts.connects += 1,
             (TcpState::SynRecv, TcpState::Established) => counts.accepts += 1,
@@ -329,8 +359,19 @@ mod tests {
         assert_eq!(counts.connects, 1);
         assert_eq!(counts.failed_connects, 0);
         assert_eq!(counts.resets, 0);
-        assert_eq!(counts.transitions.values().sum::<u64>(), 5);
-        assert_eq!(counts.transitions[&(FinWait2, Close)], 1);
+        assert_eq!(counts.transitions.total(), 5);
+        assert_eq!(counts.transitions.get(FinWait2, Close), 1);
+        assert_eq!(counts.transitions.get(Close, FinWait2), 0);
+        assert_eq!(
+            counts.transitions.iter().collect::<Vec<_>>(),
+            [
+                ((Established, FinWait1), 1),
+                ((SynSent, Established), 1),
+                ((FinWait1, FinWait2), 1),
+                ((FinWait2, Close), 1),
+                ((Close, SynSent), 1),
+            ]
+        );
         assert!(activity.live_socket(1).is_none());
         assert_eq!(activity.owner_of(1).unwrap().tgid, 10);
         let destinations: Vec<_> = activity.destinations().collect();

@@ -77,7 +77,7 @@ fn transition_names(counts: &ProcessCounts) -> BTreeMap<String, u64> {
     counts
         .transitions
         .iter()
-        .map(|(&pair, &n)| (transition_name(pair), n))
+        .map(|(pair, n)| (transition_name(pair), n))
         .collect()
 }
 

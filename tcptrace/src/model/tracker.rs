@@ -114,29 +114,34 @@ impl SocketTracker {
         // Kernels before 6.x (6.1 among them) create the child already in
         // SYN_RECV without a transition: there it first shows itself at
         // SYN_RECV -> ESTABLISHED.
+        // One lookup per event: the entry is read and then updated in place.
+        // Cookie 0: a new child whose own cookie the kernel had not given yet.
+        let slot = match cookie {
+            0 => None,
+            _ => self.sockets.get_mut(&cookie),
+        };
         let is_new_child = (old_state == TcpState::Listen && new_state == TcpState::SynRecv)
             || (old_state == TcpState::SynRecv
                 && new_state == TcpState::Established
-                && !self.sockets.contains_key(&cookie));
+                && slot.is_none());
         let is_new_socket = old_state == TcpState::Close || is_new_child;
 
         // A stale entry under a new socket's cookie cannot happen (cookies are
         // never reused) unless a CLOSE was lost; either way it says nothing.
-        let previous = self.sockets.remove(&cookie).filter(|_| !is_new_socket);
-        let time_in_old_state = previous
-            .as_ref()
-            .map(|s| Duration::from_nanos(timestamp_ns.saturating_sub(s.entered_at_ns)));
+        let previous = slot.as_deref().filter(|_| !is_new_socket);
+        let time_in_old_state =
+            previous.map(|s| Duration::from_nanos(timestamp_ns.saturating_sub(s.entered_at_ns)));
         // The kernel releases the local port just before the move to CLOSE;
         // the same socket (same cookie) had it a moment ago.
         if transition.local.port() == 0
-            && let Some(known) = previous.as_ref().map(|s| s.local_port).filter(|&p| p != 0)
+            && let Some(known) = previous.map(|s| s.local_port).filter(|&p| p != 0)
         {
             transition.local.set_port(known);
         }
 
-        let listener_owner = match previous.and_then(|s| s.listener_owner) {
+        let listener_owner = match previous.and_then(|s| s.listener_owner.clone()) {
             Some(owner) => Some(owner),
-            None if is_new_child => self.listener_owner_of(&transition),
+            None if is_new_child => listener_owner_of(&self.listeners, &transition),
             None => None,
         };
         let owner = match (&transition.owner, &listener_owner) {
@@ -151,18 +156,23 @@ impl SocketTracker {
             (None, None) => None,
         };
 
-        self.update_listeners(&transition);
-        // Cookie 0: a new child whose own cookie the kernel had not given yet.
-        if new_state != TcpState::Close && cookie != 0 {
-            self.sockets.insert(
-                cookie,
-                SocketState {
-                    entered_at_ns: timestamp_ns,
-                    listener_owner,
-                    local_port: transition.local.port(),
-                },
-            );
+        let state = SocketState {
+            entered_at_ns: timestamp_ns,
+            listener_owner,
+            local_port: transition.local.port(),
+        };
+        let keep = new_state != TcpState::Close && cookie != 0;
+        match slot {
+            Some(entry) if keep => *entry = state,
+            Some(_) => {
+                self.sockets.remove(&cookie);
+            }
+            None if keep => {
+                self.sockets.insert(cookie, state);
+            }
+            None => {}
         }
+        self.update_listeners(&transition);
 
         TrackedTransition {
             likely_time_wait: new_state == TcpState::Close
@@ -209,24 +219,27 @@ impl SocketTracker {
             self.listeners.remove(&t.cookie);
         }
     }
+}
 
-    /// The owner of the listener an accepted socket arrived on, if exactly
-    /// one process owns every listener that could have taken it. Listeners
-    /// opened before tcptrace started are unknown, so this stays a labelled
-    /// inference, never shown as the process-context owner.
-    fn listener_owner_of(&self, child: &Transition) -> Option<Process> {
-        let child_ip = child.local.ip().to_canonical();
-        let mut candidates = self.listeners.values().filter(|listener| {
-            listener.local.port() == child.local.port()
-                && listener.netns_inode == child.netns_inode
-                && (listener.local.ip().is_unspecified()
-                    || listener.local.ip().to_canonical() == child_ip)
-        });
-        let first = candidates.next()?;
-        candidates
-            .all(|other| other.owner.tgid == first.owner.tgid)
-            .then(|| first.owner.clone())
-    }
+/// The owner of the listener an accepted socket arrived on, if exactly one
+/// process owns every listener that could have taken it. Listeners opened
+/// before tcptrace started are unknown, so this stays a labelled inference,
+/// never shown as the process-context owner.
+fn listener_owner_of(
+    listeners: &foldhash::HashMap<u64, Listener>,
+    child: &Transition,
+) -> Option<Process> {
+    let child_ip = child.local.ip().to_canonical();
+    let mut candidates = listeners.values().filter(|listener| {
+        listener.local.port() == child.local.port()
+            && listener.netns_inode == child.netns_inode
+            && (listener.local.ip().is_unspecified()
+                || listener.local.ip().to_canonical() == child_ip)
+    });
+    let first = candidates.next()?;
+    candidates
+        .all(|other| other.owner.tgid == first.owner.tgid)
+        .then(|| first.owner.clone())
 }
 
 #[cfg(test)]
