@@ -4,6 +4,8 @@
 //! printed, never asserted):
 //!
 //! `cargo test -p tcptrace --release --lib bench_hotpath -- --ignored --nocapture --test-threads=1`
+//!
+//! `BENCH_HOTPATH_ONLY=json` runs only the rows whose name holds "json" (for a profiler).
 
 use std::{
     hint::black_box,
@@ -86,6 +88,9 @@ fn records() -> Vec<Vec<u8>> {
 
 /// Best of `ROUNDS` runs of `run` over every record, in ns per event.
 fn measure(name: &str, records: &[Vec<u8>], mut run: impl FnMut(&[Vec<u8>])) {
+    if std::env::var("BENCH_HOTPATH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     let mut best = Duration::MAX;
     for _ in 0..ROUNDS {
         let started = Instant::now();

@@ -4,13 +4,16 @@
 //! the kernel does not define is a [`DecodeError`]: counted and skipped by the
 //! caller, never a panic and never a guess.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    mem::offset_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use bytes::Buf;
 use tcptrace_common::{
     AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_COPY_NOT_STORED,
-    STACK_COPY_UNREADABLE, STACK_RECORD_SIZE, StackKind, TASK_COMM_LEN, TRANSITION_RECORD_SIZE,
-    TcpState,
+    STACK_COPY_UNREADABLE, STACK_RECORD_SIZE, StackKind, TRANSITION_RECORD_SIZE, TcpState,
+    TransitionRecord,
 };
 use thiserror::Error;
 
@@ -88,35 +91,28 @@ fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
     })
 }
 
-/// Fields are read in `TransitionRecord`'s declaration order; the unit test
-/// `decodes_what_the_probe_writes` checks that against the struct itself.
+/// Fields are read at their offsets in `TransitionRecord` (constants, so
+/// no bounds check is left once the length is known); the unit test
+/// `decodes_what_the_probe_writes` checks them against the struct itself.
 fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
-    if bytes.len() != TRANSITION_RECORD_SIZE {
+    let Ok(bytes) = <&[u8; TRANSITION_RECORD_SIZE]>::try_from(bytes) else {
         return Err(DecodeError::WrongLength {
             len: bytes.len(),
             expected: TRANSITION_RECORD_SIZE,
         });
+    };
+    macro_rules! field {
+        ($name:ident, $ty:ty) => {
+            <$ty>::from_ne_bytes(array(bytes, offset_of!(TransitionRecord, $name)))
+        };
+        ($name:ident) => {
+            array(bytes, offset_of!(TransitionRecord, $name))
+        };
     }
-    let mut buf = bytes;
-    let _kind = buf.get_u32_ne();
-    let owner_tgid = buf.get_u32_ne();
-    let timestamp_ns = buf.get_u64_ne();
-    let cookie = buf.get_u64_ne();
-    let skaddr = buf.get_u64_ne();
-    let socket_inode = buf.get_u64_ne();
-    let mut local_addr = [0u8; 16];
-    buf.copy_to_slice(&mut local_addr);
-    let mut remote_addr = [0u8; 16];
-    buf.copy_to_slice(&mut remote_addr);
-    let mut comm = [0u8; TASK_COMM_LEN];
-    buf.copy_to_slice(&mut comm);
-    let netns_inode = buf.get_u32_ne();
-    let local_port = buf.get_u16_ne();
-    let remote_port = buf.get_u16_ne();
-    let family = buf.get_u16_ne();
-    let old_state = buf.get_u8();
-    let new_state = buf.get_u8();
-
+    let owner_tgid = field!(owner_tgid, u32);
+    let socket_inode = field!(socket_inode, u64);
+    let netns_inode = field!(netns_inode, u32);
+    let family = field!(family, u16);
     let state = |raw| TcpState::from_raw(raw).ok_or(DecodeError::UnknownState(raw));
     let address = |raw: [u8; 16]| match family {
         AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
@@ -124,25 +120,33 @@ fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
         other => Err(DecodeError::UnknownFamily(other)),
     };
     Ok(Transition {
-        timestamp_ns,
-        cookie,
-        skaddr,
+        timestamp_ns: field!(timestamp_ns, u64),
+        cookie: field!(cookie, u64),
+        skaddr: field!(skaddr, u64),
         owner: (owner_tgid != 0).then(|| Process {
             tgid: owner_tgid,
-            comm: Comm::from_kernel(&comm),
+            comm: Comm::from_kernel(&field!(owner_comm)),
         }),
-        local: SocketAddr::new(address(local_addr)?, local_port),
-        remote: SocketAddr::new(address(remote_addr)?, remote_port),
-        old_state: state(old_state)?,
-        new_state: state(new_state)?,
+        local: SocketAddr::new(address(field!(local_addr))?, field!(local_port, u16)),
+        remote: SocketAddr::new(address(field!(remote_addr))?, field!(remote_port, u16)),
+        old_state: state(field!(old_state, u8))?,
+        new_state: state(field!(new_state, u8))?,
         netns_inode: (netns_inode != 0).then_some(netns_inode),
         socket_inode: (socket_inode != 0).then_some(socket_inode),
     })
 }
 
+/// `N` bytes at `offset` of a record whose length is known.
+#[inline(always)]
+fn array<const N: usize>(bytes: &[u8; TRANSITION_RECORD_SIZE], offset: usize) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&bytes[offset..offset + N]);
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
-    use tcptrace_common::TransitionRecord;
+    use tcptrace_common::TASK_COMM_LEN;
 
     use super::*;
 
