@@ -70,10 +70,6 @@ impl TransitionCounts {
                 .filter(|&(_, n)| n > 0)
         })
     }
-
-    pub fn total(&self) -> u64 {
-        self.0.iter().flatten().sum()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,7 +355,7 @@ mod tests {
         assert_eq!(counts.connects, 1);
         assert_eq!(counts.failed_connects, 0);
         assert_eq!(counts.resets, 0);
-        assert_eq!(counts.transitions.total(), 5);
+        assert_eq!(counts.transitions.iter().map(|(_, n)| n).sum::<u64>(), 5);
         assert_eq!(counts.transitions.get(FinWait2, Close), 1);
         assert_eq!(counts.transitions.get(Close, FinWait2), 0);
         assert_eq!(

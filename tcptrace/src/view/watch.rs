@@ -421,8 +421,8 @@ mod tests {
                         t.skaddr = [0, 1, 0xf, 0x10, u64::MAX][case as usize % 5];
                         t.cookie = case * 0x1_0000_0001;
                         t.timestamp_ns = case * 999_999_937;
-                        t.netns_inode = (case % 2 == 0).then_some(case as u32 * 7);
-                        tracked.likely_time_wait = case % 3 == 0;
+                        t.netns_inode = case.is_multiple_of(2).then_some(case as u32 * 7);
+                        tracked.likely_time_wait = case.is_multiple_of(3);
                         tracked.time_in_old_state = in_old;
                         // Steps of under and over a millisecond, and a
                         // return to an earlier one.
