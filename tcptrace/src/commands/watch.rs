@@ -19,7 +19,7 @@ use crate::{
     model::transition::Record,
     probe::loader::{KernelCounters, Probe, ProbeOptions},
     probe::records::decode,
-    view::watch::{self, Format, JsonLines, WriteFailed},
+    view::watch::{self, Format, Lines, WriteFailed},
 };
 
 /// How often the tracker's sockets are checked against the kernel's table:
@@ -89,7 +89,7 @@ pub(crate) struct Pipeline<W: Write> {
     filter: Filter,
     format: Format,
     clock: WallClock,
-    json: JsonLines,
+    lines: Lines,
     /// Lines not yet handed to `out`.
     pending: Vec<u8>,
     out: W,
@@ -107,7 +107,7 @@ impl<W: Write> Pipeline<W> {
             filter,
             format,
             clock: WallClock::new(),
-            json: JsonLines::default(),
+            lines: Lines::default(),
             pending: Vec::with_capacity(OUTPUT_CHUNK + 1024),
             out,
             summary: WatchSummary::default(),
@@ -136,12 +136,8 @@ impl<W: Write> Pipeline<W> {
         let time = self.clock.wall_time(tracked.transition.timestamp_ns);
         self.summary.shown += 1;
         match self.format {
-            Format::Text => {
-                self.pending
-                    .extend_from_slice(watch::text_line(&tracked, time).as_bytes());
-                self.pending.push(b'\n');
-            }
-            Format::Json => self.json.write(&mut self.pending, &tracked, time),
+            Format::Text => self.lines.text(&mut self.pending, &tracked, time),
+            Format::Json => self.lines.json(&mut self.pending, &tracked, time),
         }
         if self.pending.len() >= OUTPUT_CHUNK {
             self.write_pending();

@@ -3,14 +3,13 @@
 use std::{
     fmt,
     io::{self, Write},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use thiserror::Error;
 
 use crate::{
-    model::endpoint::endpoint,
     model::tracker::{OwnerSource, TrackedTransition},
     view::terminal::sanitize,
 };
@@ -39,74 +38,87 @@ pub fn reader_gone(error: io::Error) -> Result<(), WriteFailed> {
 
 pub const TEXT_HEADER: &str = "TIME             PID     COMM             LOCAL                  REMOTE                 TRANSITION                    MS_IN_OLD";
 
-fn clock_time(time: SystemTime) -> String {
-    // "2026-11-22T03:21:36.123456Z" -> "03:21:36.123456"
-    let stamp = humantime::format_rfc3339_micros(time).to_string();
-    stamp.get(11..26).unwrap_or(&stamp).to_owned()
-}
-
-pub fn text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
-    let t = &tracked.transition;
-    let comm = tracked.owner.as_ref().map(|o| o.process.comm.to_text());
-    let (pid, comm) = match (&tracked.owner, &comm) {
-        // "~": inferred from the listening socket, see the README.
-        (Some(owner), Some(comm)) if owner.source == OwnerSource::Listener => {
-            (format!("~{}", owner.process.tgid), sanitize(comm))
-        }
-        (Some(owner), Some(comm)) => (owner.process.tgid.to_string(), sanitize(comm)),
-        _ => ("-".to_owned(), "-".into()),
-    };
-    let transition = format!(
-        "{} -> {}{}",
-        t.old_state.name(),
-        t.new_state.name(),
-        if tracked.likely_time_wait {
-            " (TIME_WAIT?)"
-        } else {
-            ""
-        }
-    );
-    let ms = tracked
-        .time_in_old_state
-        .map(|d| format!("{:.3}", d.as_secs_f64() * 1000.0))
-        .unwrap_or_else(|| "-".to_owned());
-    format!(
-        "{:<16} {:<7} {:<16} {:<22} {:<22} {:<29} {}",
-        clock_time(time),
-        pid,
-        comm,
-        endpoint(t.local),
-        endpoint(t.remote),
-        transition,
-        ms
-    )
-}
-
 /// "2026-11-22T03:21:36.123" of RFC 3339 with microseconds: the part a
 /// millisecond shares.
 const MILLISECOND_TEXT_LEN: usize = 23;
 const RFC3339_MICROS_LEN: usize = 27;
 
-/// Writes `watch --json` lines, field by field, into a byte buffer. This
-/// runs for every event `watch --json` shows, so there is no serde value
-/// and no `format!`, and the time's text is made once per millisecond.
-/// The bytes are those `serde_json` writes for the same object (a test
-/// holds them to it).
+/// Writes `watch` lines into a byte buffer. This runs for every event
+/// `watch` shows, so there is no serde value and no String per field, and
+/// the time's text is made once per millisecond. The JSON is byte for byte
+/// what `serde_json` writes for the same object (a test holds it to that).
 #[derive(Default)]
-pub struct JsonLines {
+pub struct Lines {
     /// The wall-clock millisecond (since the epoch) whose text `ms_text` holds.
     cached_ms: Option<u64>,
     ms_text: [u8; MILLISECOND_TEXT_LEN],
 }
 
-impl JsonLines {
+impl Lines {
+    /// One aligned text line (under [`TEXT_HEADER`]), appended to `out`.
+    /// The comm is sanitized: a process names itself.
+    pub fn text(&mut self, out: &mut Vec<u8>, tracked: &TrackedTransition, time: SystemTime) {
+        let t = &tracked.transition;
+        let stamp = self.stamp(time);
+        // "2026-11-22T03:21:36.123456Z" -> "03:21:36.123456"
+        let clock = stamp
+            .as_ref()
+            .and_then(|s| std::str::from_utf8(&s[11..26]).ok())
+            .unwrap_or("?");
+        let mut pid = StackText::default();
+        let comm_text;
+        let comm = match &tracked.owner {
+            Some(owner) => {
+                // "~": inferred from the listening socket, see the README.
+                if owner.source == OwnerSource::Listener {
+                    pid.push("~");
+                }
+                pid.push(itoa::Buffer::new().format(owner.process.tgid));
+                comm_text = owner.process.comm.to_text();
+                sanitize(&comm_text)
+            }
+            None => {
+                pid.push("-");
+                "-".into()
+            }
+        };
+        let mut transition = StackText::default();
+        transition.push(t.old_state.name());
+        transition.push(" -> ");
+        transition.push(t.new_state.name());
+        if tracked.likely_time_wait {
+            transition.push(" (TIME_WAIT?)");
+        }
+        // The columns of "{:<16} {:<7} {:<16} {:<22} {:<22} {:<29} {}".
+        padded(out, clock, 16);
+        padded(out, pid.as_str(), 7);
+        padded(out, &comm, 16);
+        padded(out, endpoint_text(t.local).as_str(), 22);
+        padded(out, endpoint_text(t.remote).as_str(), 22);
+        padded(out, transition.as_str(), 29);
+        match tracked.time_in_old_state {
+            Some(d) => {
+                let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
+            }
+            None => out.push(b'-'),
+        }
+        out.push(b'\n');
+    }
+
     /// One JSON object and a newline, appended to `out`.
-    pub fn write(&mut self, out: &mut Vec<u8>, tracked: &TrackedTransition, time: SystemTime) {
+    pub fn json(&mut self, out: &mut Vec<u8>, tracked: &TrackedTransition, time: SystemTime) {
         let t = &tracked.transition;
         let owner = tracked.owner.as_ref();
         let mut numbers = itoa::Buffer::new();
         out.extend_from_slice(b"{\"time\":");
-        self.write_time(out, time);
+        match self.stamp(time) {
+            Some(stamp) => {
+                out.push(b'"');
+                out.extend_from_slice(&stamp);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"timestamp_ns\":");
         out.extend_from_slice(numbers.format(t.timestamp_ns).as_bytes());
         out.extend_from_slice(b",\"cookie\":");
@@ -172,9 +184,9 @@ impl JsonLines {
         out.extend_from_slice(b"}\n");
     }
 
-    /// RFC 3339 with microseconds, as humantime writes it, in quotes; null
-    /// for a time it cannot write (past the year 9999).
-    fn write_time(&mut self, out: &mut Vec<u8>, time: SystemTime) {
+    /// RFC 3339 with microseconds, as humantime writes it; `None` for a
+    /// time it cannot write (past the year 9999).
+    fn stamp(&mut self, time: SystemTime) -> Option<[u8; RFC3339_MICROS_LEN]> {
         let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         let ms = since_epoch.as_millis() as u64;
         if self.cached_ms != Some(ms) {
@@ -188,31 +200,98 @@ impl JsonLines {
                 || text.len != RFC3339_MICROS_LEN
             {
                 self.cached_ms = None;
-                out.extend_from_slice(b"null");
-                return;
+                return None;
             }
             self.ms_text
                 .copy_from_slice(&text.bytes[..MILLISECOND_TEXT_LEN]);
             self.cached_ms = Some(ms);
         }
-        out.push(b'"');
-        out.extend_from_slice(&self.ms_text);
+        let mut stamp = [0; RFC3339_MICROS_LEN];
+        stamp[..MILLISECOND_TEXT_LEN].copy_from_slice(&self.ms_text);
         let micros = since_epoch.subsec_micros() % 1000;
-        out.extend_from_slice(&[
+        stamp[MILLISECOND_TEXT_LEN..].copy_from_slice(&[
             b'0' + (micros / 100) as u8,
             b'0' + (micros / 10 % 10) as u8,
             b'0' + (micros % 10) as u8,
             b'Z',
-            b'"',
         ]);
+        Some(stamp)
     }
 }
 
-/// Text of at most 32 bytes, formatted without an allocation.
-#[derive(Default)]
+/// `text` and a space, first filled with spaces to `width` characters, as
+/// `{:<width$}` fills.
+fn padded(out: &mut Vec<u8>, text: &str, width: usize) {
+    out.extend_from_slice(text.as_bytes());
+    let chars = if text.is_ascii() {
+        text.len()
+    } else {
+        text.chars().count()
+    };
+    out.resize(out.len() + width.saturating_sub(chars) + 1, b' ');
+}
+
+/// A socket address as findings name it (`model::endpoint`), without a
+/// String: IPv6 in brackets, an IPv4 peer of a dual-stack socket as IPv4.
+fn endpoint_text(addr: SocketAddr) -> StackText {
+    let ip = addr.ip().to_canonical();
+    let mut text = StackText::default();
+    if ip.is_ipv6() {
+        text.push("[");
+    }
+    push_ip(&mut text, ip);
+    if ip.is_ipv6() {
+        text.push("]");
+    }
+    text.push(":");
+    text.push(itoa::Buffer::new().format(addr.port()));
+    text
+}
+
+/// An address as std writes it.
+fn push_ip(text: &mut StackText, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut numbers = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(".");
+                }
+                text.push(numbers.format(octet));
+            }
+        }
+        // Rare on a busy host's loopback, and its shortening rules are many:
+        // std's own text.
+        IpAddr::V6(v6) => {
+            let _ = fmt::write(text, format_args!("{v6}"));
+        }
+    }
+}
+
+/// Text of at most 64 bytes, made without an allocation.
 struct StackText {
-    bytes: [u8; 32],
+    bytes: [u8; 64],
     len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    /// Appends what fits; every use here fits.
+    fn push(&mut self, text: &str) {
+        let _ = fmt::Write::write_str(self, text);
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
 }
 
 impl fmt::Write for StackText {
@@ -238,22 +317,9 @@ fn write_hex(out: &mut Vec<u8>, value: u64) {
 }
 
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut numbers = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(numbers.format(octet).as_bytes());
-            }
-        }
-        // Rare on a busy host's loopback, and its shortening rules are many:
-        // std's own text.
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    let mut text = StackText::default();
+    push_ip(&mut text, ip);
+    out.extend_from_slice(text.as_str().as_bytes());
 }
 
 /// A JSON string of `bytes` (a comm: any bytes a process chose): shown as
@@ -281,6 +347,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        model::endpoint::endpoint,
         model::tracker::Owner,
         model::transition::{Comm, Process, Transition},
     };
@@ -317,14 +384,66 @@ mod tests {
 
     fn json_line(tracked: &TrackedTransition, time: SystemTime) -> String {
         let mut out = Vec::new();
-        JsonLines::default().write(&mut out, tracked, time);
+        Lines::default().json(&mut out, tracked, time);
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
         line
     }
 
+    fn text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
+        let mut out = Vec::new();
+        Lines::default().text(&mut out, tracked, time);
+        let line = String::from_utf8(out).unwrap();
+        line.strip_suffix('\n').unwrap().to_owned()
+    }
+
+    /// The line `watch` has always written, through `format!`: the bytes
+    /// [`Lines::text`] must match.
+    fn clock_time(time: SystemTime) -> String {
+        // "2026-11-22T03:21:36.123456Z" -> "03:21:36.123456"
+        let stamp = humantime::format_rfc3339_micros(time).to_string();
+        stamp.get(11..26).unwrap_or(&stamp).to_owned()
+    }
+
+    fn formatted_text_line(tracked: &TrackedTransition, time: SystemTime) -> String {
+        let t = &tracked.transition;
+        let comm = tracked.owner.as_ref().map(|o| o.process.comm.to_text());
+        let (pid, comm) = match (&tracked.owner, &comm) {
+            // "~": inferred from the listening socket, see the README.
+            (Some(owner), Some(comm)) if owner.source == OwnerSource::Listener => {
+                (format!("~{}", owner.process.tgid), sanitize(comm))
+            }
+            (Some(owner), Some(comm)) => (owner.process.tgid.to_string(), sanitize(comm)),
+            _ => ("-".to_owned(), "-".into()),
+        };
+        let transition = format!(
+            "{} -> {}{}",
+            t.old_state.name(),
+            t.new_state.name(),
+            if tracked.likely_time_wait {
+                " (TIME_WAIT?)"
+            } else {
+                ""
+            }
+        );
+        let ms = tracked
+            .time_in_old_state
+            .map(|d| format!("{:.3}", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|| "-".to_owned());
+        format!(
+            "{:<16} {:<7} {:<16} {:<22} {:<22} {:<29} {}",
+            clock_time(time),
+            pid,
+            comm,
+            endpoint(t.local),
+            endpoint(t.remote),
+            transition,
+            ms
+        )
+    }
+
     /// The object `watch --json` has always written, through serde: the
-    /// bytes [`JsonLines`] must match.
+    /// bytes [`Lines::json`] must match.
     #[derive(serde::Serialize)]
     struct SerdeTransition<'a> {
         time: String,
@@ -374,8 +493,10 @@ mod tests {
         serde_json::to_string(&json).unwrap() + "\n"
     }
 
-    #[test]
-    fn json_lines_are_the_bytes_serde_json_writes() {
+    /// Transitions with hostile comms, both families, every owner kind and
+    /// durations from none to huge, at times that step by less and more than
+    /// a millisecond and back.
+    fn cases() -> Vec<(TrackedTransition, SystemTime)> {
         let hostile: [&[u8]; 6] = [
             b"\n99999 FAKE\x1b[2J\x07",
             b"q\"uote\\back",
@@ -384,9 +505,7 @@ mod tests {
             b"del\x7f\t\r",
             b"",
         ];
-        let mut lines = JsonLines::default();
-        let mut out = Vec::new();
-        let mut expected = String::new();
+        let mut cases = Vec::new();
         let base = at();
         let mut case = 0u64;
         for comm in hostile {
@@ -430,31 +549,55 @@ mod tests {
                             0 => base - Duration::from_micros(1001),
                             _ => base + Duration::from_micros(case * case * 37),
                         };
-                        lines.write(&mut out, &tracked, time);
-                        expected.push_str(&serde_line(&tracked, time));
+                        cases.push((tracked, time));
                     }
                 }
             }
+        }
+        assert_eq!(cases.len(), case as usize);
+        cases
+    }
+
+    #[test]
+    fn json_lines_are_the_bytes_serde_json_writes() {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        let mut expected = String::new();
+        for (tracked, time) in cases() {
+            lines.json(&mut out, &tracked, time);
+            expected.push_str(&serde_line(&tracked, time));
         }
         let written = String::from_utf8(out).unwrap();
         for (ours, theirs) in written.lines().zip(expected.lines()) {
             assert_eq!(ours, theirs);
         }
         assert_eq!(written, expected);
-        assert_eq!(written.lines().count(), case as usize);
+    }
+
+    #[test]
+    fn text_lines_are_the_bytes_format_wrote() {
+        let mut lines = Lines::default();
+        for (tracked, time) in cases() {
+            let mut out = Vec::new();
+            lines.text(&mut out, &tracked, time);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                formatted_text_line(&tracked, time) + "\n"
+            );
+        }
     }
 
     #[test]
     fn the_epoch_is_a_time_and_the_year_10000_is_none() {
-        let mut lines = JsonLines::default();
+        let mut lines = Lines::default();
         let tracked = sample(None);
         for time in [SystemTime::UNIX_EPOCH, at()] {
             let mut out = Vec::new();
-            lines.write(&mut out, &tracked, time);
+            lines.json(&mut out, &tracked, time);
             assert_eq!(String::from_utf8(out).unwrap(), serde_line(&tracked, time));
         }
         let mut out = Vec::new();
-        lines.write(
+        lines.json(
             &mut out,
             &tracked,
             SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000),
