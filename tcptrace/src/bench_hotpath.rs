@@ -133,25 +133,20 @@ fn bench_hotpath() {
         }
     });
 
-    measure("watch --json", &records, |records| {
-        let out = io::BufWriter::with_capacity(1 << 16, io::sink());
-        let mut pipeline = Pipeline::new(Filter::default(), Format::Json, out);
-        for bytes in records {
-            pipeline.handle(black_box(bytes));
-        }
-        pipeline.flush();
-        black_box(pipeline);
-    });
-
-    measure("watch (text)", &records, |records| {
-        let out = io::BufWriter::with_capacity(1 << 16, io::sink());
-        let mut pipeline = Pipeline::new(Filter::default(), Format::Text, out);
-        for bytes in records {
-            pipeline.handle(black_box(bytes));
-        }
-        pipeline.flush();
-        black_box(pipeline);
-    });
+    for (name, format) in [
+        ("watch --json", Format::Json),
+        ("watch (text)", Format::Text),
+    ] {
+        measure(name, &records, |records| {
+            let out = io::BufWriter::with_capacity(1 << 16, io::sink());
+            let mut pipeline = Pipeline::new(Filter::default(), format, out);
+            for bytes in records {
+                pipeline.handle(black_box(bytes));
+            }
+            pipeline.flush();
+            black_box(pipeline);
+        });
+    }
 
     // What leaks does per event: the monitor's handling of each record.
     let mut monitor = Monitor::new(leaks_options()).unwrap();
