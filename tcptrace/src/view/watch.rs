@@ -61,10 +61,7 @@ impl Lines {
         let t = &tracked.transition;
         let stamp = self.stamp(time);
         // "2026-11-22T03:21:36.123456Z" -> "03:21:36.123456"
-        let clock = stamp
-            .as_ref()
-            .and_then(|s| std::str::from_utf8(&s[11..26]).ok())
-            .unwrap_or("?");
+        let clock: &[u8] = stamp.as_ref().map_or(b"?", |s| &s[11..26]);
         let mut pid = StackText::default();
         let comm_text;
         let comm = match &tracked.owner {
@@ -91,11 +88,11 @@ impl Lines {
         }
         // The columns of "{:<16} {:<7} {:<16} {:<22} {:<22} {:<29} {}".
         padded(out, clock, 16);
-        padded(out, pid.as_str(), 7);
-        padded(out, &comm, 16);
-        padded(out, endpoint_text(t.local).as_str(), 22);
-        padded(out, endpoint_text(t.remote).as_str(), 22);
-        padded(out, transition.as_str(), 29);
+        padded(out, pid.as_bytes(), 7);
+        padded(out, comm.as_bytes(), 16);
+        padded(out, endpoint_text(t.local).as_bytes(), 22);
+        padded(out, endpoint_text(t.remote).as_bytes(), 22);
+        padded(out, transition.as_bytes(), 29);
         match tracked.time_in_old_state {
             Some(d) => {
                 let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
@@ -221,13 +218,10 @@ impl Lines {
 
 /// `text` and a space, first filled with spaces to `width` characters, as
 /// `{:<width$}` fills.
-fn padded(out: &mut Vec<u8>, text: &str, width: usize) {
-    out.extend_from_slice(text.as_bytes());
-    let chars = if text.is_ascii() {
-        text.len()
-    } else {
-        text.chars().count()
-    };
+fn padded(out: &mut Vec<u8>, text: &[u8], width: usize) {
+    out.extend_from_slice(text);
+    // Characters of UTF-8 text: the bytes that do not continue one.
+    let chars = text.iter().filter(|&&b| (b as i8) >= -0x40).count();
     out.resize(out.len() + width.saturating_sub(chars) + 1, b' ');
 }
 
@@ -252,13 +246,21 @@ fn endpoint_text(addr: SocketAddr) -> StackText {
 fn push_ip(text: &mut StackText, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut numbers = itoa::Buffer::new();
+            let mut dotted = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    text.push(".");
+                    dotted[len] = b'.';
+                    len += 1;
                 }
-                text.push(numbers.format(octet));
+                for (place, shown) in [(100, octet >= 100), (10, octet >= 10), (1, true)] {
+                    if shown {
+                        dotted[len] = b'0' + octet / place % 10;
+                        len += 1;
+                    }
+                }
             }
+            text.push_ascii(&dotted[..len]);
         }
         // Rare on a busy host's loopback, and its shortening rules are many:
         // std's own text.
@@ -289,8 +291,16 @@ impl StackText {
         let _ = fmt::Write::write_str(self, text);
     }
 
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    fn push_ascii(&mut self, ascii: &[u8]) {
+        if let Some(room) = self.bytes.get_mut(self.len..self.len + ascii.len()) {
+            room.copy_from_slice(ascii);
+            self.len += ascii.len();
+        }
+    }
+
+    /// UTF-8: only whole `&str`s are pushed.
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -319,7 +329,7 @@ fn write_hex(out: &mut Vec<u8>, value: u64) {
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     let mut text = StackText::default();
     push_ip(&mut text, ip);
-    out.extend_from_slice(text.as_str().as_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// A JSON string of `bytes` (a comm: any bytes a process chose): shown as
