@@ -28,6 +28,8 @@ use crate::{
     probe::records::decode,
 };
 
+/// How often the stack copies of leaking sockets are looked for.
+const COPY_READ_EVERY: Duration = Duration::from_millis(250);
 /// How often live tracking is checked against the kernel's table. A leak
 /// whose CLOSE_WAIT event was lost is aged from the reconcile that finds it,
 /// so this bounds how much of its age can go uncounted.
@@ -72,6 +74,7 @@ pub(crate) struct Monitor {
     /// Said once per run of failures.
     told_failed: bool,
     told_walk_failed: bool,
+    copies_read_at: Option<Instant>,
 }
 
 impl Monitor {
@@ -90,6 +93,7 @@ impl Monitor {
             told_unreadable: false,
             told_failed: false,
             told_walk_failed: false,
+            copies_read_at: None,
         })
     }
 
@@ -130,6 +134,16 @@ impl Monitor {
     /// Reads the stack copies of the sockets leaking long enough to be
     /// worth unwinding, and takes in the stacks unwound since last time.
     pub(crate) fn read_new_stacks(&mut self, probe: &mut Probe) {
+        self.stacks.take_unwound();
+        // Not every drain: the suspects are walked, and a copy waits half a
+        // second before it is read anyway.
+        if self
+            .copies_read_at
+            .is_some_and(|at| at.elapsed() < COPY_READ_EVERY)
+        {
+            return;
+        }
+        self.copies_read_at = Some(Instant::now());
         let leaking = self.tracker.suspects().map(|s| s.cookie);
         self.stacks
             .read_copies(probe, leaking, monotonic_now_ns(), false);

@@ -156,7 +156,8 @@ impl SocketStackBook {
         }
     }
 
-    fn take_unwound(&mut self) {
+    /// Takes in the stacks unwound since the last call.
+    pub(crate) fn take_unwound(&mut self) {
         for ((cookie, kind), pid, stack) in self.unwinder.finished() {
             let id = match self.ids.get(&(pid, stack.clone())) {
                 Some(&id) => id,
