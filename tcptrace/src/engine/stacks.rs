@@ -73,7 +73,9 @@ impl StackRefs {
 pub(crate) struct SocketStackBook {
     symbolizer: SymbolizerWorker,
     unwinder: UnwindWorker,
-    by_socket: HashMap<u64, StackRefs>,
+    /// Looked up at every CLOSE and destroy: a fast hash, for cookies the
+    /// kernel hands out and no one chooses.
+    by_socket: foldhash::HashMap<u64, StackRefs>,
     /// One id per distinct (process, unwound stack).
     ids: HashMap<(u32, UnwoundStack), u32>,
     next_id: u32,
@@ -88,7 +90,7 @@ impl SocketStackBook {
                 .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?,
             unwinder: UnwindWorker::start()
                 .map_err(|e| anyhow::anyhow!("cannot start the unwinding thread: {e}"))?,
-            by_socket: HashMap::new(),
+            by_socket: foldhash::HashMap::default(),
             ids: HashMap::new(),
             next_id: 0,
             errors: 0,
