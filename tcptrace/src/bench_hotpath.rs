@@ -13,8 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_common::{AF_INET, RecordKind, TASK_COMM_LEN, TcpState, TransitionRecord};
-
 use crate::{
     commands::watch::Pipeline,
     engine::monitor::{LeaksOptions, Monitor},
@@ -31,59 +29,11 @@ const ROUNDS: usize = 7;
 /// Events 5 µs apart: 200 k transitions/s, about a churning host's rate.
 const EVENT_SPACING_NS: u64 = 5_000;
 
-/// Client and server side of loopback connections, 10 transitions per
-/// connection, as the probe writes them.
+#[path = "../benches/shared/lifecycles.rs"]
+mod lifecycles;
+
 fn records() -> Vec<Vec<u8>> {
-    use TcpState::*;
-    let client = [
-        (Close, SynSent),
-        (SynSent, Established),
-        (Established, FinWait1),
-        (FinWait1, FinWait2),
-        (FinWait2, Close),
-    ];
-    let server = [
-        (Listen, SynRecv),
-        (SynRecv, Established),
-        (Established, CloseWait),
-        (CloseWait, LastAck),
-        (LastAck, Close),
-    ];
-    let mut records = Vec::with_capacity(EVENTS);
-    let mut connection: u64 = 0;
-    while records.len() < EVENTS {
-        connection += 1;
-        for (side, steps) in [client, server].iter().enumerate() {
-            for (old, new) in steps {
-                let mut comm = [0u8; TASK_COMM_LEN];
-                let name: &[u8] = if side == 0 { b"client" } else { b"server" };
-                comm[..name.len()].copy_from_slice(name);
-                let mut local = [0u8; 16];
-                local[..4].copy_from_slice(&[127, 0, 0, 1]);
-                let record = TransitionRecord {
-                    kind: RecordKind::Transition as u32,
-                    owner_tgid: 1000 + side as u32,
-                    timestamp_ns: 1_000_000_000 + records.len() as u64 * EVENT_SPACING_NS,
-                    cookie: connection * 2 + side as u64,
-                    skaddr: 0xffff_8880_0000_0000 + connection * 4096,
-                    socket_inode: 0,
-                    local_addr: local,
-                    remote_addr: local,
-                    owner_comm: comm,
-                    netns_inode: 0,
-                    local_port: 40000 + (connection % 20000) as u16,
-                    remote_port: 8080,
-                    family: AF_INET,
-                    old_state: *old as u8,
-                    new_state: *new as u8,
-                    _reserved: 0,
-                };
-                records.push(record.to_bytes().to_vec());
-            }
-        }
-    }
-    records.truncate(EVENTS);
-    records
+    lifecycles::lifecycle_records(EVENTS, EVENT_SPACING_NS)
 }
 
 /// Best of `ROUNDS` runs of `run` over every record, in ns per event.
