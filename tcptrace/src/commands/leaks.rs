@@ -87,7 +87,7 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
 
     fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
         self.monitor.drain(probe);
-        self.monitor.apply_host(&read, Some(probe), false);
+        self.monitor.apply_host(&read, false);
         if self.pruning {
             self.monitor.prune_stacks(&read.table, read.started_ns);
         }
@@ -127,7 +127,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
             holders: true,
             ..monitor.host_request(&[TcpState::CloseWait])
         });
-        monitor.apply_host(&read, None, true);
+        monitor.apply_host(&read, true);
         // Ages are unknown without history: everything in CLOSE_WAIT now is listed.
         let report = monitor.report(Duration::ZERO);
         if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
@@ -153,7 +153,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
 
     let read = read_host(monitor.host_request(&[TcpState::CloseWait]));
     monitor.drain(probe.get_mut());
-    monitor.apply_host(&read, Some(probe.get_mut()), true);
+    monitor.apply_host(&read, true);
     eprintln!(
         "tcptrace: watching for TCP socket leaks (CLOSE_WAIT or closed but held for >= {}); Ctrl-C to stop",
         humantime::format_duration(min_age)
@@ -192,7 +192,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         ..monitor.host_request(&[TcpState::CloseWait])
     });
     monitor.drain(probe.get_mut());
-    monitor.apply_host(&read, Some(probe.get_mut()), false);
+    monitor.apply_host(&read, false);
     monitor.wait_for_stacks(probe.get_mut());
     let counters = probe.get_ref().counters()?;
     monitor.health.drops = all_drops(&counters);

@@ -224,7 +224,7 @@ impl HostAgent {
             self.kernel = counters;
         }
         let dump_started_ns = read.started_ns;
-        self.monitor.apply_host(&read, Some(probe), startup);
+        self.monitor.apply_host(&read, startup);
         if read.table.failed.is_none() && read.table.unreadable.is_empty() {
             self.monitor.prune_stacks(&read.table, dump_started_ns);
         }

@@ -180,12 +180,7 @@ impl Monitor {
     /// the holders, and which processes are gone. Call only after draining
     /// every event written before `read.started_ns`. A read that failed
     /// changes nothing it could not see: suspects stay, with their ages.
-    pub(crate) fn apply_host(
-        &mut self,
-        read: &HostRead,
-        _probe: Option<&mut Probe>,
-        startup: bool,
-    ) {
+    pub(crate) fn apply_host(&mut self, read: &HostRead, startup: bool) {
         let table = &read.table;
         self.health.unreadable_namespaces = table.unreadable.len();
         if let Some(error) = &table.failed {
@@ -493,7 +488,7 @@ mod tests {
             sockets: vec![close_wait(1, 11)],
             ..TableSnapshot::default()
         };
-        monitor.apply_host(&read(2, table, Ok(ProcScan::default())), None, false);
+        monitor.apply_host(&read(2, table, Ok(ProcScan::default())), false);
         let before = monitor.tracker.suspects().next().unwrap().clone();
         assert_eq!(before.since_ns, S);
 
@@ -503,7 +498,7 @@ mod tests {
             ..TableSnapshot::default()
         };
         let walk = Err(std::io::Error::from_raw_os_error(libc::EMFILE));
-        monitor.apply_host(&read(3, failed, walk), None, false);
+        monitor.apply_host(&read(3, failed, walk), false);
         assert_eq!(
             monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
             std::slice::from_ref(&before)
@@ -516,7 +511,7 @@ mod tests {
             sockets: vec![close_wait(1, 11)],
             ..TableSnapshot::default()
         };
-        monitor.apply_host(&read(4, table, Ok(ProcScan::default())), None, false);
+        monitor.apply_host(&read(4, table, Ok(ProcScan::default())), false);
         assert_eq!(
             monitor.tracker.suspects().cloned().collect::<Vec<_>>(),
             [before]

@@ -190,30 +190,18 @@ impl SymbolizerWorker {
         self.counters.perf_map_skipped_lines.load(Ordering::Relaxed)
     }
 
-    /// Drops everything known about processes that exited; returns the
-    /// stack ids no remaining process uses (the probe may free them).
-    pub fn forget(&mut self, exited: &HashSet<u32>) -> Vec<u32> {
+    /// Drops everything known about processes that exited.
+    pub fn forget(&mut self, exited: &HashSet<u32>) {
         if exited.is_empty() {
-            return Vec::new();
+            return;
         }
-        let mut ids_of_exited = HashSet::new();
-        self.requested.retain(|(pid, id)| {
-            let gone = exited.contains(pid);
-            if gone {
-                ids_of_exited.insert(*id);
-            }
-            !gone
-        });
-        for (_, id) in &self.requested {
-            ids_of_exited.remove(id);
-        }
+        self.requested.retain(|(pid, _)| !exited.contains(pid));
         // Best effort: a full queue only delays renewing the symbolizer.
         let _ = self
             .jobs
             .try_send(Job::Forget(exited.iter().copied().collect()));
         let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
         resolved.retain(|(pid, _), _| !exited.contains(pid));
-        ids_of_exited.into_iter().collect()
     }
 
     /// Stacks remembered by the agent's side.
@@ -545,7 +533,7 @@ mod tests {
             frames.frames[0].kind,
             crate::model::stack::FrameKind::Program
         );
-        assert_eq!(worker.forget(&HashSet::from([pid])), vec![1]);
+        worker.forget(&HashSet::from([pid]));
         assert!(worker.frames(pid, 1).is_none());
         assert!(!worker.is_requested(pid, 1));
         assert_eq!(worker.entries(), 0);
