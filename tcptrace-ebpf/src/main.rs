@@ -45,7 +45,7 @@ use stacks::{forget_stack_copies, take_stack};
 
 use tcptrace_common::{
     COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_FULL,
-    SocketOwner, StackKind, TcpState, TransitionRecord,
+    STACKS_OFF, SocketOwner, StackKind, TcpState, TransitionRecord,
 };
 
 /// Written by the agent before load; read-only to the program.
@@ -292,7 +292,9 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    if let Some(state) = socket_state(sk, false)
+    // Without stacks there is no copy to delete: skip the storage lookup.
+    if config!(stack_level) != STACKS_OFF
+        && let Some(state) = socket_state(sk, false)
         && state.stacks_taken != 0
     {
         forget_stack_copies(cookie, state.stacks_taken);
