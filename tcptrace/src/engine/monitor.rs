@@ -354,10 +354,12 @@ pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::holder::ProcScan, model::kernel_socket::NetNamespace};
+    use crate::model::{
+        fixtures::{S, close_wait_in_kernel, transition},
+        holder::ProcScan,
+        kernel_socket::NetNamespace,
+    };
     use tcptrace_common::StackKind;
-
-    const S: u64 = 1_000_000_000;
 
     fn monitor() -> Monitor {
         Monitor::new(LeaksOptions {
@@ -373,18 +375,7 @@ mod tests {
     }
 
     fn event(cookie: u64, at_s: u64, old: TcpState, new: TcpState) -> Record {
-        Record::Transition(Transition {
-            timestamp_ns: at_s * S,
-            cookie,
-            skaddr: 0,
-            owner: None,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            old_state: old,
-            new_state: new,
-            netns_inode: None,
-            socket_inode: None,
-        })
+        Record::Transition(transition(cookie, at_s, old, new))
     }
 
     fn stack(cookie: u64, at_s: u64, kind: StackKind) -> Record {
@@ -395,19 +386,6 @@ mod tests {
             kind,
             copied: Ok(()),
         })
-    }
-
-    fn close_wait(cookie: u64, inode: u64) -> KernelSocket {
-        KernelSocket {
-            cookie,
-            inode,
-            state: TcpState::CloseWait,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            recv_queue: 0,
-            send_queue: 0,
-            netns_inode: 1,
-        }
     }
 
     fn read(
@@ -462,7 +440,7 @@ mod tests {
         monitor.handle_record(stack(2, 1, StackKind::Connect));
         monitor.handle_record(stack(3, 5, StackKind::Connect));
         let table = TableSnapshot {
-            sockets: vec![close_wait(2, 20)],
+            sockets: vec![close_wait_in_kernel(2, 20)],
             ..TableSnapshot::default()
         };
         // Socket 1's CLOSE was lost; socket 3 postdates the dump.
@@ -485,7 +463,7 @@ mod tests {
         let mut monitor = monitor();
         monitor.handle_record(event(1, 1, Established, CloseWait));
         let table = TableSnapshot {
-            sockets: vec![close_wait(1, 11)],
+            sockets: vec![close_wait_in_kernel(1, 11)],
             ..TableSnapshot::default()
         };
         monitor.apply_host(&read(2, table, Ok(ProcScan::default())), false);
@@ -508,7 +486,7 @@ mod tests {
 
         // Readable again: the same leak, with the age it had, not a new one.
         let table = TableSnapshot {
-            sockets: vec![close_wait(1, 11)],
+            sockets: vec![close_wait_in_kernel(1, 11)],
             ..TableSnapshot::default()
         };
         monitor.apply_host(&read(4, table, Ok(ProcScan::default())), false);

@@ -285,35 +285,7 @@ impl LeakTracker {
 mod tests {
     use super::*;
 
-    const S: u64 = 1_000_000_000;
-
-    fn event(cookie: u64, at_s: u64, old: TcpState, new: TcpState) -> Transition {
-        Transition {
-            timestamp_ns: at_s * S,
-            cookie,
-            skaddr: 0xffff_0000,
-            owner: None,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            old_state: old,
-            new_state: new,
-            netns_inode: None,
-            socket_inode: None,
-        }
-    }
-
-    fn close_wait_in_kernel(cookie: u64, inode: u64) -> KernelSocket {
-        KernelSocket {
-            cookie,
-            inode,
-            state: TcpState::CloseWait,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            recv_queue: 0,
-            send_queue: 0,
-            netns_inode: 4026531840,
-        }
-    }
+    use crate::model::fixtures::{S, close_wait_in_kernel, transition as event};
 
     use TcpState::*;
 

@@ -11,6 +11,8 @@ pub(crate) mod activity;
 pub(crate) mod diagnose;
 pub(crate) mod endpoint;
 pub(crate) mod filter;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub(crate) mod health;
 pub(crate) mod holder;
 pub(crate) mod kernel_socket;
