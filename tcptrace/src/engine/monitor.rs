@@ -10,7 +10,7 @@ use std::{
 use tcptrace_common::TcpState;
 
 use crate::{
-    engine::stacks::{MAX_SOCKET_STACKS, SocketStackBook},
+    engine::stacks::{FINAL_TIMEOUT, MAX_SOCKET_STACKS, SocketStackBook},
     host::clock::monotonic_now_ns,
     host::reader::{HostRead, HostRequest},
     host::sockdiag::TableSnapshot,
@@ -283,7 +283,7 @@ impl Monitor {
         if !done {
             eprintln!(
                 "tcptrace: unwinding and naming the stacks took over {}s; the report shows those not named yet as not taken",
-                SocketStackBook::final_timeout().as_secs()
+                FINAL_TIMEOUT.as_secs()
             );
         }
     }

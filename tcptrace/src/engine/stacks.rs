@@ -20,7 +20,7 @@ use crate::{
     model::{
         leak_report::{ProbeHealth, SocketStacks},
         stack::UnwoundStack,
-        transition::{StackCopyFailure, StackSample},
+        transition::StackSample,
     },
     probe::loader::Probe,
 };
@@ -29,7 +29,7 @@ use crate::{
 /// about to close, and then the probe deletes it unread.
 const COPY_READ_DELAY: Duration = Duration::from_millis(500);
 /// How long a final report waits for stacks still being unwound or named.
-const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Live sockets are not capped by number: they are freed at CLOSE or
 /// destroy and reconciled with the kernel's table, so they follow the
@@ -109,8 +109,7 @@ impl SocketStackBook {
             Ok(()) => Slot::Copied {
                 taken_ns: sample.timestamp_ns,
             },
-            Err(StackCopyFailure::Unreadable | StackCopyFailure::NotStored)
-            | Err(StackCopyFailure::Other(_)) => {
+            Err(_) => {
                 self.errors += 1;
                 Slot::Lost
             }
@@ -244,10 +243,6 @@ impl SocketStackBook {
         health.perf_map_lines_skipped = self.symbolizer.perf_map_skipped_lines();
     }
 
-    pub(crate) fn final_timeout() -> Duration {
-        FINAL_TIMEOUT
-    }
-
     /// The named frames of one socket, as far as they are known.
     pub(crate) fn of_socket(&self, cookie: u64) -> Option<SocketStacks> {
         let refs = self.by_socket.get(&cookie)?;
@@ -274,6 +269,7 @@ impl SocketStackBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::transition::StackCopyFailure;
 
     const S: u64 = 1_000_000_000;
 
