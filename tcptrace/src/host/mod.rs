@@ -8,7 +8,9 @@
 
 pub(crate) mod clock;
 pub(crate) mod container;
+pub(crate) mod inet_diag_walk;
 pub(crate) mod perf_map;
+
 pub mod procfs;
 pub(crate) mod reader;
 pub mod sockdiag;

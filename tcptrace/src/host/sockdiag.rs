@@ -10,6 +10,7 @@ use std::{
     net::SocketAddr,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::Path,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use netlink_packet_core::{
@@ -24,7 +25,10 @@ use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIA
 use tcptrace_common::TcpState;
 use thiserror::Error;
 
-use crate::host::procfs;
+use crate::host::{
+    inet_diag_walk::{Walk, walk_tcp},
+    procfs,
+};
 
 use crate::model::kernel_socket::{KernelSocket, NetNamespace};
 
@@ -171,7 +175,11 @@ fn enter_namespace(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Dumps IPv4 and IPv6 TCP sockets in `states` of the calling thread's namespace.
+/// Set once the kernel refuses the one-walk request.
+static PER_FAMILY_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Dumps IPv4 and IPv6 TCP sockets in `states` of the calling thread's
+/// namespace, in one walk of the kernel's hash where the kernel allows it.
 pub fn dump_tcp(states: &[TcpState], netns_inode: u64) -> Result<Vec<KernelSocket>, SockDiagError> {
     let io = |step| move |source| SockDiagError::Io { step, source };
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("socket"))?;
@@ -179,6 +187,13 @@ pub fn dump_tcp(states: &[TcpState], netns_inode: u64) -> Result<Vec<KernelSocke
     socket
         .connect(&NetlinkAddr::new(0, 0))
         .map_err(io("connect"))?;
+    if !PER_FAMILY_ONLY.load(Ordering::Relaxed) {
+        match walk_tcp(&socket, state_flags(states).bits(), netns_inode)? {
+            Walk::Sockets(sockets) => return Ok(sockets),
+            // A kernel without the older request: asked per family from now on.
+            Walk::Refused => PER_FAMILY_ONLY.store(true, Ordering::Relaxed),
+        }
+    }
     let mut sockets = Vec::new();
     for (family, socket_id) in [
         (AF_INET, SocketId::new_v4()),
