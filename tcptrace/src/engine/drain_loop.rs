@@ -9,7 +9,7 @@ use std::{ops::ControlFlow, time::Duration};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    time::{Instant, MissedTickBehavior, interval, sleep},
 };
 
 use crate::{
@@ -20,6 +20,22 @@ use crate::{
 /// How often the ring buffer is drained when the probe does not wake us: it
 /// wakes the reader only when a backlog builds up, to spare an interrupt per event.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A host read may take up to this share of the time: on a churning host
+/// the kernel's table holds hundreds of thousands of TIME_WAIT sockets, and
+/// walking it every second would take more CPU than the tracing itself.
+const HOST_READ_SHARE: u32 = 50;
+/// However long a read takes, the host is read at least this often.
+const HOST_READ_LONGEST_PAUSE: Duration = Duration::from_secs(60);
+
+/// When the next host read is due after one that began at the last and
+/// took `took`: the command's own interval, or longer so that reading stays
+/// under 1/HOST_READ_SHARE of the time. Wall time, not CPU time: a read in
+/// another namespace runs on a thread of its own, and on a loaded host the
+/// longer figure errs on the side of the host.
+pub(crate) fn host_read_pause(every: Duration, took: Duration) -> Duration {
+    every.max((took * HOST_READ_SHARE).min(HOST_READ_LONGEST_PAUSE))
+}
 
 /// What one command does in the loop.
 pub trait Refresh {
@@ -83,10 +99,11 @@ pub async fn run(
     let mut report_tick = interval(report_every.unwrap_or(schedule.host_every));
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     report_tick.tick().await;
-    // The first, immediate tick is taken: the caller has just read the host.
-    let mut host_tick = interval(schedule.host_every);
-    host_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    host_tick.tick().await;
+    // The caller has just read the host.
+    let host_due = sleep(schedule.host_every);
+    tokio::pin!(host_due);
+    let mut host_started = Instant::now();
+    let mut told_paced = false;
     let mut host = HostReader::default();
     let deadline = sleep(schedule.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
@@ -102,11 +119,26 @@ pub async fn run(
                 command.drain(probe.get_mut());
                 ControlFlow::Continue(())
             }
-            _ = host_tick.tick(), if !host.is_busy() => {
+            _ = &mut host_due, if !host.is_busy() => {
+                host_started = Instant::now();
                 host.start(command.host_request());
                 ControlFlow::Continue(())
             }
-            Some(read) = host.finished() => command.host_read(probe.get_mut(), read)?,
+            Some(read) = host.finished() => {
+                let took = host_started.elapsed();
+                let pause = host_read_pause(schedule.host_every, took);
+                if pause >= schedule.host_every * 3 / 2 && !told_paced {
+                    told_paced = true;
+                    eprintln!(
+                        "tcptrace: reading the kernel's table and /proc took {} ms; read every {:.1}s rather than every {}s, to keep reading under 1/{HOST_READ_SHARE} of the time (adjusted at each read)",
+                        took.as_millis(),
+                        pause.as_secs_f64(),
+                        schedule.host_every.as_secs_f64(),
+                    );
+                }
+                host_due.as_mut().reset(host_started + pause);
+                command.host_read(probe.get_mut(), read)?
+            }
             _ = report_tick.tick(), if report_every.is_some() => command.report(probe.get_mut())?,
             _ = signals.interrupt.recv() => break,
             _ = signals.terminate.recv() => break,
@@ -117,4 +149,29 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quick_read_keeps_the_commands_interval() {
+        let every = Duration::from_secs(1);
+        assert_eq!(host_read_pause(every, Duration::from_millis(5)), every);
+        assert_eq!(host_read_pause(every, Duration::from_millis(20)), every);
+    }
+
+    #[test]
+    fn a_slow_read_spaces_the_next_to_stay_within_its_share() {
+        let every = Duration::from_secs(1);
+        assert_eq!(
+            host_read_pause(every, Duration::from_millis(70)),
+            Duration::from_millis(3500)
+        );
+        assert_eq!(
+            host_read_pause(every, Duration::from_secs(5)),
+            HOST_READ_LONGEST_PAUSE
+        );
+    }
 }
