@@ -40,8 +40,8 @@ pub const MAX_MAX_SOCKETS: u32 = 1 << 22;
 /// Kernel memory per entry of a preallocated LRU hash of u64 -> u64: the
 /// map's `memlock` in /proc/PID/fdinfo on 6.18 (83886976 bytes for 1 Mi entries).
 pub const SOCKET_ENTRY_BYTES: u64 = 80;
-/// Stack copies waiting for their socket to close or be read: 16 KiB each,
-/// so 16 MiB of kernel memory. A healthy socket's copy lives for the few
+/// Stack copies waiting for their socket to close or be read: 8 KiB each,
+/// so 8 MiB of kernel memory. A healthy socket's copy lives for the few
 /// milliseconds between its EOF read and its close; the agent reads the
 /// copies of sockets still open within a second. LRU: a burst of more
 /// sockets than this, all reading EOF within that second, loses the oldest
