@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{Counter, SocketOwner, TASK_COMM_LEN, TcpState};
 
-use crate::{CLOSE, CLOSE_WAIT, count};
+use crate::{CLOSE_WAIT, count};
 
 /// What the probe keeps per socket, in the socket itself: the kernel frees
 /// it with the socket, so nothing is inserted or deleted per connection and
@@ -20,8 +20,8 @@ use crate::{CLOSE, CLOSE_WAIT, count};
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct SocketState {
-    /// The process seen owning it at a process-context transition (tgid 0:
-    /// none yet).
+    /// The process that accepted it, where the fexit hook works (tgid 0:
+    /// not known).
     pub(crate) owner: SocketOwner,
     /// STACK_TAKEN_* bits.
     pub(crate) stacks_taken: u32,
@@ -85,21 +85,21 @@ pub(crate) fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut S
     unsafe { state.as_mut() }
 }
 
-/// The owner of `sk` after this transition: the current task where the
-/// transition runs in the owner's syscall, otherwise whatever an earlier
-/// process-context transition recorded (or unknown, tgid 0). A socket
-/// leaving CLOSE_WAIT also takes its EOF count out of EOF_READS, with the
-/// storage lookup the owner needs anyway.
+/// The owner of `sk` at this transition: the current task where the
+/// transition runs in the owner's syscall, otherwise the one accept()
+/// recorded in the socket (where fexit works), or unknown (tgid 0). The
+/// agent carries an owner seen at a socket's process-context transition to
+/// its later ones: recording it here too would cost every connection a
+/// storage allocation. A socket leaving CLOSE_WAIT also takes its EOF count
+/// out of EOF_READS.
 pub(crate) fn track_owner(sk: *const u8, cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
     if TcpState::runs_in_owner_context(old_state, new_state) {
-        let current = current_task();
-        if new_state != CLOSE
-            && let Some(state) = remember_owner(sk, &current)
-            && old_state == CLOSE_WAIT
+        if old_state == CLOSE_WAIT
+            && let Some(state) = socket_state(sk, false)
         {
             forget_eof_reads(state, cookie);
         }
-        return current;
+        return current_task();
     }
     match socket_state(sk, false) {
         // A concurrent update can at worst mix two owners' bytes for one

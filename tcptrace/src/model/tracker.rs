@@ -50,6 +50,10 @@ pub struct TrackedTransition {
 
 struct SocketState {
     entered_at_ns: u64,
+    /// Seen on the CPU at this socket's last process-context transition:
+    /// the probe reports the owner only there (and at accept where fexit
+    /// works), and its later transitions, in softirq, are the same owner's.
+    process_owner: Option<Process>,
     listener_owner: Option<Process>,
     /// Last local port the kernel showed for this socket.
     local_port: u16,
@@ -144,6 +148,9 @@ impl SocketTracker {
             None if is_new_child => listener_owner_of(&self.listeners, &transition),
             None => None,
         };
+        if transition.owner.is_none() {
+            transition.owner = previous.and_then(|s| s.process_owner.clone());
+        }
         let owner = match (&transition.owner, &listener_owner) {
             (Some(process), _) => Some(Owner {
                 process: process.clone(),
@@ -158,6 +165,7 @@ impl SocketTracker {
 
         let state = SocketState {
             entered_at_ns: timestamp_ns,
+            process_owner: transition.owner.clone(),
             listener_owner,
             local_port: transition.local.port(),
         };
@@ -308,6 +316,43 @@ mod tests {
             assert_eq!(tracked.likely_time_wait, old == FinWait2);
         }
         assert_eq!(tracker.tracked_sockets(), 0);
+    }
+
+    /// The probe names the owner only at process-context transitions; the
+    /// softirq ones after them carry it from here, and a socket first seen
+    /// in softirq stays unknown.
+    #[test]
+    fn softirq_transitions_carry_the_owner_of_the_last_process_context_one() {
+        use TcpState::*;
+        let client = process(10, "client");
+        let mut tracker = SocketTracker::new();
+        let at = |at, old, new, owner| transition(1, at, old, new, owner, "127.0.0.1:5000");
+        tracker.observe(at(0, Close, SynSent, Some(client.clone())));
+        for (time, old, new) in [
+            (3, SynSent, Established),
+            (9, FinWait1, FinWait2),
+            (12, FinWait2, Close),
+        ] {
+            let tracked = tracker.observe(at(time, old, new, None));
+            assert_eq!(
+                tracked.owner,
+                Some(Owner {
+                    process: client.clone(),
+                    source: OwnerSource::ProcessContext
+                }),
+                "{old:?} -> {new:?}"
+            );
+            assert_eq!(tracked.transition.owner, Some(client.clone()));
+        }
+        let unseen = tracker.observe(transition(
+            2,
+            20,
+            Established,
+            FinWait1,
+            None,
+            "127.0.0.1:5001",
+        ));
+        assert_eq!(unseen.owner, None);
     }
 
     #[test]
