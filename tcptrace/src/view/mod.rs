@@ -6,6 +6,7 @@
 //! `model::top_snapshot`).
 
 pub(crate) mod metrics;
+pub(crate) mod page;
 pub(crate) mod report;
 pub(crate) mod terminal;
 pub(crate) mod top;
