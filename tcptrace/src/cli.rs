@@ -1,11 +1,12 @@
 //! Command line: what the user may ask for, and its translation into options.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::TcpState;
 
 use crate::{
+    commands::leaks::FlamegraphOutput,
     commands::serve::{DEFAULT_LISTEN, ServeOptions},
     commands::top::TopOptions,
     commands::watch::WatchOptions,
@@ -16,6 +17,7 @@ use crate::{
         DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
         validate_max_sockets, validate_ring_buffer_bytes,
     },
+    view::flamegraph::FlamegraphKind,
     view::metrics::MetricsLimits,
     view::report::DEFAULT_STACK_DEPTH,
     view::top::{RowFilter, SortKey},
@@ -100,6 +102,7 @@ Examples:
   tcptrace leaks --once                  what is in CLOSE_WAIT now, with its holders; exit
   tcptrace leaks -d 5m --json            observe five minutes, one JSON report
   tcptrace leaks --min-age 10s --fail-on-leak -d 1m    exit 3 if anything leaks
+  tcptrace leaks -d 5m --flamegraph leaks.svg           the leaking code paths as a flame graph
 
 A leak is a socket still in CLOSE_WAIT after --min-age (the peer closed, the
 application did not), or one that reached CLOSE (usually a peer RST) while an
@@ -149,6 +152,19 @@ pub struct LeaksArgs {
           default_value_t = DEFAULT_STACK_DEPTH)]
     pub stack_depth: usize,
 
+    /// Also write the final report's leaking code paths to FILE as an
+    /// interactive SVG flame graph: one root per holder process, a frame's
+    /// width the leaked sockets whose stack passes through it.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// The stack the flame graph draws: eof (the read of EOF that close()
+    /// never followed) or origin (connect() or the first read of data; needs
+    /// --stacks full).
+    #[arg(long, value_name = "KIND", value_parser = parse_flamegraph_kind,
+          default_value = "eof", requires = "flamegraph")]
+    pub flamegraph_kind: FlamegraphKind,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -191,7 +207,24 @@ pub fn parse_stack_level(text: &str) -> Result<StackLevel, String> {
     }
 }
 
+pub fn parse_flamegraph_kind(text: &str) -> Result<FlamegraphKind, String> {
+    FlamegraphKind::parse(text).ok_or_else(|| {
+        format!(
+            "unknown flame graph kind '{text}'; one of: {}",
+            FlamegraphKind::NAMES
+        )
+    })
+}
+
 impl LeaksArgs {
+    /// `--flamegraph`, taken out before the rest becomes [`LeaksOptions`].
+    pub fn take_flamegraph(&mut self) -> Option<FlamegraphOutput> {
+        Some(FlamegraphOutput {
+            path: self.flamegraph.take()?,
+            kind: self.flamegraph_kind,
+        })
+    }
+
     pub fn into_options(self) -> LeaksOptions {
         LeaksOptions {
             // No in-kernel filters: the holder, not the owner, decides what

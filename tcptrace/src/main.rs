@@ -70,10 +70,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.into_command() {
-        Command::Leaks(args) => {
+        Command::Leaks(mut args) => {
             tell_if_no_process(args.pid, !args.once);
             let fail_on_leak = args.fail_on_leak;
-            match runtime.block_on(leaks::run(args.into_options(), io::stdout().lock())) {
+            let flamegraph = args.take_flamegraph();
+            let options = args.into_options();
+            match runtime.block_on(leaks::run(options, flamegraph, io::stdout().lock())) {
                 Ok(outcome) if fail_on_leak && outcome.leaks_found => ExitCode::from(LEAKS_FOUND),
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {

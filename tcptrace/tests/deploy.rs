@@ -1,6 +1,10 @@
 //! The files under deploy/: the alerting rules pass promtool and use only
-//! metrics `tcptrace serve` exports; the DaemonSet and the systemd unit run
-//! `serve` and say why they grant each capability. Needs no root.
+//! metrics `tcptrace serve` exports; the Grafana dashboard's queries parse
+//! and use only metrics a live `tcptrace serve` exposes (that one needs
+//! root); the DaemonSet and the systemd unit run `serve` and say why they
+//! grant each capability.
+
+mod common;
 
 use std::{
     collections::BTreeSet,
@@ -8,6 +12,8 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
 };
+
+use common::{Peer, STEP_TIMEOUT, ServeRun, require_root};
 
 /// Where `cargo xtask setup` unpacks Debian's prometheus package.
 const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
@@ -340,4 +346,235 @@ fn unit_capability(line: &str) -> Option<(&str, &str)> {
         "tcptrace.service: `{line}` names several capabilities: one a line, each with its comment"
     );
     Some((key, name))
+}
+
+const DASHBOARD: &str = "deploy/grafana/tcptrace.json";
+
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&read(DASHBOARD))
+        .unwrap_or_else(|error| panic!("{DASHBOARD} is not JSON: {error}"))
+}
+
+/// Every query of the dashboard: the panels' `expr`s and the variables'
+/// queries, wherever they are nested (rows may hold panels).
+fn dashboard_queries(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "definition", serde_json::Value::String(query)) => {
+                        out.push(query.clone())
+                    }
+                    _ => dashboard_queries(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                dashboard_queries(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `tcptrace_*` names a query uses, as series names (`_total` and all).
+fn metric_names(query: &str) -> BTreeSet<&str> {
+    query
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("tcptrace_"))
+        .collect()
+}
+
+/// A query as Prometheus would get it from Grafana, for promtool.
+fn substitute_variables(query: &str) -> String {
+    query
+        .replace("$__rate_interval", "5m")
+        .replace("$instance", ".*")
+}
+
+#[test]
+fn dashboard_has_its_variables_and_its_queries_parse() {
+    let dashboard = dashboard();
+    assert!(
+        dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "{DASHBOARD}: schemaVersion {}",
+        dashboard["schemaVersion"]
+    );
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("template variables");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{DASHBOARD} has no ${name} variable"))
+    };
+    let datasource = variable("datasource");
+    assert_eq!(
+        (&datasource["type"], &datasource["query"]),
+        (&"datasource".into(), &"prometheus".into())
+    );
+    let instance = variable("instance");
+    assert!(
+        instance["definition"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("label_values(") && q.ends_with(", instance)")),
+        "$instance is not the values of the instance label: {instance:#}"
+    );
+
+    let panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .collect();
+    let mut titles = BTreeSet::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            !title.is_empty() && titles.insert(title),
+            "panel title {title:?}"
+        );
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {title:?} does not use the datasource variable"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {title:?} has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            assert!(
+                expr.contains(r#"instance=~"$instance""#),
+                "panel {title:?} ignores the instance variable: {expr}"
+            );
+        }
+    }
+    let all = serde_json::to_string(&dashboard).unwrap();
+    for (needed, what) in [
+        ("tcptrace_leaking_sockets", "leaking sockets"),
+        ("tcptrace_oldest_leak_age_seconds", "the oldest leak age"),
+        ("tcptrace_transitions_total", "transitions"),
+        ("time_wait_exhaustion", "TIME_WAIT and port exhaustion"),
+        ("tcptrace_events_dropped_total", "drops"),
+        ("tcptrace_reconcile_corrections_total", "corrections"),
+        ("comm, container", "leaks by comm and container"),
+    ] {
+        assert!(all.contains(needed), "{DASHBOARD} shows no {what}");
+    }
+
+    // promtool parses PromQL in rules: each panel query, as Grafana sends it,
+    // becomes a recording rule for it to check.
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard["panels"], &mut queries);
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (index, query) in queries.iter().enumerate() {
+        let query = serde_json::to_string(&substitute_variables(query)).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{index}\n        expr: {query}\n"
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("tcptrace-dashboard-{}.yaml", std::process::id()));
+    fs::write(&file, &rules).expect("write the rules");
+    let promtool = promtool();
+    let output = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|error| panic!("starting {}: {error}", promtool.display()));
+    let _ = fs::remove_file(&file);
+    assert!(
+        output.status.success(),
+        "a dashboard query does not parse:\n{}{}\n{rules}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every series name an exposition can have: the samples' names, and for
+/// each `# TYPE` its family's names (a family with no series yet, like
+/// leaks on a host that has none, shows only there).
+fn exposed_names(metrics: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in metrics.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let mut parts = declared.split_whitespace();
+            let (Some(family), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total", "_created"],
+                "histogram" | "gaugehistogram" => &["_bucket", "_sum", "_count", "_created"],
+                "summary" => &["", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                "stateset" | "gauge" | "unknown" => &[""],
+                other => panic!("/metrics declares {family} of an unknown type {other}"),
+            };
+            names.extend(suffixes.iter().map(|suffix| format!("{family}{suffix}")));
+        } else if !line.starts_with('#') {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn dashboard_queries_only_metrics_a_live_serve_exposes() {
+    if !require_root() {
+        return;
+    }
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard(), &mut queries);
+    let used: BTreeSet<&str> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    assert!(used.len() >= 8, "{DASHBOARD} queries only {used:?}");
+
+    // A family shows in /metrics only once it has a series: with a leak
+    // held by a live process, every family the dashboard reads has one.
+    let serve = ServeRun::start(&["--interval", "500ms", "--min-age", "1s"]);
+    let mut server = Peer::spawn(&[
+        "leaky-server",
+        "--addr",
+        "127.0.0.1:0",
+        "--connections",
+        "2",
+        "--leak",
+        "1",
+    ]);
+    let port = server.expect("listening")["port"].clone();
+    let clients = Peer::spawn(&[
+        "clients",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--count",
+        "2",
+    ]);
+    let holder = server.expect("holding")["pid"].clone();
+    clients.expect("done");
+    let by_pid = format!("tcptrace_process_leaking_sockets{{pid=\"{holder}\"");
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        let (status, _, metrics) = serve.get("/metrics");
+        assert_eq!(status, 200, "{metrics}");
+        if metrics.contains(&by_pid) {
+            break metrics;
+        }
+        assert!(
+            started.elapsed() < STEP_TIMEOUT,
+            "the leak of pid {holder} never showed in /metrics:\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    serve.stop();
+    let exposed = exposed_names(&metrics);
+    assert!(
+        exposed.contains("tcptrace_events_total"),
+        "{exposed:?} from\n{metrics}"
+    );
+    for name in used {
+        assert!(
+            exposed.contains(name),
+            "{DASHBOARD} queries {name}, which /metrics does not expose:\n{metrics}"
+        );
+    }
 }

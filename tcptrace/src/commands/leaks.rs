@@ -5,8 +5,11 @@
 use std::{
     io::{IsTerminal, Write},
     ops::ControlFlow,
+    path::{Path, PathBuf},
     time::Duration,
 };
+
+use anyhow::{anyhow, bail};
 
 use tcptrace_common::TcpState;
 use tokio::io::unix::AsyncFd;
@@ -17,7 +20,8 @@ use crate::{
     host::reader::{HostRead, HostRequest, read_host, release_free_memory, states_with_files},
     model::leak_report::{LeakReport, ProgramHealth},
     probe::loader::{Probe, ProbeOptions},
-    probe::preflight,
+    probe::{loader::StackLevel, preflight},
+    view::flamegraph::{FlamegraphKind, render_svg_of},
     view::report::render_text,
     view::watch,
 };
@@ -29,6 +33,49 @@ const APPEND_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct LeaksOutcome {
     pub leaks_found: bool,
+}
+
+/// `--flamegraph`: the file the final report's flame graph goes to, and
+/// which stack it draws.
+#[derive(Clone, Debug)]
+pub struct FlamegraphOutput {
+    pub path: PathBuf,
+    pub kind: FlamegraphKind,
+}
+
+impl FlamegraphOutput {
+    /// Before observing for minutes: what cannot work is said at once.
+    fn check(&self, stacks: StackLevel) -> anyhow::Result<()> {
+        if self.kind == FlamegraphKind::Origin && stacks != StackLevel::Full {
+            bail!(
+                "--flamegraph-kind origin draws the stacks of connect() and the first read, which only --stacks full takes"
+            );
+        }
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "cannot write the flame graph to {}: {} is not a directory",
+                self.path.display(),
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Called after the report is out, so a failure here loses only the
+    /// picture.
+    fn write(&self, report: &LeakReport) -> anyhow::Result<()> {
+        let svg = render_svg_of(report, self.kind)?;
+        std::fs::write(&self.path, svg).map_err(|error| {
+            anyhow!(
+                "cannot write the flame graph to {}: {error} (the report itself was written)",
+                self.path.display()
+            )
+        })
+    }
 }
 
 fn write_report<W: Write>(
@@ -117,9 +164,25 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
     }
 }
 
-pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<LeaksOutcome> {
+/// Write the final report to `out`, and its flame graph to `flamegraph`.
+pub async fn run<W: Write>(
+    options: LeaksOptions,
+    flamegraph: Option<FlamegraphOutput>,
+    mut out: W,
+) -> anyhow::Result<LeaksOutcome> {
     let json = options.json;
     let stack_depth = options.stack_depth;
+    if let Some(flamegraph) = &flamegraph {
+        flamegraph.check(options.probe.stacks)?;
+    }
+    let finish = |report: &LeakReport| -> anyhow::Result<LeaksOutcome> {
+        if let Some(flamegraph) = &flamegraph {
+            flamegraph.write(report)?;
+        }
+        Ok(LeaksOutcome {
+            leaks_found: !report.is_empty(),
+        })
+    };
     if options.once {
         preflight::check_privileges()?;
         let mut monitor = Monitor::new(options)?;
@@ -133,9 +196,7 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
         if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
             watch::reader_gone(error)?;
         }
-        return Ok(LeaksOutcome {
-            leaks_found: !report.is_empty(),
-        });
+        return finish(&report);
     }
 
     let probe = Probe::load(&ProbeOptions {
@@ -184,6 +245,10 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     };
     drain_loop::run(&mut probe, &mut signals, schedule, &mut leaks).await?;
     if let Some(outcome) = leaks.gone {
+        // Nobody reads stdout any more; the file still gets its graph.
+        if let Some(flamegraph) = &flamegraph {
+            flamegraph.write(&monitor.report(min_age))?;
+        }
         return Ok(outcome);
     }
 
@@ -211,7 +276,5 @@ pub async fn run<W: Write>(options: LeaksOptions, mut out: W) -> anyhow::Result<
     if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
         watch::reader_gone(error)?;
     }
-    Ok(LeaksOutcome {
-        leaks_found: !report.is_empty(),
-    })
+    finish(&report)
 }

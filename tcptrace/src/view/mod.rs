@@ -5,6 +5,7 @@
 //! The data they render comes from model/ (the top table's from
 //! `model::top_snapshot`).
 
+pub(crate) mod flamegraph;
 pub(crate) mod metrics;
 pub(crate) mod page;
 pub(crate) mod report;

@@ -136,7 +136,7 @@ fn write_stack(
 }
 
 /// Why a code path has no connect/first-I/O stack, and why no EOF stack.
-fn missing_stacks(taken: StacksTaken) -> (&'static str, &'static str) {
+pub(crate) fn missing_stacks(taken: StacksTaken) -> (&'static str, &'static str) {
     match taken {
         StacksTaken::Off => ("stacks off", "stacks off"),
         StacksTaken::Eof => (

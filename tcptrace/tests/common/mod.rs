@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 mod peers;
+pub mod programs;
 
 #[allow(unused_imports)] // as dead_code above
 pub use peers::{Churn, Peer, testpeer_path};
