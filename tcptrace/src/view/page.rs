@@ -18,6 +18,10 @@ const TEMPLATE: &str = include_str!("page.html");
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; img-src 'self'; \
      style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// A page that reloads faster flickers, and serve's reads of the host are
+/// spaced further apart on a busy host anyway.
+const MIN_RELOAD_S: f64 = 2.0;
+
 /// Processes listed at most, as in `/leaks`.
 const MAX_PROCESSES: usize = PageLimits::SERVE.processes;
 
@@ -29,7 +33,8 @@ const FDS_WARNING_S: f64 = 86_400.0;
 pub struct PageInputs<'a> {
     pub host: &'a str,
     pub updated: SystemTime,
-    /// How often serve refreshes: the page reloads as often.
+    /// How often serve refreshes: the page reloads as often (at most every
+    /// [`MIN_RELOAD_S`]).
     pub refresh: Duration,
     pub report: &'a LeakReport,
     pub findings: &'a [Finding],
@@ -58,7 +63,12 @@ pub fn escape(text: &str) -> String {
 }
 
 pub fn render(inputs: &PageInputs) -> String {
-    let refresh_s = inputs.refresh.as_secs_f64().ceil().max(1.0).to_string();
+    let refresh_s = inputs
+        .refresh
+        .as_secs_f64()
+        .ceil()
+        .max(MIN_RELOAD_S)
+        .to_string();
     let leaking = inputs.report.leaking_sockets;
     let title = if leaking == 0 {
         format!("tcptrace: {}", escape(inputs.host))
@@ -74,6 +84,9 @@ pub fn render(inputs: &PageInputs) -> String {
         "processes" => processes(inputs.report),
         "findings" => findings(inputs.findings),
         "health" => health(inputs.report),
+        "flamegraph" if inputs.report.is_empty() => {
+            r#"<p class="ok">No leaking socket: no code path to draw.</p>"#.to_owned()
+        }
         "flamegraph" => flamegraph(&inputs.flamegraph),
         _ => String::new(),
     })
@@ -329,7 +342,10 @@ fn flamegraph(state: &Result<(), String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::leak_report::{ProbeHealth, StacksTaken};
+    use crate::model::{
+        diagnose::FindingKind,
+        leak_report::{ProbeHealth, StacksTaken},
+    };
 
     #[test]
     fn escape_leaves_no_markup() {
@@ -409,6 +425,37 @@ mod tests {
         }
         // Reloads as often as serve refreshes, rounded up.
         assert!(html.contains(r#"content="5""#));
+    }
+
+    #[test]
+    fn a_quiet_host_shows_no_graph_and_a_finding_its_severity() {
+        let quiet = LeakReport {
+            leaking_sockets: 0,
+            processes: Vec::new(),
+            ..report("x")
+        };
+        let finding = Finding {
+            kind: FindingKind::TimeWaitExhaustion,
+            severity: Severity::Critical,
+            subject: "<b>10.0.0.1:5432</b>".to_owned(),
+            evidence: "27000 of 28232 ports in TIME_WAIT".to_owned(),
+            advice: "Reuse connections.",
+        };
+        let html = render(&PageInputs {
+            host: "h",
+            updated: SystemTime::UNIX_EPOCH,
+            refresh: Duration::from_millis(100),
+            report: &quiet,
+            findings: std::slice::from_ref(&finding),
+            flamegraph: Ok(()),
+        });
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("No socket has leaked for longer than 30s."));
+        assert!(html.contains(
+            r#"<span class="sev critical">CRITICAL</span><span class="what">time wait exhaustion: &lt;b&gt;10.0.0.1:5432&lt;/b&gt;</span>"#
+        ), "{html}");
+        // Never faster than every 2s.
+        assert!(html.contains(r#"content="2""#));
     }
 
     #[test]
