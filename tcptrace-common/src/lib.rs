@@ -267,13 +267,12 @@ pub const STACK_COPY_UNREADABLE: i32 = -1;
 /// `StackRecord::copy_status`: the copy map refused the insert.
 pub const STACK_COPY_NOT_STORED: i32 = -2;
 
-/// The stack copy covers whole pages from the one holding the stack pointer:
-/// page-aligned reads are the only ones the verifier can bound cheaply, and
-/// a page boundary is where a short stack ends.
+/// Page size: where a short stack ends, and the unit a copy falls back to.
 pub const STACK_COPY_PAGE: usize = 4096;
-/// At least 12 KiB above the stack pointer (see docs/STACKS.md for the depth
-/// this reaches in each language the tests cover).
-pub const STACK_COPY_PAGES: usize = 4;
+/// 8 KiB from the stack pointer up: twice the deepest handler measured
+/// (docs/STACKS.md), and half the bytes the copy used to read and store per
+/// passive close, which is most of its cost.
+pub const STACK_COPY_PAGES: usize = 2;
 pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGE * STACK_COPY_PAGES;
 
 /// Key of the probe's stack-copy map.
@@ -293,18 +292,19 @@ const _: () = assert!(core::mem::size_of::<StackCopyKey>() == 16);
 unsafe impl aya::Pod for StackCopyKey {}
 
 /// The user registers an unwinder starts from and the bytes of the user
-/// stack, from the page holding `sp`: what `perf --call-graph dwarf` takes,
+/// stack from `sp` up (from `sp`'s page where the stack ends within
+/// STACK_COPY_BYTES of `sp`): what `perf --call-graph dwarf` takes,
 /// so code built without frame pointers unwinds from its `.eh_frame`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackCopy {
     pub tgid: u32,
-    /// Bytes of `stack` read: whole pages, 0 to STACK_COPY_BYTES.
+    /// Bytes of `stack` read, 0 to STACK_COPY_BYTES.
     pub len: u32,
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    /// The user address of `stack[0]`: the page holding `sp`.
+    /// The user address of `stack[0]`: `sp`, or the page holding it.
     pub base: u64,
     pub stack: [u8; STACK_COPY_BYTES],
 }

@@ -12,8 +12,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use tcptrace_common::{
-    Counter, RecordKind, STACK_COPY_NOT_STORED, STACK_COPY_PAGE, STACK_COPY_PAGES,
-    STACK_COPY_UNREADABLE, StackCopy, StackCopyKey, StackKind, StackRecord,
+    Counter, RecordKind, STACK_COPY_BYTES, STACK_COPY_NOT_STORED, STACK_COPY_PAGE,
+    STACK_COPY_PAGES, STACK_COPY_UNREADABLE, StackCopy, StackCopyKey, StackKind, StackRecord,
 };
 
 use crate::{
@@ -32,7 +32,7 @@ use crate::{
 pub(crate) static STACK_COPIES: LruHashMap<StackCopyKey, StackCopy> =
     LruHashMap::with_max_entries(1024, 0);
 
-/// A copy is built here first: 16 KiB does not fit the program's stack.
+/// A copy is built here first: 8 KiB does not fit the program's stack.
 #[map]
 pub(crate) static STACK_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
 
@@ -82,26 +82,42 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
         copy.bp = load_field::<u64>(regs, config!(regs_bp_offset));
         copy.sp = load_field::<u64>(regs, config!(regs_sp_offset));
     }
-    copy.base = copy.sp & !(STACK_COPY_PAGE as u64 - 1);
-    copy.len = 0;
-    // Whole pages up from the one holding sp: a stack ends at a page
-    // boundary, so the first page that fails is where this stack ends.
-    for page in 0..STACK_COPY_PAGES {
-        let offset = page * STACK_COPY_PAGE;
-        let source = (copy.base + offset as u64) as *const c_void;
-        // SAFETY: a checked read of user memory into a page of the scratch
-        // copy, which has STACK_COPY_PAGES of them.
-        let failed = unsafe {
-            bpf_probe_read_user(
-                copy.stack.as_mut_ptr().add(offset) as *mut c_void,
-                STACK_COPY_PAGE as u32,
-                source,
-            )
-        } != 0;
-        if failed {
-            break;
+    // One read from sp up: the bytes above sp are the frames, and one call
+    // costs less than one per page.
+    copy.base = copy.sp;
+    // SAFETY: a checked read of user memory into the scratch copy, which
+    // has STACK_COPY_BYTES.
+    let whole = unsafe {
+        bpf_probe_read_user(
+            copy.stack.as_mut_ptr() as *mut c_void,
+            STACK_COPY_BYTES as u32,
+            copy.sp as *const c_void,
+        )
+    } == 0;
+    if whole {
+        copy.len = STACK_COPY_BYTES as u32;
+    } else {
+        // The stack ends (at a page boundary) within STACK_COPY_BYTES of sp:
+        // whole pages from sp's own, up to the first that fails, reach it.
+        copy.base = copy.sp & !(STACK_COPY_PAGE as u64 - 1);
+        copy.len = 0;
+        for page in 0..STACK_COPY_PAGES {
+            let offset = page * STACK_COPY_PAGE;
+            let source = (copy.base + offset as u64) as *const c_void;
+            // SAFETY: a checked read of user memory into a page of the
+            // scratch copy, which has STACK_COPY_PAGES of them.
+            let failed = unsafe {
+                bpf_probe_read_user(
+                    copy.stack.as_mut_ptr().add(offset) as *mut c_void,
+                    STACK_COPY_PAGE as u32,
+                    source,
+                )
+            } != 0;
+            if failed {
+                break;
+            }
+            copy.len += STACK_COPY_PAGE as u32;
         }
-        copy.len += STACK_COPY_PAGE as u32;
     }
     if copy.len == 0 {
         return STACK_COPY_UNREADABLE;
@@ -111,7 +127,7 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
         stack_kind: kind as u32,
         _reserved: 0,
     };
-    // By reference: the value is 16 KiB, far over the program's stack.
+    // By reference: the value is 8 KiB, far over the program's stack.
     match STACK_COPIES.insert(key, copy, BPF_ANY as u64) {
         Ok(()) => 0,
         Err(_) => STACK_COPY_NOT_STORED,

@@ -532,7 +532,7 @@ fn dashboard_queries_only_metrics_a_live_serve_exposes() {
     // A family shows in /metrics only once it has a series: with a leak
     // held by a live process, every family the dashboard reads has one.
     let serve = ServeRun::start(&["--interval", "500ms", "--min-age", "1s"]);
-    let mut server = Peer::spawn(&[
+    let server = Peer::spawn(&[
         "leaky-server",
         "--addr",
         "127.0.0.1:0",

@@ -2,7 +2,7 @@
 //! `perf --call-graph dwarf` does, so code built without frame pointers
 //! (most release builds) still shows its callers.
 //!
-//! The probe copies the user registers and up to 16 KiB of the user stack
+//! The probe copies the user registers and up to 8 KiB of the user stack
 //! in the socket's own syscall. Here framehop walks that copy with each
 //! module's `.eh_frame` (or `.debug_frame`), read from the process's own
 //! files; code with no unwind info (JIT code, Go) is walked by its frame

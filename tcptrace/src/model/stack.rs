@@ -664,14 +664,14 @@ mod tests {
     fn a_cut_stack_says_so_as_its_last_line() {
         let stack = NamedStack::new(
             vec![frame("read_all", Some("server"), FrameKind::Program)],
-            Some("the 16 KiB stack copy ended before the outermost frame".into()),
+            Some("the 8 KiB stack copy ended before the outermost frame".into()),
             1,
         );
         assert_eq!(
             stack.lines(),
             [
                 "read_all",
-                "(stack truncated: the 16 KiB stack copy ended before the outermost frame)"
+                "(stack truncated: the 8 KiB stack copy ended before the outermost frame)"
             ]
         );
     }

@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray},
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
@@ -23,6 +23,7 @@ use crate::{
     probe::btf::{Btf, BtfError, VMLINUX_BTF},
     probe::layout::{self, LayoutError},
     probe::preflight::{self, PreflightError},
+    probe::ring_reader::{RingError, RingReader},
 };
 
 /// The probe object, built for the bpf target by build.rs.
@@ -40,8 +41,8 @@ pub const MAX_MAX_SOCKETS: u32 = 1 << 22;
 /// Kernel memory per entry of a preallocated LRU hash of u64 -> u64: the
 /// map's `memlock` in /proc/PID/fdinfo on 6.18 (83886976 bytes for 1 Mi entries).
 pub const SOCKET_ENTRY_BYTES: u64 = 80;
-/// Stack copies waiting for their socket to close or be read: 16 KiB each,
-/// so 16 MiB of kernel memory. A healthy socket's copy lives for the few
+/// Stack copies waiting for their socket to close or be read: 8 KiB each,
+/// so 8 MiB of kernel memory. A healthy socket's copy lives for the few
 /// milliseconds between its EOF read and its close; the agent reads the
 /// copies of sockets still open within a second. LRU: a burst of more
 /// sockets than this, all reading EOF within that second, loses the oldest
@@ -105,6 +106,8 @@ pub enum ProbeError {
     Layout(#[from] LayoutError),
     #[error("ring buffer size {0} bytes must be a power of two and at least {PAGE_SIZE}")]
     BadRingBufferSize(u32),
+    #[error(transparent)]
+    Ring(#[from] RingError),
     #[error(
         "ring buffer size {} MiB would pin as much kernel memory; at most {} MiB",
         .0 / (1024 * 1024),
@@ -197,7 +200,7 @@ pub struct ProgramStats {
 pub struct Probe {
     // Keeps the program and its link alive.
     ebpf: Ebpf,
-    events: RingBuf<MapData>,
+    events: RingReader,
     counters: PerCpuArray<MapData, u64>,
     stack_copies: AyaHashMap<MapData, StackCopyKey, StackCopy>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
@@ -312,7 +315,13 @@ impl Probe {
                 }
             }
         };
-        let events = take_map(&mut ebpf, names::EVENTS_MAP, RingBuf::try_from)?;
+        let events = take_map(&mut ebpf, names::EVENTS_MAP, |map| match map {
+            aya::maps::Map::RingBuf(data) => Ok(data),
+            _ => Err(MapError::InvalidName {
+                name: names::EVENTS_MAP.into(),
+            }),
+        })?;
+        let events = RingReader::new(events, ring_buffer_bytes).map_err(ProbeError::Ring)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
         let stack_copies = take_map(&mut ebpf, names::STACK_COPIES_MAP, AyaHashMap::try_from)?;
         let eof_reads = if attach_recv {
@@ -377,13 +386,8 @@ impl Probe {
     }
 
     /// Hands every record waiting in the ring buffer to `each`; returns how many.
-    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> u64 {
-        let mut drained = 0;
-        while let Some(record) = self.events.next() {
-            each(&record);
-            drained += 1;
-        }
-        drained
+    pub fn drain(&mut self, each: impl FnMut(&[u8])) -> u64 {
+        self.events.drain(each)
     }
 
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {

@@ -11,3 +11,4 @@ pub(crate) mod layout;
 pub mod loader;
 pub mod preflight;
 pub mod records;
+pub mod ring_reader;

@@ -501,7 +501,7 @@ mod tests {
         pairs.push(("__libc_start_main", LIBC));
         let stack = test_stack(
             &pairs,
-            Some("the 16 KiB stack copy ended before the outermost frame"),
+            Some("the 8 KiB stack copy ended before the outermost frame"),
         );
         let lines = stack_lines(&stack.frames, stack.truncated.as_deref(), 3, false);
         assert_eq!(
@@ -512,7 +512,7 @@ mod tests {
                 "level_1",
                 "level_2",
                 "… 10 more frames in server, libc.so.6",
-                "(stack truncated: the 16 KiB stack copy ended before the outermost frame)",
+                "(stack truncated: the 8 KiB stack copy ended before the outermost frame)",
             ]
         );
         let all = stack_lines(&stack.frames, None, 128, false);
