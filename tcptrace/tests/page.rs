@@ -294,7 +294,8 @@ fn the_page_shows_leaks_as_text_and_embeds_the_flame_graph() {
         &profile,
         &[
             &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,900",
+            // Tall enough for the whole flame graph of two test peers.
+            "--window-size=1280,1200",
         ],
         &url,
     );
