@@ -58,7 +58,7 @@ pub enum Command {
     /// Per-process TCP activity, sockets per state, leaks and diagnoses, refreshed.
     #[command(after_help = TOP_EXAMPLES)]
     Top(TopArgs),
-    /// Long-running agent: Prometheus /metrics, /leaks JSON, new leaks logged on stderr.
+    /// Long-running agent: Prometheus /metrics, /leaks JSON, a live page at /, new leaks logged on stderr.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
 }
@@ -77,7 +77,7 @@ from ESTABLISHED, CLOSE_WAIT, FIN_WAIT1 or SYN_RECV: a reset or an abortive clos
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
-  tcptrace serve                         http://127.0.0.1:9464/metrics and /leaks
+  tcptrace serve                         http://127.0.0.1:9464/ (a live page), /metrics and /leaks
   tcptrace serve --listen 0.0.0.0:9464   reachable from other hosts (a Prometheus elsewhere)
 
 Stops cleanly on SIGTERM or Ctrl-C. Each new leak is also logged on stderr as

@@ -271,6 +271,8 @@ fn only_get_and_head_and_a_refusal_closes_the_connection() {
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_owned(),
         "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_owned(),
         "DELETE /leaks HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_owned(),
+        "PUT /flamegraph.svg HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_owned(),
     ] {
         let head = expect_refused_and_closed(&serve.address, request.as_bytes(), 405);
         assert!(head.contains("connection: close"), "{head}");
@@ -299,6 +301,9 @@ fn only_get_and_head_and_a_refusal_closes_the_connection() {
     );
     assert_eq!(status, 200);
     assert!(body.ends_with(b"# EOF\n"));
+    let (status, body) =
+        keep_alive_request(&mut stream, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", true);
+    assert_eq!((status, body.len()), (200, 0));
     let (status, _) =
         keep_alive_request(&mut stream, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", false);
     assert_eq!(status, 404);

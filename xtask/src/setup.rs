@@ -39,6 +39,7 @@ pub fn run() -> Result<Installed> {
     ensure_bpf_linker(llvm_major)?;
     let prometheus = ensure_prometheus()?;
     ensure_go()?;
+    ensure_chromium()?;
     check_test_runtimes();
     Ok(Installed { prometheus })
 }
@@ -267,6 +268,25 @@ fn ensure_go() -> Result<()> {
     version()
         .map(|_| ())
         .with_context(|| format!("golang-go is installed but `{GO} version` fails"))
+}
+
+/// Where tests/page.rs finds the browser: Debian's `chromium`.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// tests/page.rs renders serve's page in a real browser. Run as root with
+/// `--no-sandbox`, so `chromium-sandbox` is not needed; DejaVu so the
+/// screenshot has text where an image has no other font.
+fn ensure_chromium() -> Result<()> {
+    let version = || output(Command::new(CHROMIUM).arg("--version")).ok();
+    if let Some(version) = version() {
+        step(&format!("setup: chromium: present ({})", version.trim()));
+        return Ok(());
+    }
+    step("setup: chromium: missing, installing with apt-get (tests/page.rs renders serve's page)");
+    apt_install(&["chromium", "fonts-dejavu-core"])?;
+    version()
+        .map(|_| ())
+        .with_context(|| format!("chromium is installed but `{CHROMIUM} --version` fails"))
 }
 
 /// The runtimes tests/code_paths.rs runs its leaky servers in, at the paths

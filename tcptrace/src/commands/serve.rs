@@ -1,8 +1,14 @@
 //! `tcptrace serve`: the long-running agent. `/metrics` in OpenMetrics text
-//! for Prometheus, `/leaks` as the leak report's JSON, and each new leak as
-//! one JSON line on stderr for log pipelines.
+//! for Prometheus, `/leaks` as the leak report's JSON, `/` a page for a
+//! person with the flame graph of leaking code paths at `/flamegraph.svg`,
+//! and each new leak as one JSON line on stderr for log pipelines.
 
-use std::{collections::HashSet, net::SocketAddr, ops::ControlFlow, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    ops::ControlFlow,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -10,12 +16,14 @@ use serde::Serialize;
 use crate::{
     engine::agent::{self, HostAgent},
     engine::drain_loop::{self, Refresh, Schedule, StopSignals},
-    engine::http::{self, Published},
+    engine::http::{self, Bodies, Published},
     engine::monitor::LeaksOptions,
     host::reader::{HostRead, HostRequest, read_host, release_free_memory},
     model::leak_report::{LeakPage, LeakReport, PageLimits},
     probe::loader::Probe,
+    view::flamegraph::{self, folded_lines},
     view::metrics::{MetricsLimits, MetricsState},
+    view::page::{self, PageInputs},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -71,16 +79,48 @@ fn log_new_leaks(report: &LeakReport, announced: &mut HashSet<u64>) {
     *announced = current;
 }
 
+/// The flame graph last drawn, and what it was drawn from: most refreshes
+/// change no code path's count, and drawing costs more than comparing.
+struct FlamegraphCache {
+    drawn_from: Option<(Vec<String>, usize)>,
+    svg: Result<Bytes, String>,
+}
+
+impl FlamegraphCache {
+    fn new() -> Self {
+        Self {
+            drawn_from: None,
+            svg: Err("not drawn yet".to_owned()),
+        }
+    }
+
+    fn svg(&mut self, leaks: &LeakReport) -> Result<Bytes, String> {
+        let key = (folded_lines(leaks), leaks.leaking_sockets);
+        if self.drawn_from.as_ref() != Some(&key) {
+            self.svg = flamegraph::render_svg(leaks)
+                .map(Bytes::from)
+                .map_err(|error| error.to_string());
+            self.drawn_from = Some(key);
+        }
+        self.svg.clone()
+    }
+}
+
 /// The loop's part that is serve's: each host read is published.
 struct ServeLoop<'a> {
     agent: &'a mut HostAgent,
     metrics: MetricsState,
     published: Published,
     announced: HashSet<u64>,
+    /// For the page's header.
+    host: String,
+    interval: Duration,
+    flamegraph: FlamegraphCache,
 }
 
 impl ServeLoop<'_> {
-    /// Refreshes, and publishes /metrics and /leaks.
+    /// Refreshes, and publishes /metrics, /leaks, the page and its flame
+    /// graph.
     fn publish(&mut self, probe: &mut Probe, read: HostRead, startup: bool) -> LeakReport {
         let (snapshot, leaks) = self.agent.refresh_with(probe, read, startup);
         self.metrics.update_transitions(&snapshot);
@@ -89,11 +129,31 @@ impl ServeLoop<'_> {
         let text = self.metrics.render(&snapshot, &leaks, &totals);
         let leaks_json =
             serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
-        self.published
-            .publish(Bytes::from(text), Bytes::from(leaks_json));
+        let flamegraph = self.flamegraph.svg(&leaks);
+        let page = page::render(&PageInputs {
+            host: &self.host,
+            updated: SystemTime::now(),
+            refresh: self.interval,
+            report: &leaks,
+            findings: &snapshot.findings,
+            flamegraph: flamegraph.as_ref().map(|_| ()).map_err(Clone::clone),
+        });
+        self.published.publish(Bodies {
+            metrics: Bytes::from(text),
+            leaks: Bytes::from(leaks_json),
+            page: Bytes::from(page),
+            flamegraph,
+        });
         release_free_memory();
         leaks
     }
+}
+
+/// The host's name as `hostname` prints it, for the page's header.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "(hostname unreadable)".to_owned())
 }
 
 impl Refresh for ServeLoop<'_> {
@@ -134,6 +194,9 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         metrics: MetricsState::new(options.limits),
         published,
         announced: HashSet::new(),
+        host: host_name(),
+        interval: options.interval,
+        flamegraph: FlamegraphCache::new(),
     };
     let first = read_host(HostRequest {
         holders: true,
@@ -142,7 +205,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     let leaks = serve.publish(probe.get_mut(), first, true);
     // The ready line first: leaks found at start follow it, as later ones do.
     eprintln!(
-        "tcptrace: serving http://{listen}/metrics and http://{listen}/leaks (refresh every {}); SIGTERM or Ctrl-C to stop",
+        "tcptrace: serving http://{listen}/metrics and http://{listen}/leaks, a page at http://{listen}/ (refresh every {}); SIGTERM or Ctrl-C to stop",
         humantime::format_duration(options.interval)
     );
     log_new_leaks(&leaks, &mut serve.announced);

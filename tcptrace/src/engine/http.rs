@@ -1,5 +1,5 @@
-//! The HTTP side of `serve`: `/metrics` and `/leaks` from what the agent
-//! loop last published, on a port any local process (and with `--listen
+//! The HTTP side of `serve`: `/metrics`, `/leaks`, the page at `/` and its
+//! `/flamegraph.svg`, from what the agent loop last published, on a port any local process (and with `--listen
 //! 0.0.0.0` any host) can reach. So no client holds anything for long: a
 //! request head must arrive whole within [`HEADER_READ_TIMEOUT`] (also the
 //! limit for an idle kept-alive connection), a connection that moves no
@@ -40,7 +40,12 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
-use crate::view::metrics::CONTENT_TYPE;
+use crate::view::{metrics::CONTENT_TYPE, page::CONTENT_SECURITY_POLICY};
+
+/// The flame graph opened on its own runs inferno's script (zoom, search)
+/// and may fetch nothing.
+const FLAMEGRAPH_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
+     style-src 'unsafe-inline'; script-src 'unsafe-inline'; frame-ancestors 'self'";
 
 /// A request head must be complete this long after the server starts
 /// waiting for it, on a new or a kept-alive connection: a slowloris client
@@ -62,10 +67,27 @@ const READ_BUFFER_BYTES: usize = 16 << 10;
 /// socket per network namespace read.
 const RESERVED_FDS: u64 = 256;
 
-#[derive(Clone, Default)]
-struct Bodies {
-    metrics: Bytes,
-    leaks: Bytes,
+/// One refresh's documents.
+#[derive(Clone)]
+pub struct Bodies {
+    pub metrics: Bytes,
+    pub leaks: Bytes,
+    /// The HTML page at `/`.
+    pub page: Bytes,
+    /// `Err`: why there is no flame graph (answered with 503).
+    pub flamegraph: Result<Bytes, String>,
+}
+
+/// Before the first refresh, while the probe loads.
+impl Default for Bodies {
+    fn default() -> Self {
+        Self {
+            metrics: Bytes::new(),
+            leaks: Bytes::new(),
+            page: Bytes::new(),
+            flamegraph: Err("tcptrace is starting: no report yet".to_owned()),
+        }
+    }
 }
 
 /// What the HTTP side serves, rebuilt by the agent loop each refresh: a
@@ -75,9 +97,9 @@ struct Bodies {
 pub struct Published(Arc<Mutex<Bodies>>);
 
 impl Published {
-    pub fn publish(&self, metrics: Bytes, leaks: Bytes) {
+    pub fn publish(&self, bodies: Bodies) {
         // A poisoned lock means a panic elsewhere; the bodies are whole.
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Bodies { metrics, leaks };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = bodies;
     }
 
     fn bodies(&self) -> Bodies {
@@ -91,6 +113,26 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A document a browser renders: what it may load, and not to guess
+/// another type than the one it is given.
+fn with_policy(mut response: Response<Full<Bytes>>, policy: &'static str) -> Response<Full<Bytes>> {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(policy),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -116,11 +158,28 @@ fn route(published: &Published, request: &Request<Incoming>) -> Response<Full<By
     match request.uri().path() {
         "/metrics" => respond(StatusCode::OK, CONTENT_TYPE, published.bodies().metrics),
         "/leaks" => respond(StatusCode::OK, "application/json", published.bodies().leaks),
-        "/" => respond(
-            StatusCode::OK,
-            "text/plain",
-            Bytes::from_static(b"tcptrace: /metrics (OpenMetrics), /leaks (JSON)\n"),
-        ),
+        "/" => match published.bodies().page {
+            page if page.is_empty() => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from_static(b"tcptrace is starting: no report yet\n"),
+            ),
+            page => with_policy(
+                respond(StatusCode::OK, "text/html; charset=utf-8", page),
+                CONTENT_SECURITY_POLICY,
+            ),
+        },
+        "/flamegraph.svg" => match published.bodies().flamegraph {
+            Ok(svg) => with_policy(
+                respond(StatusCode::OK, "image/svg+xml", svg),
+                FLAMEGRAPH_CONTENT_SECURITY_POLICY,
+            ),
+            Err(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from(format!("{why}\n")),
+            ),
+        },
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",

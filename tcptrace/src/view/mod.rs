@@ -7,6 +7,7 @@
 
 pub(crate) mod flamegraph;
 pub(crate) mod metrics;
+pub(crate) mod page;
 pub(crate) mod report;
 pub(crate) mod terminal;
 pub(crate) mod top;
