@@ -94,7 +94,6 @@ struct Path {
 
 /// The leaking code paths, [`FlamegraphKind::Eof`], as folded lines
 /// (`frame;frame;… count`, outermost first, count = leaked sockets).
-#[allow(dead_code, reason = "for serve, which draws the EOF graph")]
 pub fn folded_lines(report: &LeakReport) -> Vec<String> {
     folded_lines_of(report, FlamegraphKind::Eof)
 }
@@ -110,7 +109,6 @@ pub fn folded_lines_of(report: &LeakReport, kind: FlamegraphKind) -> Vec<String>
 }
 
 /// The leaking code paths, [`FlamegraphKind::Eof`], as an interactive SVG.
-#[allow(dead_code, reason = "for serve, which draws the EOF graph")]
 pub fn render_svg(report: &LeakReport) -> Result<Vec<u8>, FlamegraphError> {
     render_svg_of(report, FlamegraphKind::Eof)
 }
