@@ -15,7 +15,10 @@ use std::{
 
 use common::{Churn, Peer, kernel_has_recv_tracepoint, require_root};
 use tcptrace::{
-    model::transition::{Record, StackCopyFailure, Transition},
+    model::{
+        tracker::SocketTracker,
+        transition::{Record, StackCopyFailure, Transition},
+    },
     probe::{
         loader::{Probe, ProbeOptions, StackLevel},
         records::decode,
@@ -35,7 +38,10 @@ struct Traced {
     pids: HashSet<u32>,
     /// Sockets seen on `ports`: a socket closed by a reset may show port 0.
     cookies: HashSet<u64>,
+    /// As the agent sees them: a softirq transition carries the owner its
+    /// socket showed at its last process-context one (`SocketTracker`).
     transitions: Vec<Transition>,
+    tracker: SocketTracker,
     /// (tgid, cookie, kind, copied) of stacks taken in this test's peers.
     stacks: Vec<(u32, u64, StackKind, Result<(), StackCopyFailure>)>,
 }
@@ -48,16 +54,19 @@ impl Traced {
             pids,
             cookies,
             transitions,
+            tracker,
             stacks,
         } = self;
         probe.drain(|bytes| match decode(bytes) {
-            Ok(Record::Transition(t))
+            Ok(Record::Transition(t)) => {
+                let t = tracker.observe(t).transition;
                 if ports.contains(&t.local.port())
                     || ports.contains(&t.remote.port())
-                    || cookies.contains(&t.cookie) =>
-            {
-                cookies.insert(t.cookie);
-                transitions.push(t);
+                    || cookies.contains(&t.cookie)
+                {
+                    cookies.insert(t.cookie);
+                    transitions.push(t);
+                }
             }
             Ok(Record::Stack(s)) if pids.contains(&s.tgid) => {
                 stacks.push((s.tgid, s.cookie, s.kind, s.copied));
@@ -159,6 +168,7 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
         pids: HashSet::new(),
         cookies: HashSet::new(),
         transitions: Vec::new(),
+        tracker: SocketTracker::new(),
         stacks: Vec::new(),
     };
     let recv_hook = kernel_has_recv_tracepoint();
@@ -304,7 +314,8 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
                 .map(|(_, t)| owner(t))
         };
         // Its close, in the server's syscall; then the last ACK, in softirq
-        // on behalf of whatever ran: the owner from the socket's storage.
+        // on behalf of whatever ran: the owner its close showed, carried by
+        // the tracker (never the task on the CPU).
         assert_eq!(
             closing(TcpState::CloseWait, TcpState::LastAck),
             Some(Some(leaky_pid)),

@@ -132,7 +132,7 @@ pub fn render_svg_of(
     }
     let mut options = Options::default();
     options.title = title;
-    options.subtitle = Some(subtitle(report, drawn));
+    options.subtitle = Some(subtitle(report, kind, drawn));
     options.count_name = "sockets".to_owned();
     options.name_type = "Frame:".to_owned();
     // Every frame's colour is in the palette: nothing is left to chance.
@@ -147,20 +147,20 @@ pub fn render_svg_of(
     Ok(svg)
 }
 
-fn title(kind: FlamegraphKind) -> String {
+fn title(_kind: FlamegraphKind) -> String {
+    // Short enough to fit the graph's width; which stack is drawn is in the
+    // subtitle.
+    "Leaking sockets by code path (width = leaked sockets, not samples)".into()
+}
+
+fn subtitle(report: &LeakReport, kind: FlamegraphKind, drawn: usize) -> String {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let stack = match kind {
         FlamegraphKind::Eof => "the read of EOF never followed by close()",
         FlamegraphKind::Origin => "connect() or the first read",
     };
-    format!(
-        "tcptrace: leaking sockets by code path, at {stack} (width = leaked sockets, not samples)"
-    )
-}
-
-fn subtitle(report: &LeakReport, drawn: usize) -> String {
-    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let mut text = format!(
-        "{} leaking socket{}",
+        "stacks at {stack}; {} leaking socket{}",
         report.leaking_sockets,
         plural(report.leaking_sockets)
     );
