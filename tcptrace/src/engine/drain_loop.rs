@@ -13,6 +13,7 @@ use tokio::{
 };
 
 use crate::{
+    engine::monitor::all_drops,
     host::reader::{HostRead, HostReader, HostRequest},
     probe::loader::Probe,
 };
@@ -30,7 +31,8 @@ const HOST_READ_LONGEST_PAUSE: Duration = Duration::from_secs(60);
 
 /// When the next host read is due after one that began at the last and
 /// took `took`: the command's own interval, or longer so that reading stays
-/// under 1/HOST_READ_SHARE of the time. Wall time, not CPU time: a read in
+/// under 1/HOST_READ_SHARE of the time (never while events are being lost:
+/// only a read of the table makes them good). Wall time, not CPU time: a read in
 /// another namespace runs on a thread of its own, and on a loaded host the
 /// longer figure errs on the side of the host.
 pub(crate) fn host_read_pause(every: Duration, took: Duration) -> Duration {
@@ -104,6 +106,8 @@ pub async fn run(
     tokio::pin!(host_due);
     let mut host_started = Instant::now();
     let mut told_paced = false;
+    let mut dropped = 0;
+    let mut dropped_before = 0;
     let mut host = HostReader::default();
     let deadline = sleep(schedule.duration.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
@@ -121,12 +125,22 @@ pub async fn run(
             }
             _ = &mut host_due, if !host.is_busy() => {
                 host_started = Instant::now();
+                dropped = probe.get_ref().counters().map_or(dropped, |c| all_drops(&c));
+                dropped_before = dropped;
                 host.start(command.host_request());
                 ControlFlow::Continue(())
             }
             Some(read) = host.finished() => {
                 let took = host_started.elapsed();
-                let pause = host_read_pause(schedule.host_every, took);
+                // Lost events are made good only by the next read: no
+                // spacing while any are being lost.
+                let dropped = probe.get_ref().counters().map_or(dropped, |c| all_drops(&c));
+                let pause = if dropped > dropped_before {
+                    schedule.host_every
+                } else {
+                    host_read_pause(schedule.host_every, took)
+                };
+                dropped_before = dropped;
                 if pause >= schedule.host_every * 3 / 2 && !told_paced {
                     told_paced = true;
                     eprintln!(
