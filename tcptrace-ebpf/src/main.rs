@@ -38,10 +38,10 @@ use kernel_read::{
     ReadFailed, load_field, read_addresses, read_field, read_netns_inode, read_socket_inode,
 };
 use socket_storage::{
-    STACK_TAKEN_CONNECT, STACK_TAKEN_EOF, STACK_TAKEN_FIRST_IO, current_task, publish_eof_reads,
-    remember_owner, socket_state, track_owner,
+    STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, count_repeated_eof_read, current_task,
+    forget_eof_reads, remember_owner, socket_state, track_owner,
 };
-use stacks::{forget_stack_copies, take_stack};
+use stacks::{forget_stack_copies, has_stack_copy, take_stack};
 
 use tcptrace_common::{
     COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_FULL,
@@ -134,40 +134,38 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
         return 0;
     }
-    let (kind, bit) = if ret == 0 {
+    if ret == 0 {
         // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
         // SAFETY: as above.
         if unsafe { load_field::<u8>(sk, config!(state_offset)) } != CLOSE_WAIT {
             return 0;
         }
-        (StackKind::Eof, STACK_TAKEN_EOF)
-    } else {
-        (StackKind::FirstIo, STACK_TAKEN_FIRST_IO)
-    };
+        // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+        let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+        // The socket's EOF copy marks its first read of EOF: no storage is
+        // created per passive close (its allocation and free cost more than
+        // the copy). A copy the agent has already taken out is taken again
+        // at the next read, once.
+        if has_stack_copy(cookie, StackKind::Eof) {
+            count_repeated_eof_read(cookie);
+        } else {
+            take_stack(cookie, StackKind::Eof);
+        }
+        return 0;
+    }
     let Some(state) = socket_state(sk, true) else {
         count(Counter::OwnerInsertFailed);
         return 0;
     };
-    let taken = state.stacks_taken & bit != 0;
-    if taken && kind == StackKind::FirstIo {
-        return 0;
-    }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    if kind == StackKind::Eof {
-        // Plain read-modify-write, as below: a lower bound.
-        state.eof_reads = state.eof_reads.saturating_add(1);
-        if state.eof_reads > 1 {
-            publish_eof_reads(cookie, state.eof_reads);
-        }
-    }
-    if taken {
+    if state.stacks_taken & STACK_TAKEN_FIRST_IO != 0 {
         return 0;
     }
     // Plain read-modify-write: two CPUs reading one socket at once can take
     // a stack twice, never miss one.
-    state.stacks_taken |= bit;
-    take_stack(cookie, kind);
+    state.stacks_taken |= STACK_TAKEN_FIRST_IO;
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    take_stack(cookie, StackKind::FirstIo);
     0
 }
 
@@ -200,7 +198,11 @@ fn record_transition(
 
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let owner = track_owner(sk, cookie, old_state, new_state);
+    if old_state == CLOSE_WAIT && config!(stack_level) != STACKS_OFF {
+        // Only the receive hook, attached with stacks, counts EOF reads.
+        forget_eof_reads(cookie);
+    }
+    let owner = track_owner(sk, old_state, new_state);
 
     if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
@@ -292,12 +294,17 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    // Without stacks there is no copy to delete: skip the storage lookup.
-    if config!(stack_level) != STACKS_OFF
-        && let Some(state) = socket_state(sk, false)
-        && state.stacks_taken != 0
-    {
-        forget_stack_copies(cookie, state.stacks_taken);
+    // Without stacks there is no copy to delete: skip the lookups.
+    match config!(stack_level) {
+        STACKS_OFF => {}
+        level => {
+            let full_taken = if level == STACKS_FULL {
+                socket_state(sk, false).map_or(0, |state| state.stacks_taken)
+            } else {
+                0
+            };
+            forget_stack_copies(cookie, full_taken);
+        }
     }
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
         count(Counter::DestroyedReserveFailed);

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{Counter, SocketOwner, TASK_COMM_LEN, TcpState};
 
-use crate::{CLOSE_WAIT, count};
+use crate::count;
 
 /// What the probe keeps per socket, in the socket itself: the kernel frees
 /// it with the socket, so nothing is inserted or deleted per connection and
@@ -23,12 +23,9 @@ pub(crate) struct SocketState {
     /// The process that accepted it, where the fexit hook works (tgid 0:
     /// not known).
     pub(crate) owner: SocketOwner,
-    /// STACK_TAKEN_* bits.
+    /// STACK_TAKEN_* bits of the stacks taken only with full stacks (an EOF
+    /// copy is its own mark: see `sock_recv_length`).
     pub(crate) stacks_taken: u32,
-    /// Reads that returned EOF in CLOSE_WAIT. Published to EOF_READS from
-    /// the second on: a correct server reads EOF once and closes, and must
-    /// not cost a map insert per connection.
-    pub(crate) eof_reads: u32,
 }
 
 #[btf_map]
@@ -44,18 +41,18 @@ pub(crate) static SOCKETS: SkStorage<SocketState> = SkStorage::new();
 pub(crate) static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
 pub(crate) const STACK_TAKEN_FIRST_IO: u32 = 1;
-pub(crate) const STACK_TAKEN_EOF: u32 = 2;
 pub(crate) const STACK_TAKEN_CONNECT: u32 = 4;
 
-pub(crate) fn publish_eof_reads(cookie: u64, reads: u32) {
+/// Counts a read of EOF after the first (the first took the socket's EOF
+/// stack, whose copy marks it): a correct server reads EOF once and closes,
+/// and must not cost a map insert per connection.
+pub(crate) fn count_repeated_eof_read(cookie: u64) {
     match EOF_READS.get_ptr_mut(cookie) {
-        // SAFETY: a live map value of the right type.
-        Some(count) => unsafe { *count = u64::from(reads) },
+        // SAFETY: a live map value of the right type. Plain read-modify-write:
+        // two CPUs reading one socket at once make the count a lower bound.
+        Some(count) => unsafe { *count += 1 },
         None => {
-            if EOF_READS
-                .insert(cookie, u64::from(reads), BPF_ANY as u64)
-                .is_err()
-            {
+            if EOF_READS.insert(cookie, 2, BPF_ANY as u64).is_err() {
                 count(Counter::MapInsertFailed);
             }
         }
@@ -90,26 +87,15 @@ pub(crate) fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut S
 /// recorded in the socket (where fexit works), or unknown (tgid 0). The
 /// agent carries an owner seen at a socket's process-context transition to
 /// its later ones: recording it here too would cost every connection a
-/// storage allocation. A socket leaving CLOSE_WAIT also takes its EOF count
-/// out of EOF_READS.
-pub(crate) fn track_owner(sk: *const u8, cookie: u64, old_state: u8, new_state: u8) -> SocketOwner {
+/// storage allocation.
+pub(crate) fn track_owner(sk: *const u8, old_state: u8, new_state: u8) -> SocketOwner {
     if TcpState::runs_in_owner_context(old_state, new_state) {
-        if old_state == CLOSE_WAIT
-            && let Some(state) = socket_state(sk, false)
-        {
-            forget_eof_reads(state, cookie);
-        }
         return current_task();
     }
     match socket_state(sk, false) {
         // A concurrent update can at worst mix two owners' bytes for one
         // event, never fault.
-        Some(state) => {
-            if old_state == CLOSE_WAIT {
-                forget_eof_reads(state, cookie);
-            }
-            state.owner
-        }
+        Some(state) => state.owner,
         None => SocketOwner {
             comm: [0; TASK_COMM_LEN],
             tgid: 0,
@@ -117,10 +103,12 @@ pub(crate) fn track_owner(sk: *const u8, cookie: u64, old_state: u8, new_state: 
     }
 }
 
-pub(crate) fn forget_eof_reads(state: &SocketState, cookie: u64) {
-    // Only a socket read at EOF twice has an entry.
-    if state.eof_reads > 1 {
-        let _ = EOF_READS.remove(cookie);
+/// A socket leaving CLOSE_WAIT takes its EOF count with it. A lookup first:
+/// few sockets have a count, and a delete takes the bucket's lock.
+pub(crate) fn forget_eof_reads(cookie: u64) {
+    // SAFETY: a lookup only tests presence; the value is not read.
+    if unsafe { EOF_READS.get(&cookie) }.is_some() {
+        let _ = EOF_READS.remove(&cookie);
     }
 }
 

@@ -19,7 +19,7 @@ use tcptrace_common::{
 use crate::{
     EVENTS, count,
     kernel_read::load_field,
-    socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_EOF, STACK_TAKEN_FIRST_IO, current_tgid},
+    socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, current_tgid},
     wakeup_flag,
 };
 
@@ -134,14 +134,28 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     }
 }
 
-/// Deletes the stack copies a socket has, at its destruction.
-pub(crate) fn forget_stack_copies(cookie: u64, taken: u32) {
-    for (bit, kind) in [
-        (STACK_TAKEN_CONNECT, StackKind::Connect),
-        (STACK_TAKEN_FIRST_IO, StackKind::FirstIo),
-        (STACK_TAKEN_EOF, StackKind::Eof),
+/// Whether socket `cookie` has a copy of this kind waiting.
+pub(crate) fn has_stack_copy(cookie: u64, kind: StackKind) -> bool {
+    let key = StackCopyKey {
+        cookie,
+        stack_kind: kind as u32,
+        _reserved: 0,
+    };
+    // SAFETY: a lookup only tests presence; the value is not read.
+    unsafe { STACK_COPIES.get(&key) }.is_some()
+}
+
+/// Deletes the stack copies a socket has, at its destruction: its EOF copy
+/// if there is one, and those `full_taken` (STACK_TAKEN_* bits) says.
+pub(crate) fn forget_stack_copies(cookie: u64, full_taken: u32) {
+    for (taken, kind) in [
+        (full_taken & STACK_TAKEN_CONNECT != 0, StackKind::Connect),
+        (full_taken & STACK_TAKEN_FIRST_IO != 0, StackKind::FirstIo),
+        // A lookup first: a delete takes the bucket's lock, and most
+        // sockets (every client's) never read EOF in CLOSE_WAIT.
+        (has_stack_copy(cookie, StackKind::Eof), StackKind::Eof),
     ] {
-        if taken & bit != 0 {
+        if taken {
             let key = StackCopyKey {
                 cookie,
                 stack_kind: kind as u32,
