@@ -107,8 +107,8 @@ pub(crate) fn track_owner(sk: *const u8, old_state: u8, new_state: u8) -> Socket
 /// few sockets have a count, and a delete takes the bucket's lock.
 pub(crate) fn forget_eof_reads(cookie: u64) {
     // SAFETY: a lookup only tests presence; the value is not read.
-    if unsafe { EOF_READS.get(&cookie) }.is_some() {
-        let _ = EOF_READS.remove(&cookie);
+    if unsafe { EOF_READS.get(cookie) }.is_some() {
+        let _ = EOF_READS.remove(cookie);
     }
 }
 

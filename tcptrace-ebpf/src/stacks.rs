@@ -142,7 +142,7 @@ pub(crate) fn has_stack_copy(cookie: u64, kind: StackKind) -> bool {
         _reserved: 0,
     };
     // SAFETY: a lookup only tests presence; the value is not read.
-    unsafe { STACK_COPIES.get(&key) }.is_some()
+    unsafe { STACK_COPIES.get(key) }.is_some()
 }
 
 /// Deletes the stack copies a socket has, at its destruction: its EOF copy
