@@ -14,7 +14,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use netlink_sys::Socket;
 use tcptrace_common::TcpState;
 
-use crate::{host::sockdiag::SockDiagError, model::kernel_socket::KernelSocket};
+use crate::{
+    host::sockdiag::{SockDiagError, receive},
+    model::kernel_socket::KernelSocket,
+};
 
 /// `TCPDIAG_GETSOCK`: the request whose dump covers every family.
 const TCPDIAG_GETSOCK: u16 = 18;
@@ -53,12 +56,7 @@ pub(crate) fn walk_tcp(
     let mut sockets = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let size = socket
-            .recv(&mut &mut buf[..], 0)
-            .map_err(|source| SockDiagError::Io {
-                step: "recv",
-                source,
-            })?;
+        let size = receive(socket, &mut buf)?;
         let mut offset = 0;
         while offset + HEADER_LEN <= size {
             let length = u32_at(&buf, offset) as usize;

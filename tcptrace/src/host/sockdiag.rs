@@ -238,15 +238,20 @@ fn send_request(
     Ok(())
 }
 
+/// One datagram of a dump into `buf`; its size.
+pub(crate) fn receive(socket: &Socket, buf: &mut [u8]) -> Result<usize, SockDiagError> {
+    socket
+        .recv(&mut &mut buf[..], 0)
+        .map_err(|source| SockDiagError::Io {
+            step: "recv",
+            source,
+        })
+}
+
 fn receive_dump(socket: &Socket, mut each: impl FnMut(InetResponse)) -> Result<(), SockDiagError> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let size = socket
-            .recv(&mut &mut buf[..], 0)
-            .map_err(|source| SockDiagError::Io {
-                step: "recv",
-                source,
-            })?;
+        let size = receive(socket, &mut buf)?;
         let mut offset = 0;
         while offset < size {
             let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[offset..size])
