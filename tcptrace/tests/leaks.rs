@@ -4,75 +4,10 @@ mod common;
 
 use std::{process::Command, thread, time::Duration};
 
-use common::{LeakRun, Peer, kernel_has_recv_tracepoint, require_root, testpeer_path};
-
-fn sorted(mut cookies: Vec<u64>) -> Vec<u64> {
-    cookies.sort();
-    cookies
-}
-
-fn addr(ip: &str, port: &str) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
-/// A leaking server (`role` plus `server_args`, serving `count` connections
-/// on `ip`) and its clients, another process closing first (`client_args`
-/// appended). Returns once the server holds its leaks.
-struct ServedClients {
-    server: Peer,
-    clients: Peer,
-    /// Who holds the leaks: the server, or the child it forked.
-    holder: u32,
-    held: Vec<u64>,
-    /// The server's listening port.
-    port: String,
-}
-
-fn serve_clients(
-    ip: &str,
-    role: &str,
-    count: &str,
-    server_args: &[&str],
-    client_args: &[&str],
-) -> ServedClients {
-    let mut args = vec![
-        role,
-        "--addr",
-        if ip.contains(':') {
-            "[::1]:0"
-        } else {
-            "127.0.0.1:0"
-        },
-    ];
-    args.extend_from_slice(&["--connections", count]);
-    args.extend_from_slice(server_args);
-    let server = Peer::spawn(&args);
-    let port = server.expect("listening")["port"].clone();
-    let target = addr(ip, &port);
-    let mut client_command = vec!["clients", "--connect", &target, "--count", count];
-    client_command.extend_from_slice(client_args);
-    let clients = Peer::spawn(&client_command);
-    let holding = server.expect("holding");
-    clients.expect("done");
-    ServedClients {
-        holder: holding["pid"].parse().unwrap(),
-        held: sorted(Peer::held_cookies(&holding)),
-        port,
-        server,
-        clients,
-    }
-}
-
-impl ServedClients {
-    fn release(mut self) {
-        self.server.go();
-        self.server.expect("released");
-    }
-}
+use common::{
+    LeakRun, Peer, addr, kernel_has_recv_tracepoint, require_root, serve_clients, sorted,
+    testpeer_path,
+};
 
 /// A server keeps `leak` of `connections` accepted sockets after reading EOF;
 /// clients (another process) close first; a bystander makes its own traffic.

@@ -186,3 +186,71 @@ impl Churn {
         client.wait_success();
     }
 }
+
+pub fn sorted(mut cookies: Vec<u64>) -> Vec<u64> {
+    cookies.sort();
+    cookies
+}
+
+pub fn addr(ip: &str, port: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// A leaking server (`role` plus `server_args`, serving `count` connections
+/// on `ip`) and its clients, another process closing first (`client_args`
+/// appended). Returns once the server holds its leaks.
+pub struct ServedClients {
+    pub server: Peer,
+    pub clients: Peer,
+    /// Who holds the leaks: the server, or the child it forked.
+    pub holder: u32,
+    pub held: Vec<u64>,
+    /// The server's listening port.
+    pub port: String,
+}
+
+pub fn serve_clients(
+    ip: &str,
+    role: &str,
+    count: &str,
+    server_args: &[&str],
+    client_args: &[&str],
+) -> ServedClients {
+    let mut args = vec![
+        role,
+        "--addr",
+        if ip.contains(':') {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        },
+    ];
+    args.extend_from_slice(&["--connections", count]);
+    args.extend_from_slice(server_args);
+    let server = Peer::spawn(&args);
+    let port = server.expect("listening")["port"].clone();
+    let target = addr(ip, &port);
+    let mut client_command = vec!["clients", "--connect", &target, "--count", count];
+    client_command.extend_from_slice(client_args);
+    let clients = Peer::spawn(&client_command);
+    let holding = server.expect("holding");
+    clients.expect("done");
+    ServedClients {
+        holder: holding["pid"].parse().unwrap(),
+        held: sorted(Peer::held_cookies(&holding)),
+        port,
+        server,
+        clients,
+    }
+}
+
+impl ServedClients {
+    pub fn release(mut self) {
+        self.server.go();
+        self.server.expect("released");
+    }
+}
