@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use common::{Peer, STEP_TIMEOUT, ServeRun, require_root};
+use common::{STEP_TIMEOUT, ServeRun, require_root, serve_clients};
 
 /// Where `cargo xtask setup` unpacks Debian's prometheus package.
 const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
@@ -532,25 +532,9 @@ fn dashboard_queries_only_metrics_a_live_serve_exposes() {
     // A family shows in /metrics only once it has a series: with a leak
     // held by a live process, every family the dashboard reads has one.
     let serve = ServeRun::start(&["--interval", "500ms", "--min-age", "1s"]);
-    let server = Peer::spawn(&[
-        "leaky-server",
-        "--addr",
-        "127.0.0.1:0",
-        "--connections",
-        "2",
-        "--leak",
-        "1",
-    ]);
-    let port = server.expect("listening")["port"].clone();
-    let clients = Peer::spawn(&[
-        "clients",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--count",
-        "2",
-    ]);
-    let holder = server.expect("holding")["pid"].clone();
-    clients.expect("done");
+    // Held (and the leak kept) until the end of the test.
+    let served = serve_clients("127.0.0.1", "leaky-server", "2", &["--leak", "1"], &[]);
+    let holder = served.holder;
     let by_pid = format!("tcptrace_process_leaking_sockets{{pid=\"{holder}\"");
     let started = std::time::Instant::now();
     let metrics = loop {
