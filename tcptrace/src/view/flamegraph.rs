@@ -118,11 +118,10 @@ pub fn render_svg_of(
     kind: FlamegraphKind,
 ) -> Result<Vec<u8>, FlamegraphError> {
     let paths = paths(report, kind);
-    let title = title(kind);
     let drawn: usize = paths.iter().map(|p| p.sockets).sum();
     if drawn == 0 {
         // inferno refuses a graph of nothing.
-        return Ok(empty_svg(&title).into_bytes());
+        return Ok(empty_svg(TITLE).into_bytes());
     }
     let mut palette = PaletteMap::default();
     for (name, shade) in paths.iter().flat_map(|p| &p.frames) {
@@ -131,7 +130,7 @@ pub fn render_svg_of(
         }
     }
     let mut options = Options::default();
-    options.title = title;
+    options.title = TITLE.to_owned();
     options.subtitle = Some(subtitle(report, kind, drawn));
     options.count_name = "sockets".to_owned();
     options.name_type = "Frame:".to_owned();
@@ -147,11 +146,9 @@ pub fn render_svg_of(
     Ok(svg)
 }
 
-fn title(_kind: FlamegraphKind) -> String {
-    // Short enough to fit the graph's width; which stack is drawn is in the
-    // subtitle.
-    "Leaking sockets by code path (width = leaked sockets, not samples)".into()
-}
+/// Short enough to fit the graph's width; which stack is drawn is in the
+/// subtitle.
+const TITLE: &str = "Leaking sockets by code path (width = leaked sockets, not samples)";
 
 fn subtitle(report: &LeakReport, kind: FlamegraphKind, drawn: usize) -> String {
     let plural = |n: usize| if n == 1 { "" } else { "s" };
