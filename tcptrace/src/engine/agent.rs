@@ -109,8 +109,9 @@ impl HostAgent {
     }
 
     pub fn drain(&mut self, probe: &mut Probe) {
+        let copies_up_to = probe.eof_copies_produced();
         probe.drain(|bytes| self.handle(bytes));
-        self.monitor.read_new_stacks(probe);
+        self.monitor.after_drain(probe, copies_up_to);
     }
 
     /// Listeners opened before start: their owners come from the holder

@@ -111,7 +111,8 @@ pub enum Record {
 }
 
 /// A user stack copy the probe took for a socket: the copy waits in the
-/// probe's map under (cookie, kind) until the agent reads it.
+/// probe's map under (cookie, kind) until the agent reads it, or, for an
+/// EOF copy, came with this announcement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackSample {
     pub timestamp_ns: u64,
