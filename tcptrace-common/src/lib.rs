@@ -342,15 +342,17 @@ pub const STACKS_EOF: u32 = 1;
 /// Also copies at connect() and at each socket's first data read.
 pub const STACKS_FULL: u32 = 2;
 
-/// Value of the probe's per-socket owner map, keyed by socket cookie.
-#[repr(C)]
+/// A socket's owner as the probe keeps it in the socket's storage.
+/// Aligned to 8: the bpf target has no memset, and builds a zeroed owner of
+/// smaller alignment with a byte loop, on every transition.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketOwner {
     pub comm: [u8; TASK_COMM_LEN],
     pub tgid: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SocketOwner>() == 20);
+const _: () = assert!(core::mem::size_of::<SocketOwner>() == 24);
 
 /// Slots of the probe's per-CPU counter array. Numbers are never reused.
 #[repr(u32)]

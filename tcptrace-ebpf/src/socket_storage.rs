@@ -96,10 +96,7 @@ pub(crate) fn track_owner(sk: *const u8, old_state: u8, new_state: u8) -> Socket
         // A concurrent update can at worst mix two owners' bytes for one
         // event, never fault.
         Some(state) => state.owner,
-        None => SocketOwner {
-            comm: [0; TASK_COMM_LEN],
-            tgid: 0,
-        },
+        None => zeroed_owner(),
     }
 }
 
@@ -130,14 +127,23 @@ pub(crate) fn current_tgid() -> u32 {
 }
 
 pub(crate) fn current_task() -> SocketOwner {
-    let mut owner = SocketOwner {
-        comm: [0; TASK_COMM_LEN],
-        tgid: 0,
-    };
-    // SAFETY: helpers writing into a local buffer of the stated size.
+    let mut owner = zeroed_owner();
+    // SAFETY: the helper writes at most the stated size into the local buffer.
     unsafe {
-        owner.tgid = current_tgid();
         bpf_get_current_comm(owner.comm.as_mut_ptr() as *mut c_void, TASK_COMM_LEN as u32);
     }
+    owner.tgid = current_tgid();
     owner
+}
+
+/// An owner of all zeros (tgid 0: not known), built from a zero the
+/// compiler cannot see through: the bpf target has no memset, and a zeroed
+/// value it can see becomes a call to a byte loop, on every transition.
+fn zeroed_owner() -> SocketOwner {
+    let zero = core::hint::black_box(0u64);
+    SocketOwner {
+        // SAFETY: two u64 are 16 bytes, and every bit pattern is a valid u8.
+        comm: unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>([zero, zero]) },
+        tgid: zero as u32,
+    }
 }
