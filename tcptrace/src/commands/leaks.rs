@@ -133,7 +133,7 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
     }
 
     fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
-        self.monitor.drain(probe);
+        self.monitor.drain_settled(probe);
         self.monitor.apply_host(&read, false);
         if self.pruning {
             self.monitor.prune_stacks(&read.table, read.started_ns);
@@ -213,7 +213,7 @@ pub async fn run<W: Write>(
     let mut monitor = Monitor::new(options)?;
 
     let read = read_host(monitor.host_request(&[TcpState::CloseWait]));
-    monitor.drain(probe.get_mut());
+    monitor.drain_settled(probe.get_mut());
     monitor.apply_host(&read, true);
     eprintln!(
         "tcptrace: watching for TCP socket leaks (CLOSE_WAIT or closed but held for >= {}); Ctrl-C to stop",
@@ -256,7 +256,7 @@ pub async fn run<W: Write>(
         holders: true,
         ..monitor.host_request(&[TcpState::CloseWait])
     });
-    monitor.drain(probe.get_mut());
+    monitor.drain_settled(probe.get_mut());
     monitor.apply_host(&read, false);
     monitor.wait_for_stacks(probe.get_mut());
     let counters = probe.get_ref().counters()?;

@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     engine::diagnosis_inputs::{Diagnoses, Owners},
-    engine::monitor::{LeaksOptions, Monitor, all_drops},
+    engine::monitor::{LeaksOptions, Monitor, SETTLE_WAIT, all_drops},
     host::clock::monotonic_now_ns,
     host::procfs::socket_holders,
     host::reader::{HostRead, HostRequest, read_host},
@@ -111,6 +111,14 @@ impl HostAgent {
     pub fn drain(&mut self, probe: &mut Probe) {
         let copies_up_to = probe.eof_copies_produced();
         probe.drain(|bytes| self.handle(bytes));
+        self.monitor.after_drain(probe, copies_up_to);
+    }
+
+    /// As `drain`, with every event from before the call in: before a host
+    /// read is applied.
+    fn drain_settled(&mut self, probe: &mut Probe) {
+        let copies_up_to = probe.eof_copies_produced();
+        probe.drain_settled(SETTLE_WAIT, |bytes| self.handle(bytes));
         self.monitor.after_drain(probe, copies_up_to);
     }
 
@@ -212,7 +220,7 @@ impl HostAgent {
         read: HostRead,
         startup: bool,
     ) -> (TopSnapshot, LeakReport) {
-        self.drain(probe);
+        self.drain_settled(probe);
         if let Ok(counters) = probe.counters() {
             self.monitor.health.drops = all_drops(&counters);
             if counters.owner_insert_failed > 0 && !self.told_owner_storage_full {

@@ -37,6 +37,10 @@ pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// The holder scan walks every process's fds: at most this often, unless
 /// the set of leaking sockets changed.
 const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a drain before a host read is applied waits for a record still
+/// being written.
+pub(crate) const SETTLE_WAIT: Duration = Duration::from_millis(50);
+
 /// Every this many reconciles, the table is read in every state a socket
 /// with a file can be in, and the stacks of sockets it no longer lists are
 /// forgotten (their CLOSE was lost).
@@ -153,6 +157,14 @@ impl Monitor {
     pub(crate) fn drain(&mut self, probe: &mut Probe) {
         let copies_up_to = probe.eof_copies_produced();
         probe.drain(|bytes| self.handle(bytes));
+        self.after_drain(probe, copies_up_to);
+    }
+
+    /// As `drain`, with every event from before the call in (see
+    /// `Probe::drain_settled`): before a host read is applied.
+    pub(crate) fn drain_settled(&mut self, probe: &mut Probe) {
+        let copies_up_to = probe.eof_copies_produced();
+        probe.drain_settled(SETTLE_WAIT, |bytes| self.handle(bytes));
         self.after_drain(probe, copies_up_to);
     }
 

@@ -4,7 +4,7 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -418,6 +418,22 @@ impl Probe {
     /// Hands every record waiting in the ring buffer to `each`; returns how many.
     pub fn drain(&mut self, each: impl FnMut(&[u8])) -> u64 {
         self.events.drain(each)
+    }
+
+    /// As `drain`, and then, while a record reserved before the call is
+    /// still being written, drains again until it is (or `wait` passes):
+    /// before the kernel's table is compared with the events, every event
+    /// from before the table read must be in. A program writes a record in
+    /// microseconds, but a guest's vCPU can be descheduled mid-run.
+    pub fn drain_settled(&mut self, wait: Duration, mut each: impl FnMut(&[u8])) -> u64 {
+        let target = self.events.produced();
+        let deadline = Instant::now() + wait;
+        let mut drained = self.events.drain(&mut each);
+        while self.events.consumed() < target && Instant::now() < deadline {
+            std::thread::yield_now();
+            drained += self.events.drain(&mut each);
+        }
+        drained
     }
 
     /// Where the EOF-copy ring's producer is: taken before draining the

@@ -148,6 +148,11 @@ impl RingReader {
         self.producer_position().load(Ordering::Acquire)
     }
 
+    /// Where the reader is: every record before it has been handed over.
+    pub fn consumed(&self) -> usize {
+        self.consumer_position().load(Ordering::Acquire)
+    }
+
     /// Hands every committed record to `each`, oldest first; returns how
     /// many. Stops at the first record still being written.
     pub fn drain(&mut self, each: impl FnMut(&[u8])) -> u64 {
