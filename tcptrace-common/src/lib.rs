@@ -243,11 +243,9 @@ impl StackKind {
     }
 }
 
-/// Announces that a copy of the user stack was taken for a socket. A
-/// connect or first-I/O copy waits in the probe's `STACK_COPIES` map, keyed
-/// by (cookie, kind), until the socket is destroyed or the agent reads it;
-/// an EOF copy travels with this record in a [`StackCopyRecord`]. In the
-/// events ring, a record of an EOF stack only says why it has no copy.
+/// Announces that a copy of the user stack was taken for a socket: the
+/// copy itself waits in the probe's `STACK_COPIES` map, keyed by
+/// (cookie, kind), until the socket is destroyed or the agent reads it.
 /// `copy_status` is 0, or a `STACK_COPY_*` failure.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,8 +264,7 @@ const _: () = assert!(core::mem::size_of::<StackRecord>() == STACK_RECORD_SIZE);
 
 /// `StackRecord::copy_status`: not one page of the user stack was readable.
 pub const STACK_COPY_UNREADABLE: i32 = -1;
-/// `StackRecord::copy_status`: the copy map refused the insert, or the
-/// copy ring was full.
+/// `StackRecord::copy_status`: the copy map refused the insert.
 pub const STACK_COPY_NOT_STORED: i32 = -2;
 
 /// Page size: where a short stack ends, and the unit a copy falls back to.
@@ -317,22 +314,6 @@ const _: () = assert!(core::mem::size_of::<StackCopy>() == 40 + STACK_COPY_BYTES
 // SAFETY: plain old data: integers and bytes only, no padding (asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for StackCopy {}
-
-/// A socket's EOF stack, in the probe's `EOF_COPIES` ring: the announcement
-/// and the copy in one record, written where the ring reserved it. Most
-/// sockets close right after their EOF read, so the agent drops most of
-/// these unread; it keeps only those of sockets still in CLOSE_WAIT. The
-/// ring reserves the whole record, but only `copy.len` bytes of
-/// `copy.stack` are written.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct StackCopyRecord {
-    pub record: StackRecord,
-    pub copy: StackCopy,
-}
-
-pub const STACK_COPY_RECORD_SIZE: usize = STACK_RECORD_SIZE + 40 + STACK_COPY_BYTES;
-const _: () = assert!(core::mem::size_of::<StackCopyRecord>() == STACK_COPY_RECORD_SIZE);
 
 /// `ProbeConfig::stack_level`.
 pub const STACKS_OFF: u32 = 0;
@@ -455,12 +436,9 @@ pub struct ProbeConfig {
     pub stack_level: u32,
     /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
     pub read_socket_inode: u32,
-    /// Force a consumer wake-up once this many bytes of EOF copies wait
-    /// unread.
-    pub eof_copy_wakeup_bytes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 92);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -478,7 +456,6 @@ impl ProbeConfig {
         owner_tgid_filter: 0,
         port_filter: 0,
         wakeup_threshold_bytes: 0,
-        eof_copy_wakeup_bytes: 0,
         socket_offset: 0,
         socket_inode_number_offset: 0,
         state_offset: 0,
@@ -508,7 +485,6 @@ pub mod names {
     pub const ACCEPT_PROGRAM_TWO_PARAMS: &str = "inet_csk_accept_two_params";
     pub const ACCEPT_FUNCTION: &str = "inet_csk_accept";
     pub const STACK_COPIES_MAP: &str = "STACK_COPIES";
-    pub const EOF_COPIES_MAP: &str = "EOF_COPIES";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const EOF_READS_MAP: &str = "EOF_READS";
@@ -569,10 +545,8 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 24 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 23 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
-        assert_eq!(offset_of!(StackCopyRecord, copy), STACK_RECORD_SIZE);
-        assert_eq!(offset_of!(StackCopy, stack), 40);
     }
 }

@@ -41,7 +41,7 @@ use socket_storage::{
     STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, count_repeated_eof_read, current_task,
     forget_eof_reads, remember_owner, socket_state, track_owner,
 };
-use stacks::{forget_stack_copies, read_eof_before, take_eof_stack, take_stack};
+use stacks::{forget_stack_copies, has_stack_copy, take_stack};
 
 use tcptrace_common::{
     COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_FULL,
@@ -142,13 +142,14 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
         }
         // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
         let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-        // No storage is created per passive close (its allocation and free
-        // cost more than the copy): a small table of recent cookies tells a
-        // repeated read from the first.
-        if read_eof_before(cookie) {
+        // The socket's EOF copy marks its first read of EOF: no storage is
+        // created per passive close (its allocation and free cost more than
+        // the copy). A copy the agent has already taken out is taken again
+        // at the next read, once.
+        if has_stack_copy(cookie, StackKind::Eof) {
             count_repeated_eof_read(cookie);
         } else {
-            take_eof_stack(cookie);
+            take_stack(cookie, StackKind::Eof);
         }
         return 0;
     }
@@ -293,11 +294,17 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    // Only full stacks leave copies in a map: EOF copies are in a ring.
-    if config!(stack_level) == STACKS_FULL
-        && let Some(state) = socket_state(sk, false)
-    {
-        forget_stack_copies(cookie, state.stacks_taken);
+    // Without stacks there is no copy to delete: skip the lookups.
+    match config!(stack_level) {
+        STACKS_OFF => {}
+        level => {
+            let full_taken = if level == STACKS_FULL {
+                socket_state(sk, false).map_or(0, |state| state.stacks_taken)
+            } else {
+                0
+            };
+            forget_stack_copies(cookie, full_taken);
+        }
     }
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
         count(Counter::DestroyedReserveFailed);

@@ -64,11 +64,10 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
     let before = after_refreshes(&serve, 2);
     let socket_stacks_before = table(&before, "socket_stacks");
     let copies_before = map(&before, "stack_copies");
-    let held_before = table(&before, "held_stack_copies");
     let named_before = table(&before, "symbolized_stacks");
 
     // Healthy connections: each one's EOF stack is copied, and the copy
-    // goes with its socket, never kept, unwound or named.
+    // goes with its socket, never read, unwound or named.
     let churn = Churn::start(3);
     let (connections, done) = churn.done();
     assert!(connections > 1000, "{done:?}");
@@ -76,10 +75,6 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
     assert!(
         map(&during, "stack_copies") <= copies_before + SLACK,
         "copies of closed sockets kept\n{during}"
-    );
-    assert!(
-        table(&during, "held_stack_copies") <= held_before + SLACK,
-        "EOF copies of closed sockets kept\n{during}"
     );
     assert_eq!(
         table(&during, "symbolized_stacks"),
@@ -108,8 +103,7 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
         let now = after_refreshes(&serve, 1);
         let settled = table(&now, "socket_stacks") <= socket_stacks_before + SLACK
             && table(&now, "symbolized_stacks") <= named_before
-            && map(&now, "stack_copies") <= copies_before + SLACK
-            && table(&now, "held_stack_copies") <= held_before;
+            && map(&now, "stack_copies") <= copies_before + SLACK;
         if settled {
             break now;
         }

@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     collections::HashSet,
-    os::fd::AsRawFd,
     process::{Command, Output},
     thread,
     time::Duration,
@@ -22,7 +21,7 @@ use tcptrace::{
     },
     probe::{
         loader::{Probe, ProbeOptions, StackLevel},
-        records::{decode, decode_eof_copy_sample},
+        records::decode,
     },
 };
 use tcptrace_common::{StackKind, TcpState};
@@ -74,23 +73,6 @@ impl Traced {
             }
             _ => {}
         });
-        // EOF copies come in their own ring, their record at the head.
-        probe.drain_eof_copies(usize::MAX, |bytes| match decode_eof_copy_sample(bytes) {
-            Ok(s) if pids.contains(&s.tgid) => stacks.push((s.tgid, s.cookie, s.kind, s.copied)),
-            Ok(_) => {}
-            Err(error) => panic!("an EOF copy the agent cannot read: {error}"),
-        });
-    }
-
-    /// Until the probe wakes its reader, or `timeout`.
-    fn wait_for_records(&self, timeout: Duration) {
-        let mut poll = libc::pollfd {
-            fd: self.probe.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, valid for the call.
-        unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
     }
 
     /// Drains for a second: the last closes of a load arrive after it exits.
@@ -205,13 +187,7 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
     let churn = Churn::start(3);
     traced.watch(&churn.server, Some(&churn.port));
     traced.watch(&churn.client, None);
-    // Drained as the agent drains, when the probe wakes it or every 20 ms:
-    // the EOF copies have a ring of their own, which holds a few tens of
-    // milliseconds of this churn.
-    let (connections, done) = churn.done_while(|| {
-        traced.wait_for_records(Duration::from_millis(20));
-        traced.drain();
-    });
+    let (connections, done) = churn.done();
     // Few under emulation (a hundred or two a second), but still more
     // than the slack.
     assert!(connections > 2 * SLACK, "{done:?}");

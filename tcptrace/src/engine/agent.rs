@@ -109,17 +109,15 @@ impl HostAgent {
     }
 
     pub fn drain(&mut self, probe: &mut Probe) {
-        let copies_up_to = probe.eof_copies_produced();
         probe.drain(|bytes| self.handle(bytes));
-        self.monitor.after_drain(probe, copies_up_to);
+        self.monitor.read_new_stacks(probe);
     }
 
     /// As `drain`, with every event from before the call in: before a host
     /// read is applied.
     fn drain_settled(&mut self, probe: &mut Probe) {
-        let copies_up_to = probe.eof_copies_produced();
         probe.drain_settled(SETTLE_WAIT, |bytes| self.handle(bytes));
-        self.monitor.after_drain(probe, copies_up_to);
+        self.monitor.read_new_stacks(probe);
     }
 
     /// Listeners opened before start: their owners come from the holder

@@ -10,7 +10,7 @@ use std::{
 use tcptrace_common::TcpState;
 
 use crate::{
-    engine::stacks::{FINAL_TIMEOUT, MAX_HELD_COPIES, MAX_SOCKET_STACKS, SocketStackBook},
+    engine::stacks::{FINAL_TIMEOUT, MAX_SOCKET_STACKS, SocketStackBook},
     host::clock::monotonic_now_ns,
     host::reader::{HostRead, HostRequest},
     host::sockdiag::TableSnapshot,
@@ -25,7 +25,7 @@ use crate::{
     model::process::FdUsage,
     model::transition::{Record, Transition},
     probe::loader::{KernelCounters, Probe, ProbeOptions, StackLevel},
-    probe::records::{decode, decode_eof_copy, decode_eof_copy_sample},
+    probe::records::decode,
 };
 
 /// How often the stack copies of leaking sockets are looked for.
@@ -155,45 +155,15 @@ impl Monitor {
     }
 
     pub(crate) fn drain(&mut self, probe: &mut Probe) {
-        let copies_up_to = probe.eof_copies_produced();
         probe.drain(|bytes| self.handle(bytes));
-        self.after_drain(probe, copies_up_to);
+        self.read_new_stacks(probe);
     }
 
     /// As `drain`, with every event from before the call in (see
     /// `Probe::drain_settled`): before a host read is applied.
     pub(crate) fn drain_settled(&mut self, probe: &mut Probe) {
-        let copies_up_to = probe.eof_copies_produced();
         probe.drain_settled(SETTLE_WAIT, |bytes| self.handle(bytes));
-        self.after_drain(probe, copies_up_to);
-    }
-
-    /// After the events ring was drained: the EOF copies reserved before
-    /// `copies_up_to`, taken before that drain (so each comes after its
-    /// socket's CLOSE_WAIT, already handed over), then the stacks due.
-    pub(crate) fn after_drain(&mut self, probe: &mut Probe, copies_up_to: usize) {
-        probe.drain_eof_copies(copies_up_to, |bytes| self.handle_eof_copy(bytes));
         self.read_new_stacks(probe);
-    }
-
-    /// An EOF copy, kept only for a socket still suspected: most sockets
-    /// have closed by the time their copy is drained.
-    fn handle_eof_copy(&mut self, bytes: &[u8]) {
-        let sample = match decode_eof_copy_sample(bytes) {
-            Ok(sample) => sample,
-            Err(_) => {
-                self.health.decode_errors += 1;
-                return;
-            }
-        };
-        if !self.tracker.is_suspect(sample.cookie) {
-            return;
-        }
-        match decode_eof_copy(bytes) {
-            Ok(copy) => self.stacks.observe_with_copy(sample, copy),
-            Err(_) => self.health.decode_errors += 1,
-        }
-        self.health.stack_errors = self.stacks.errors;
     }
 
     /// What the next host read must bring: the CLOSE_WAIT table (`states`
@@ -341,11 +311,6 @@ impl Monitor {
                 name: "socket_stacks",
                 entries: self.stacks.sockets() as u64,
                 capacity: Some(MAX_SOCKET_STACKS as u64),
-            },
-            Occupancy {
-                name: "held_stack_copies",
-                entries: self.stacks.held_copies() as u64,
-                capacity: Some(MAX_HELD_COPIES as u64),
             },
             Occupancy {
                 name: "symbolized_stacks",

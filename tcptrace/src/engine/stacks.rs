@@ -1,29 +1,26 @@
 //! The code paths of live sockets: from the probe's stack copies, through
 //! unwinding, to names.
 //!
-//! The probe copies a socket's user stack in the socket's own syscall. An
-//! EOF copy comes in its own ring and is kept here only if its socket is
-//! still in CLOSE_WAIT when it is drained; connect and first-I/O copies
-//! wait in the probe's map, which deletes them when the kernel destroys
-//! the socket. Only the copies of sockets still leaking after
-//! `COPY_READ_DELAY` are unwound: a healthy socket closes within
-//! milliseconds of its EOF read. Each socket's stack is its own: two
-//! sockets share a stack id only when their unwound addresses are the same.
+//! The probe copies a socket's user stack in the socket's own syscall and
+//! keeps the copy in its map. Only the copies of sockets still leaking
+//! after `COPY_READ_DELAY` are read and unwound: a healthy socket closes
+//! within milliseconds of its EOF read, and the probe deletes its copy when
+//! the kernel destroys it. Each socket's stack is its own: two sockets
+//! share a stack id only when their unwound addresses are the same.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::Duration,
 };
 
-use tcptrace_common::{StackCopy, StackKind};
+use tcptrace_common::StackKind;
 
 use crate::{
     host::{sockdiag::TableSnapshot, symbolize::SymbolizerWorker, unwind::UnwindWorker},
     model::{
         leak_report::{ProbeHealth, SocketStacks},
-        stack::{NamedStack, UnwoundStack},
-        transition::{StackCopyFailure, StackSample},
+        stack::UnwoundStack,
+        transition::StackSample,
     },
     probe::loader::Probe,
 };
@@ -34,14 +31,6 @@ const COPY_READ_DELAY: Duration = Duration::from_millis(500);
 /// How long a final report waits for stacks still being unwound or named.
 pub(crate) const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// EOF copies held for sockets still in CLOSE_WAIT when their copy was
-/// drained: 8 KiB each, so at most 32 MiB. A healthy socket's copy is
-/// dropped at its drain (it has closed by then) or when it closes; a
-/// leaking one's when it is unwound, half a second after its EOF read. More
-/// leaks than this within that half second lose their copies (shown
-/// without a code path, and why).
-pub(crate) const MAX_HELD_COPIES: usize = 4096;
-
 /// Live sockets are not capped by number: they are freed at CLOSE or
 /// destroy and reconciled with the kernel's table, so they follow the
 /// host's own socket count. This is only a guard against a host whose table
@@ -51,15 +40,14 @@ pub(crate) const MAX_SOCKET_STACKS: usize = 1 << 21;
 /// Where one socket's stack of one kind is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
-    /// Copied at `taken_ns`: in the probe's map, or held here.
+    /// In the probe's copy map since `taken_ns`.
     Copied { taken_ns: u64 },
     /// With the unwinding thread.
     Unwinding,
     /// Unwound, by (process, stack id).
     Unwound(u32, u32),
-    /// No copy, and why: the probe could not take or keep one, or the
-    /// agent could not.
-    Lost(&'static str),
+    /// No copy: the probe could not take or keep one.
+    Lost,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,8 +76,6 @@ pub(crate) struct SocketStackBook {
     /// Looked up at every CLOSE and destroy: a fast hash, for cookies the
     /// kernel hands out and no one chooses.
     by_socket: foldhash::HashMap<u64, StackRefs>,
-    /// EOF copies that came with their record, by cookie, until unwound.
-    held: foldhash::HashMap<u64, Box<StackCopy>>,
     /// One id per distinct (process, unwound stack).
     ids: HashMap<(u32, UnwoundStack), u32>,
     next_id: u32,
@@ -105,7 +91,6 @@ impl SocketStackBook {
             unwinder: UnwindWorker::start()
                 .map_err(|e| anyhow::anyhow!("cannot start the unwinding thread: {e}"))?,
             by_socket: foldhash::HashMap::default(),
-            held: foldhash::HashMap::default(),
             ids: HashMap::new(),
             next_id: 0,
             errors: 0,
@@ -124,49 +109,17 @@ impl SocketStackBook {
             Ok(()) => Slot::Copied {
                 taken_ns: sample.timestamp_ns,
             },
-            Err(failure) => {
+            Err(_) => {
                 self.errors += 1;
-                Slot::Lost(match failure {
-                    StackCopyFailure::Unreadable => {
-                        "its user stack was not readable at the stack pointer"
-                    }
-                    StackCopyFailure::NotStored => {
-                        "its copy was dropped: the probe's copy ring or map, or the agent's copies, were full"
-                    }
-                    StackCopyFailure::Other(_) => "the kernel refused its copy",
-                })
+                Slot::Lost
             }
         };
         // The first of a kind is the one that names the socket.
         refs.slot(sample.kind).get_or_insert(slot);
     }
 
-    /// An EOF copy that came with its announcement: kept until it is
-    /// unwound or its socket goes.
-    pub(crate) fn observe_with_copy(&mut self, sample: StackSample, copy: Box<StackCopy>) {
-        if sample.copied.is_ok() && self.held.len() >= MAX_HELD_COPIES {
-            self.observe(StackSample {
-                copied: Err(StackCopyFailure::NotStored),
-                ..sample
-            });
-            return;
-        }
-        self.observe(sample);
-        // Only while its slot waits for it: a second copy of a socket
-        // already unwound would never be read.
-        let waiting = self
-            .by_socket
-            .get(&sample.cookie)
-            .is_some_and(|refs| matches!(refs.eof, Some(Slot::Copied { .. })));
-        if waiting {
-            self.held.entry(sample.cookie).or_insert(copy);
-        }
-    }
-
     pub(crate) fn forget_socket(&mut self, cookie: u64) {
-        if self.by_socket.remove(&cookie).is_some() {
-            self.held.remove(&cookie);
-        }
+        self.by_socket.remove(&cookie);
     }
 
     /// Reads the copies of `leaking` sockets that waited long enough (all of
@@ -193,17 +146,11 @@ impl SocketStackBook {
                 if !all && now_ns.saturating_sub(taken_ns) < delay {
                     continue;
                 }
-                let copy = match kind {
-                    StackKind::Eof => self.held.remove(&cookie),
-                    _ => probe.take_stack_copy(cookie, kind),
-                };
-                let lost = match copy {
-                    None => Some("its copy was gone before it could be read"),
-                    Some(copy) => (!self.unwinder.request((cookie, kind as u32), copy))
-                        .then_some("the unwinding queue was full"),
-                };
-                *slot = Some(lost.map_or(Slot::Unwinding, Slot::Lost));
-                if lost.is_some() {
+                let queued = probe
+                    .take_stack_copy(cookie, kind)
+                    .is_some_and(|copy| self.unwinder.request((cookie, kind as u32), copy));
+                *slot = Some(if queued { Slot::Unwinding } else { Slot::Lost });
+                if !queued {
                     self.errors += 1;
                 }
             }
@@ -248,8 +195,6 @@ impl SocketStackBook {
         let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
         self.by_socket
             .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
-        let by_socket = &self.by_socket;
-        self.held.retain(|cookie, _| by_socket.contains_key(cookie));
     }
 
     /// The processes whose stacks are known.
@@ -303,11 +248,6 @@ impl SocketStackBook {
         let refs = self.by_socket.get(&cookie)?;
         let frames = |slot: Option<Slot>| match slot {
             Some(Slot::Unwound(pid, id)) => self.symbolizer.frames(pid, id),
-            // Said where the stack would be: a lost copy is not "no EOF read".
-            Some(Slot::Lost(why)) => Some(Arc::new(NamedStack {
-                truncated: Some(format!("no copy: {why} (counted in stack_errors)")),
-                ..NamedStack::default()
-            })),
             _ => None,
         };
         Some(SocketStacks {
@@ -321,10 +261,6 @@ impl SocketStackBook {
         self.by_socket.len()
     }
 
-    pub(crate) fn held_copies(&self) -> usize {
-        self.held.len()
-    }
-
     pub(crate) fn named(&self) -> usize {
         self.symbolizer.entries()
     }
@@ -333,6 +269,7 @@ impl SocketStackBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::transition::StackCopyFailure;
 
     const S: u64 = 1_000_000_000;
 
@@ -344,64 +281,6 @@ mod tests {
             kind,
             copied: Ok(()),
         }
-    }
-
-    fn copy() -> Box<StackCopy> {
-        Box::new(StackCopy {
-            tgid: 42,
-            len: 0,
-            ip: 0,
-            sp: 0,
-            bp: 0,
-            base: 0,
-            stack: [0; tcptrace_common::STACK_COPY_BYTES],
-        })
-    }
-
-    #[test]
-    fn an_eof_copy_is_held_while_its_socket_waits_and_goes_with_it() {
-        let mut book = SocketStackBook::start().unwrap();
-        book.observe_with_copy(sample(1, 1, StackKind::Eof), copy());
-        book.observe_with_copy(sample(2, 1, StackKind::Eof), copy());
-        assert_eq!(book.held_copies(), 2);
-        // A second copy of the same socket (its EOF read seen as a first).
-        book.observe_with_copy(sample(2, 2, StackKind::Eof), copy());
-        assert_eq!(book.held_copies(), 2);
-        book.forget_socket(1);
-        assert_eq!(book.held_copies(), 1);
-        // A failed copy holds nothing.
-        book.observe_with_copy(
-            StackSample {
-                copied: Err(StackCopyFailure::Unreadable),
-                ..sample(3, 1, StackKind::Eof)
-            },
-            copy(),
-        );
-        assert_eq!(book.held_copies(), 1);
-        assert!(matches!(book.by_socket[&3].eof, Some(Slot::Lost(_))));
-    }
-
-    #[test]
-    fn copies_past_the_cap_are_lost_and_said_so() {
-        let mut book = SocketStackBook::start().unwrap();
-        for cookie in 0..MAX_HELD_COPIES as u64 {
-            book.observe_with_copy(sample(cookie, 1, StackKind::Eof), copy());
-        }
-        let errors = book.errors;
-        book.observe_with_copy(sample(u64::MAX, 1, StackKind::Eof), copy());
-        assert_eq!(book.held_copies(), MAX_HELD_COPIES);
-        assert!(matches!(book.by_socket[&u64::MAX].eof, Some(Slot::Lost(_))));
-        assert_eq!(book.errors, errors + 1);
-        // The report says the copy was lost, not that there was no EOF read.
-        let eof = book.of_socket(u64::MAX).unwrap().eof.unwrap();
-        assert!(eof.frames.is_empty());
-        assert!(
-            eof.truncated
-                .as_deref()
-                .unwrap()
-                .starts_with("no copy: its copy was dropped"),
-            "{eof:?}"
-        );
     }
 
     #[test]

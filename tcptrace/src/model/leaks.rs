@@ -107,12 +107,6 @@ impl LeakTracker {
         self.corrections
     }
 
-    /// Whether socket `cookie` is suspected now: in CLOSE_WAIT, or closed
-    /// but held.
-    pub fn is_suspect(&self, cookie: u64) -> bool {
-        self.suspects.contains_key(&cookie)
-    }
-
     pub fn suspects(&self) -> impl Iterator<Item = &Suspect> {
         self.suspects.values()
     }

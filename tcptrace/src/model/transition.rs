@@ -111,8 +111,7 @@ pub enum Record {
 }
 
 /// A user stack copy the probe took for a socket: the copy waits in the
-/// probe's map under (cookie, kind) until the agent reads it, or, for an
-/// EOF copy, came with this announcement.
+/// probe's map under (cookie, kind) until the agent reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackSample {
     pub timestamp_ns: u64,

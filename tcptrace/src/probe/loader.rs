@@ -3,7 +3,7 @@
 //! the integration tests load the probe through it too.
 
 use std::{
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, RawFd},
     time::{Duration, Instant},
 };
 
@@ -23,7 +23,6 @@ use crate::{
     probe::btf::{Btf, BtfError, VMLINUX_BTF},
     probe::layout::{self, LayoutError},
     probe::preflight::{self, PreflightError},
-    probe::readiness,
     probe::ring_reader::{RingError, RingReader},
 };
 
@@ -42,20 +41,13 @@ pub const MAX_MAX_SOCKETS: u32 = 1 << 22;
 /// Kernel memory per entry of a preallocated LRU hash of u64 -> u64: the
 /// map's `memlock` in /proc/PID/fdinfo on 6.18 (83886976 bytes for 1 Mi entries).
 pub const SOCKET_ENTRY_BYTES: u64 = 80;
-/// Connect and first-I/O copies (`--stacks full`) waiting for their socket
-/// to close or be read: 8 KiB each, so 8 MiB of kernel memory. A healthy
-/// socket's copies live until it is destroyed; the agent reads the copies
-/// of sockets leaking within a second. LRU: more sockets than this opening
-/// within that second lose the oldest copies (their sockets are then shown
-/// without a code path, and why).
+/// Stack copies waiting for their socket to close or be read: 8 KiB each,
+/// so 8 MiB of kernel memory. A healthy socket's copy lives for the few
+/// milliseconds between its EOF read and its close; the agent reads the
+/// copies of sockets still open within a second. LRU: a burst of more
+/// sockets than this, all reading EOF within that second, loses the oldest
+/// copies (their sockets are then shown without a code path, and why).
 pub const STACK_COPY_ENTRIES: u32 = 1024;
-/// The ring of EOF copies (8 KiB each), 16 MiB of kernel memory: about
-/// 2000 passive closes. The agent is woken when a quarter of it waits, and
-/// drains it at least every 20 ms; the rest is for an agent kept off the CPU
-/// by the load itself (up to 130 ms was seen on two busy cores at 10,000
-/// passive closes a second). A copy that does not fit is counted, and its
-/// socket shown without a code path, and why.
-pub const EOF_COPY_RING_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Which user stacks the probe takes, and so what it costs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,8 +136,6 @@ pub enum ProbeError {
     },
     #[error("reading the probe's statistics failed: {0}")]
     Stats(#[source] std::io::Error),
-    #[error("cannot wait on the probe's rings (epoll): {0}")]
-    Readiness(#[source] std::io::Error),
 }
 
 pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<u32, ProbeError> {
@@ -195,7 +185,6 @@ impl KernelCounters {
 struct MapCapacities {
     stack_copies: u32,
     eof_reads: u32,
-    eof_copy_ring_bytes: u32,
 }
 
 /// The kernel's own accounting of the program (run counts need bpf_stats).
@@ -212,10 +201,6 @@ pub struct Probe {
     // Keeps the program and its link alive.
     ebpf: Ebpf,
     events: RingReader,
-    /// EOF stack copies, one `StackCopyRecord` each.
-    eof_copies: RingReader,
-    /// Readable when either ring woke the reader.
-    readiness: OwnedFd,
     counters: PerCpuArray<MapData, u64>,
     stack_copies: AyaHashMap<MapData, StackCopyKey, StackCopy>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
@@ -242,9 +227,6 @@ impl Probe {
         // Half full: the reader is woken with room to spare, and a steady
         // trickle is picked up by its timer instead of by interrupts.
         config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
-        // A quarter: the copies come 8 KiB at a time, so the ring fills
-        // within tens of milliseconds of a burst.
-        config.eof_copy_wakeup_bytes = EOF_COPY_RING_BYTES / 4;
         config.read_socket_inode = u32::from(options.track_closed_held);
         let mut notices = Vec::new();
         let mut stack_level = options.stacks;
@@ -269,18 +251,10 @@ impl Probe {
         }
 
         // A map the mode does not use still exists in the object: one entry.
+        let stacks = stack_level != StackLevel::Off;
         let capacities = MapCapacities {
-            stack_copies: if stack_level == StackLevel::Full {
-                STACK_COPY_ENTRIES
-            } else {
-                1
-            },
+            stack_copies: if stacks { STACK_COPY_ENTRIES } else { 1 },
             eof_reads: if attach_recv { max_sockets } else { 1 },
-            eof_copy_ring_bytes: if attach_recv {
-                EOF_COPY_RING_BYTES
-            } else {
-                PAGE_SIZE
-            },
         };
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -288,7 +262,6 @@ impl Probe {
             .map_max_entries(names::EVENTS_MAP, ring_buffer_bytes)
             .map_max_entries(names::STACK_COPIES_MAP, capacities.stack_copies)
             .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
-            .map_max_entries(names::EOF_COPIES_MAP, capacities.eof_copy_ring_bytes)
             .load(PROBE_OBJECT)
             .map_err(ProbeError::Load)?;
 
@@ -342,14 +315,13 @@ impl Probe {
                 }
             }
         };
-        let events = take_ring(&mut ebpf, names::EVENTS_MAP, ring_buffer_bytes)?;
-        let eof_copies = take_ring(
-            &mut ebpf,
-            names::EOF_COPIES_MAP,
-            capacities.eof_copy_ring_bytes,
-        )?;
-        let readiness = readiness::either_readable(&[events.as_raw_fd(), eof_copies.as_raw_fd()])
-            .map_err(ProbeError::Readiness)?;
+        let events = take_map(&mut ebpf, names::EVENTS_MAP, |map| match map {
+            aya::maps::Map::RingBuf(data) => Ok(data),
+            _ => Err(MapError::InvalidName {
+                name: names::EVENTS_MAP.into(),
+            }),
+        })?;
+        let events = RingReader::new(events, ring_buffer_bytes).map_err(ProbeError::Ring)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
         let stack_copies = take_map(&mut ebpf, names::STACK_COPIES_MAP, AyaHashMap::try_from)?;
         let eof_reads = if attach_recv {
@@ -364,8 +336,6 @@ impl Probe {
         Ok(Self {
             ebpf,
             events,
-            eof_copies,
-            readiness,
             counters,
             stack_copies,
             eof_reads,
@@ -436,19 +406,6 @@ impl Probe {
         drained
     }
 
-    /// Where the EOF-copy ring's producer is: taken before draining the
-    /// events, it bounds a drain of copies to those whose CLOSE_WAIT the
-    /// events drain has already handed over.
-    pub fn eof_copies_produced(&self) -> usize {
-        self.eof_copies.produced()
-    }
-
-    /// Hands the EOF copies reserved before `limit` to `each`, as
-    /// `StackCopyRecord` bytes; returns how many.
-    pub fn drain_eof_copies(&mut self, limit: usize, each: impl FnMut(&[u8])) -> u64 {
-        self.eof_copies.drain_up_to(limit, each)
-    }
-
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let read = |counter: Counter| -> Result<u64, ProbeError> {
             let per_cpu =
@@ -510,18 +467,10 @@ impl Probe {
 }
 
 impl AsRawFd for Probe {
-    /// Readable when the probe has woken the reader of either ring.
+    /// The ring buffer's: readable when the probe has woken the reader.
     fn as_raw_fd(&self) -> RawFd {
-        self.readiness.as_raw_fd()
+        self.events.as_raw_fd()
     }
-}
-
-fn take_ring(ebpf: &mut Ebpf, name: &'static str, bytes: u32) -> Result<RingReader, ProbeError> {
-    let map = take_map(ebpf, name, |map| match map {
-        aya::maps::Map::RingBuf(data) => Ok(data),
-        _ => Err(MapError::InvalidName { name: name.into() }),
-    })?;
-    RingReader::new(map, bytes).map_err(ProbeError::Ring)
 }
 
 fn attach(

@@ -10,6 +10,5 @@ pub(crate) mod btf;
 pub(crate) mod layout;
 pub mod loader;
 pub mod preflight;
-pub mod readiness;
 pub mod records;
 pub mod ring_reader;

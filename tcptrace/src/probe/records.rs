@@ -11,9 +11,9 @@ use std::{
 
 use bytes::Buf;
 use tcptrace_common::{
-    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_COPY_BYTES, STACK_COPY_NOT_STORED,
-    STACK_COPY_RECORD_SIZE, STACK_COPY_UNREADABLE, STACK_RECORD_SIZE, StackCopy, StackCopyRecord,
-    StackKind, TRANSITION_RECORD_SIZE, TcpState, TransitionRecord,
+    AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_COPY_NOT_STORED,
+    STACK_COPY_UNREADABLE, STACK_RECORD_SIZE, StackKind, TRANSITION_RECORD_SIZE, TcpState,
+    TransitionRecord,
 };
 use thiserror::Error;
 
@@ -31,8 +31,6 @@ pub enum DecodeError {
     UnknownFamily(u16),
     #[error("unknown stack kind {0}")]
     UnknownStackKind(u8),
-    #[error("stack copy of {0} bytes, at most {STACK_COPY_BYTES}")]
-    StackCopyLength(u32),
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -59,69 +57,13 @@ fn decode_stack(bytes: &[u8]) -> Result<Record, DecodeError> {
             expected: STACK_RECORD_SIZE,
         });
     }
-    decode_stack_sample(bytes).map(Record::Stack)
-}
-
-/// The announcement at the head of an EOF copy's record (a
-/// `StackCopyRecord`): read alone, so the copy of a socket already closed
-/// is dropped without touching its bytes.
-pub fn decode_eof_copy_sample(bytes: &[u8]) -> Result<StackSample, DecodeError> {
-    if bytes.len() != STACK_COPY_RECORD_SIZE {
-        return Err(DecodeError::WrongLength {
-            len: bytes.len(),
-            expected: STACK_COPY_RECORD_SIZE,
-        });
-    }
-    match u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) {
-        raw if RecordKind::from_raw(raw) == Some(RecordKind::Stack) => decode_stack_sample(bytes),
-        raw => Err(DecodeError::UnknownKind(raw)),
-    }
-}
-
-/// The copy in an EOF copy's record, whose header
-/// [`decode_eof_copy_sample`] accepted: only the `len` bytes the probe wrote.
-pub fn decode_eof_copy(bytes: &[u8]) -> Result<Box<StackCopy>, DecodeError> {
-    if bytes.len() != STACK_COPY_RECORD_SIZE {
-        return Err(DecodeError::WrongLength {
-            len: bytes.len(),
-            expected: STACK_COPY_RECORD_SIZE,
-        });
-    }
-    // In bounds from here: the length is the struct's.
-    let raw = &bytes[offset_of!(StackCopyRecord, copy)..];
-    let u32_at =
-        |offset: usize| u32::from_ne_bytes(raw[offset..offset + 4].try_into().unwrap_or_default());
-    let u64_at =
-        |offset: usize| u64::from_ne_bytes(raw[offset..offset + 8].try_into().unwrap_or_default());
-    let len = u32_at(offset_of!(StackCopy, len));
-    let stack_at = offset_of!(StackCopy, stack);
-    let Some(written) = raw
-        .get(stack_at..stack_at + len as usize)
-        .filter(|_| len as usize <= STACK_COPY_BYTES)
-    else {
-        return Err(DecodeError::StackCopyLength(len));
-    };
-    let mut copy = Box::new(StackCopy {
-        tgid: u32_at(offset_of!(StackCopy, tgid)),
-        len,
-        ip: u64_at(offset_of!(StackCopy, ip)),
-        sp: u64_at(offset_of!(StackCopy, sp)),
-        bp: u64_at(offset_of!(StackCopy, bp)),
-        base: u64_at(offset_of!(StackCopy, base)),
-        stack: [0; STACK_COPY_BYTES],
-    });
-    copy.stack[..written.len()].copy_from_slice(written);
-    Ok(copy)
-}
-
-fn decode_stack_sample(bytes: &[u8]) -> Result<StackSample, DecodeError> {
     let mut buf = &bytes[4..];
     let tgid = buf.get_u32_ne();
     let timestamp_ns = buf.get_u64_ne();
     let cookie = buf.get_u64_ne();
     let copy_status = buf.get_i32_ne();
     let raw_kind = buf.get_u8();
-    Ok(StackSample {
+    Ok(Record::Stack(StackSample {
         timestamp_ns,
         cookie,
         tgid,
@@ -132,7 +74,7 @@ fn decode_stack_sample(bytes: &[u8]) -> Result<StackSample, DecodeError> {
             STACK_COPY_NOT_STORED => Err(StackCopyFailure::NotStored),
             other => Err(StackCopyFailure::Other(other)),
         },
-    })
+    }))
 }
 
 fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -204,7 +146,7 @@ fn array<const N: usize>(bytes: &[u8; TRANSITION_RECORD_SIZE], offset: usize) ->
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use tcptrace_common::{StackRecord, TASK_COMM_LEN};
+    use tcptrace_common::TASK_COMM_LEN;
 
     use super::*;
 
@@ -373,98 +315,6 @@ pub(crate) mod tests {
         assert_eq!(
             decode(&record_bytes(&record)),
             Err(DecodeError::UnknownFamily(1))
-        );
-    }
-
-    /// An EOF copy's record as the probe leaves it: header and registers
-    /// written, `len` bytes of stack, the rest of the slot stale.
-    fn eof_copy_bytes(len: u32) -> Vec<u8> {
-        let mut bytes = vec![0xAA; STACK_COPY_RECORD_SIZE];
-        let mut put = |offset: usize, value: &[u8]| {
-            bytes[offset..offset + value.len()].copy_from_slice(value);
-        };
-        let header = offset_of!(StackCopyRecord, record);
-        put(
-            header + offset_of!(StackRecord, kind),
-            &(RecordKind::Stack as u32).to_ne_bytes(),
-        );
-        put(header + offset_of!(StackRecord, tgid), &42u32.to_ne_bytes());
-        put(
-            header + offset_of!(StackRecord, timestamp_ns),
-            &7u64.to_ne_bytes(),
-        );
-        put(
-            header + offset_of!(StackRecord, cookie),
-            &99u64.to_ne_bytes(),
-        );
-        put(
-            header + offset_of!(StackRecord, copy_status),
-            &0i32.to_ne_bytes(),
-        );
-        put(
-            header + offset_of!(StackRecord, stack_kind),
-            &[StackKind::Eof as u8],
-        );
-        let copy = offset_of!(StackCopyRecord, copy);
-        put(copy + offset_of!(StackCopy, tgid), &42u32.to_ne_bytes());
-        put(copy + offset_of!(StackCopy, len), &len.to_ne_bytes());
-        put(copy + offset_of!(StackCopy, ip), &0x1000u64.to_ne_bytes());
-        put(copy + offset_of!(StackCopy, sp), &0x7ff0u64.to_ne_bytes());
-        put(copy + offset_of!(StackCopy, bp), &0x7ff8u64.to_ne_bytes());
-        put(copy + offset_of!(StackCopy, base), &0x7ff0u64.to_ne_bytes());
-        let stack = copy + offset_of!(StackCopy, stack);
-        for i in 0..len.min(STACK_COPY_BYTES as u32) as usize {
-            bytes[stack + i] = i as u8;
-        }
-        bytes
-    }
-
-    #[test]
-    fn an_eof_copy_keeps_only_the_bytes_the_probe_wrote() {
-        let bytes = eof_copy_bytes(100);
-        let sample = decode_eof_copy_sample(&bytes).unwrap();
-        assert_eq!(
-            (sample.cookie, sample.tgid, sample.kind, sample.copied),
-            (99, 42, StackKind::Eof, Ok(()))
-        );
-        let copy = decode_eof_copy(&bytes).unwrap();
-        assert_eq!(
-            (copy.tgid, copy.len, copy.ip, copy.sp),
-            (42, 100, 0x1000, 0x7ff0)
-        );
-        assert_eq!((copy.bp, copy.base), (0x7ff8, 0x7ff0));
-        assert!(
-            copy.stack[..100]
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b == i as u8)
-        );
-        assert!(
-            copy.stack[100..].iter().all(|&b| b == 0),
-            "stale bytes copied"
-        );
-    }
-
-    #[test]
-    fn a_bad_eof_copy_is_an_error() {
-        assert_eq!(
-            decode_eof_copy(&eof_copy_bytes(STACK_COPY_BYTES as u32 + 1)).map(|_| ()),
-            Err(DecodeError::StackCopyLength(STACK_COPY_BYTES as u32 + 1))
-        );
-        let short = &eof_copy_bytes(8)[..STACK_COPY_RECORD_SIZE - 1];
-        assert!(matches!(
-            decode_eof_copy_sample(short),
-            Err(DecodeError::WrongLength { .. })
-        ));
-        assert!(matches!(
-            decode_eof_copy(short),
-            Err(DecodeError::WrongLength { .. })
-        ));
-        let mut other = eof_copy_bytes(8);
-        other[..4].copy_from_slice(&(RecordKind::Transition as u32).to_ne_bytes());
-        assert_eq!(
-            decode_eof_copy_sample(&other),
-            Err(DecodeError::UnknownKind(RecordKind::Transition as u32))
         );
     }
 

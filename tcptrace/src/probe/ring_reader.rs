@@ -142,8 +142,8 @@ impl RingReader {
         unsafe { self.producer.start.cast::<AtomicUsize>().as_ref() }
     }
 
-    /// Where the producer is now: records reserved before this point are
-    /// the ones `drain_up_to` may hand over.
+    /// Where the producer is now: every record reserved before this point
+    /// is handed over once the reader has consumed up to it.
     pub fn produced(&self) -> usize {
         self.producer_position().load(Ordering::Acquire)
     }
@@ -155,15 +155,9 @@ impl RingReader {
 
     /// Hands every committed record to `each`, oldest first; returns how
     /// many. Stops at the first record still being written.
-    pub fn drain(&mut self, each: impl FnMut(&[u8])) -> u64 {
-        self.drain_up_to(usize::MAX, each)
-    }
-
-    /// As `drain`, but only the records reserved before position `limit`
-    /// (from [`Self::produced`]).
-    pub fn drain_up_to(&mut self, limit: usize, mut each: impl FnMut(&[u8])) -> u64 {
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> u64 {
         let mut position = self.consumer_position().load(Ordering::Relaxed);
-        let mut produced = self.produced().min(limit);
+        let mut produced = self.producer_position().load(Ordering::Acquire);
         let mut drained = 0u64;
         let mut unpublished = 0u32;
         // SAFETY: the data pages start one page into the producer mapping.
@@ -196,7 +190,7 @@ impl RingReader {
                 unpublished = 0;
             }
             if position >= produced {
-                produced = self.produced().min(limit);
+                produced = self.producer_position().load(Ordering::Acquire);
             }
         }
         if unpublished > 0 {

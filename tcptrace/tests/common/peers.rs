@@ -7,7 +7,6 @@ use std::{
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::Receiver,
-    time::{Duration, Instant},
 };
 
 use super::{STEP_TIMEOUT, line_channel, parse_step};
@@ -71,23 +70,6 @@ impl Peer {
             .lines
             .recv_timeout(STEP_TIMEOUT)
             .unwrap_or_else(|_| panic!("peer `{}` did not say `{word}`", self.role));
-        let (said, fields) = parse_step(&line);
-        assert_eq!(said, word, "peer `{}` said {line:?}", self.role);
-        fields
-    }
-
-    /// As `expect`, running `meanwhile` until the peer speaks (it should
-    /// block for a while itself, such as waiting for the probe to wake
-    /// it): for a test that must drain the probe as the agent would.
-    pub fn expect_while(&self, word: &str, mut meanwhile: impl FnMut()) -> HashMap<String, String> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        let line = loop {
-            match self.lines.recv_timeout(Duration::from_millis(1)) {
-                Ok(line) => break line,
-                Err(_) if Instant::now() < deadline => meanwhile(),
-                Err(_) => panic!("peer `{}` did not say `{word}`", self.role),
-            }
-        };
         let (said, fields) = parse_step(&line);
         assert_eq!(said, word, "peer `{}` said {line:?}", self.role);
         fields
@@ -185,12 +167,7 @@ impl Churn {
     /// Waits for the client to finish churning: how many connections it
     /// made, and all it said.
     pub fn done(&self) -> (u64, HashMap<String, String>) {
-        self.done_while(|| {})
-    }
-
-    /// As `done`, running `meanwhile` every 20 ms while the client churns.
-    pub fn done_while(&self, meanwhile: impl FnMut()) -> (u64, HashMap<String, String>) {
-        let done = self.client.expect_while("done", meanwhile);
+        let done = self.client.expect("done");
         let connections = done["connections"].parse().expect("connections");
         (connections, done)
     }
