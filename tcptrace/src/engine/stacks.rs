@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,8 +20,8 @@ use crate::{
     host::{sockdiag::TableSnapshot, symbolize::SymbolizerWorker, unwind::UnwindWorker},
     model::{
         leak_report::{ProbeHealth, SocketStacks},
-        stack::UnwoundStack,
-        transition::StackSample,
+        stack::{NamedStack, UnwoundStack},
+        transition::{StackCopyFailure, StackSample},
     },
     probe::loader::Probe,
 };
@@ -46,8 +47,9 @@ enum Slot {
     Unwinding,
     /// Unwound, by (process, stack id).
     Unwound(u32, u32),
-    /// No copy: the probe could not take or keep one.
-    Lost,
+    /// No copy, and why: the probe could not take or keep one, or the
+    /// agent could not.
+    Lost(&'static str),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -109,9 +111,15 @@ impl SocketStackBook {
             Ok(()) => Slot::Copied {
                 taken_ns: sample.timestamp_ns,
             },
-            Err(_) => {
+            Err(failure) => {
                 self.errors += 1;
-                Slot::Lost
+                Slot::Lost(match failure {
+                    StackCopyFailure::Unreadable => {
+                        "its user stack was not readable at the stack pointer"
+                    }
+                    StackCopyFailure::NotStored => "the probe's copy map refused it",
+                    StackCopyFailure::Other(_) => "the kernel refused its copy",
+                })
             }
         };
         // The first of a kind is the one that names the socket.
@@ -146,11 +154,14 @@ impl SocketStackBook {
                 if !all && now_ns.saturating_sub(taken_ns) < delay {
                     continue;
                 }
-                let queued = probe
-                    .take_stack_copy(cookie, kind)
-                    .is_some_and(|copy| self.unwinder.request((cookie, kind as u32), copy));
-                *slot = Some(if queued { Slot::Unwinding } else { Slot::Lost });
-                if !queued {
+                let lost = match probe.take_stack_copy(cookie, kind) {
+                    // The LRU map gave its slot to newer copies.
+                    None => Some("its copy was gone from the probe's map before it was read"),
+                    Some(copy) => (!self.unwinder.request((cookie, kind as u32), copy))
+                        .then_some("the unwinding queue was full"),
+                };
+                *slot = Some(lost.map_or(Slot::Unwinding, Slot::Lost));
+                if lost.is_some() {
                     self.errors += 1;
                 }
             }
@@ -248,6 +259,11 @@ impl SocketStackBook {
         let refs = self.by_socket.get(&cookie)?;
         let frames = |slot: Option<Slot>| match slot {
             Some(Slot::Unwound(pid, id)) => self.symbolizer.frames(pid, id),
+            // Said where the stack would be: a lost copy is not "no EOF read".
+            Some(Slot::Lost(why)) => Some(Arc::new(NamedStack {
+                truncated: Some(format!("no copy: {why} (counted in stack_errors)")),
+                ..NamedStack::default()
+            })),
             _ => None,
         };
         Some(SocketStacks {
@@ -269,7 +285,6 @@ impl SocketStackBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::transition::StackCopyFailure;
 
     const S: u64 = 1_000_000_000;
 
@@ -291,6 +306,15 @@ mod tests {
             ..sample(1, 1, StackKind::Eof)
         });
         assert_eq!(book.errors, 1);
+        // The report says why it has no stack, not that there was no EOF read.
+        let eof = book.of_socket(1).unwrap().eof.unwrap();
+        assert!(eof.frames.is_empty());
+        assert_eq!(
+            eof.truncated.as_deref(),
+            Some(
+                "no copy: its user stack was not readable at the stack pointer (counted in stack_errors)"
+            )
+        );
         book.observe(sample(2, 1, StackKind::Eof));
         book.observe(sample(2, 3, StackKind::Eof));
         assert_eq!(
