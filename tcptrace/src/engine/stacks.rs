@@ -11,7 +11,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tcptrace_common::StackKind;
@@ -154,11 +154,15 @@ impl SocketStackBook {
                 if !all && now_ns.saturating_sub(taken_ns) < delay {
                     continue;
                 }
+                if !self.unwinder.has_room() {
+                    // Left in the probe's map, read at a later call.
+                    return;
+                }
                 let lost = match probe.take_stack_copy(cookie, kind) {
                     // The LRU map gave its slot to newer copies.
                     None => Some("its copy was gone from the probe's map before it was read"),
                     Some(copy) => (!self.unwinder.request((cookie, kind as u32), copy))
-                        .then_some("the unwinding queue was full"),
+                        .then_some("the unwinding thread was gone"),
                 };
                 *slot = Some(lost.map_or(Slot::Unwinding, Slot::Lost));
                 if lost.is_some() {
@@ -224,12 +228,32 @@ impl SocketStackBook {
     /// final report; false if that took longer than the report can wait.
     pub(crate) fn finish(&mut self, probe: &mut Probe, leaking: impl Iterator<Item = u64>) -> bool {
         let leaking: Vec<u64> = leaking.collect();
-        self.read_copies(probe, leaking.iter().copied(), 0, true);
-        let unwound = self.unwinder.flush(FINAL_TIMEOUT);
-        self.take_unwound();
-        unwound
-            && self.symbolizer.flush(FINAL_TIMEOUT)
+        let deadline = Instant::now() + FINAL_TIMEOUT;
+        // More copies than the unwinding queue holds are read in turns.
+        loop {
+            self.read_copies(probe, leaking.iter().copied(), 0, true);
+            let unread = leaking.iter().any(|cookie| self.has_unread_copy(*cookie));
+            let unwound = self
+                .unwinder
+                .flush(deadline.saturating_duration_since(Instant::now()));
+            self.take_unwound();
+            if !unwound {
+                return false;
+            }
+            if !unread {
+                break;
+            }
+        }
+        self.symbolizer.flush(FINAL_TIMEOUT)
             && self.refresh_names(leaking.into_iter(), FINAL_TIMEOUT)
+    }
+
+    fn has_unread_copy(&self, cookie: u64) -> bool {
+        self.by_socket.get(&cookie).is_some_and(|refs| {
+            [refs.connect, refs.first_io, refs.eof]
+                .iter()
+                .any(|slot| matches!(slot, Some(Slot::Copied { .. })))
+        })
     }
 
     /// Looks the JIT frames of these sockets' stacks that no perf map named

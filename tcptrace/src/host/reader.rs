@@ -19,6 +19,7 @@ use crate::{
     host::procfs::{fd_usage, scan_processes},
     host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
     host::sysctl::read_port_settings,
+    host::thread_priority::run_in_background,
     model::diagnose::{PortSettings, SettingsError},
     model::holder::ProcScan,
     model::process::FdUsage,
@@ -229,6 +230,7 @@ impl HostReader {
         self.busy = true;
         let done = self.done.clone();
         tokio::task::spawn_blocking(move || {
+            run_in_background();
             // The receiver lives as long as the reader: a send cannot fail
             // while anyone waits for it.
             let _ = done.blocking_send(read_host(request));

@@ -33,7 +33,7 @@ use blazesym::{
 };
 
 use crate::{
-    host::{perf_map::PerfMaps, worker_queue::send_and_wait},
+    host::{perf_map::PerfMaps, thread_priority::run_in_background, worker_queue::send_and_wait},
     model::stack::{Frame, Frames, NameSource, NamedStack, classify},
 };
 
@@ -218,6 +218,7 @@ struct Namer {
 }
 
 fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
+    run_in_background();
     let mut namer = Namer {
         symbolizer: Symbolizer::new(),
         perf_maps: PerfMaps::default(),

@@ -9,6 +9,7 @@
 //! pointers. Unwinding reads ELF files, so it runs on its own thread.
 
 use std::{
+    cell::Cell,
     collections::{HashMap, HashSet},
     fs,
     ops::Range,
@@ -26,12 +27,18 @@ use framehop::{
 use object::{Object, ObjectSection, ObjectSegment};
 use tcptrace_common::StackCopy;
 
-use crate::{host::worker_queue::send_and_wait, model::stack::UnwoundStack};
+use crate::{
+    host::{thread_priority::run_in_background, worker_queue::send_and_wait},
+    model::stack::UnwoundStack,
+};
 
 /// Frames past this are cut (and said to be).
 const MAX_FRAMES: usize = 128;
-/// Copies waiting for the thread; past this they are counted as lost.
+/// Copies waiting for the thread. The agent queues no more than
+/// `QUEUE_DEPTH - CONTROL_SLOTS` (the rest stay in the probe's map until
+/// there is room), so forget and flush jobs find a slot too.
 const QUEUE_DEPTH: usize = 256;
+const CONTROL_SLOTS: usize = 16;
 
 /// What a copy is unwound for: the caller's own key comes back with it.
 pub type CopyKey = (u64, u32);
@@ -46,6 +53,8 @@ enum Job {
 pub struct UnwindWorker {
     jobs: SyncSender<Job>,
     done: Receiver<(CopyKey, u32, UnwoundStack)>,
+    /// Copies queued and not yet taken back by `finished`.
+    in_flight: Cell<usize>,
 }
 
 impl UnwindWorker {
@@ -55,20 +64,36 @@ impl UnwindWorker {
         std::thread::Builder::new()
             .name("unwind".into())
             .spawn(move || work(queue, results))?;
-        Ok(Self { jobs, done })
+        Ok(Self {
+            jobs,
+            done,
+            in_flight: Cell::new(0),
+        })
+    }
+
+    /// Whether a copy queued now would be taken: when not, the caller
+    /// leaves it where it is and asks again after `finished`.
+    pub fn has_room(&self) -> bool {
+        self.in_flight.get() < QUEUE_DEPTH - CONTROL_SLOTS
     }
 
     /// Queues a copy; false when the thread is too far behind to take it.
     pub fn request(&self, key: CopyKey, copy: Box<StackCopy>) -> bool {
         match self.jobs.try_send(Job::Unwind { key, copy }) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.in_flight.set(self.in_flight.get() + 1);
+                true
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
     }
 
     /// The stacks unwound since the last call: (key, process, stack).
     pub fn finished(&self) -> Vec<(CopyKey, u32, UnwoundStack)> {
-        self.done.try_iter().collect()
+        let finished: Vec<_> = self.done.try_iter().collect();
+        self.in_flight
+            .set(self.in_flight.get().saturating_sub(finished.len()));
+        finished
     }
 
     /// Drops the modules of processes that exited.
@@ -89,6 +114,7 @@ impl UnwindWorker {
 }
 
 fn work(queue: Receiver<Job>, results: Sender<(CopyKey, u32, UnwoundStack)>) {
+    run_in_background();
     let mut processes = Processes::default();
     while let Ok(job) = queue.recv() {
         match job {
@@ -508,6 +534,37 @@ mod tests {
     fn zeroed_copy() -> Box<StackCopy> {
         // SAFETY: all-zero bytes are a valid StackCopy (integers only).
         unsafe { Box::new_zeroed().assume_init() }
+    }
+
+    #[test]
+    fn copies_past_the_queue_wait_their_turn_and_control_jobs_still_fit() {
+        // A thread that takes no job yet: nothing leaves the queue.
+        let (jobs, queue) = sync_channel(QUEUE_DEPTH);
+        let (results, done) = channel();
+        let worker = UnwindWorker {
+            jobs,
+            done,
+            in_flight: Cell::new(0),
+        };
+        let mut queued = 0u64;
+        while worker.has_room() {
+            assert!(worker.request((queued, 0), zeroed_copy()));
+            queued += 1;
+        }
+        assert_eq!(queued as usize, QUEUE_DEPTH - CONTROL_SLOTS);
+        // What used to be lost here now waits; forget and flush still fit.
+        worker.forget(&HashSet::from([7]));
+        let (flushed, _) = channel();
+        assert!(worker.jobs.try_send(Job::Flush(flushed)).is_ok());
+
+        let Ok(Job::Unwind { key, copy }) = queue.recv() else {
+            panic!("the first job is the first copy");
+        };
+        results
+            .send((key, copy.tgid, UnwoundStack::default()))
+            .unwrap();
+        assert_eq!(worker.finished().len(), 1);
+        assert!(worker.has_room());
     }
 
     /// Writes `value` at `offset` bytes above the copy's base.
