@@ -233,9 +233,11 @@ fn record_transition(
         addr_of_mut!((*record)._reserved).write(0);
         // Also where an accepted socket may show itself first (kernels that
         // create it in SYN_RECV silently): the agent matches it to its
-        // listener by namespace.
+        // listener by namespace. At CLOSE_WAIT, so that the agent can look
+        // a suspect up in its own namespace instead of walking every table.
         let netns = if old_state == LISTEN
             || new_state == LISTEN
+            || new_state == CLOSE_WAIT
             || (old_state == SYN_RECV && new_state == ESTABLISHED)
         {
             read_netns_inode(sk)

@@ -7,8 +7,10 @@ use std::{collections::HashSet, fs, os::unix::fs::MetadataExt, thread, time::Dur
 
 use common::{Peer, require_root};
 use tcptrace::{
+    host::inet_diag_lookup::SocketQuery,
     host::procfs::socket_holders,
-    host::sockdiag::{dump_all_namespaces, dump_tcp, own_net_namespace},
+    host::sockdiag::{dump_all_namespaces, dump_tcp, look_up_all_namespaces, own_net_namespace},
+    model::kernel_socket::KernelSocket,
 };
 use tcptrace_common::TcpState;
 
@@ -94,4 +96,67 @@ fn sockets_in_another_network_namespace_are_found() {
     leaker.go();
     leaker.expect("released");
     leaker.wait_success();
+}
+
+fn query_of(socket: &KernelSocket) -> SocketQuery {
+    SocketQuery {
+        cookie: socket.cookie,
+        local: socket.local,
+        remote: socket.remote,
+        netns_inode: socket.netns_inode,
+    }
+}
+
+#[test]
+fn close_wait_sockets_are_looked_up_one_by_one_in_their_own_namespaces() {
+    if !require_root() {
+        return;
+    }
+    let mut here = Peer::spawn(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "3"]);
+    let cookies_here = Peer::held_cookies(&here.expect("holding"));
+    let mut there =
+        Peer::spawn_in_new_netns(&["self-leak", "--addr", "127.0.0.1:0", "--leak", "2"]);
+    let cookies_there = Peer::held_cookies(&there.expect("holding"));
+    let mut expected: Vec<KernelSocket> = dump_all_namespaces(&[TcpState::CloseWait])
+        .sockets
+        .into_iter()
+        .filter(|s| cookies_here.contains(&s.cookie) || cookies_there.contains(&s.cookie))
+        .collect();
+    assert_eq!(expected.len(), 5, "{expected:#?}");
+
+    let mut queries: Vec<SocketQuery> = expected.iter().map(query_of).collect();
+    // The same addresses with another cookie: a later socket, not this one.
+    queries.push(SocketQuery {
+        cookie: expected[0].cookie ^ 1,
+        ..query_of(&expected[0])
+    });
+    // A namespace no process is in.
+    queries.push(SocketQuery {
+        netns_inode: 1,
+        ..query_of(&expected[1])
+    });
+    let (table, missed) = look_up_all_namespaces(&queries);
+    assert!(table.is_complete(), "{table:?}");
+    assert_eq!(missed, 2);
+    let mut found = table.sockets;
+    found.sort_by_key(|s| s.cookie);
+    expected.sort_by_key(|s| s.cookie);
+    // Same sockets, same inodes and namespaces as the walk of every table.
+    assert_eq!(found, expected);
+
+    here.go();
+    here.expect("released");
+    here.wait_success();
+    thread::sleep(Duration::from_millis(100));
+    let (table, missed) = look_up_all_namespaces(&queries[..5]);
+    assert_eq!(missed, 3, "the three closed sockets are gone: {table:?}");
+    assert!(
+        table
+            .sockets
+            .iter()
+            .all(|s| cookies_there.contains(&s.cookie))
+    );
+    there.go();
+    there.expect("released");
+    there.wait_success();
 }

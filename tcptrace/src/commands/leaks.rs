@@ -16,7 +16,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     engine::drain_loop::{self, Refresh, Schedule, StopSignals},
-    engine::monitor::{LeaksOptions, Monitor, RECONCILE_INTERVAL, STACK_PRUNE_EVERY, all_drops},
+    engine::monitor::{
+        LeaksOptions, Monitor, RECONCILE_INTERVAL, STACK_PRUNE_EVERY, all_drops, events_lost,
+    },
     host::reader::{HostRead, HostRequest, read_host, release_free_memory, states_with_files},
     model::leak_report::{LeakReport, ProgramHealth},
     probe::loader::{Probe, ProbeOptions},
@@ -121,7 +123,7 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
         self.monitor.drain(probe);
     }
 
-    fn host_request(&mut self) -> HostRequest {
+    fn host_request(&mut self, probe: &Probe) -> HostRequest {
         self.reconciles += 1;
         self.pruning = self.reconciles.is_multiple_of(STACK_PRUNE_EVERY);
         let states = if self.pruning {
@@ -129,7 +131,7 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
         } else {
             vec![TcpState::CloseWait]
         };
-        self.monitor.host_request(&states)
+        leaks_request(self.monitor, probe, &states)
     }
 
     fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
@@ -161,6 +163,15 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// The monitor's read of `states`; lookups when nothing was lost, and a
+/// whole read when what was lost cannot be told.
+fn leaks_request(monitor: &mut Monitor, probe: &Probe, states: &[TcpState]) -> HostRequest {
+    match events_lost(probe) {
+        Some(lost) => monitor.leaks_request(lost, states),
+        None => monitor.host_request(states),
     }
 }
 
@@ -212,7 +223,11 @@ pub async fn run<W: Write>(
     let live_terminal = duration.is_none() && !json && std::io::stdout().is_terminal();
     let mut monitor = Monitor::new(options)?;
 
-    let read = read_host(monitor.host_request(&[TcpState::CloseWait]));
+    let read = read_host(leaks_request(
+        &mut monitor,
+        probe.get_ref(),
+        &[TcpState::CloseWait],
+    ));
     monitor.drain_settled(probe.get_mut());
     monitor.apply_host(&read, true);
     eprintln!(
@@ -254,7 +269,7 @@ pub async fn run<W: Write>(
 
     let read = read_host(HostRequest {
         holders: true,
-        ..monitor.host_request(&[TcpState::CloseWait])
+        ..leaks_request(&mut monitor, probe.get_ref(), &[TcpState::CloseWait])
     });
     monitor.drain_settled(probe.get_mut());
     monitor.apply_host(&read, false);

@@ -161,7 +161,7 @@ impl Refresh for ServeLoop<'_> {
         self.agent.drain(probe);
     }
 
-    fn host_request(&mut self) -> HostRequest {
+    fn host_request(&mut self, _probe: &Probe) -> HostRequest {
         self.agent.host_request()
     }
 

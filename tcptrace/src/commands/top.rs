@@ -71,7 +71,7 @@ impl<W: Write> Refresh for TopLoop<'_, W> {
         self.agent.drain(probe);
     }
 
-    fn host_request(&mut self) -> HostRequest {
+    fn host_request(&mut self, _probe: &Probe) -> HostRequest {
         self.agent.host_request()
     }
 

@@ -182,7 +182,7 @@ impl<W: Write> Refresh for Pipeline<W> {
         probe.drain(|bytes| self.handle(bytes));
     }
 
-    fn host_request(&mut self) -> HostRequest {
+    fn host_request(&mut self, _probe: &Probe) -> HostRequest {
         HostRequest {
             states: states_with_files(),
             ..HostRequest::default()

@@ -45,7 +45,7 @@ pub trait Refresh {
     fn drain(&mut self, probe: &mut Probe);
 
     /// What to read from the host at this tick.
-    fn host_request(&mut self) -> HostRequest;
+    fn host_request(&mut self, probe: &Probe) -> HostRequest;
 
     /// Joins a host read begun at a tick with the events drained meanwhile.
     fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>>;
@@ -127,7 +127,7 @@ pub async fn run(
                 host_started = Instant::now();
                 dropped = probe.get_ref().counters().map_or(dropped, |c| all_drops(&c));
                 dropped_before = dropped;
-                host.start(command.host_request());
+                host.start(command.host_request(probe.get_ref()));
                 ControlFlow::Continue(())
             }
             Some(read) = host.finished() => {

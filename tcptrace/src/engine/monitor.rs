@@ -12,6 +12,7 @@ use tcptrace_common::TcpState;
 use crate::{
     engine::stacks::{FINAL_TIMEOUT, MAX_SOCKET_STACKS, SocketStackBook},
     host::clock::monotonic_now_ns,
+    host::inet_diag_lookup::SocketQuery,
     host::reader::{HostRead, HostRequest},
     host::sockdiag::TableSnapshot,
     model::health::Occupancy,
@@ -45,6 +46,9 @@ pub(crate) const SETTLE_WAIT: Duration = Duration::from_millis(50);
 /// with a file can be in, and the stacks of sockets it no longer lists are
 /// forgotten (their CLOSE was lost).
 pub(crate) const STACK_PRUNE_EVERY: u64 = 10;
+/// Past this many CLOSE_WAIT suspects, one walk of the table costs less
+/// than looking each up.
+const MAX_LOOKUPS: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct LeaksOptions {
@@ -79,6 +83,14 @@ pub(crate) struct Monitor {
     told_failed: bool,
     told_walk_failed: bool,
     copies_read_at: Option<Instant>,
+    /// The events lost (dropped or missed by the probe) when the newest
+    /// complete read of the whole table's CLOSE_WAIT sockets was asked for.
+    /// While that count stands, the events say which sockets are in
+    /// CLOSE_WAIT, and the table is asked about those alone.
+    lost_at_whole_read: Option<u64>,
+    /// The read under way: the events lost when it was asked for, and
+    /// whether it reads the whole table's CLOSE_WAIT sockets.
+    pending_read: Option<(u64, bool)>,
 }
 
 impl Monitor {
@@ -98,6 +110,8 @@ impl Monitor {
             told_failed: false,
             told_walk_failed: false,
             copies_read_at: None,
+            lost_at_whole_read: None,
+            pending_read: None,
         })
     }
 
@@ -187,6 +201,49 @@ impl Monitor {
         }
     }
 
+    /// `leaks`'s read of the table in `states`, with `lost` the events lost
+    /// so far (`events_lost`). A read of CLOSE_WAIT alone becomes lookups of
+    /// the CLOSE_WAIT suspects when no event was lost since the last whole
+    /// read: the events then say which sockets are in CLOSE_WAIT, and the
+    /// lookups bring their inodes without walking every TIME_WAIT socket.
+    pub(crate) fn leaks_request(&mut self, lost: u64, states: &[TcpState]) -> HostRequest {
+        let lookups = (states == [TcpState::CloseWait] && self.lost_at_whole_read == Some(lost))
+            .then(|| self.close_wait_lookups())
+            .flatten();
+        self.pending_read = Some((
+            lost,
+            lookups.is_none() && states.contains(&TcpState::CloseWait),
+        ));
+        match lookups {
+            Some(lookups) => HostRequest {
+                lookups: Some(lookups),
+                ..self.host_request(&[])
+            },
+            None => self.host_request(states),
+        }
+    }
+
+    /// Every CLOSE_WAIT suspect, where it is; `None` when some cannot be
+    /// looked up (their namespace is not known) or there are too many.
+    fn close_wait_lookups(&self) -> Option<Vec<SocketQuery>> {
+        let mut lookups = Vec::new();
+        for suspect in self.tracker.suspects() {
+            if suspect.kind != LeakKind::CloseWait {
+                continue;
+            }
+            if lookups.len() == MAX_LOOKUPS {
+                return None;
+            }
+            lookups.push(SocketQuery {
+                cookie: suspect.cookie,
+                local: suspect.local,
+                remote: suspect.remote,
+                netns_inode: suspect.netns_inode?,
+            });
+        }
+        Some(lookups)
+    }
+
     /// Joins a host read with the events: the kernel's CLOSE_WAIT sockets,
     /// the holders, and which processes are gone. Call only after draining
     /// every event written before `read.started_ns`. A read that failed
@@ -218,16 +275,36 @@ impl Monitor {
                     namespace.inode
                 );
             }
-            let close_wait: Vec<KernelSocket> = table
-                .sockets
-                .iter()
-                .filter(|s| s.state == TcpState::CloseWait)
-                .cloned()
-                .collect();
-            let unreadable: HashSet<u64> =
-                table.unreadable.iter().map(|(ns, _)| ns.inode).collect();
-            self.tracker
-                .reconcile_close_wait(&close_wait, &unreadable, read.started_ns, startup);
+            let pending = self.pending_read.take();
+            if let Some(missed) = read.lookups_missed {
+                let all_close_wait = self.tracker.confirm_close_wait(&table.sockets);
+                self.health.table_lookups += 1;
+                if missed > 0 || !all_close_wait || !table.is_complete() {
+                    // Something the events did not say: the next read walks
+                    // the whole table.
+                    self.lost_at_whole_read = None;
+                }
+            } else {
+                let close_wait: Vec<KernelSocket> = table
+                    .sockets
+                    .iter()
+                    .filter(|s| s.state == TcpState::CloseWait)
+                    .cloned()
+                    .collect();
+                let unreadable: HashSet<u64> =
+                    table.unreadable.iter().map(|(ns, _)| ns.inode).collect();
+                self.tracker.reconcile_close_wait(
+                    &close_wait,
+                    &unreadable,
+                    read.started_ns,
+                    startup,
+                );
+                if let Some((lost, true)) = pending
+                    && table.is_complete()
+                {
+                    self.lost_at_whole_read = Some(lost);
+                }
+            }
         }
 
         match &read.processes {
@@ -362,6 +439,16 @@ pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
     counters.dropped() + counters.destroyed_reserve_failed + counters.stack_reserve_failed
 }
 
+/// Every event the probe lost: its drops, and the transitions the kernel
+/// did not run the program for (a run on a CPU where it was already
+/// running, from an interrupt). `None` when they cannot be read: nothing
+/// can then be trusted to be complete.
+pub(crate) fn events_lost(probe: &Probe) -> Option<u64> {
+    let counters = probe.counters().ok()?;
+    let misses = probe.program_stats().ok()?.recursion_misses;
+    Some(all_drops(&counters) + misses)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +494,7 @@ mod tests {
         HostRead {
             started_ns: started_s * S,
             table,
+            lookups_missed: None,
             settings: Vec::new(),
             processes,
             holders_scanned: false,
@@ -506,5 +594,128 @@ mod tests {
             [before]
         );
         assert_eq!(monitor.tracker.corrections(), 0);
+    }
+
+    fn close_wait_with_netns(cookie: u64, at_s: u64) -> Record {
+        let mut t = transition(cookie, at_s, Established, CloseWait);
+        t.netns_inode = Some(4026531840);
+        Record::Transition(t)
+    }
+
+    fn whole_table(sockets: Vec<KernelSocket>) -> TableSnapshot {
+        TableSnapshot {
+            sockets,
+            ..TableSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn close_wait_is_looked_up_only_while_nothing_was_lost_since_a_whole_read() {
+        let mut monitor = monitor();
+        monitor.handle_record(close_wait_with_netns(1, 1));
+        // No whole read yet: the first one walks the table.
+        let first = monitor.leaks_request(0, &[CloseWait]);
+        assert_eq!(
+            (first.states.as_slice(), first.lookups.is_none()),
+            (&[CloseWait][..], true)
+        );
+        monitor.apply_host(
+            &read(
+                2,
+                whole_table(vec![close_wait_in_kernel(1, 11)]),
+                Ok(ProcScan::default()),
+            ),
+            true,
+        );
+
+        // Nothing lost since: the suspect alone, where the event put it.
+        let lookup = monitor.leaks_request(0, &[CloseWait]);
+        assert!(lookup.states.is_empty());
+        let lookups = lookup.lookups.unwrap();
+        assert_eq!(lookups.len(), 1);
+        assert_eq!(lookups[0].cookie, 1);
+        assert_eq!(lookups[0].netns_inode, 4026531840);
+        let found = HostRead {
+            lookups_missed: Some(0),
+            ..read(
+                3,
+                whole_table(vec![close_wait_in_kernel(1, 11)]),
+                Ok(ProcScan::default()),
+            )
+        };
+        monitor.apply_host(&found, false);
+        assert_eq!(monitor.health.table_lookups, 1);
+        assert_eq!(
+            monitor
+                .leaks_request(0, &[CloseWait])
+                .lookups
+                .map(|l| l.len()),
+            Some(1)
+        );
+        monitor.pending_read = None;
+
+        // One event lost: the whole table again, and only a complete whole
+        // read makes lookups trusted again.
+        assert!(monitor.leaks_request(1, &[CloseWait]).lookups.is_none());
+        let unreadable = TableSnapshot {
+            unreadable: vec![(
+                NetNamespace { inode: 9, pid: 9 },
+                crate::host::sockdiag::SockDiagError::Kernel(1),
+            )],
+            ..whole_table(vec![close_wait_in_kernel(1, 11)])
+        };
+        monitor.apply_host(&read(4, unreadable, Ok(ProcScan::default())), false);
+        assert!(monitor.leaks_request(1, &[CloseWait]).lookups.is_none());
+        monitor.apply_host(
+            &read(
+                5,
+                whole_table(vec![close_wait_in_kernel(1, 11)]),
+                Ok(ProcScan::default()),
+            ),
+            false,
+        );
+        assert_eq!(
+            monitor
+                .leaks_request(1, &[CloseWait])
+                .lookups
+                .map(|l| l.len()),
+            Some(1)
+        );
+
+        // A lookup that did not find a suspect removes nothing, and the next
+        // read walks the table.
+        let missed = HostRead {
+            lookups_missed: Some(1),
+            ..read(6, whole_table(Vec::new()), Ok(ProcScan::default()))
+        };
+        monitor.apply_host(&missed, false);
+        assert_eq!(monitor.tracker.suspects().count(), 1);
+        assert_eq!(monitor.tracker.corrections(), 0);
+        assert!(monitor.leaks_request(1, &[CloseWait]).lookups.is_none());
+    }
+
+    #[test]
+    fn a_suspect_of_no_known_namespace_and_a_read_of_every_state_walk_the_table() {
+        let mut monitor = monitor();
+        monitor.handle_record(close_wait_with_netns(1, 1));
+        monitor.leaks_request(0, &[CloseWait]);
+        monitor.apply_host(
+            &read(
+                2,
+                whole_table(vec![close_wait_in_kernel(1, 11)]),
+                Ok(ProcScan::default()),
+            ),
+            true,
+        );
+        let every_state = monitor.leaks_request(0, &[Established, CloseWait]);
+        assert!(every_state.lookups.is_none());
+        assert_eq!(every_state.states.len(), 2);
+        monitor.pending_read = None;
+
+        // A CLOSE_WAIT event without a namespace (a kernel whose BTF lacks it).
+        monitor.handle_record(event(2, 3, Established, CloseWait));
+        let request = monitor.leaks_request(0, &[CloseWait]);
+        assert!(request.lookups.is_none());
+        assert_eq!(request.states, [CloseWait]);
     }
 }

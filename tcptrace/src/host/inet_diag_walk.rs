@@ -101,7 +101,10 @@ fn request(states: u32) -> Vec<u8> {
 }
 
 /// `Ok(None)` for a family or state this agent does not model.
-fn parse_message(body: &[u8], netns_inode: u64) -> Result<Option<KernelSocket>, SockDiagError> {
+pub(crate) fn parse_message(
+    body: &[u8],
+    netns_inode: u64,
+) -> Result<Option<KernelSocket>, SockDiagError> {
     if body.len() < MESSAGE_LEN {
         return Err(SockDiagError::Decode(format!(
             "inet_diag_msg of {} bytes, expected {MESSAGE_LEN}",

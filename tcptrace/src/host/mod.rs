@@ -9,6 +9,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod container;
+pub mod inet_diag_lookup;
 pub(crate) mod inet_diag_walk;
 pub(crate) mod perf_map;
 

@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use crate::{
     host::clock::monotonic_now_ns,
     host::container::{container_of, net_namespace_of},
+    host::inet_diag_lookup::SocketQuery,
     host::procfs::{fd_usage, scan_processes},
-    host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace},
+    host::sockdiag::{TableSnapshot, dump_tcp, in_each_namespace, look_up_all_namespaces},
     host::sysctl::read_port_settings,
     host::thread_priority::run_in_background,
     model::diagnose::{PortSettings, SettingsError},
@@ -40,6 +41,9 @@ pub fn states_with_files() -> Vec<TcpState> {
 pub struct HostRequest {
     /// The table's states to dump; empty for none.
     pub states: Vec<TcpState>,
+    /// Instead of `states`: these sockets alone (none at all, possibly),
+    /// looked up one by one in their own namespaces.
+    pub lookups: Option<Vec<SocketQuery>>,
     /// Each namespace's port and timeout sysctls, read inside it.
     pub sysctls: bool,
     /// Walk every process's fds for holders (the walk for the list of
@@ -64,7 +68,11 @@ pub struct HostRead {
     /// When the read began (CLOCK_MONOTONIC ns): events up to here must be
     /// drained before the table is joined with them.
     pub started_ns: u64,
+    /// The dump, or with `lookups_missed` the sockets the lookups found.
     pub table: TableSnapshot,
+    /// Set when the table was read by lookups: how many sockets asked
+    /// for were not found (in no namespace listed, or not in its table).
+    pub lookups_missed: Option<usize>,
     pub settings: Vec<(u64, Result<PortSettings, SettingsError>)>,
     /// The walk of `/proc`; its `holders` are empty unless they were asked for.
     pub processes: Result<ProcScan, io::Error>,
@@ -91,6 +99,7 @@ pub fn read_host(request: HostRequest) -> HostRead {
     let mut read = HostRead {
         started_ns,
         table: TableSnapshot::default(),
+        lookups_missed: None,
         settings: Vec::new(),
         processes: Ok(ProcScan::default()),
         holders_scanned: false,
@@ -98,7 +107,11 @@ pub fn read_host(request: HostRequest) -> HostRead {
         fd_usage: HashMap::new(),
         placements: Vec::new(),
     };
-    if !request.states.is_empty() {
+    if let Some(lookups) = &request.lookups {
+        let (table, missed) = look_up_all_namespaces(lookups);
+        read.table = table;
+        read.lookups_missed = Some(missed);
+    } else if !request.states.is_empty() {
         let sysctls = request.sysctls;
         match in_each_namespace(|namespace| {
             let sockets = dump_tcp(&request.states, namespace.inode)?;

@@ -5,7 +5,7 @@
 //! its `cookie` is the same number the probe reports, so the two join exactly.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     net::SocketAddr,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
@@ -26,6 +26,7 @@ use tcptrace_common::TcpState;
 use thiserror::Error;
 
 use crate::host::{
+    inet_diag_lookup::{SocketQuery, look_up_tcp},
     inet_diag_walk::{Walk, walk_tcp},
     procfs,
 };
@@ -126,6 +127,55 @@ pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
     snapshot
 }
 
+/// Looks `queries` up, each in its own namespace: the sockets found, and
+/// how many were not (in no namespace listed, or not in its table).
+pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, usize) {
+    let mut table = TableSnapshot::default();
+    if queries.is_empty() {
+        return (table, 0);
+    }
+    let namespaces = match net_namespaces() {
+        Ok(namespaces) => namespaces,
+        Err(error) => {
+            table.failed = Some(error);
+            return (table, queries.len());
+        }
+    };
+    let mut by_namespace: HashMap<u64, Vec<SocketQuery>> = HashMap::new();
+    for query in queries {
+        by_namespace
+            .entry(query.netns_inode)
+            .or_default()
+            .push(*query);
+    }
+    let own = own_net_namespace();
+    let mut missed = 0;
+    for (inode, queries) in by_namespace {
+        let Some(&namespace) = namespaces.iter().find(|n| n.inode == inode) else {
+            // No process left in it: its sockets may be gone with it.
+            missed += queries.len();
+            continue;
+        };
+        let read = |namespace: NetNamespace| look_up_tcp(&queries, namespace.inode);
+        let result = if Some(inode) == own {
+            read(namespace)
+        } else {
+            in_namespace(namespace, &read)
+        };
+        match result {
+            Ok(lookup) => {
+                missed += lookup.missed;
+                table.sockets.extend(lookup.found);
+            }
+            Err(error) => {
+                missed += queries.len();
+                table.unreadable.push((namespace, error));
+            }
+        }
+    }
+    (table, missed)
+}
+
 /// Runs `read` inside every network namespace that has processes: what it
 /// reads of /proc/sys/net or sock_diag is that namespace's. setns() changes
 /// only the calling thread, so each foreign namespace is read from a
@@ -181,12 +231,7 @@ static PER_FAMILY_ONLY: AtomicBool = AtomicBool::new(false);
 /// Dumps IPv4 and IPv6 TCP sockets in `states` of the calling thread's
 /// namespace, in one walk of the kernel's hash where the kernel allows it.
 pub fn dump_tcp(states: &[TcpState], netns_inode: u64) -> Result<Vec<KernelSocket>, SockDiagError> {
-    let io = |step| move |source| SockDiagError::Io { step, source };
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("socket"))?;
-    socket.bind_auto().map_err(io("bind"))?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .map_err(io("connect"))?;
+    let socket = open()?;
     if !PER_FAMILY_ONLY.load(Ordering::Relaxed) {
         match walk_tcp(&socket, state_flags(states).bits(), netns_inode)? {
             Walk::Sockets(sockets) => return Ok(sockets),
@@ -207,6 +252,18 @@ pub fn dump_tcp(states: &[TcpState], netns_inode: u64) -> Result<Vec<KernelSocke
         })?;
     }
     Ok(sockets)
+}
+
+/// A sock_diag socket of the calling thread's network namespace, talking
+/// to the kernel.
+pub(crate) fn open() -> Result<Socket, SockDiagError> {
+    let io = |step| move |source| SockDiagError::Io { step, source };
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("socket"))?;
+    socket.bind_auto().map_err(io("bind"))?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(io("connect"))?;
+    Ok(socket)
 }
 
 fn send_request(

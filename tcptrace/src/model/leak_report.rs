@@ -139,6 +139,10 @@ pub struct ProbeHealth {
     /// Reads of the kernel's table or of /proc that failed: what was known
     /// before was kept, so the report may be out of date.
     pub host_read_failures: u64,
+    /// Reads of the kernel's table that asked about the CLOSE_WAIT sockets
+    /// the events named, one by one, instead of walking the whole table
+    /// (done while no event was lost since the last whole read).
+    pub table_lookups: u64,
     /// Stacks the kernel could not store (map full, bucket collision).
     pub stack_errors: u64,
     /// Stacks the symbolizer failed on: their frames are unnamed.

@@ -149,7 +149,10 @@ impl LeakTracker {
                         local: t.local,
                         remote: t.remote,
                         inode: previous.as_ref().and_then(|p| p.inode),
-                        netns_inode: previous.and_then(|p| p.netns_inode),
+                        netns_inode: t
+                            .netns_inode
+                            .map(u64::from)
+                            .or(previous.and_then(|p| p.netns_inode)),
                     },
                 );
             }
@@ -254,6 +257,28 @@ impl LeakTracker {
                 }
             }
         }
+    }
+
+    /// Joins the answers of a lookup of CLOSE_WAIT suspects, socket by
+    /// socket: their inodes and namespaces. Unlike a whole-table read it
+    /// removes nothing, since a socket a lookup did not find may be one it
+    /// could not match (bound to a device, say); the caller reads the whole
+    /// table next. Returns whether every socket found was in CLOSE_WAIT.
+    pub fn confirm_close_wait(&mut self, found: &[KernelSocket]) -> bool {
+        let mut all_close_wait = true;
+        for socket in found {
+            if socket.state != TcpState::CloseWait {
+                all_close_wait = false;
+                continue;
+            }
+            if let Some(suspect) = self.suspects.get_mut(&socket.cookie)
+                && suspect.kind == LeakKind::CloseWait
+            {
+                suspect.inode = (socket.inode != 0).then_some(socket.inode);
+                suspect.netns_inode = Some(socket.netns_inode);
+            }
+        }
+        all_close_wait
     }
 
     /// Drops closed-but-held suspects whose inode a fresh holder scan of

@@ -15,7 +15,7 @@ pub(crate) mod filter;
 pub(crate) mod fixtures;
 pub(crate) mod health;
 pub(crate) mod holder;
-pub(crate) mod kernel_socket;
+pub mod kernel_socket;
 pub(crate) mod leak_report;
 pub(crate) mod leaks;
 pub(crate) mod process;
