@@ -91,6 +91,12 @@ pub(super) struct Running {
     stderr: Receiver<String>,
 }
 
+impl Running {
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 fn tracefs_mounted() -> bool {
     Path::new(TRACEFS).join("events").is_dir()
 }

@@ -179,6 +179,10 @@ struct Round {
     events: Option<u64>,
     drops: Option<u64>,
     agent_cpu: Option<Duration>,
+    /// The tracer's CPU from the start of the load to its end: what the
+    /// events cost, without its start-up (BTF, the verifier, the first
+    /// table read) and its final report.
+    agent_cpu_under_load: Option<Duration>,
     agent_peak_rss_kib: Option<u64>,
     bulk_bytes_per_second: f64,
     recvs_per_second: f64,

@@ -50,12 +50,20 @@ impl Run<'_> {
             .map_or(f64::NAN, |s| s.median)
     }
 
+    /// Over the whole run, start-up and final report included.
     fn agent_ns_per_event(&self, config: Config) -> Option<Spread> {
         spread(
             self.rounds(config)
                 .iter()
                 .filter_map(|r| Some(r.agent_cpu?.as_nanos() as f64 / r.events?.max(1) as f64)),
         )
+    }
+
+    /// While the load ran: what each event costs the agent once it runs.
+    fn agent_ns_per_event_under_load(&self, config: Config) -> Option<Spread> {
+        spread(self.rounds(config).iter().filter_map(|r| {
+            Some(r.agent_cpu_under_load?.as_nanos() as f64 / r.events?.max(1) as f64)
+        }))
     }
 
     /// ns per run of `program` in the bpf_stats run of `config`.
@@ -130,14 +138,21 @@ fn render_targets(out: &mut String, run: &Run) {
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let recv_ns = run.kernel_ns(default, RECV_PROGRAM);
     let destroy_ns = run.kernel_ns(default, DESTROY_PROGRAM);
+    // Judged while the load ran: start-up is paid once per agent, not per
+    // event. The whole run's figure is shown beside it.
     let agent_row = |config: Config, target: f64| {
-        let measured = run.agent_ns_per_event(config);
+        let measured = run.agent_ns_per_event_under_load(config);
         let met = measured.as_ref().is_some_and(|s| s.median <= target);
         (
-            format!("agent CPU per event ≤ {target:.0} ns (`{}`)", config.name()),
-            show(measured, 1.0, 0)
-                .replace(" (", " ns (")
-                .replace(')', " ns)"),
+            format!(
+                "agent CPU per event ≤ {target:.0} ns (`{}`, while the load ran)",
+                config.name()
+            ),
+            format!(
+                "{}; over the whole run, start-up and final report included: {}",
+                ns_spread(measured),
+                ns_spread(run.agent_ns_per_event(config)),
+            ),
             met,
         )
     };
@@ -248,7 +263,7 @@ fn render_targets(out: &mut String, run: &Run) {
     }
     let _ = writeln!(
         out,
-        "\n**What costs what.** On two cores the load alone keeps both busy, so every cycle the tracer spends, in the kernel or in the agent, comes out of the load's share. The untraced baseline drifts between cycles; a paired ratio divides each traced round by the untraced round of its own cycle, so that drift cancels instead of widening the spread, and the min–max of the paired ratios shows how far one cycle can be trusted. The transition program runs for every state change (about 10 per connection). In leak mode, `tcp_destroy_sock` adds one small run per socket, and with stacks the per-recv hook adds one run per `recv()`: cheap once a socket's stack is taken, but on churn every connection is new, so each pays its EOF check and, with default stacks, the copy of its user stack at its EOF read. The agent's CPU per event is the `watch` JSON formatting for `watch`, and decode + tracking for `leaks` and `serve`."
+        "\n**What costs what.** On two cores the load alone keeps both busy, so every cycle the tracer spends, in the kernel or in the agent, comes out of the load's share. The untraced baseline drifts between cycles; a paired ratio divides each traced round by the untraced round of its own cycle, so that drift cancels instead of widening the spread, and the min–max of the paired ratios shows how far one cycle can be trusted. The transition program runs for every state change (about 10 per connection). In leak mode, `tcp_destroy_sock` adds one small run per socket, and with stacks the per-recv hook adds one run per `recv()`: cheap once a socket's stack is taken, but on churn every connection is new, so each pays its EOF check and, with default stacks, the copy of its user stack at its EOF read. The agent's CPU per event is the `watch` JSON formatting for `watch`, and decode + tracking for `leaks` and `serve`; the targets judge it while the load ran (from the tracer's CPU in /proc at the load's start and end, at clock-tick resolution), because loading the probe (BTF, the verifier), the first read of the table and the final report are paid once per agent, not per event. The whole run's figure is shown beside it."
     );
 }
 
@@ -278,13 +293,19 @@ fn peer_note(out: &mut String, bpftrace: &Availability) {
     }
 }
 
+fn ns_spread(spread: Option<Spread>) -> String {
+    show(spread, 1.0, 0)
+        .replace(" (", " ns (")
+        .replace(')', " ns)")
+}
+
 fn render_churn(out: &mut String, run: &Run) {
     let _ = writeln!(out, "## Connection churn\n");
     let _ = writeln!(
         out,
-        "| configuration | connections/s | vs untraced: median paired ratio (min–max) | events delivered | drops | leaks made → reported | agent CPU per event | agent peak RSS |"
+        "| configuration | connections/s | vs untraced: median paired ratio (min–max) | events delivered | drops | leaks made → reported | agent CPU per event, while the load ran | agent CPU per event, whole run | agent peak RSS |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for config in run.configs.iter().copied() {
         let rows = run.rounds(config);
         let churn = spread(rows.iter().map(|r| r.churn_per_second));
@@ -314,13 +335,12 @@ fn render_churn(out: &mut String, run: &Run) {
         );
         let _ = writeln!(
             out,
-            "| {} | {} | {ratio} | {} | {drops} | {leaks} | {} | {} |",
+            "| {} | {} | {ratio} | {} | {drops} | {leaks} | {} | {} | {} |",
             config.name(),
             show(churn, 1.0, 0),
             show(events, 1.0, 0),
-            show(run.agent_ns_per_event(config), 1.0, 0)
-                .replace(" (", " ns (")
-                .replace(')', " ns)"),
+            ns_spread(run.agent_ns_per_event_under_load(config)),
+            ns_spread(run.agent_ns_per_event(config)),
             show(rss, 1024.0, 1).replace(" (", " MiB ("),
         );
     }

@@ -169,18 +169,39 @@ fn start(bench: &Bench, config: Config, seconds: u64) -> Result<Option<Running>>
         .transpose()
 }
 
+/// A running process's CPU so far: user and system time of every thread,
+/// exited ones included (clock-tick resolution).
+fn cpu_so_far(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command, field 2, may hold spaces and parentheses: fields 3 on
+    // follow its last ')'. utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
 pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<Round> {
     let tracer = start(bench, config, bench.timing.trace_seconds())?;
     let mut round = Round {
         cycle,
         ..Round::default()
     };
+    let pid = tracer.as_ref().map(|t| match t {
+        Running::Tcptrace(tracer) => tracer.pid(),
+        Running::Peer(peer) => peer.pid(),
+    });
+    let load_began = pid.and_then(cpu_so_far);
     let mut exited = None;
     let churned = churn(bench, bench.timing.churn, |_| {
         let (bytes, recvs) = bulk(bench)?;
         round.bulk_bytes_per_second = bytes;
         round.recvs_per_second = recvs;
         round.syscalls_per_second = syscalls(bench)?;
+        if let (Some(began), Some(ended)) = (load_began, pid.and_then(cpu_so_far)) {
+            round.agent_cpu_under_load = Some(ended.saturating_sub(began));
+        }
         exited = match tracer {
             None => None,
             Some(Running::Peer(peer)) => Some(Exited::Peer(peer.stop()?)),
