@@ -7,7 +7,7 @@
 //! task that happened to be on the CPU), tested without root.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     net::SocketAddr,
     time::Duration,
 };
@@ -24,6 +24,11 @@ use crate::{
 /// sockets that went there are kept a little longer so a table dump taken
 /// just before the kernel drops them still finds them.
 const TIME_WAIT_MEMORY: Duration = Duration::from_secs(65);
+/// TIME_WAIT owners are kept in generations of this span, and a generation
+/// is dropped whole once its newest owner is past `TIME_WAIT_MEMORY`: no
+/// owner is removed one by one, on a path that sees every closing client.
+/// An owner is thus kept up to one span longer than `TIME_WAIT_MEMORY`.
+const TIME_WAIT_GENERATION: Duration = Duration::from_secs(16);
 /// Bounds on what is remembered, so a host with unbounded churn cannot grow
 /// the agent without limit. Past them, entries are not added (and counted).
 const MAX_TIME_WAIT_OWNERS: usize = 1 << 18;
@@ -108,9 +113,9 @@ pub struct Activity {
     destinations: HashMap<(u32, SocketAddr), ConnectCounts>,
     live: foldhash::HashMap<u64, LiveSocket>,
     /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
-    /// table's TIME_WAIT entries are attributed through the cookie.
-    time_wait_owners: foldhash::HashMap<u64, (Process, u64)>,
-    time_wait_order: VecDeque<(u64, u64)>,
+    /// table's TIME_WAIT entries are attributed through the cookie. Oldest
+    /// generation first, each with the time it began.
+    time_wait_owners: VecDeque<(u64, foldhash::HashMap<u64, Process>)>,
     /// Entries not remembered because a bound was reached.
     pub dropped_entries: u64,
 }
@@ -189,39 +194,61 @@ impl Activity {
         } else if t.cookie == 0 {
             // A new child before the kernel gave it a cookie: its own
             // transitions follow under its real one.
-        } else if self.live.len() < MAX_LIVE_SOCKETS || self.live.contains_key(&t.cookie) {
-            self.live.insert(
-                t.cookie,
-                LiveSocket {
-                    owner: owner.cloned(),
-                    state: new,
-                    since_ns: t.timestamp_ns,
-                },
-            );
         } else {
-            self.dropped_entries += 1;
+            let full = self.live.len() >= MAX_LIVE_SOCKETS;
+            let socket = LiveSocket {
+                owner: owner.cloned(),
+                state: new,
+                since_ns: t.timestamp_ns,
+            };
+            match self.live.entry(t.cookie) {
+                Entry::Occupied(mut entry) => *entry.get_mut() = socket,
+                Entry::Vacant(entry) if !full => {
+                    entry.insert(socket);
+                }
+                Entry::Vacant(_) => self.dropped_entries += 1,
+            }
         }
     }
 
     fn remember_time_wait(&mut self, cookie: u64, process: Process, at_ns: u64) {
-        self.expire_time_wait(at_ns);
-        if self.time_wait_owners.len() >= MAX_TIME_WAIT_OWNERS {
+        let span = TIME_WAIT_GENERATION.as_nanos() as u64;
+        if self
+            .time_wait_owners
+            .back()
+            .is_none_or(|(began, _)| at_ns.saturating_sub(*began) >= span)
+        {
+            self.expire_time_wait(at_ns);
+            // Sized like the last one: no growth, one rehash after another,
+            // while the churn goes on at the same rate.
+            let capacity = self.time_wait_owners.back().map_or(0, |(_, g)| g.len());
+            let mut generation = foldhash::HashMap::default();
+            generation.reserve(capacity);
+            self.time_wait_owners.push_back((at_ns, generation));
+        }
+        if self.time_wait_owner_count() >= MAX_TIME_WAIT_OWNERS {
             self.dropped_entries += 1;
             return;
         }
-        self.time_wait_owners.insert(cookie, (process, at_ns));
-        self.time_wait_order.push_back((at_ns, cookie));
+        if let Some((_, newest)) = self.time_wait_owners.back_mut() {
+            newest.insert(cookie, process);
+        }
     }
 
-    /// Forgets TIME_WAIT owners the kernel has dropped by `now_ns`.
+    fn time_wait_owner_count(&self) -> usize {
+        self.time_wait_owners.iter().map(|(_, g)| g.len()).sum()
+    }
+
+    /// Forgets the TIME_WAIT owners the kernel has dropped by `now_ns`: the
+    /// generations whose newest owner is older than `TIME_WAIT_MEMORY`.
     pub fn expire_time_wait(&mut self, now_ns: u64) {
-        let memory = TIME_WAIT_MEMORY.as_nanos() as u64;
-        while let Some(&(at_ns, cookie)) = self.time_wait_order.front() {
-            if now_ns.saturating_sub(at_ns) < memory {
-                break;
-            }
-            self.time_wait_order.pop_front();
-            self.time_wait_owners.remove(&cookie);
+        let keep = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64;
+        while self
+            .time_wait_owners
+            .front()
+            .is_some_and(|(began, _)| now_ns.saturating_sub(*began) >= keep)
+        {
+            self.time_wait_owners.pop_front();
         }
     }
 
@@ -256,7 +283,7 @@ impl Activity {
             table("live_sockets", self.live.len(), Some(MAX_LIVE_SOCKETS)),
             table(
                 "time_wait_owners",
-                self.time_wait_owners.len(),
+                self.time_wait_owner_count(),
                 Some(MAX_TIME_WAIT_OWNERS),
             ),
         ]
@@ -290,7 +317,11 @@ impl Activity {
     pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
         match self.live.get(&cookie) {
             Some(socket) => socket.owner.as_ref(),
-            None => self.time_wait_owners.get(&cookie).map(|(p, _)| p),
+            None => self
+                .time_wait_owners
+                .iter()
+                .rev()
+                .find_map(|(_, generation)| generation.get(&cookie)),
         }
     }
 }
@@ -383,10 +414,32 @@ mod tests {
             )]
         );
 
-        activity.expire_time_wait(1_000_000_000 + TIME_WAIT_MEMORY.as_nanos() as u64 - 1);
+        // Kept for TIME_WAIT's whole length, and gone one generation later.
+        let seen = 1_000_000_000;
+        activity.expire_time_wait(seen + TIME_WAIT_MEMORY.as_nanos() as u64);
         assert!(activity.owner_of(1).is_some());
-        activity.expire_time_wait(1_000_000_000 + TIME_WAIT_MEMORY.as_nanos() as u64);
+        activity
+            .expire_time_wait(seen + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
         assert!(activity.owner_of(1).is_none());
+    }
+
+    #[test]
+    fn time_wait_owners_are_forgotten_a_generation_at_a_time() {
+        let mut activity = Activity::new();
+        let client = Some((10, "client"));
+        let db = "10.0.0.5:5432";
+        let generation_s = TIME_WAIT_GENERATION.as_secs();
+        activity.observe(&step(1, 1, FinWait2, Close, client, db));
+        activity.observe(&step(2, 2, FinWait2, Close, client, db));
+        activity.observe(&step(3, 1 + generation_s, FinWait2, Close, client, db));
+        assert_eq!(activity.time_wait_owners.len(), 2);
+        let keep_s = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_secs();
+        activity.expire_time_wait((1 + keep_s) * 1_000_000_000);
+        // The first generation went whole, the second stays.
+        assert!(activity.owner_of(1).is_none());
+        assert!(activity.owner_of(2).is_none());
+        assert_eq!(activity.owner_of(3).map(|p| p.tgid), Some(10));
+        assert_eq!(activity.occupancy()[3].entries, 1);
     }
 
     #[test]
