@@ -11,23 +11,20 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{
-    host::inet_diag_walk::parse_message,
+    host::inet_diag_walk::{
+        AF_INET, AF_INET6, HEADER_LEN, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, messages,
+        parse_message,
+    },
     host::sockdiag::{SockDiagError, open, receive},
     model::kernel_socket::KernelSocket,
 };
 
 /// `SOCK_DIAG_BY_FAMILY`.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const HEADER_LEN: usize = 16;
 /// `struct inet_diag_req_v2`: family, protocol, extensions, padding, the
 /// state bits and a 48-byte socket id.
 const REQUEST_LEN: usize = 8 + 48;
 const IPPROTO_TCP: u8 = 6;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 /// Requests per datagram. Each answer is an skb of about a kilobyte or two
 /// until read; 32 of them fit the default receive buffer with room to spare.
 const BATCH: usize = 32;
@@ -94,42 +91,6 @@ pub(crate) fn look_up_tcp(
         }
     }
     Ok(lookup)
-}
-
-/// One netlink message of a datagram: (type, sequence, body).
-type Message<'a> = (u16, u32, &'a [u8]);
-
-/// The netlink messages of one datagram.
-fn messages(datagram: &[u8]) -> Result<Vec<Message<'_>>, SockDiagError> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while offset + HEADER_LEN <= datagram.len() {
-        let at = |i: usize| {
-            u32::from_ne_bytes([
-                datagram[i],
-                datagram[i + 1],
-                datagram[i + 2],
-                datagram[i + 3],
-            ])
-        };
-        let length = at(offset) as usize;
-        if length < HEADER_LEN || offset + length > datagram.len() {
-            return Err(SockDiagError::Decode(format!(
-                "netlink message of {length} bytes at {offset} in a reply of {}",
-                datagram.len()
-            )));
-        }
-        let kind = u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]);
-        let sequence = at(offset + 8);
-        out.push((
-            kind,
-            sequence,
-            &datagram[offset + HEADER_LEN..offset + length],
-        ));
-        // Messages are 4-byte aligned.
-        offset += (length + 3) & !3;
-    }
-    Ok(out)
 }
 
 /// An exact request (no dump flag) for one socket, every state.
@@ -207,30 +168,5 @@ mod tests {
         assert_eq!(id[19], 1);
         assert_eq!(&id[20..22], &[0xfe, 0x80]);
         assert_eq!(id[35], 2);
-    }
-
-    #[test]
-    fn a_datagram_splits_into_aligned_messages_and_a_torn_one_is_an_error() {
-        let mut datagram = Vec::new();
-        for (kind, sequence, body_len) in [(NLMSG_ERROR, 3u32, 5usize), (20, 4, 8)] {
-            let length = (HEADER_LEN + body_len) as u32;
-            datagram.extend_from_slice(&length.to_ne_bytes());
-            datagram.extend_from_slice(&kind.to_ne_bytes());
-            datagram.extend_from_slice(&[0, 0]);
-            datagram.extend_from_slice(&sequence.to_ne_bytes());
-            datagram.extend_from_slice(&[0; 4]);
-            datagram.extend(std::iter::repeat_n(9u8, body_len));
-            while datagram.len() % 4 != 0 {
-                datagram.push(0);
-            }
-        }
-        let split = messages(&datagram).unwrap();
-        assert_eq!(split.len(), 2);
-        assert_eq!(
-            (split[0].0, split[0].1, split[0].2.len()),
-            (NLMSG_ERROR, 3, 5)
-        );
-        assert_eq!((split[1].0, split[1].1, split[1].2.len()), (20, 4, 8));
-        assert!(messages(&datagram[..datagram.len() - 4]).is_err());
     }
 }

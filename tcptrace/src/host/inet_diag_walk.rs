@@ -21,18 +21,18 @@ use crate::{
 
 /// `TCPDIAG_GETSOCK`: the request whose dump covers every family.
 const TCPDIAG_GETSOCK: u16 = 18;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
-const HEADER_LEN: usize = 16;
+pub(crate) const HEADER_LEN: usize = 16;
 /// `struct inet_diag_req`: family, lengths, extensions, a 48-byte socket
 /// id, the state bits and `idiag_dbs`.
 const REQUEST_LEN: usize = 4 + 48 + 4 + 4;
 /// `struct inet_diag_msg`.
 const MESSAGE_LEN: usize = 72;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+pub(crate) const AF_INET: u8 = 2;
+pub(crate) const AF_INET6: u8 = 10;
 
 /// What a walk found, or that the kernel refused the request (then the
 /// caller asks per family).
@@ -57,16 +57,7 @@ pub(crate) fn walk_tcp(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let size = receive(socket, &mut buf)?;
-        let mut offset = 0;
-        while offset + HEADER_LEN <= size {
-            let length = u32_at(&buf, offset) as usize;
-            let kind = u16::from_ne_bytes([buf[offset + 4], buf[offset + 5]]);
-            if length < HEADER_LEN || offset + length > size {
-                return Err(SockDiagError::Decode(format!(
-                    "netlink message of {length} bytes at {offset} in a reply of {size}"
-                )));
-            }
-            let body = &buf[offset + HEADER_LEN..offset + length];
+        for (kind, _, body) in messages(&buf[..size])? {
             match kind {
                 NLMSG_DONE => return Ok(Walk::Sockets(sockets)),
                 NLMSG_ERROR => {
@@ -79,10 +70,36 @@ pub(crate) fn walk_tcp(
                 }
                 _ => {}
             }
-            // Messages are 4-byte aligned.
-            offset += (length + 3) & !3;
         }
     }
+}
+
+/// One netlink message of a datagram: (type, sequence, body).
+type Message<'a> = (u16, u32, &'a [u8]);
+
+/// The netlink messages of one datagram.
+pub(crate) fn messages(datagram: &[u8]) -> Result<Vec<Message<'_>>, SockDiagError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + HEADER_LEN <= datagram.len() {
+        let length = u32_at(datagram, offset) as usize;
+        if length < HEADER_LEN || offset + length > datagram.len() {
+            return Err(SockDiagError::Decode(format!(
+                "netlink message of {length} bytes at {offset} in a reply of {}",
+                datagram.len()
+            )));
+        }
+        let kind = u16::from_ne_bytes([datagram[offset + 4], datagram[offset + 5]]);
+        let sequence = u32_at(datagram, offset + 8);
+        out.push((
+            kind,
+            sequence,
+            &datagram[offset + HEADER_LEN..offset + length],
+        ));
+        // Messages are 4-byte aligned.
+        offset += (length + 3) & !3;
+    }
+    Ok(out)
 }
 
 fn request(states: u32) -> Vec<u8> {
@@ -211,5 +228,30 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([packet[4], packet[5]]), TCPDIAG_GETSOCK);
         assert_eq!(packet[HEADER_LEN], 0, "AF_UNSPEC");
         assert_eq!(u32_at(&packet, HEADER_LEN + 52), 1 << 8);
+    }
+
+    #[test]
+    fn a_datagram_splits_into_aligned_messages_and_a_torn_one_is_an_error() {
+        let mut datagram = Vec::new();
+        for (kind, sequence, body_len) in [(NLMSG_ERROR, 3u32, 5usize), (20, 4, 8)] {
+            let length = (HEADER_LEN + body_len) as u32;
+            datagram.extend_from_slice(&length.to_ne_bytes());
+            datagram.extend_from_slice(&kind.to_ne_bytes());
+            datagram.extend_from_slice(&[0, 0]);
+            datagram.extend_from_slice(&sequence.to_ne_bytes());
+            datagram.extend_from_slice(&[0; 4]);
+            datagram.extend(std::iter::repeat_n(9u8, body_len));
+            while datagram.len() % 4 != 0 {
+                datagram.push(0);
+            }
+        }
+        let split = messages(&datagram).unwrap();
+        assert_eq!(split.len(), 2);
+        assert_eq!(
+            (split[0].0, split[0].1, split[0].2.len()),
+            (NLMSG_ERROR, 3, 5)
+        );
+        assert_eq!((split[1].0, split[1].1, split[1].2.len()), (20, 4, 8));
+        assert!(messages(&datagram[..datagram.len() - 4]).is_err());
     }
 }
