@@ -11,6 +11,7 @@ use std::{
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
 use netlink_packet_core::{
@@ -225,6 +226,9 @@ fn enter_namespace(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long one receive on a sock_diag socket may wait.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Set once the kernel refuses the one-walk request.
 static PER_FAMILY_ONLY: AtomicBool = AtomicBool::new(false);
 
@@ -263,6 +267,26 @@ pub(crate) fn open() -> Result<Socket, SockDiagError> {
     socket
         .connect(&NetlinkAddr::new(0, 0))
         .map_err(io("connect"))?;
+    // The kernel answers within the send (lookups) or the receive (dumps),
+    // so a receive never waits on it; should an answer ever be lost, the
+    // read fails after this instead of stalling every later host read.
+    let timeout = libc::timeval {
+        tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid socket fd and a timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(io("setsockopt")(std::io::Error::last_os_error()));
+    }
     Ok(socket)
 }
 
