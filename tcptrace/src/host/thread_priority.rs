@@ -1,10 +1,10 @@
 //! The agent's background threads yield the CPU to the host's own work.
 //!
 //! Unwinding, symbolization (whose first stack of a binary inflates its
-//! compressed DWARF, a few hundred milliseconds once) and host reads can all
+//! compressed DWARF, tens of milliseconds once) and host reads can all
 //! wait: their results are needed by the next report, not by the next event.
 //! On a saturated host they should not take their share from the service
-//! being debugged. The thread that drains the ring buffer keeps the default
+//! being debugged. The thread that drains the ring buffer keeps the agent's
 //! priority, so that events are not dropped.
 
 /// Nice 10: under full contention such a thread gets about a tenth of a
