@@ -226,6 +226,14 @@ impl Activity {
             generation.reserve(capacity);
             self.time_wait_owners.push_back((at_ns, generation));
         }
+        if self.time_wait_owner_count() >= MAX_TIME_WAIT_OWNERS && self.time_wait_owners.len() > 1 {
+            // Full: the oldest owners go first. Their minisocks are the
+            // first the kernel drops, and a table read still lists the
+            // newest ones for up to a minute.
+            if let Some((_, oldest)) = self.time_wait_owners.pop_front() {
+                self.dropped_entries += oldest.len() as u64;
+            }
+        }
         if self.time_wait_owner_count() >= MAX_TIME_WAIT_OWNERS {
             self.dropped_entries += 1;
             return;
@@ -440,6 +448,29 @@ mod tests {
         assert!(activity.owner_of(2).is_none());
         assert_eq!(activity.owner_of(3).map(|p| p.tgid), Some(10));
         assert_eq!(activity.occupancy()[3].entries, 1);
+    }
+
+    #[test]
+    fn a_full_table_of_time_wait_owners_forgets_the_oldest_generation_first() {
+        let mut activity = Activity::new();
+        let process = Process {
+            tgid: 10,
+            comm: Comm::default(),
+        };
+        let second = 1_000_000_000;
+        let old = MAX_TIME_WAIT_OWNERS as u64 - 10;
+        for cookie in 1..=old {
+            activity.remember_time_wait(cookie, process.clone(), second);
+        }
+        let later = second + TIME_WAIT_GENERATION.as_nanos() as u64;
+        for cookie in old + 1..=old + 20 {
+            activity.remember_time_wait(cookie, process.clone(), later);
+        }
+        // The older generation made room for the newer owners.
+        assert!(activity.owner_of(1).is_none());
+        assert!(activity.owner_of(old + 20).is_some());
+        assert_eq!(activity.time_wait_owner_count(), 20);
+        assert_eq!(activity.dropped_entries, old);
     }
 
     #[test]
