@@ -88,9 +88,8 @@ pub(crate) struct Monitor {
     /// While that count stands, the events say which sockets are in
     /// CLOSE_WAIT, and the table is asked about those alone.
     lost_at_whole_read: Option<u64>,
-    /// The read under way: the events lost when it was asked for, and
-    /// whether it reads the whole table's CLOSE_WAIT sockets.
-    pending_read: Option<(u64, bool)>,
+    /// The events lost when the read under way was asked for.
+    pending_lost: Option<u64>,
 }
 
 impl Monitor {
@@ -111,7 +110,7 @@ impl Monitor {
             told_walk_failed: false,
             copies_read_at: None,
             lost_at_whole_read: None,
-            pending_read: None,
+            pending_lost: None,
         })
     }
 
@@ -210,10 +209,7 @@ impl Monitor {
         let lookups = (states == [TcpState::CloseWait] && self.lost_at_whole_read == Some(lost))
             .then(|| self.close_wait_lookups())
             .flatten();
-        self.pending_read = Some((
-            lost,
-            lookups.is_none() && states.contains(&TcpState::CloseWait),
-        ));
+        self.pending_lost = Some(lost);
         match lookups {
             Some(lookups) => HostRequest {
                 lookups: Some(lookups),
@@ -275,7 +271,7 @@ impl Monitor {
                     namespace.inode
                 );
             }
-            let pending = self.pending_read.take();
+            let pending_lost = self.pending_lost.take();
             if let Some(missed) = read.lookups_missed {
                 let all_close_wait = self.tracker.confirm_close_wait(&table.sockets);
                 self.health.table_lookups += 1;
@@ -299,7 +295,8 @@ impl Monitor {
                     read.started_ns,
                     startup,
                 );
-                if let Some((lost, true)) = pending
+                // Every table read covers CLOSE_WAIT (`host_request`).
+                if let Some(lost) = pending_lost
                     && table.is_complete()
                 {
                     self.lost_at_whole_read = Some(lost);
@@ -652,7 +649,7 @@ mod tests {
                 .map(|l| l.len()),
             Some(1)
         );
-        monitor.pending_read = None;
+        monitor.pending_lost = None;
 
         // One event lost: the whole table again, and only a complete whole
         // read makes lookups trusted again.
@@ -710,7 +707,7 @@ mod tests {
         let every_state = monitor.leaks_request(0, &[Established, CloseWait]);
         assert!(every_state.lookups.is_none());
         assert_eq!(every_state.states.len(), 2);
-        monitor.pending_read = None;
+        monitor.pending_lost = None;
 
         // A CLOSE_WAIT event without a namespace (a kernel whose BTF lacks it).
         monitor.handle_record(event(2, 3, Established, CloseWait));
