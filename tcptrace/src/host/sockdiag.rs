@@ -158,12 +158,7 @@ pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, usize)
             continue;
         };
         let read = |namespace: NetNamespace| look_up_tcp(&queries, namespace.inode);
-        let result = if Some(inode) == own {
-            read(namespace)
-        } else {
-            in_namespace(namespace, &read)
-        };
-        match result {
+        match in_namespace(namespace, own, &read) {
             Ok(lookup) => {
                 missed += lookup.missed;
                 table.sockets.extend(lookup.found);
@@ -187,21 +182,20 @@ pub fn in_each_namespace<T: Send>(
     let own = own_net_namespace();
     Ok(net_namespaces()?
         .into_iter()
-        .map(|namespace| {
-            let result = if Some(namespace.inode) == own {
-                read(namespace)
-            } else {
-                in_namespace(namespace, &read)
-            };
-            (namespace, result)
-        })
+        .map(|namespace| (namespace, in_namespace(namespace, own, &read)))
         .collect())
 }
 
+/// Runs `read` in `namespace`: on this thread when it is `own`, this
+/// thread's namespace, otherwise on a short-lived thread that enters it.
 fn in_namespace<T: Send>(
     namespace: NetNamespace,
+    own: Option<u64>,
     read: &(impl Fn(NetNamespace) -> Result<T, SockDiagError> + Sync),
 ) -> Result<T, SockDiagError> {
+    if Some(namespace.inode) == own {
+        return read(namespace);
+    }
     let path = format!("/proc/{}/ns/net", namespace.pid);
     std::thread::scope(|scope| {
         scope
