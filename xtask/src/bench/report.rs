@@ -50,20 +50,19 @@ impl Run<'_> {
             .map_or(f64::NAN, |s| s.median)
     }
 
-    /// Over the whole run, start-up and final report included.
-    fn agent_ns_per_event(&self, config: Config) -> Option<Spread> {
+    /// The agent's CPU per event, from the CPU `cpu` picks of each round:
+    /// `agent_cpu` (the whole run, start-up and final report included) or
+    /// `agent_cpu_under_load` (what each event costs once it runs).
+    fn agent_ns_per_event(
+        &self,
+        config: Config,
+        cpu: impl Fn(&Round) -> Option<Duration>,
+    ) -> Option<Spread> {
         spread(
             self.rounds(config)
                 .iter()
-                .filter_map(|r| Some(r.agent_cpu?.as_nanos() as f64 / r.events?.max(1) as f64)),
+                .filter_map(|r| Some(cpu(r)?.as_nanos() as f64 / r.events?.max(1) as f64)),
         )
-    }
-
-    /// While the load ran: what each event costs the agent once it runs.
-    fn agent_ns_per_event_under_load(&self, config: Config) -> Option<Spread> {
-        spread(self.rounds(config).iter().filter_map(|r| {
-            Some(r.agent_cpu_under_load?.as_nanos() as f64 / r.events?.max(1) as f64)
-        }))
     }
 
     /// ns per run of `program` in the bpf_stats run of `config`.
@@ -141,7 +140,7 @@ fn render_targets(out: &mut String, run: &Run) {
     // Judged while the load ran: start-up is paid once per agent, not per
     // event. The whole run's figure is shown beside it.
     let agent_row = |config: Config, target: f64| {
-        let measured = run.agent_ns_per_event_under_load(config);
+        let measured = run.agent_ns_per_event(config, |r| r.agent_cpu_under_load);
         let met = measured.as_ref().is_some_and(|s| s.median <= target);
         (
             format!(
@@ -151,7 +150,7 @@ fn render_targets(out: &mut String, run: &Run) {
             format!(
                 "{}; over the whole run, start-up and final report included: {}",
                 ns_spread(measured),
-                ns_spread(run.agent_ns_per_event(config)),
+                ns_spread(run.agent_ns_per_event(config, |r| r.agent_cpu)),
             ),
             met,
         )
@@ -339,8 +338,8 @@ fn render_churn(out: &mut String, run: &Run) {
             config.name(),
             show(churn, 1.0, 0),
             show(events, 1.0, 0),
-            ns_spread(run.agent_ns_per_event_under_load(config)),
-            ns_spread(run.agent_ns_per_event(config)),
+            ns_spread(run.agent_ns_per_event(config, |r| r.agent_cpu_under_load)),
+            ns_spread(run.agent_ns_per_event(config, |r| r.agent_cpu)),
             show(rss, 1024.0, 1).replace(" (", " MiB ("),
         );
     }
