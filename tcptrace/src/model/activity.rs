@@ -30,7 +30,8 @@ const TIME_WAIT_MEMORY: Duration = Duration::from_secs(65);
 /// An owner is thus kept up to one span longer than `TIME_WAIT_MEMORY`.
 const TIME_WAIT_GENERATION: Duration = Duration::from_secs(16);
 /// Bounds on what is remembered, so a host with unbounded churn cannot grow
-/// the agent without limit. Past them, entries are not added (and counted).
+/// the agent without limit. Past them, entries are not added, or for
+/// TIME_WAIT owners the oldest generation is forgotten early (and counted).
 const MAX_TIME_WAIT_OWNERS: usize = 1 << 18;
 const MAX_DESTINATIONS: usize = 16384;
 const MAX_LIVE_SOCKETS: usize = 1 << 20;
@@ -116,7 +117,8 @@ pub struct Activity {
     /// table's TIME_WAIT entries are attributed through the cookie. Oldest
     /// generation first, each with the time it began.
     time_wait_owners: VecDeque<(u64, foldhash::HashMap<u64, Process>)>,
-    /// Entries not remembered because a bound was reached.
+    /// Entries not remembered, or forgotten early, because a bound was
+    /// reached.
     pub dropped_entries: u64,
 }
 
@@ -248,7 +250,7 @@ impl Activity {
     }
 
     /// Forgets the TIME_WAIT owners the kernel has dropped by `now_ns`: the
-    /// generations whose newest owner is older than `TIME_WAIT_MEMORY`.
+    /// generations whose span ended more than `TIME_WAIT_MEMORY` ago.
     pub fn expire_time_wait(&mut self, now_ns: u64) {
         let keep = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64;
         while self
