@@ -466,7 +466,7 @@ fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
         ),
         (
             "tcptrace_map_insert_failures",
-            "Failed inserts into the probe's maps and the agent's bounded tables",
+            "Failed inserts into the probe's maps and the agent's bounded tables, and entries a full table forgot early",
             totals.map_insert_failures,
         ),
         (
