@@ -80,6 +80,12 @@ pub struct Suspect {
 }
 
 impl Suspect {
+    /// What the kernel's table says of it: its file's inode and namespace.
+    fn learn(&mut self, socket: &KernelSocket) {
+        self.inode = (socket.inode != 0).then_some(socket.inode);
+        self.netns_inode = Some(socket.netns_inode);
+    }
+
     pub fn age(&self, now_ns: u64) -> Duration {
         Duration::from_nanos(now_ns.saturating_sub(self.since_ns))
     }
@@ -230,10 +236,7 @@ impl LeakTracker {
 
         for (cookie, socket) in in_kernel {
             match self.suspects.get_mut(&cookie) {
-                Some(suspect) => {
-                    suspect.inode = (socket.inode != 0).then_some(socket.inode);
-                    suspect.netns_inode = Some(socket.netns_inode);
-                }
+                Some(suspect) => suspect.learn(socket),
                 None => {
                     let provenance = if startup {
                         Provenance::PreExisting
@@ -274,8 +277,7 @@ impl LeakTracker {
             if let Some(suspect) = self.suspects.get_mut(&socket.cookie)
                 && suspect.kind == LeakKind::CloseWait
             {
-                suspect.inode = (socket.inode != 0).then_some(socket.inode);
-                suspect.netns_inode = Some(socket.netns_inode);
+                suspect.learn(socket);
             }
         }
         all_close_wait
