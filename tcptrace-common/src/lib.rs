@@ -207,7 +207,10 @@ const _: () = assert!(core::mem::size_of::<TransitionRecord>() == TRANSITION_REC
 const _: () = assert!(core::mem::align_of::<TransitionRecord>() == 8);
 
 /// The kernel destroyed a TCP socket (`tcp:tcp_destroy_sock`): no fd or
-/// kernel reference is left. Sent only when the agent asks for it (leak mode).
+/// kernel reference is left. Sent only in leak mode, and only for a socket
+/// that moved to CLOSE while a file still referred to it (the one kind of
+/// suspicion a destruction ends): any other socket's CLOSE record, whose
+/// `socket_inode` is 0, already says that nothing will report it again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DestroyedRecord {
@@ -350,7 +353,9 @@ pub enum Counter {
     FilteredInKernel = 3,
     /// A kernel read of the socket failed: the transition was dropped.
     SocketReadFailed = 4,
-    /// The ring buffer was full: a socket-destroyed record was dropped.
+    /// A socket-destroyed record was dropped: the ring buffer was full, or
+    /// the socket's storage, which marks a socket closed while held, could
+    /// not be allocated at its CLOSE.
     DestroyedReserveFailed = 5,
     /// The ring buffer was full: a stack record was dropped.
     StackReserveFailed = 6,

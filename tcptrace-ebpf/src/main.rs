@@ -41,7 +41,7 @@ use socket_storage::{
     STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, count_repeated_eof_read, current_task,
     forget_eof_reads, remember_owner, socket_state, track_owner,
 };
-use stacks::{forget_stack_copies, has_stack_copy, take_stack};
+use stacks::{forget_stack_copies, forget_stack_copies_at_close, has_stack_copy, take_stack};
 
 use tcptrace_common::{
     COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_FULL,
@@ -203,6 +203,13 @@ fn record_transition(
         forget_eof_reads(cookie);
     }
     let owner = track_owner(sk, old_state, new_state);
+    let inode = if new_state == CLOSE && config!(read_socket_inode) != 0 {
+        let inode = read_socket_inode(sk);
+        settle_closed_socket(sk, cookie, inode);
+        inode
+    } else {
+        0
+    };
 
     if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
@@ -213,7 +220,6 @@ fn record_transition(
         count(Counter::RingReserveFailed);
         return Ok(None);
     };
-    let wants_inode = new_state == CLOSE && config!(read_socket_inode) != 0;
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points to a reserved, exclusively owned ring-buffer slot
     // of the right size; every field is written before submit because the
@@ -245,11 +251,6 @@ fn record_transition(
             0
         };
         addr_of_mut!((*record).netns_inode).write(netns);
-        let inode = if wants_inode {
-            read_socket_inode(sk)
-        } else {
-            0
-        };
         addr_of_mut!((*record).socket_inode).write(inode);
         read_addresses(sk, family, record)
     };
@@ -289,24 +290,42 @@ fn is_filtered_out(
     false
 }
 
-/// Leak mode only: tells the agent a socket is gone for good, which ends a
-/// closed-but-held suspicion without scanning every process's fds.
+/// Leak mode, at a move to CLOSE, whether or not the transition is then
+/// recorded. A socket no file refers to any more can never be reported
+/// again: its stack copies go now, and its destruction needs no record. One
+/// a file still holds is marked, so that its destruction, which ends its
+/// closed-but-held suspicion, is recorded: only such sockets (a RST while
+/// the application holds the fd, SO_LINGER 0) pay for a storage.
+fn settle_closed_socket(sk: *const u8, cookie: u64, inode: u64) {
+    if inode == 0 {
+        forget_stack_copies_at_close(sk, cookie);
+        return;
+    }
+    match socket_state(sk, true) {
+        Some(state) => state.closed_with_file = 1,
+        // Its destroy record will not be sent: counted as lost, so the
+        // suspicion is then ended by a holder scan, as for a full ring.
+        None => count(Counter::DestroyedReserveFailed),
+    }
+}
+
+/// Leak mode only: tells the agent that a socket closed while a file held
+/// it is gone for good, which ends its suspicion without scanning every
+/// process's fds. Every other socket was settled at its move to CLOSE, so
+/// this runs for every socket and returns at once for nearly all.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
+    let Some(state) = socket_state(sk, false) else {
+        return 0;
+    };
+    if state.closed_with_file == 0 {
+        return 0;
+    }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    // Without stacks there is no copy to delete: skip the lookups.
-    match config!(stack_level) {
-        STACKS_OFF => {}
-        level => {
-            let full_taken = if level == STACKS_FULL {
-                socket_state(sk, false).map_or(0, |state| state.stacks_taken)
-            } else {
-                0
-            };
-            forget_stack_copies(cookie, full_taken);
-        }
+    if config!(stack_level) != STACKS_OFF {
+        forget_stack_copies(cookie, state.stacks_taken);
     }
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
         count(Counter::DestroyedReserveFailed);

@@ -26,6 +26,9 @@ pub(crate) struct SocketState {
     /// STACK_TAKEN_* bits of the stacks taken only with full stacks (an EOF
     /// copy is its own mark: see `sock_recv_length`).
     pub(crate) stacks_taken: u32,
+    /// 1 once the socket moved to CLOSE while a file still referred to it:
+    /// its destruction is then recorded (see `tcp_destroy_sock`).
+    pub(crate) closed_with_file: u32,
 }
 
 #[btf_map]

@@ -13,13 +13,14 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     Counter, RecordKind, STACK_COPY_BYTES, STACK_COPY_NOT_STORED, STACK_COPY_PAGE,
-    STACK_COPY_PAGES, STACK_COPY_UNREADABLE, StackCopy, StackCopyKey, StackKind, StackRecord,
+    STACK_COPY_PAGES, STACK_COPY_UNREADABLE, STACKS_FULL, STACKS_OFF, StackCopy, StackCopyKey,
+    StackKind, StackRecord,
 };
 
 use crate::{
     EVENTS, count,
     kernel_read::load_field,
-    socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, current_tgid},
+    socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, current_tgid, socket_state},
     wakeup_flag,
 };
 
@@ -145,7 +146,18 @@ pub(crate) fn has_stack_copy(cookie: u64, kind: StackKind) -> bool {
     unsafe { STACK_COPIES.get(key) }.is_some()
 }
 
-/// Deletes the stack copies a socket has, at its destruction: its EOF copy
+/// Deletes the stack copies of `sk`, which moved to CLOSE with no file
+/// left, so that nothing will ever ask for them.
+pub(crate) fn forget_stack_copies_at_close(sk: *const u8, cookie: u64) {
+    let full_taken = match config!(stack_level) {
+        STACKS_OFF => return,
+        STACKS_FULL => socket_state(sk, false).map_or(0, |state| state.stacks_taken),
+        _ => 0,
+    };
+    forget_stack_copies(cookie, full_taken);
+}
+
+/// Deletes the stack copies a socket has, once it cannot leak: its EOF copy
 /// if there is one, and those `full_taken` (STACK_TAKEN_* bits) says.
 pub(crate) fn forget_stack_copies(cookie: u64, full_taken: u32) {
     for (taken, kind) in [

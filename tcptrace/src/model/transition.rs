@@ -103,7 +103,8 @@ pub struct Transition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Transition(Transition),
-    /// The kernel freed the socket with this cookie.
+    /// The kernel freed the socket with this cookie, which had moved to
+    /// CLOSE while a file held it (the probe sends no other).
     Destroyed {
         cookie: u64,
     },

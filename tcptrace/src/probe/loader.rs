@@ -76,7 +76,7 @@ pub struct ProbeOptions {
     pub owner_tgid_filter: Option<u32>,
     pub port_filter: Option<u16>,
     /// Leak mode: the inode of a socket still held at CLOSE, and a record
-    /// when the kernel frees a socket (`tcp_destroy_sock`).
+    /// when the kernel frees such a socket (`tcp_destroy_sock`).
     pub track_closed_held: bool,
     pub stacks: StackLevel,
 }
@@ -353,8 +353,8 @@ impl Probe {
             _reserved: 0,
         };
         let copy = Box::new(self.stack_copies.get(&key, 0).ok()?);
-        // A copy still there when its socket is destroyed is deleted by the
-        // probe; here it only frees the slot sooner.
+        // A copy still there when its socket closes for good is deleted by
+        // the probe; here it only frees the slot sooner.
         let _ = self.stack_copies.remove(&key);
         Some(copy)
     }
