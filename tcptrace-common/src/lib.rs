@@ -270,7 +270,7 @@ pub const STACK_COPY_UNREADABLE: i32 = -1;
 /// `StackRecord::copy_status`: the copy map refused the insert.
 pub const STACK_COPY_NOT_STORED: i32 = -2;
 
-/// Page size: where a short stack ends, and the unit a copy falls back to.
+/// Page size: where a short stack ends, and the unit a copy is read by.
 pub const STACK_COPY_PAGE: usize = 4096;
 /// 8 KiB from the stack pointer up: twice the deepest handler measured
 /// (docs/STACKS.md), and half the bytes the copy used to read and store per
@@ -295,8 +295,8 @@ const _: () = assert!(core::mem::size_of::<StackCopyKey>() == 16);
 unsafe impl aya::Pod for StackCopyKey {}
 
 /// The user registers an unwinder starts from and the bytes of the user
-/// stack from `sp` up (from `sp`'s page where the stack ends within
-/// STACK_COPY_BYTES of `sp`): what `perf --call-graph dwarf` takes,
+/// stack from `sp` up (fewer where the stack ends within STACK_COPY_BYTES
+/// of `sp`): what `perf --call-graph dwarf` takes,
 /// so code built without frame pointers unwinds from its `.eh_frame`.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -307,7 +307,8 @@ pub struct StackCopy {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    /// The user address of `stack[0]`: `sp`, or the page holding it.
+    /// The user address of `stack[0]` (the probe starts the copy at `sp`;
+    /// the unwinder takes any base).
     pub base: u64,
     pub stack: [u8; STACK_COPY_BYTES],
 }

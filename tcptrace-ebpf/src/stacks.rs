@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     Counter, RecordKind, STACK_COPY_BYTES, STACK_COPY_NOT_STORED, STACK_COPY_PAGE,
-    STACK_COPY_PAGES, STACK_COPY_UNREADABLE, STACKS_FULL, STACKS_OFF, StackCopy, StackCopyKey,
-    StackKind, StackRecord,
+    STACK_COPY_UNREADABLE, STACKS_FULL, STACKS_OFF, StackCopy, StackCopyKey, StackKind,
+    StackRecord,
 };
 
 use crate::{
@@ -35,7 +35,16 @@ pub(crate) static STACK_COPIES: LruHashMap<StackCopyKey, StackCopy> =
 
 /// A copy is built here first: 8 KiB does not fit the program's stack.
 #[map]
-pub(crate) static STACK_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub(crate) struct StackScratch {
+    copy: StackCopy,
+    /// Never written at run time: the verifier cannot relate the last
+    /// read's offset to its length (their sum is at most STACK_COPY_BYTES),
+    /// so the buffer must hold the largest of each.
+    _spill: [u8; STACK_COPY_PAGE],
+}
 
 /// Copies the user registers and stack of the current syscall into
 /// STACK_COPIES for `cookie`, and tells the agent with a record. A copy
@@ -67,11 +76,11 @@ pub(crate) fn take_stack(cookie: u64, kind: StackKind) {
 
 /// 0, or a STACK_COPY_* failure.
 pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
-    let Some(copy) = STACK_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         return STACK_COPY_NOT_STORED;
     };
     // SAFETY: this CPU's scratch slot; the program does not nest on a CPU.
-    let copy = unsafe { &mut *copy };
+    let copy = unsafe { &mut (*scratch).copy };
     // SAFETY: the BTF pointer of the current task, whose saved user
     // registers are then read with checked probe reads.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
@@ -83,42 +92,40 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
         copy.bp = load_field::<u64>(regs, config!(regs_bp_offset));
         copy.sp = load_field::<u64>(regs, config!(regs_sp_offset));
     }
-    // One read from sp up: the bytes above sp are the frames, and one call
-    // costs less than one per page.
-    copy.base = copy.sp;
-    // SAFETY: a checked read of user memory into the scratch copy, which
-    // has STACK_COPY_BYTES.
-    let whole = unsafe {
-        bpf_probe_read_user(
-            copy.stack.as_mut_ptr() as *mut c_void,
-            STACK_COPY_BYTES as u32,
-            copy.sp as *const c_void,
-        )
-    } == 0;
-    if whole {
-        copy.len = STACK_COPY_BYTES as u32;
-    } else {
-        // The stack ends (at a page boundary) within STACK_COPY_BYTES of sp:
-        // whole pages from sp's own, up to the first that fails, reach it.
-        copy.base = copy.sp & !(STACK_COPY_PAGE as u64 - 1);
-        copy.len = 0;
-        for page in 0..STACK_COPY_PAGES {
-            let offset = page * STACK_COPY_PAGE;
-            let source = (copy.base + offset as u64) as *const c_void;
-            // SAFETY: a checked read of user memory into a page of the
-            // scratch copy, which has STACK_COPY_PAGES of them.
-            let failed = unsafe {
-                bpf_probe_read_user(
-                    copy.stack.as_mut_ptr().add(offset) as *mut c_void,
-                    STACK_COPY_PAGE as u32,
-                    source,
-                )
-            } != 0;
-            if failed {
-                break;
+    // The bytes above sp are the frames. Read by page, from sp to its
+    // page's end and then whole pages, so that where the stack ends within
+    // STACK_COPY_BYTES of sp (a thread near its stack's top: half the EOF
+    // reads of a thread-pool server) the read stops at the first page that
+    // fails. One 8 KiB read would copy up to the end, fail, zero all of it,
+    // and have to be read again.
+    let sp = copy.sp;
+    copy.base = sp;
+    let first = STACK_COPY_PAGE as u32 - (sp as u32 & (STACK_COPY_PAGE as u32 - 1));
+    let stack = copy.stack.as_mut_ptr();
+    // SAFETY: checked reads of user memory into the scratch copy: `first`
+    // is 1..=STACK_COPY_PAGE, so the first two reads end within `stack`,
+    // and the third ends at STACK_COPY_BYTES (the verifier, which cannot
+    // see that, is shown the spill page after `stack`).
+    unsafe {
+        let read = |offset: u32, len: u32| {
+            bpf_probe_read_user(
+                stack.add(offset as usize) as *mut c_void,
+                len,
+                (sp + offset as u64) as *const c_void,
+            ) == 0
+        };
+        let mut len = 0;
+        if read(0, first) {
+            len = first;
+            if read(first, STACK_COPY_PAGE as u32) {
+                len += STACK_COPY_PAGE as u32;
+                let last = STACK_COPY_BYTES as u32 - len;
+                if last > 0 && read(len, last) {
+                    len += last;
+                }
             }
-            copy.len += STACK_COPY_PAGE as u32;
         }
+        copy.len = len;
     }
     if copy.len == 0 {
         return STACK_COPY_UNREADABLE;
