@@ -494,6 +494,7 @@ pub mod names {
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const EOF_READS_MAP: &str = "EOF_READS";
+    pub const OWNERS_STORED_MAP: &str = "OWNERS_STORED";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 

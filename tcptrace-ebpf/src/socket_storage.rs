@@ -8,7 +8,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::generated::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_sk_storage_get},
     macros::{btf_map, map},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
 };
 use tcptrace_common::{Counter, SocketOwner, TASK_COMM_LEN, TcpState};
 
@@ -42,6 +42,13 @@ pub(crate) static SOCKETS: SkStorage<SocketState> = SkStorage::new();
 /// out and a flood of spinning sockets cannot fail an insert.
 #[map]
 pub(crate) static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Slot 0 is 1 while the accept hook may be attached (the agent sets it
+/// just before attaching, and clears it if the kernel refuses): only then
+/// can a socket's storage hold an owner. Elsewhere (no fexit) the owner
+/// lookup at every softirq transition would always find none.
+#[map]
+pub(crate) static OWNERS_STORED: Array<u32> = Array::with_max_entries(1, 0);
 
 pub(crate) const STACK_TAKEN_FIRST_IO: u32 = 1;
 pub(crate) const STACK_TAKEN_CONNECT: u32 = 4;
@@ -94,6 +101,9 @@ pub(crate) fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut S
 pub(crate) fn track_owner(sk: *const u8, old_state: u8, new_state: u8) -> SocketOwner {
     if TcpState::runs_in_owner_context(old_state, new_state) {
         return current_task();
+    }
+    if !OWNERS_STORED.get(0).is_some_and(|stored| *stored != 0) {
+        return zeroed_owner();
     }
     match socket_state(sk, false) {
         // A concurrent update can at worst mix two owners' bytes for one

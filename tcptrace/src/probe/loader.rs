@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap as AyaHashMap, MapData, MapError, PerCpuArray},
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
@@ -303,9 +303,12 @@ impl Probe {
                 false
             }
             Some(program) => {
+                // Before attaching, so that no owner is stored unread.
+                set_owners_stored(&mut ebpf, true)?;
                 match attach_fexit(&mut ebpf, program, names::ACCEPT_FUNCTION, &kernel_btf) {
                     Ok(()) => true,
                     Err(error) => {
+                        set_owners_stored(&mut ebpf, false)?;
                         notices.push(format!(
                         "tcptrace: accepted sockets are attributed through their listener: this kernel refuses fexit on inet_csk_accept ({})",
                         first_line(&error.to_string())
@@ -507,6 +510,17 @@ fn attach_fexit(
 /// A verifier log is many lines; a notice is one.
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
+}
+
+/// Whether the probe looks for an owner in a socket's storage (see
+/// `OWNERS_STORED` in the probe).
+fn set_owners_stored(ebpf: &mut Ebpf, stored: bool) -> Result<(), ProbeError> {
+    let name = names::OWNERS_STORED_MAP;
+    let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
+    let mut flag =
+        Array::<_, u32>::try_from(map).map_err(|source| ProbeError::Map { what: name, source })?;
+    flag.set(0, u32::from(stored), 0)
+        .map_err(|source| ProbeError::Map { what: name, source })
 }
 
 fn take_map<T>(
