@@ -183,10 +183,24 @@ struct Round {
     /// events cost, without its start-up (BTF, the verifier, the first
     /// table read) and its final report.
     agent_cpu_under_load: Option<Duration>,
+    /// Of `agent_cpu_under_load`, the threads that unwind and name the
+    /// leaks' code paths.
+    code_path_cpu_under_load: Option<Duration>,
     agent_peak_rss_kib: Option<u64>,
     bulk_bytes_per_second: f64,
     recvs_per_second: f64,
     syscalls_per_second: f64,
+}
+
+impl Round {
+    /// The agent's CPU while the load ran, less naming the leaks' code
+    /// paths: the part that grows with the events.
+    fn event_path_cpu_under_load(&self) -> Option<Duration> {
+        Some(
+            self.agent_cpu_under_load?
+                .saturating_sub(self.code_path_cpu_under_load.unwrap_or_default()),
+        )
+    }
 }
 
 /// bpf_stats run of one configuration.

@@ -169,17 +169,44 @@ fn start(bench: &Bench, config: Config, seconds: u64) -> Result<Option<Running>>
         .transpose()
 }
 
-/// A running process's CPU so far: user and system time of every thread,
-/// exited ones included (clock-tick resolution).
-fn cpu_so_far(pid: u32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The agent's threads that name the leaks' code paths: their work is paid
+/// once per binary (reading its unwind tables and debug info) and per
+/// leaking stack, not per event.
+const CODE_PATH_THREADS: [&str; 2] = ["unwind", "symbolize"];
+
+/// A running process's CPU so far (clock-tick resolution).
+#[derive(Clone, Copy)]
+struct CpuSoFar {
+    /// User and system time of every thread, exited ones included.
+    all: Duration,
+    /// That of its CODE_PATH_THREADS.
+    code_paths: Duration,
+}
+
+fn cpu_so_far(pid: u32) -> Option<CpuSoFar> {
+    let (_, all) = stat_cpu(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let code_paths = fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|task| stat_cpu(&fs::read_to_string(task.path().join("stat")).ok()?))
+        .filter(|(comm, _)| CODE_PATH_THREADS.contains(&comm.as_str()))
+        .map(|(_, cpu)| cpu)
+        .sum();
+    Some(CpuSoFar { all, code_paths })
+}
+
+/// The command and the user + system time of a `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> Option<(String, Duration)> {
     // The command, field 2, may hold spaces and parentheses: fields 3 on
     // follow its last ')'. utime and stime are fields 14 and 15.
-    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf reads a constant of the system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    Some((comm, Duration::from_nanos(ticks * 1_000_000_000 / hz)))
 }
 
 pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<Round> {
@@ -200,7 +227,9 @@ pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<R
         round.recvs_per_second = recvs;
         round.syscalls_per_second = syscalls(bench)?;
         if let (Some(began), Some(ended)) = (load_began, pid.and_then(cpu_so_far)) {
-            round.agent_cpu_under_load = Some(ended.saturating_sub(began));
+            round.agent_cpu_under_load = Some(ended.all.saturating_sub(began.all));
+            round.code_path_cpu_under_load =
+                Some(ended.code_paths.saturating_sub(began.code_paths));
         }
         exited = match tracer {
             None => None,
@@ -299,4 +328,24 @@ pub(super) fn kernel_cost(bench: &Bench, config: Config) -> Result<KernelCost> {
         }
     }
     Ok(cost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_command_and_cpu_whatever_the_command_holds() {
+        // SAFETY: sysconf reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let line = format!(
+            "4242 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 {} {} 0 0 20 0 1 0",
+            hz * 3,
+            hz / 2
+        );
+        let (comm, cpu) = stat_cpu(&line).unwrap();
+        assert_eq!(comm, "a (b) c");
+        assert_eq!(cpu, Duration::from_millis(3500));
+        assert_eq!(stat_cpu("4242 (short"), None);
+    }
 }
