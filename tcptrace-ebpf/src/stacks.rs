@@ -27,8 +27,9 @@ use crate::{
 /// Stack copies of sockets, by (cookie, kind): each is taken in the
 /// socket's own syscall and waits here, so only the copies of sockets that
 /// stay in CLOSE_WAIT are ever read and unwound; the rest are deleted when
-/// their socket is destroyed, a few milliseconds later. LRU, so copies of
-/// sockets whose destruction the probe missed age out.
+/// their socket moves to CLOSE with no file left, or is destroyed, a few
+/// milliseconds later. LRU, so copies of sockets whose CLOSE the probe
+/// missed age out.
 #[map]
 pub(crate) static STACK_COPIES: LruHashMap<StackCopyKey, StackCopy> =
     LruHashMap::with_max_entries(1024, 0);
