@@ -491,6 +491,7 @@ pub mod names {
     pub const ACCEPT_PROGRAM_TWO_PARAMS: &str = "inet_csk_accept_two_params";
     pub const ACCEPT_FUNCTION: &str = "inet_csk_accept";
     pub const STACK_COPIES_MAP: &str = "STACK_COPIES";
+    pub const STACK_SCRATCH_MAP: &str = "STACK_SCRATCH";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const EOF_READS_MAP: &str = "EOF_READS";

@@ -136,6 +136,14 @@ pub enum ProbeError {
     },
     #[error("reading the probe's statistics failed: {0}")]
     Stats(#[source] std::io::Error),
+    #[error("reading the possible CPUs (/sys/devices/system/cpu/possible) failed: {0}")]
+    PossibleCpus(#[source] std::io::Error),
+}
+
+/// How many CPUs the kernel may run a program on (their ids are below it).
+fn possible_cpus() -> Result<u32, ProbeError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| ProbeError::PossibleCpus(error))?;
+    Ok(u32::try_from(cpus).unwrap_or(u32::MAX))
 }
 
 pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<u32, ProbeError> {
@@ -184,6 +192,8 @@ impl KernelCounters {
 #[derive(Clone, Copy, Debug)]
 struct MapCapacities {
     stack_copies: u32,
+    /// One slot per possible CPU, indexed by the CPU the copy runs on.
+    stack_scratch: u32,
     eof_reads: u32,
 }
 
@@ -254,6 +264,7 @@ impl Probe {
         let stacks = stack_level != StackLevel::Off;
         let capacities = MapCapacities {
             stack_copies: if stacks { STACK_COPY_ENTRIES } else { 1 },
+            stack_scratch: if stacks { possible_cpus()? } else { 1 },
             eof_reads: if attach_recv { max_sockets } else { 1 },
         };
         raise_memlock_limit();
@@ -261,6 +272,7 @@ impl Probe {
             .override_global(names::CONFIG_GLOBAL, &config, true)
             .map_max_entries(names::EVENTS_MAP, ring_buffer_bytes)
             .map_max_entries(names::STACK_COPIES_MAP, capacities.stack_copies)
+            .map_max_entries(names::STACK_SCRATCH_MAP, capacities.stack_scratch)
             .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
             .load(PROBE_OBJECT)
             .map_err(ProbeError::Load)?;
