@@ -110,8 +110,8 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
         copy.bp = load_field::<u64>(regs, config!(regs_bp_offset));
         copy.sp = load_field::<u64>(regs, config!(regs_sp_offset));
     }
-    // The bytes above sp are the frames. Read by page, from sp to its
-    // page's end and then whole pages, so that where the stack ends within
+    // The bytes above sp are the frames. Read by page, from sp (its 64-byte
+    // line, see below) to its page's end and then whole pages, so that where the stack ends within
     // STACK_COPY_BYTES of sp (a thread near its stack's top: half the EOF
     // reads of a thread-pool server) the read stops at the first page that
     // fails. One 8 KiB read would copy up to the end, fail, zero all of it,
