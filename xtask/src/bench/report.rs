@@ -138,10 +138,9 @@ fn render_targets(out: &mut String, run: &Run) {
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let recv_ns = run.kernel_ns(default, RECV_PROGRAM);
     let destroy_ns = run.kernel_ns(default, DESTROY_PROGRAM);
-    // Judged while the load ran: start-up is paid once per agent, not per
-    // event. The whole run's figure is shown beside it.
-    // Naming the leaks' code paths is paid once per binary and per leaking
-    // stack, not per event: shown beside the event path, not in it.
+    // Judged while the load ran, on the event path: start-up is paid once
+    // per agent, and naming the leaks' code paths once per binary and per
+    // leaking stack, not per event. Both are shown beside it.
     let agent_row = |config: Config, target: f64| {
         let measured = run.agent_ns_per_event(config, Round::event_path_cpu_under_load);
         let met = measured.as_ref().is_some_and(|s| s.median <= target);
