@@ -7,32 +7,21 @@
 //! task that happened to be on the CPU), tested without root.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry},
+    collections::{HashMap, hash_map::Entry},
     net::SocketAddr,
-    time::Duration,
 };
 
 use tcptrace_common::TcpState;
 
 use crate::{
     model::health::Occupancy,
+    model::time_wait_owners::{MAX_TIME_WAIT_OWNERS, TimeWaitOwners},
     model::tracker::TrackedTransition,
     model::transition::{Comm, Process},
 };
 
-/// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN); owners of
-/// sockets that went there are kept a little longer so a table dump taken
-/// just before the kernel drops them still finds them.
-const TIME_WAIT_MEMORY: Duration = Duration::from_secs(65);
-/// TIME_WAIT owners are kept in generations of this span, and a generation
-/// is dropped whole once its newest owner is past `TIME_WAIT_MEMORY`: no
-/// owner is removed one by one, on a path that sees every closing client.
-/// An owner is thus kept up to one span longer than `TIME_WAIT_MEMORY`.
-const TIME_WAIT_GENERATION: Duration = Duration::from_secs(16);
 /// Bounds on what is remembered, so a host with unbounded churn cannot grow
-/// the agent without limit. Past them, entries are not added, or for
-/// TIME_WAIT owners the oldest generation is forgotten early (and counted).
-const MAX_TIME_WAIT_OWNERS: usize = 1 << 18;
+/// the agent without limit. Past them, entries are not added (and counted).
 const MAX_DESTINATIONS: usize = 16384;
 const MAX_LIVE_SOCKETS: usize = 1 << 20;
 
@@ -114,9 +103,8 @@ pub struct Activity {
     destinations: HashMap<(u32, SocketAddr), ConnectCounts>,
     live: foldhash::HashMap<u64, LiveSocket>,
     /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
-    /// table's TIME_WAIT entries are attributed through the cookie. Oldest
-    /// generation first, each with the time it began.
-    time_wait_owners: VecDeque<(u64, foldhash::HashMap<u64, Process>)>,
+    /// table's TIME_WAIT entries are attributed through the cookie.
+    time_wait_owners: TimeWaitOwners,
     /// Entries not remembered, or forgotten early, because a bound was
     /// reached.
     pub dropped_entries: u64,
@@ -191,7 +179,9 @@ impl Activity {
             if tracked.likely_time_wait
                 && let Some(process) = owner
             {
-                self.remember_time_wait(t.cookie, process.clone(), t.timestamp_ns);
+                self.dropped_entries +=
+                    self.time_wait_owners
+                        .remember(t.cookie, process.clone(), t.timestamp_ns);
             }
         } else if t.cookie == 0 {
             // A new child before the kernel gave it a cookie: its own
@@ -213,53 +203,9 @@ impl Activity {
         }
     }
 
-    fn remember_time_wait(&mut self, cookie: u64, process: Process, at_ns: u64) {
-        let span = TIME_WAIT_GENERATION.as_nanos() as u64;
-        if self
-            .time_wait_owners
-            .back()
-            .is_none_or(|(began, _)| at_ns.saturating_sub(*began) >= span)
-        {
-            self.expire_time_wait(at_ns);
-            // Sized like the last one: no growth, one rehash after another,
-            // while the churn goes on at the same rate.
-            let capacity = self.time_wait_owners.back().map_or(0, |(_, g)| g.len());
-            let mut generation = foldhash::HashMap::default();
-            generation.reserve(capacity);
-            self.time_wait_owners.push_back((at_ns, generation));
-        }
-        if self.time_wait_owner_count() >= MAX_TIME_WAIT_OWNERS && self.time_wait_owners.len() > 1 {
-            // Full: the oldest owners go first. Their minisocks are the
-            // first the kernel drops, and a table read still lists the
-            // newest ones for up to a minute.
-            if let Some((_, oldest)) = self.time_wait_owners.pop_front() {
-                self.dropped_entries += oldest.len() as u64;
-            }
-        }
-        if self.time_wait_owner_count() >= MAX_TIME_WAIT_OWNERS {
-            self.dropped_entries += 1;
-            return;
-        }
-        if let Some((_, newest)) = self.time_wait_owners.back_mut() {
-            newest.insert(cookie, process);
-        }
-    }
-
-    fn time_wait_owner_count(&self) -> usize {
-        self.time_wait_owners.iter().map(|(_, g)| g.len()).sum()
-    }
-
-    /// Forgets the TIME_WAIT owners the kernel has dropped by `now_ns`: the
-    /// generations whose span ended more than `TIME_WAIT_MEMORY` ago.
+    /// Forgets the TIME_WAIT owners the kernel has dropped by `now_ns`.
     pub fn expire_time_wait(&mut self, now_ns: u64) {
-        let keep = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64;
-        while self
-            .time_wait_owners
-            .front()
-            .is_some_and(|(began, _)| now_ns.saturating_sub(*began) >= keep)
-        {
-            self.time_wait_owners.pop_front();
-        }
+        self.time_wait_owners.expire(now_ns);
     }
 
     /// Forgets live sockets the kernel's table no longer lists (their CLOSE
@@ -293,7 +239,7 @@ impl Activity {
             table("live_sockets", self.live.len(), Some(MAX_LIVE_SOCKETS)),
             table(
                 "time_wait_owners",
-                self.time_wait_owner_count(),
+                self.time_wait_owners.len(),
                 Some(MAX_TIME_WAIT_OWNERS),
             ),
         ]
@@ -327,11 +273,7 @@ impl Activity {
     pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
         match self.live.get(&cookie) {
             Some(socket) => socket.owner.as_ref(),
-            None => self
-                .time_wait_owners
-                .iter()
-                .rev()
-                .find_map(|(_, generation)| generation.get(&cookie)),
+            None => self.time_wait_owners.owner_of(cookie),
         }
     }
 }
@@ -339,6 +281,7 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::time_wait_owners::{TIME_WAIT_GENERATION, TIME_WAIT_MEMORY};
     use crate::{
         model::tracker::{Owner, OwnerSource},
         model::transition::Transition,
@@ -431,48 +374,6 @@ mod tests {
         activity
             .expire_time_wait(seen + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
         assert!(activity.owner_of(1).is_none());
-    }
-
-    #[test]
-    fn time_wait_owners_are_forgotten_a_generation_at_a_time() {
-        let mut activity = Activity::new();
-        let client = Some((10, "client"));
-        let db = "10.0.0.5:5432";
-        let generation_s = TIME_WAIT_GENERATION.as_secs();
-        activity.observe(&step(1, 1, FinWait2, Close, client, db));
-        activity.observe(&step(2, 2, FinWait2, Close, client, db));
-        activity.observe(&step(3, 1 + generation_s, FinWait2, Close, client, db));
-        assert_eq!(activity.time_wait_owners.len(), 2);
-        let keep_s = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_secs();
-        activity.expire_time_wait((1 + keep_s) * 1_000_000_000);
-        // The first generation went whole, the second stays.
-        assert!(activity.owner_of(1).is_none());
-        assert!(activity.owner_of(2).is_none());
-        assert_eq!(activity.owner_of(3).map(|p| p.tgid), Some(10));
-        assert_eq!(activity.occupancy()[3].entries, 1);
-    }
-
-    #[test]
-    fn a_full_table_of_time_wait_owners_forgets_the_oldest_generation_first() {
-        let mut activity = Activity::new();
-        let process = Process {
-            tgid: 10,
-            comm: Comm::default(),
-        };
-        let second = 1_000_000_000;
-        let old = MAX_TIME_WAIT_OWNERS as u64 - 10;
-        for cookie in 1..=old {
-            activity.remember_time_wait(cookie, process.clone(), second);
-        }
-        let later = second + TIME_WAIT_GENERATION.as_nanos() as u64;
-        for cookie in old + 1..=old + 20 {
-            activity.remember_time_wait(cookie, process.clone(), later);
-        }
-        // The older generation made room for the newer owners.
-        assert!(activity.owner_of(1).is_none());
-        assert!(activity.owner_of(old + 20).is_some());
-        assert_eq!(activity.time_wait_owner_count(), 20);
-        assert_eq!(activity.dropped_entries, old);
     }
 
     #[test]
