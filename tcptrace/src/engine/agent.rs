@@ -255,7 +255,7 @@ impl HostAgent {
             self.activity.reconcile_live(&listed, dump_started_ns);
             self.tracker.reconcile(&listed, dump_started_ns);
         }
-        self.activity.expire_time_wait(now_ns);
+        self.activity.settle_time_wait(now_ns);
         let leaks = self.monitor.report(self.min_age);
 
         self.unattributed = table

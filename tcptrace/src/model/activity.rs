@@ -203,9 +203,10 @@ impl Activity {
         }
     }
 
-    /// Forgets the TIME_WAIT owners the kernel has dropped by `now_ns`.
-    pub fn expire_time_wait(&mut self, now_ns: u64) {
-        self.time_wait_owners.expire(now_ns);
+    /// Before the table is attributed: forgets the TIME_WAIT owners the
+    /// kernel has dropped by `now_ns`, and indexes the rest for lookups.
+    pub fn settle_time_wait(&mut self, now_ns: u64) {
+        self.time_wait_owners.settle(now_ns);
     }
 
     /// Forgets live sockets the kernel's table no longer lists (their CLOSE
@@ -369,10 +370,10 @@ mod tests {
 
         // Kept for TIME_WAIT's whole length, and gone one generation later.
         let seen = 1_000_000_000;
-        activity.expire_time_wait(seen + TIME_WAIT_MEMORY.as_nanos() as u64);
+        activity.settle_time_wait(seen + TIME_WAIT_MEMORY.as_nanos() as u64);
         assert!(activity.owner_of(1).is_some());
         activity
-            .expire_time_wait(seen + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
+            .settle_time_wait(seen + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
         assert!(activity.owner_of(1).is_none());
     }
 

@@ -23,8 +23,36 @@ pub(crate) const MAX_TIME_WAIT_OWNERS: usize = 1 << 18;
 
 #[derive(Default)]
 pub struct TimeWaitOwners {
-    /// Oldest generation first, each with the time it began.
-    generations: VecDeque<(u64, foldhash::HashMap<u64, Process>)>,
+    /// Oldest first.
+    generations: VecDeque<Generation>,
+}
+
+/// Owners appended in the order their sockets closed: one write to memory
+/// the previous write just touched, where a hash insert per closing client
+/// was a cache miss in a table of a minute's clients. Sorted by cookie at
+/// `settle`, before the table is attributed.
+struct Generation {
+    began_ns: u64,
+    owners: Vec<(u64, Process)>,
+    /// `owners[..sorted]` is in cookie order; what follows came since.
+    sorted: usize,
+}
+
+impl Generation {
+    /// The newest owner remembered for `cookie` (the kernel never reuses
+    /// a cookie, so there is at most one unless a CLOSE was seen twice).
+    fn owner_of(&self, cookie: u64) -> Option<&Process> {
+        let (sorted, since) = self.owners.split_at(self.sorted);
+        if let Some((_, process)) = since.iter().rev().find(|(c, _)| *c == cookie) {
+            return Some(process);
+        }
+        // A stable sort keeps later duplicates later: take the last.
+        let after = sorted.partition_point(|(c, _)| *c <= cookie);
+        match after.checked_sub(1).map(|i| &sorted[i]) {
+            Some((c, process)) if *c == cookie => Some(process),
+            _ => None,
+        }
+    }
 }
 
 impl TimeWaitOwners {
@@ -36,46 +64,63 @@ impl TimeWaitOwners {
         if self
             .generations
             .back()
-            .is_none_or(|(began, _)| at_ns.saturating_sub(*began) >= span)
+            .is_none_or(|g| at_ns.saturating_sub(g.began_ns) >= span)
         {
             self.expire(at_ns);
-            // Sized like the last one: no growth, one rehash after another,
+            // Sized like the last one: no growth, one copy after another,
             // while the churn goes on at the same rate.
-            let capacity = self.generations.back().map_or(0, |(_, g)| g.len());
-            let mut generation = foldhash::HashMap::default();
-            generation.reserve(capacity);
-            self.generations.push_back((at_ns, generation));
+            let capacity = self.generations.back().map_or(0, |g| g.owners.len());
+            self.generations.push_back(Generation {
+                began_ns: at_ns,
+                owners: Vec::with_capacity(capacity),
+                sorted: 0,
+            });
         }
         let mut dropped = 0;
         if self.len() >= MAX_TIME_WAIT_OWNERS && self.generations.len() > 1 {
             // Full: the oldest owners go first. Their minisocks are the
             // first the kernel drops, and a table read still lists the
             // newest ones for up to a minute.
-            if let Some((_, oldest)) = self.generations.pop_front() {
-                dropped += oldest.len() as u64;
+            if let Some(oldest) = self.generations.pop_front() {
+                dropped += oldest.owners.len() as u64;
             }
         }
         if self.len() >= MAX_TIME_WAIT_OWNERS {
             return dropped + 1;
         }
-        if let Some((_, newest)) = self.generations.back_mut() {
-            newest.insert(cookie, process);
+        if let Some(newest) = self.generations.back_mut() {
+            newest.owners.push((cookie, process));
         }
         dropped
     }
 
     pub fn len(&self) -> usize {
-        self.generations.iter().map(|(_, g)| g.len()).sum()
+        self.generations.iter().map(|g| g.owners.len()).sum()
     }
 
-    /// Forgets the owners the kernel has dropped by `now_ns`: the
-    /// generations whose span ended more than `TIME_WAIT_MEMORY` ago.
-    pub fn expire(&mut self, now_ns: u64) {
+    /// Before the table is attributed: forgets the owners the kernel has
+    /// dropped by `now_ns` (the generations whose span ended more than
+    /// `TIME_WAIT_MEMORY` ago), and sorts what came since the last call, so
+    /// that each lookup is a binary search. Lookups are right without it,
+    /// only slower.
+    pub fn settle(&mut self, now_ns: u64) {
+        self.expire(now_ns);
+        for generation in &mut self.generations {
+            if generation.sorted < generation.owners.len() {
+                // Stable, and quick on a sorted run followed by a nearly
+                // sorted one (cookies are handed out in increasing order).
+                generation.owners.sort_by_key(|(cookie, _)| *cookie);
+                generation.sorted = generation.owners.len();
+            }
+        }
+    }
+
+    fn expire(&mut self, now_ns: u64) {
         let keep = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64;
         while self
             .generations
             .front()
-            .is_some_and(|(began, _)| now_ns.saturating_sub(*began) >= keep)
+            .is_some_and(|g| now_ns.saturating_sub(g.began_ns) >= keep)
         {
             self.generations.pop_front();
         }
@@ -85,7 +130,7 @@ impl TimeWaitOwners {
         self.generations
             .iter()
             .rev()
-            .find_map(|(_, generation)| generation.get(&cookie))
+            .find_map(|generation| generation.owner_of(cookie))
     }
 }
 
@@ -114,7 +159,7 @@ mod tests {
         );
         assert_eq!(owners.generations.len(), 2);
         let keep_s = (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_secs();
-        owners.expire((1 + keep_s) * second);
+        owners.settle((1 + keep_s) * second);
         // The first generation went whole, the second stays.
         assert!(owners.owner_of(1).is_none());
         assert!(owners.owner_of(2).is_none());
@@ -140,5 +185,41 @@ mod tests {
         assert!(owners.owner_of(old + 20).is_some());
         assert_eq!(owners.len(), 20);
         assert_eq!(dropped, old);
+    }
+
+    #[test]
+    fn owners_are_found_before_and_after_settling() {
+        let mut owners = TimeWaitOwners::default();
+        let second = 1_000_000_000;
+        // Out of cookie order, as sockets close; 5 closes twice (a CLOSE
+        // seen again): the later owner wins, settled or not.
+        for (cookie, tgid) in [(9, 1), (5, 2), (7, 3), (5, 4), (1, 5)] {
+            owners.remember(cookie, process(tgid), second);
+        }
+        let owner = |owners: &TimeWaitOwners, cookie| owners.owner_of(cookie).map(|p| p.tgid);
+        let expected = [
+            (1, Some(5)),
+            (5, Some(4)),
+            (7, Some(3)),
+            (9, Some(1)),
+            (2, None),
+            (10, None),
+        ];
+        for (cookie, tgid) in expected {
+            assert_eq!(owner(&owners, cookie), tgid, "unsettled, cookie {cookie}");
+        }
+        owners.settle(second);
+        for (cookie, tgid) in expected {
+            assert_eq!(owner(&owners, cookie), tgid, "settled, cookie {cookie}");
+        }
+        // Added after a settle: found in the unsorted part, then settled.
+        owners.remember(3, process(6), second);
+        owners.remember(5, process(7), second);
+        assert_eq!(owner(&owners, 3), Some(6));
+        assert_eq!(owner(&owners, 5), Some(7));
+        owners.settle(second);
+        assert_eq!(owner(&owners, 3), Some(6));
+        assert_eq!(owner(&owners, 5), Some(7));
+        assert_eq!(owner(&owners, 9), Some(1));
     }
 }
