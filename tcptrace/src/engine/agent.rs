@@ -252,16 +252,15 @@ impl HostAgent {
         if table.is_complete() {
             let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
             let listed = |cookie| listed.contains(&cookie);
-            self.activity.reconcile_live(&listed, dump_started_ns);
             self.tracker.reconcile(&listed, dump_started_ns);
         }
-        self.activity.settle_time_wait(now_ns);
+        self.tracker.settle_time_wait(now_ns);
         let leaks = self.monitor.report(self.min_age);
 
         self.unattributed = table
             .sockets
             .iter()
-            .filter(|s| s.inode != 0 && self.activity.owner_of(s.cookie).is_none())
+            .filter(|s| s.inode != 0 && self.tracker.owner_of(s.cookie).is_none())
             .filter(|s| !self.monitor.holders.contains_key(&s.inode))
             .map(|s| s.inode)
             .collect();
@@ -292,6 +291,7 @@ impl HostAgent {
         };
         let mut snapshot = build_snapshot(SnapshotInputs {
             activity: &self.activity,
+            tracker: &self.tracker,
             table: &table.sockets,
             holders: &self.monitor.holders,
             leaks: &leaks,
@@ -309,6 +309,7 @@ impl HostAgent {
         self.activity.retain_processes(|pid| !exited.contains(&pid));
         let owners = Owners {
             activity: &self.activity,
+            tracker: &self.tracker,
             holders: &self.monitor.holders,
         };
         snapshot.findings = self
@@ -323,7 +324,9 @@ impl HostAgent {
             events: health.events,
             dropped: health.drops,
             decode_errors: health.decode_errors,
-            map_insert_failures: self.kernel.owner_insert_failed + self.activity.dropped_entries,
+            map_insert_failures: self.kernel.owner_insert_failed
+                + self.activity.dropped_entries
+                + self.tracker.dropped_time_wait_owners,
             reconcile_corrections: health.corrections,
             host_read_failures: health.host_read_failures,
             kernel_maps: Vec::new(),
@@ -335,11 +338,7 @@ impl HostAgent {
     pub fn occupancy(&self) -> Vec<Occupancy> {
         let mut tables = self.monitor.occupancy();
         tables.extend(self.activity.occupancy());
-        tables.push(Occupancy {
-            name: "tracked_sockets",
-            entries: self.tracker.tracked_sockets() as u64,
-            capacity: None,
-        });
+        tables.extend(self.tracker.occupancy());
         tables.push(Occupancy {
             name: "placements",
             entries: self.placements.len() as u64,

@@ -24,6 +24,7 @@ use crate::{
     model::kernel_socket::KernelSocket,
     model::leak_report::LeakReport,
     model::top_snapshot::socket_owner,
+    model::tracker::SocketTracker,
     probe::loader::Probe,
 };
 
@@ -44,12 +45,13 @@ struct Previous {
 /// Who owns a socket, as the agent knows it: its history, then its holders.
 pub(super) struct Owners<'a> {
     pub(super) activity: &'a Activity,
+    pub(super) tracker: &'a SocketTracker,
     pub(super) holders: &'a HashMap<u64, Vec<Holder>>,
 }
 
 impl Owners<'_> {
     fn owner_of(&self, socket: &KernelSocket) -> Option<String> {
-        socket_owner(socket, self.activity, self.holders).map(|(pid, comm)| owner_label(pid, &comm))
+        socket_owner(socket, self.tracker, self.holders).map(|(pid, comm)| owner_label(pid, &comm))
     }
 }
 
@@ -213,8 +215,8 @@ impl Diagnoses {
             if socket.state != TcpState::FinWait2 || socket.inode == 0 {
                 continue;
             }
-            let (since_ns, lower_bound) = match owners.activity.live_socket(socket.cookie) {
-                Some(live) if live.state == TcpState::FinWait2 => (live.since_ns, false),
+            let (since_ns, lower_bound) = match owners.tracker.state_of(socket.cookie) {
+                Some((TcpState::FinWait2, since_ns)) => (since_ns, false),
                 _ => (
                     self.previous
                         .fin_wait2_seen

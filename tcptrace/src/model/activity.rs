@@ -1,29 +1,19 @@
 //! Per-process aggregation: what each owning process did with TCP since
-//! tcptrace started, and which process owns each socket the kernel's table
-//! lists.
+//! tcptrace started. Which process owns each socket is the tracker's.
 //!
 //! Pure: fed with tracked transitions (owners as the tracker established
 //! them: process context, or the listener for accepted sockets — never the
 //! task that happened to be on the CPU), tested without root.
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    net::SocketAddr,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use tcptrace_common::TcpState;
 
-use crate::{
-    model::health::Occupancy,
-    model::time_wait_owners::{MAX_TIME_WAIT_OWNERS, TimeWaitOwners},
-    model::tracker::TrackedTransition,
-    model::transition::{Comm, Process},
-};
+use crate::{model::health::Occupancy, model::tracker::TrackedTransition, model::transition::Comm};
 
 /// Bounds on what is remembered, so a host with unbounded churn cannot grow
 /// the agent without limit. Past them, entries are not added (and counted).
 const MAX_DESTINATIONS: usize = 16384;
-const MAX_LIVE_SOCKETS: usize = 1 << 20;
 
 /// What one process did since start. Counts only grow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,31 +72,17 @@ pub struct ConnectCounts {
     pub failed: u64,
 }
 
-/// A socket seen since start that has not reached CLOSE.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveSocket {
-    pub owner: Option<Process>,
-    pub state: TcpState,
-    /// When it entered `state` (CLOCK_MONOTONIC ns).
-    pub since_ns: u64,
-}
-
 #[derive(Default)]
 pub struct Activity {
-    // The foldhash maps are keyed by what the kernel hands out (tgids,
-    // cookies), which no one can choose: a fast hash with no defence against
+    // The foldhash map is keyed by what the kernel hands out (tgids),
+    // which no one can choose: a fast hash with no defence against
     // chosen keys is safe there, and it is paid for every event.
     processes: foldhash::HashMap<u32, ProcessActivity>,
     /// Transitions of sockets whose owner is unknown (accepted on a listener
     /// opened before start by several processes, say).
     pub unattributed: ProcessCounts,
     destinations: HashMap<(u32, SocketAddr), ConnectCounts>,
-    live: foldhash::HashMap<u64, LiveSocket>,
-    /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
-    /// table's TIME_WAIT entries are attributed through the cookie.
-    time_wait_owners: TimeWaitOwners,
-    /// Entries not remembered, or forgotten early, because a bound was
-    /// reached.
+    /// Destinations not remembered because the bound was reached.
     pub dropped_entries: u64,
 }
 
@@ -173,48 +149,6 @@ impl Activity {
                 }
             }
         }
-
-        if new == TcpState::Close {
-            self.live.remove(&t.cookie);
-            if tracked.likely_time_wait
-                && let Some(process) = owner
-            {
-                self.dropped_entries +=
-                    self.time_wait_owners
-                        .remember(t.cookie, process.clone(), t.timestamp_ns);
-            }
-        } else if t.cookie == 0 {
-            // A new child before the kernel gave it a cookie: its own
-            // transitions follow under its real one.
-        } else {
-            let full = self.live.len() >= MAX_LIVE_SOCKETS;
-            let socket = LiveSocket {
-                owner: owner.cloned(),
-                state: new,
-                since_ns: t.timestamp_ns,
-            };
-            match self.live.entry(t.cookie) {
-                Entry::Occupied(mut entry) => *entry.get_mut() = socket,
-                Entry::Vacant(entry) if !full => {
-                    entry.insert(socket);
-                }
-                Entry::Vacant(_) => self.dropped_entries += 1,
-            }
-        }
-    }
-
-    /// Before the table is attributed: forgets the TIME_WAIT owners the
-    /// kernel has dropped by `now_ns`, and indexes the rest for lookups.
-    pub fn settle_time_wait(&mut self, now_ns: u64) {
-        self.time_wait_owners.settle(now_ns);
-    }
-
-    /// Forgets live sockets the kernel's table no longer lists (their CLOSE
-    /// was lost). Only sockets that entered their state before the dump
-    /// began: younger ones may simply postdate it.
-    pub fn reconcile_live(&mut self, listed: &dyn Fn(u64) -> bool, dump_started_ns: u64) {
-        self.live
-            .retain(|cookie, socket| socket.since_ns >= dump_started_ns || listed(*cookie));
     }
 
     /// Forgets processes that exited; their sockets are gone or held by others.
@@ -237,12 +171,6 @@ impl Activity {
                 self.destinations.len(),
                 Some(MAX_DESTINATIONS),
             ),
-            table("live_sockets", self.live.len(), Some(MAX_LIVE_SOCKETS)),
-            table(
-                "time_wait_owners",
-                self.time_wait_owners.len(),
-                Some(MAX_TIME_WAIT_OWNERS),
-            ),
         ]
     }
 
@@ -261,31 +189,14 @@ impl Activity {
             .iter()
             .map(|((tgid, destination), counts)| (*tgid, *destination, *counts))
     }
-
-    pub fn live_socket(&self, cookie: u64) -> Option<&LiveSocket> {
-        self.live.get(&cookie)
-    }
-
-    /// The owner of a socket the table lists, if its history says: a live
-    /// socket's owner, or the owner of the socket a timewait minisock
-    /// replaced. Those are listed as TIME_WAIT, or as FIN_WAIT2 when an
-    /// orphan's FIN_WAIT2 is handed to a minisock; cookies are never reused,
-    /// so the cookie alone says which.
-    pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
-        match self.live.get(&cookie) {
-            Some(socket) => socket.owner.as_ref(),
-            None => self.time_wait_owners.owner_of(cookie),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::time_wait_owners::{TIME_WAIT_GENERATION, TIME_WAIT_MEMORY};
     use crate::{
         model::tracker::{Owner, OwnerSource},
-        model::transition::Transition,
+        model::transition::{Process, Transition},
     };
     use TcpState::*;
 
@@ -323,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_a_client_lifecycle_and_keeps_its_time_wait_owner() {
+    fn counts_a_client_lifecycle() {
         let mut activity = Activity::new();
         let client = Some((10, "client"));
         let db = "10.0.0.5:5432";
@@ -353,8 +264,6 @@ mod tests {
                 ((Close, SynSent), 1),
             ]
         );
-        assert!(activity.live_socket(1).is_none());
-        assert_eq!(activity.owner_of(1).unwrap().tgid, 10);
         let destinations: Vec<_> = activity.destinations().collect();
         assert_eq!(
             destinations,
@@ -367,14 +276,6 @@ mod tests {
                 }
             )]
         );
-
-        // Kept for TIME_WAIT's whole length, and gone one generation later.
-        let seen = 1_000_000_000;
-        activity.settle_time_wait(seen + TIME_WAIT_MEMORY.as_nanos() as u64);
-        assert!(activity.owner_of(1).is_some());
-        activity
-            .settle_time_wait(seen + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
-        assert!(activity.owner_of(1).is_none());
     }
 
     #[test]
@@ -400,21 +301,14 @@ mod tests {
                 failed: 1
             }]
         );
-        // Closed from LAST_ACK: not TIME_WAIT.
-        assert!(activity.owner_of(4).is_none());
     }
 
     #[test]
-    fn lost_closes_are_reconciled_and_exited_processes_forgotten() {
+    fn exited_processes_are_forgotten() {
         let mut activity = Activity::new();
         let app = Some((7, "app"));
         activity.observe(&step(1, 1, Close, SynSent, app, "127.0.0.1:1"));
         activity.observe(&step(2, 5, Close, SynSent, app, "127.0.0.1:1"));
-        // Dump started at 3 s and listed neither: 1 lost its CLOSE, 2 is younger.
-        activity.reconcile_live(&|_| false, 3_000_000_000);
-        assert!(activity.live_socket(1).is_none());
-        assert!(activity.live_socket(2).is_some());
-
         activity.retain_processes(|tgid| tgid != 7);
         assert!(activity.process(7).is_none());
         assert_eq!(activity.destinations().count(), 0);

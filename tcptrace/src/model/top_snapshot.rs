@@ -18,6 +18,7 @@ use crate::{
     model::kernel_socket::KernelSocket,
     model::leak_report::{LeakReport, ProbeHealth},
     model::process::Placement,
+    model::tracker::SocketTracker,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -128,10 +129,10 @@ impl RateBaseline {
 /// holding its file (the lowest pid, when several share it).
 pub fn socket_owner(
     socket: &KernelSocket,
-    activity: &Activity,
+    tracker: &SocketTracker,
     holders: &HashMap<u64, Vec<Holder>>,
 ) -> Option<(u32, String)> {
-    if let Some(process) = activity.owner_of(socket.cookie) {
+    if let Some(process) = tracker.owner_of(socket.cookie) {
         return Some((process.tgid, process.comm.to_string()));
     }
     if socket.inode == 0 {
@@ -146,6 +147,7 @@ pub fn socket_owner(
 
 pub struct SnapshotInputs<'a> {
     pub activity: &'a Activity,
+    pub tracker: &'a SocketTracker,
     pub table: &'a [KernelSocket],
     pub holders: &'a HashMap<u64, Vec<Holder>>,
     pub leaks: &'a LeakReport,
@@ -158,6 +160,7 @@ pub struct SnapshotInputs<'a> {
 pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
     let SnapshotInputs {
         activity,
+        tracker,
         table,
         holders,
         leaks,
@@ -195,7 +198,7 @@ pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
     };
     for socket in table {
         let state = socket.state.name();
-        match socket_owner(socket, activity, holders) {
+        match socket_owner(socket, tracker, holders) {
             Some((pid, comm)) => {
                 let entry = rows.entry(pid).or_insert_with(|| ProcessRow {
                     pid,

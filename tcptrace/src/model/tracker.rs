@@ -1,5 +1,6 @@
 //! Per-socket bookkeeping: how long each socket spent in its previous state,
-//! and who owns an accepted socket before its owner shows itself.
+//! who owns an accepted socket before its owner shows itself, and so who
+//! owns each socket the kernel's table lists, TIME_WAIT entries included.
 //!
 //! Pure: takes decoded transitions, knows nothing of aya or the kernel, so it
 //! is tested without root.
@@ -8,7 +9,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use tcptrace_common::TcpState;
 
-use crate::model::transition::{Process, Transition};
+use crate::model::{
+    health::Occupancy,
+    time_wait_owners::{MAX_TIME_WAIT_OWNERS, TimeWaitOwners},
+    transition::{Process, Transition},
+};
 
 /// How the owner of a transition's socket is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +54,8 @@ pub struct TrackedTransition {
 }
 
 struct SocketState {
+    /// The state it is in, entered at `entered_at_ns`.
+    state: TcpState,
     entered_at_ns: u64,
     /// Seen on the CPU at this socket's last process-context transition:
     /// the probe reports the owner only there (and at accept where fexit
@@ -74,6 +81,12 @@ pub struct SocketTracker {
     // every event.
     sockets: foldhash::HashMap<u64, SocketState>,
     listeners: foldhash::HashMap<u64, Listener>,
+    /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
+    /// table's TIME_WAIT entries are attributed through the cookie.
+    time_wait_owners: TimeWaitOwners,
+    /// TIME_WAIT owners not remembered, or forgotten early, because their
+    /// bound was reached.
+    pub dropped_time_wait_owners: u64,
 }
 
 impl SocketTracker {
@@ -84,6 +97,52 @@ impl SocketTracker {
     /// Sockets currently remembered (forgotten at CLOSE).
     pub fn tracked_sockets(&self) -> usize {
         self.sockets.len()
+    }
+
+    /// The owner of a socket the table lists, if its history says: a live
+    /// socket's owner (seen in process context, else its listener's), or
+    /// the owner of the socket a timewait minisock replaced. Those are
+    /// listed as TIME_WAIT, or as FIN_WAIT2 when an orphan's FIN_WAIT2 is
+    /// handed to a minisock; cookies are never reused, so the cookie alone
+    /// says which.
+    pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
+        match self.sockets.get(&cookie) {
+            Some(socket) => socket
+                .process_owner
+                .as_ref()
+                .or(socket.listener_owner.as_ref()),
+            None => self.time_wait_owners.owner_of(cookie),
+        }
+    }
+
+    /// The state a socket seen since start is in, and when it entered it
+    /// (CLOCK_MONOTONIC ns).
+    pub fn state_of(&self, cookie: u64) -> Option<(TcpState, u64)> {
+        self.sockets
+            .get(&cookie)
+            .map(|socket| (socket.state, socket.entered_at_ns))
+    }
+
+    /// Before the table is attributed: forgets the TIME_WAIT owners the
+    /// kernel has dropped by `now_ns`, and indexes the rest for lookups.
+    pub fn settle_time_wait(&mut self, now_ns: u64) {
+        self.time_wait_owners.settle(now_ns);
+    }
+
+    /// How many entries each table holds, against its bound.
+    pub fn occupancy(&self) -> [Occupancy; 2] {
+        [
+            Occupancy {
+                name: "tracked_sockets",
+                entries: self.sockets.len() as u64,
+                capacity: None,
+            },
+            Occupancy {
+                name: "time_wait_owners",
+                entries: self.time_wait_owners.len() as u64,
+                capacity: Some(MAX_TIME_WAIT_OWNERS as u64),
+            },
+        ]
     }
 
     /// Forgets sockets and listeners the kernel's table no longer lists
@@ -164,6 +223,7 @@ impl SocketTracker {
         };
 
         let state = SocketState {
+            state: new_state,
             entered_at_ns: timestamp_ns,
             process_owner: transition.owner.clone(),
             listener_owner,
@@ -182,9 +242,15 @@ impl SocketTracker {
         }
         self.update_listeners(&transition);
 
+        let likely_time_wait = new_state == TcpState::Close
+            && matches!(old_state, TcpState::FinWait2 | TcpState::Closing);
+        if likely_time_wait && let Some(owner) = &owner {
+            self.dropped_time_wait_owners +=
+                self.time_wait_owners
+                    .remember(cookie, owner.process.clone(), timestamp_ns);
+        }
         TrackedTransition {
-            likely_time_wait: new_state == TcpState::Close
-                && matches!(old_state, TcpState::FinWait2 | TcpState::Closing),
+            likely_time_wait,
             transition,
             owner,
             time_in_old_state,
@@ -566,5 +632,51 @@ mod tests {
         tracker.reconcile(&|_| false, 10 * MS);
         assert_eq!(tracker.tracked_sockets(), 0);
         assert!(tracker.listeners.is_empty());
+    }
+
+    /// The table lists sockets by cookie with no owner: a live socket's
+    /// comes from its history, a TIME_WAIT entry's from the socket it
+    /// replaced, kept for as long as the kernel keeps the minisock.
+    #[test]
+    fn owners_of_live_and_time_wait_sockets() {
+        use crate::model::time_wait_owners::{TIME_WAIT_GENERATION, TIME_WAIT_MEMORY};
+        use TcpState::*;
+        let client = Some(process(10, "client"));
+        let mut tracker = SocketTracker::new();
+        let at = |cookie, at, old, new, owner: &Option<Process>| {
+            transition(cookie, at, old, new, owner.clone(), "127.0.0.1:5000")
+        };
+        tracker.observe(at(1, 0, Close, SynSent, &client));
+        tracker.observe(at(1, 3, SynSent, Established, &None));
+        assert_eq!(tracker.owner_of(1).map(|p| p.tgid), Some(10));
+        assert_eq!(tracker.state_of(1), Some((Established, 3 * MS)));
+        for (at_ms, old, new) in [
+            (10, Established, FinWait1),
+            (11, FinWait1, FinWait2),
+            (12, FinWait2, Close),
+        ] {
+            tracker.observe(at(1, at_ms, old, new, &None));
+        }
+        assert_eq!(tracker.state_of(1), None);
+        assert_eq!(tracker.owner_of(1).map(|p| p.tgid), Some(10));
+        // Closed from LAST_ACK: no minisock, no owner left.
+        for (at_ms, old, new) in [
+            (0, Close, SynSent),
+            (20, CloseWait, LastAck),
+            (21, LastAck, Close),
+        ] {
+            tracker.observe(at(2, at_ms, old, new, &client));
+        }
+        assert!(tracker.owner_of(2).is_none());
+        assert_eq!(tracker.occupancy()[1].entries, 1);
+
+        // Kept for TIME_WAIT's whole length, and gone one generation later.
+        let closed = 12 * MS;
+        tracker.settle_time_wait(closed + TIME_WAIT_MEMORY.as_nanos() as u64);
+        assert!(tracker.owner_of(1).is_some());
+        tracker
+            .settle_time_wait(closed + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
+        assert!(tracker.owner_of(1).is_none());
+        assert_eq!(tracker.dropped_time_wait_owners, 0);
     }
 }

@@ -202,7 +202,7 @@ mod tests {
         model::leak_report::{LeakReport, ProbeHealth},
         model::process::Placement,
         model::top_snapshot::{SnapshotInputs, build_snapshot},
-        model::tracker::{Owner, OwnerSource, TrackedTransition},
+        model::tracker::{Owner, OwnerSource, SocketTracker, TrackedTransition},
         model::transition::{Process, Transition},
         view::metrics::{MetricsLimits, MetricsState},
     };
@@ -236,6 +236,7 @@ mod tests {
     fn snapshot(activity: &Activity, alive: &dyn Fn(u32) -> bool) -> TopSnapshot {
         build_snapshot(SnapshotInputs {
             activity,
+            tracker: &SocketTracker::new(),
             table: &[],
             holders: &HashMap::new(),
             leaks: &LeakReport {
