@@ -272,10 +272,13 @@ impl Monitor {
                 );
             }
             let pending_lost = self.pending_lost.take();
-            if let Some(missed) = read.lookups_missed {
-                let all_close_wait = self.tracker.confirm_close_wait(&table.sockets);
+            if let Some(missed) = &read.lookups_missed {
+                // A suspect that left CLOSE_WAIT while it was looked up (on
+                // a churning host, a healthy socket between its EOF and its
+                // close) is explained by its event, drained by now.
+                let explained = self.tracker.confirm_close_wait(&table.sockets, missed);
                 self.health.table_lookups += 1;
-                if missed > 0 || !all_close_wait || !table.is_complete() {
+                if !explained || !table.is_complete() {
                     // Something the events did not say: the next read walks
                     // the whole table.
                     self.lost_at_whole_read = None;
@@ -633,7 +636,7 @@ mod tests {
         assert_eq!(lookups[0].cookie, 1);
         assert_eq!(lookups[0].netns_inode, 4026531840);
         let found = HostRead {
-            lookups_missed: Some(0),
+            lookups_missed: Some(Vec::new()),
             ..read(
                 3,
                 whole_table(vec![close_wait_in_kernel(1, 11)]),
@@ -682,13 +685,90 @@ mod tests {
         // A lookup that did not find a suspect removes nothing, and the next
         // read walks the table.
         let missed = HostRead {
-            lookups_missed: Some(1),
+            lookups_missed: Some(vec![1]),
             ..read(6, whole_table(Vec::new()), Ok(ProcScan::default()))
         };
         monitor.apply_host(&missed, false);
         assert_eq!(monitor.tracker.suspects().count(), 1);
         assert_eq!(monitor.tracker.corrections(), 0);
         assert!(monitor.leaks_request(1, &[CloseWait]).lookups.is_none());
+    }
+
+    /// On a churning host a healthy socket is in CLOSE_WAIT between its EOF
+    /// and its close: looked up as a suspect, it is gone or in LAST_ACK by
+    /// the time the kernel answers. Its event says so, and lookups stay
+    /// trusted; a suspect the events still hold in CLOSE_WAIT does not.
+    #[test]
+    fn a_suspect_that_left_close_wait_during_its_lookup_keeps_lookups_trusted() {
+        let mut monitor = monitor();
+        for cookie in [1, 2, 3] {
+            monitor.handle_record(close_wait_with_netns(cookie, 1));
+        }
+        monitor.leaks_request(0, &[CloseWait]);
+        let table = [1, 2, 3].map(|cookie| close_wait_in_kernel(cookie, 10 + cookie));
+        monitor.apply_host(
+            &read(2, whole_table(table.to_vec()), Ok(ProcScan::default())),
+            true,
+        );
+        let lookups = monitor.leaks_request(0, &[CloseWait]).lookups.unwrap();
+        assert_eq!(lookups.len(), 3);
+        // While the lookups ran: 2 closed, 3 moved to LAST_ACK.
+        for (cookie, old, new) in [
+            (2, CloseWait, LastAck),
+            (2, LastAck, Close),
+            (3, CloseWait, LastAck),
+        ] {
+            monitor.handle_record(event(cookie, 3, old, new));
+        }
+        let mut last_ack = close_wait_in_kernel(3, 13);
+        last_ack.state = LastAck;
+        let answered = HostRead {
+            lookups_missed: Some(vec![2]),
+            ..read(
+                3,
+                whole_table(vec![table[0].clone(), last_ack.clone()]),
+                Ok(ProcScan::default()),
+            )
+        };
+        monitor.apply_host(&answered, false);
+        let next = monitor.leaks_request(0, &[CloseWait]).lookups;
+        assert_eq!(
+            next.map(|l| l.iter().map(|q| q.cookie).collect::<Vec<_>>()),
+            Some(vec![1])
+        );
+
+        // The same answers with no event to explain them: 1 is missed, or
+        // found in LAST_ACK, while the events hold it in CLOSE_WAIT.
+        for unexplained in [
+            HostRead {
+                lookups_missed: Some(vec![1]),
+                ..read(4, whole_table(Vec::new()), Ok(ProcScan::default()))
+            },
+            HostRead {
+                lookups_missed: Some(Vec::new()),
+                ..read(
+                    4,
+                    whole_table(vec![KernelSocket {
+                        state: LastAck,
+                        ..table[0].clone()
+                    }]),
+                    Ok(ProcScan::default()),
+                )
+            },
+        ] {
+            monitor.apply_host(&unexplained, false);
+            assert_eq!(monitor.tracker.suspects().count(), 1);
+            assert!(monitor.leaks_request(0, &[CloseWait]).lookups.is_none());
+            monitor.apply_host(
+                &read(
+                    5,
+                    whole_table(vec![table[0].clone()]),
+                    Ok(ProcScan::default()),
+                ),
+                false,
+            );
+            assert!(monitor.leaks_request(0, &[CloseWait]).lookups.is_some());
+        }
     }
 
     #[test]

@@ -39,13 +39,13 @@ pub struct SocketQuery {
     pub netns_inode: u64,
 }
 
-/// What a lookup found. `missed` counts the queries the kernel had no
-/// matching socket for (gone, a newer socket on its addresses, or one its
-/// lookup cannot match without the bound device).
+/// What a lookup found. `missed` holds the cookies of the queries the
+/// kernel had no matching socket for (gone, a newer socket on its
+/// addresses, or one its lookup cannot match without the bound device).
 #[derive(Debug, Default)]
 pub struct Lookup {
     pub found: Vec<KernelSocket>,
-    pub missed: usize,
+    pub missed: Vec<u64>,
 }
 
 /// Looks `queries` up in the calling thread's network namespace.
@@ -85,7 +85,7 @@ pub(crate) fn look_up_tcp(
                 };
                 match found {
                     Some(socket) if socket.cookie == query.cookie => lookup.found.push(socket),
-                    _ => lookup.missed += 1,
+                    _ => lookup.missed.push(query.cookie),
                 }
             }
         }

@@ -70,9 +70,9 @@ pub struct HostRead {
     pub started_ns: u64,
     /// The dump, or with `lookups_missed` the sockets the lookups found.
     pub table: TableSnapshot,
-    /// Set when the table was read by lookups: how many sockets asked
-    /// for were not found (in no namespace listed, or not in its table).
-    pub lookups_missed: Option<usize>,
+    /// Set when the table was read by lookups: the cookies of the sockets
+    /// asked for and not found (in no namespace listed, or not in its table).
+    pub lookups_missed: Option<Vec<u64>>,
     pub settings: Vec<(u64, Result<PortSettings, SettingsError>)>,
     /// The walk of `/proc`; its `holders` are empty unless they were asked for.
     pub processes: Result<ProcScan, io::Error>,

@@ -129,17 +129,18 @@ pub fn dump_all_namespaces(states: &[TcpState]) -> TableSnapshot {
 }
 
 /// Looks `queries` up, each in its own namespace: the sockets found, and
-/// how many were not (in no namespace listed, or not in its table).
-pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, usize) {
+/// the cookies of those that were not (in no namespace listed, or not in
+/// its table).
+pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, Vec<u64>) {
     let mut table = TableSnapshot::default();
     if queries.is_empty() {
-        return (table, 0);
+        return (table, Vec::new());
     }
     let namespaces = match net_namespaces() {
         Ok(namespaces) => namespaces,
         Err(error) => {
             table.failed = Some(error);
-            return (table, queries.len());
+            return (table, queries.iter().map(|q| q.cookie).collect());
         }
     };
     let mut by_namespace: HashMap<u64, Vec<SocketQuery>> = HashMap::new();
@@ -150,21 +151,22 @@ pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, usize)
             .push(*query);
     }
     let own = own_net_namespace();
-    let mut missed = 0;
+    let mut missed = Vec::new();
+    let cookies = |queries: &[SocketQuery]| queries.iter().map(|q| q.cookie).collect::<Vec<_>>();
     for (inode, queries) in by_namespace {
         let Some(&namespace) = namespaces.iter().find(|n| n.inode == inode) else {
             // No process left in it: its sockets may be gone with it.
-            missed += queries.len();
+            missed.extend(cookies(&queries));
             continue;
         };
         let read = |namespace: NetNamespace| look_up_tcp(&queries, namespace.inode);
         match in_namespace(namespace, own, &read) {
             Ok(lookup) => {
-                missed += lookup.missed;
+                missed.extend(lookup.missed);
                 table.sockets.extend(lookup.found);
             }
             Err(error) => {
-                missed += queries.len();
+                missed.extend(cookies(&queries));
                 table.unreadable.push((namespace, error));
             }
         }

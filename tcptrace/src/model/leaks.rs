@@ -265,13 +265,18 @@ impl LeakTracker {
     /// Joins the answers of a lookup of CLOSE_WAIT suspects, socket by
     /// socket: their inodes and namespaces. Unlike a whole-table read it
     /// removes nothing, since a socket a lookup did not find may be one it
-    /// could not match (bound to a device, say); the caller reads the whole
-    /// table next. Returns whether every socket found was in CLOSE_WAIT.
-    pub fn confirm_close_wait(&mut self, found: &[KernelSocket]) -> bool {
-        let mut all_close_wait = true;
+    /// could not match (bound to a device, say). Returns whether every
+    /// socket found in another state, and every one of `missed`, has
+    /// since left CLOSE_WAIT by its events: call only once every event
+    /// from before the lookup is in. Otherwise the events did not say
+    /// something, and the caller reads the whole table next.
+    pub fn confirm_close_wait(&mut self, found: &[KernelSocket], missed: &[u64]) -> bool {
+        let mut explained = !missed
+            .iter()
+            .any(|&cookie| self.is_close_wait_suspect(cookie));
         for socket in found {
             if socket.state != TcpState::CloseWait {
-                all_close_wait = false;
+                explained &= !self.is_close_wait_suspect(socket.cookie);
                 continue;
             }
             if let Some(suspect) = self.suspects.get_mut(&socket.cookie)
@@ -280,7 +285,13 @@ impl LeakTracker {
                 suspect.learn(socket);
             }
         }
-        all_close_wait
+        explained
+    }
+
+    fn is_close_wait_suspect(&self, cookie: u64) -> bool {
+        self.suspects
+            .get(&cookie)
+            .is_some_and(|suspect| suspect.kind == LeakKind::CloseWait)
     }
 
     /// Drops closed-but-held suspects whose inode a fresh holder scan of
