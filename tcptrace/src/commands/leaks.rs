@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     engine::drain_loop::{self, Refresh, Schedule, StopSignals},
     engine::monitor::{
-        LeaksOptions, Monitor, RECONCILE_INTERVAL, STACK_PRUNE_EVERY, all_drops, events_lost,
+        LeaksOptions, Monitor, RECONCILE_INTERVAL, all_drops, events_lost, prune_due,
     },
     host::reader::{HostRead, HostRequest, read_host, release_free_memory, states_with_files},
     model::leak_report::{LeakReport, ProgramHealth},
@@ -113,6 +113,10 @@ struct LeaksLoop<'a, W: Write> {
     /// Whether the read under way lists every socket with a file, for
     /// pruning the stacks of sockets gone.
     pruning: bool,
+    /// Events lost and transitions filtered in the kernel at the last
+    /// prune: while neither grows, every socket's CLOSE reached the stack
+    /// book, which then holds no stack of a socket gone.
+    unseen_closes_at_prune: Option<u64>,
     /// Set when the reader went away: there is nobody to give a final
     /// report to.
     gone: Option<LeaksOutcome>,
@@ -125,7 +129,15 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
 
     fn host_request(&mut self, probe: &Probe) -> HostRequest {
         self.reconciles += 1;
-        self.pruning = self.reconciles.is_multiple_of(STACK_PRUNE_EVERY);
+        // A prune walks the whole table (tens of milliseconds per 10^5
+        // sockets), to free memory only: skipped while no CLOSE can have
+        // been missed, but for the rare record that follows its socket's
+        // CLOSE (a read racing the close on another CPU).
+        let unseen_closes = unseen_closes(probe);
+        self.pruning = prune_due(self.reconciles, unseen_closes, self.unseen_closes_at_prune);
+        if self.pruning {
+            self.unseen_closes_at_prune = unseen_closes;
+        }
         let states = if self.pruning {
             states_with_files()
         } else {
@@ -164,6 +176,13 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
         }
         Ok(ControlFlow::Continue(()))
     }
+}
+
+/// Transitions the agent did not see: lost, or dropped in the kernel by a
+/// filter. `None` when they cannot be read.
+fn unseen_closes(probe: &Probe) -> Option<u64> {
+    let filtered = probe.counters().ok()?.filtered_in_kernel;
+    Some(events_lost(probe)? + filtered)
 }
 
 /// The monitor's read of `states`; lookups when nothing was lost, and a
@@ -256,6 +275,7 @@ pub async fn run<W: Write>(
         live_terminal,
         reconciles: 0,
         pruning: false,
+        unseen_closes_at_prune: None,
         gone: None,
     };
     drain_loop::run(&mut probe, &mut signals, schedule, &mut leaks).await?;

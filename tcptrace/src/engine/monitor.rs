@@ -42,10 +42,12 @@ const HOLDER_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 /// being written.
 pub(crate) const SETTLE_WAIT: Duration = Duration::from_millis(50);
 
-/// Every this many reconciles, the table is read in every state a socket
-/// with a file can be in, and the stacks of sockets it no longer lists are
-/// forgotten (their CLOSE was lost).
-pub(crate) const STACK_PRUNE_EVERY: u64 = 10;
+/// Every this many reconciles, if a CLOSE may have been missed since the
+/// last time (and every `STACK_PRUNE_ANYWAY_EVERY` in any case), the table
+/// is read in every state a socket with a file can be in, and the stacks of
+/// sockets it no longer lists are forgotten (their CLOSE was lost).
+const STACK_PRUNE_EVERY: u64 = 10;
+const STACK_PRUNE_ANYWAY_EVERY: u64 = 60;
 /// Past this many CLOSE_WAIT suspects, one walk of the table costs less
 /// than looking each up.
 const MAX_LOOKUPS: usize = 4096;
@@ -439,6 +441,20 @@ pub(crate) fn all_drops(counters: &KernelCounters) -> u64 {
     counters.dropped() + counters.destroyed_reserve_failed + counters.stack_reserve_failed
 }
 
+/// Whether the `reconciles`th read prunes the stacks, given the closes the
+/// agent cannot have seen (events lost and transitions filtered in the
+/// kernel) now and at the last prune.
+pub(crate) fn prune_due(
+    reconciles: u64,
+    unseen_closes: Option<u64>,
+    at_last_prune: Option<u64>,
+) -> bool {
+    reconciles.is_multiple_of(STACK_PRUNE_EVERY)
+        && (unseen_closes.is_none()
+            || unseen_closes != at_last_prune
+            || reconciles.is_multiple_of(STACK_PRUNE_ANYWAY_EVERY))
+}
+
 /// Every event the probe lost: its drops, and the transitions the kernel
 /// did not run the program for (a run on a CPU where it was already
 /// running, from an interrupt). `None` when they cannot be read: nothing
@@ -692,6 +708,16 @@ mod tests {
         assert_eq!(monitor.tracker.suspects().count(), 1);
         assert_eq!(monitor.tracker.corrections(), 0);
         assert!(monitor.leaks_request(1, &[CloseWait]).lookups.is_none());
+    }
+
+    #[test]
+    fn stacks_are_pruned_when_a_close_may_have_been_missed_and_once_a_minute() {
+        assert!(!prune_due(9, None, None), "only every tenth read");
+        assert!(prune_due(10, None, None), "nothing is known");
+        assert!(prune_due(10, Some(0), None), "never pruned yet");
+        assert!(!prune_due(10, Some(3), Some(3)), "nothing missed since");
+        assert!(prune_due(20, Some(4), Some(3)), "one event lost since");
+        assert!(prune_due(60, Some(3), Some(3)), "once a minute anyway");
     }
 
     /// On a churning host a healthy socket is in CLOSE_WAIT between its EOF
