@@ -442,9 +442,12 @@ pub struct ProbeConfig {
     pub stack_level: u32,
     /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
     pub read_socket_inode: u32,
+    /// `task_struct.thread.fsbase` (u64, x86-64), 0 if not found: the
+    /// thread pointer, above which no frame of a thread's stack lies.
+    pub task_fsbase_offset: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 92);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -471,6 +474,7 @@ impl ProbeConfig {
         inet_sport_offset: 0,
         stack_level: STACKS_OFF,
         read_socket_inode: 0,
+        task_fsbase_offset: 0,
     };
 }
 
@@ -553,7 +557,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 23 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 24 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

@@ -99,9 +99,11 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     // SAFETY: this CPU's scratch slot; the program does not nest on a CPU,
     // and does not move to another while it runs.
     let copy = unsafe { &mut (*scratch).copy };
+    // SAFETY: a helper with no arguments.
+    let task = unsafe { bpf_get_current_task_btf() };
     // SAFETY: the BTF pointer of the current task, whose saved user
     // registers are then read with checked probe reads.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    let regs = unsafe { bpf_task_pt_regs(task) } as *const u8;
     copy.tgid = current_tgid();
     // SAFETY: `regs` is the BTF-typed pt_regs the helper returned, the
     // offsets are pt_regs members found in BTF.
@@ -124,7 +126,26 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     // thread would hold at every one of its EOF reads.
     let sp = copy.sp & !63;
     copy.base = sp;
-    let first = STACK_COPY_PAGE as u32 - (sp as u32 & (STACK_COPY_PAGE as u32 - 1));
+    let mut wanted = STACK_COPY_BYTES as u32;
+    let fsbase_offset = config!(task_fsbase_offset);
+    if fsbase_offset != 0 {
+        // glibc and musl put a thread's TCB and static TLS at the top of its
+        // stack, and the thread pointer at the TCB: no frame lies above it.
+        // Past it a pool thread's copy read TLS, then often the next
+        // mapping's guard page, whose fault cost more than the bytes. A
+        // thread pointer anywhere else (a main thread's, a goroutine's M)
+        // is not in the way and changes nothing.
+        // SAFETY: `task` is the current task's BTF pointer; the offset is
+        // `thread.fsbase`, found in BTF.
+        let fsbase = unsafe { load_field::<u64>(task as *const u8, fsbase_offset) };
+        if fsbase > sp && fsbase - sp < wanted as u64 {
+            wanted = (fsbase - sp) as u32;
+        }
+    }
+    let mut first = STACK_COPY_PAGE as u32 - (sp as u32 & (STACK_COPY_PAGE as u32 - 1));
+    if first > wanted {
+        first = wanted;
+    }
     let stack = copy.stack.as_mut_ptr();
     // SAFETY: checked reads of user memory into the scratch copy: `first`
     // is 1..=STACK_COPY_PAGE, so the first two reads end within `stack`,
@@ -141,9 +162,17 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
         let mut len = 0;
         if read(0, first) {
             len = first;
-            if read(first, STACK_COPY_PAGE as u32) {
-                len += STACK_COPY_PAGE as u32;
-                let last = STACK_COPY_BYTES as u32 - len;
+            let mut second = wanted - len;
+            if second > STACK_COPY_PAGE as u32 {
+                second = STACK_COPY_PAGE as u32;
+            }
+            if second > 0 && read(first, second) {
+                len += second;
+                let mut last = wanted - len;
+                // Never more than a page: `first` was one to the page's end.
+                if last > STACK_COPY_PAGE as u32 {
+                    last = STACK_COPY_PAGE as u32;
+                }
                 if last > 0 && read(len, last) {
                     len += last;
                 }

@@ -80,7 +80,13 @@ fn frames(path: &serde_json::Value) -> Vec<String> {
 
 /// Starts `server`'s runtime under the probe, makes the ten connections,
 /// runs `after_leaks` (e.g. writing a perf map), and checks both reports.
-fn check(name: &str, server: Server, expect: Expect, after_leaks: impl FnOnce(&Server)) {
+/// Returns the leak's code path.
+fn check(
+    name: &str,
+    server: Server,
+    expect: Expect,
+    after_leaks: impl FnOnce(&Server),
+) -> serde_json::Value {
     assert!(
         kernel_has_recv_tracepoint(),
         "the EOF stack needs sock:sock_recv_length (Linux 6.3+)"
@@ -177,11 +183,12 @@ fn check(name: &str, server: Server, expect: Expect, after_leaks: impl FnOnce(&S
         }
     }
     drop(clients);
+    paths[0].clone()
 }
 
-fn c_server(name: &str, frame_pointer: &str) {
+fn c_server(name: &str, frame_pointer: &str, mode: &[&str]) -> Option<serde_json::Value> {
     if !require_root() {
-        return;
+        return None;
     }
     let scratch = Scratch::new(name);
     let binary = scratch.path("leaky");
@@ -202,8 +209,10 @@ fn c_server(name: &str, frame_pointer: &str) {
         frame_pointer == "-fno-omit-frame-pointer",
         "{frame_pointer} build"
     );
-    let server = Server::start(Command::new(&binary), scratch.path("stderr"));
-    check(
+    let mut command = Command::new(&binary);
+    command.args(mode);
+    let server = Server::start(command, scratch.path("stderr"));
+    Some(check(
         name,
         server,
         Expect::Handler {
@@ -211,19 +220,38 @@ fn c_server(name: &str, frame_pointer: &str) {
             good: "handle_good",
         },
         |_| {},
-    );
+    ))
 }
 
 #[test]
 fn c_with_frame_pointers_names_the_leaking_handler() {
-    c_server("c-fp", "-fno-omit-frame-pointer");
+    c_server("c-fp", "-fno-omit-frame-pointer", &[]);
 }
 
 /// How most distributions and release builds compile: the stack is unwound
 /// from .eh_frame.
 #[test]
 fn c_without_frame_pointers_names_the_leaking_handler() {
-    c_server("c-nofp", "-fomit-frame-pointer");
+    c_server("c-nofp", "-fomit-frame-pointer", &[]);
+}
+
+/// A thread's stack ends in glibc's TCB, where the probe's copy stops:
+/// the walk still reaches the thread's outermost frame, with the 4 KiB
+/// buffer of the read helper on the way.
+#[test]
+fn c_on_threads_names_the_handler_and_reaches_the_threads_first_frame() {
+    let Some(path) = c_server("c-thread", "-fomit-frame-pointer", &["--thread"]) else {
+        return;
+    };
+    let frames = frames(&path);
+    assert!(
+        frames.iter().any(|f| f.contains("start_thread")),
+        "the walk did not reach the thread's start: {path:#}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.starts_with("(stack truncated")),
+        "a thread's stack cut short: {path:#}"
+    );
 }
 
 #[test]

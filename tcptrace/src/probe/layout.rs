@@ -125,6 +125,13 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         config.regs_bp_offset = bp.offset;
         config.regs_sp_offset = sp.offset;
     }
+    // Optional: without it a stack copy reads its whole length, past the
+    // top of a thread's stack.
+    if let Ok(fsbase) = btf.member("task_struct", &["thread", "fsbase"])
+        && fsbase.size == 8
+    {
+        config.task_fsbase_offset = fsbase.offset;
+    }
     // Optional: without it a socket closed but held shows port 0.
     if let Ok(sport) = btf.member("inet_sock", &["inet_sport"])
         && sport.size == 2
@@ -313,5 +320,9 @@ mod tests {
         assert_eq!(config.local_port_offset, config.remote_port_offset + 2);
         assert_eq!(config.has_netns, 1);
         assert!(config.protocol_offset > config.local_v6_offset);
+        if cfg!(target_arch = "x86_64") {
+            // `thread` closes task_struct, which is kilobytes long.
+            assert!(config.task_fsbase_offset > 1024, "thread.fsbase found");
+        }
     }
 }

@@ -1,11 +1,15 @@
-/* A leaky server for tests/code_paths.rs. Usage: leaky PORT (0: any).
+/* A leaky server for tests/code_paths.rs. Usage: leaky [--thread] PORT
+ * (0: any).
  *
  * Says "listening PORT" once it listens on 127.0.0.1, then serves one
  * connection at a time: the first byte picks the handler ('L': handle_leaky,
  * anything else: handle_good). Both read to EOF through the same four
- * helpers; only handle_good closes. After each, says "leaked" or "closed". */
+ * helpers; only handle_good closes. After each, says "leaked" or "closed".
+ * With --thread, each connection is served on a thread of its own, whose
+ * stack ends in glibc's TCB, as in a thread-per-connection server. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -67,13 +71,32 @@ __attribute__((noinline, noclone)) static void handle_good(int fd) {
     fflush(stdout);
 }
 
+static void serve(int fd) {
+    char kind = 0;
+    if (recv(fd, &kind, 1, 0) != 1) {
+        close(fd);
+        return;
+    }
+    if (kind == 'L')
+        handle_leaky(fd);
+    else
+        handle_good(fd);
+}
+
+static void *serve_on_thread(void *fd) {
+    serve((int)(long)fd);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s PORT\n", argv[0]);
+    int threaded = argc == 3 && argv[1][0] == '-';
+    if (argc != 2 + threaded) {
+        fprintf(stderr, "usage: %s [--thread] PORT\n", argv[0]);
         return 2;
     }
     int listener = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons(atoi(argv[1 + threaded]))};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 ||
         listen(listener, 64) < 0) {
@@ -90,14 +113,15 @@ int main(int argc, char **argv) {
             perror("accept");
             return 1;
         }
-        char kind = 0;
-        if (recv(fd, &kind, 1, 0) != 1) {
-            close(fd);
+        if (!threaded) {
+            serve(fd);
             continue;
         }
-        if (kind == 'L')
-            handle_leaky(fd);
-        else
-            handle_good(fd);
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, serve_on_thread, (void *)(long)fd) != 0) {
+            perror("pthread_create");
+            return 1;
+        }
+        pthread_join(thread, NULL);
     }
 }
