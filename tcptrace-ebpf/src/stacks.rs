@@ -147,10 +147,11 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
         first = wanted;
     }
     let stack = copy.stack.as_mut_ptr();
+    const PAGE: u32 = STACK_COPY_PAGE as u32;
     // SAFETY: checked reads of user memory into the scratch copy: `first`
-    // is 1..=STACK_COPY_PAGE, so the first two reads end within `stack`,
-    // and the third ends at STACK_COPY_BYTES (the verifier, which cannot
-    // see that, is shown the spill page after `stack`).
+    // is 1..=PAGE, the second read starts there and is at most a page, and
+    // the third ends at `wanted` <= STACK_COPY_BYTES (the verifier, which
+    // cannot see that, is shown the spill page after `stack`).
     unsafe {
         let read = |offset: u32, len: u32| {
             bpf_probe_read_user(
@@ -159,22 +160,32 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
                 (sp + offset as u64) as *const c_void,
             ) == 0
         };
+        // The sizes below less than a page are masked with PAGE - 1, which
+        // changes none of them (each is under a page where it is used) but
+        // bounds them for the verifier, which does not see the branches'
+        // bounds on the register the compiler passes. Read back through
+        // memory, so that the compiler, which does see them, keeps the mask.
+        // The third read's offset is masked likewise, to two pages.
+        let under_page = |size: u32| core::ptr::read_volatile(&size) & (PAGE - 1);
+        let under_two_pages = |offset: u32| core::ptr::read_volatile(&offset) & (2 * PAGE - 1);
         let mut len = 0;
         if read(0, first) {
             len = first;
-            let mut second = wanted - len;
-            if second > STACK_COPY_PAGE as u32 {
-                second = STACK_COPY_PAGE as u32;
-            }
-            if second > 0 && read(first, second) {
-                len += second;
-                let mut last = wanted - len;
-                // Never more than a page: `first` was one to the page's end.
-                if last > STACK_COPY_PAGE as u32 {
-                    last = STACK_COPY_PAGE as u32;
+            let rest = wanted - len;
+            if rest >= PAGE {
+                if read(len, PAGE) {
+                    len += PAGE;
+                    // Under a page: `first` reached its page's end. And
+                    // `len` is under two pages wherever `wanted` exceeds it.
+                    let last = under_page(wanted - len);
+                    if wanted > len && read(under_two_pages(len), last) {
+                        len += last;
+                    }
                 }
-                if last > 0 && read(len, last) {
-                    len += last;
+            } else if rest > 0 {
+                let second = under_page(rest);
+                if read(len, second) {
+                    len += second;
                 }
             }
         }
