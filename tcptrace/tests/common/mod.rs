@@ -118,11 +118,18 @@ impl Agent {
             if line.starts_with(ready_line) {
                 return (agent, line);
             }
-            assert!(
-                line.starts_with("tcptrace: ") && said.len() < 5,
-                "`{}` said {line:?} before {ready_line:?}",
-                agent.name
-            );
+            if !line.starts_with("tcptrace: ") || said.len() >= 5 {
+                // All of it: a verifier log says why only in its last lines.
+                let mut rest = vec![line];
+                while let Ok(more) = agent.stderr.recv_timeout(Duration::from_millis(500)) {
+                    rest.push(more);
+                }
+                panic!(
+                    "`{}` said {said:?}, then this before {ready_line:?}:\n{}",
+                    agent.name,
+                    rest.join("\n")
+                );
+            }
             said.push(line);
         }
     }
