@@ -445,9 +445,12 @@ pub struct ProbeConfig {
     /// `task_struct.thread.fsbase` (u64, x86-64), 0 if not found: the
     /// thread pointer, above which no frame of a thread's stack lies.
     pub task_fsbase_offset: u32,
+    /// `sk_bpf_storage` (pointer), 0 if not found: null while no program
+    /// gave the socket storage, which is most sockets.
+    pub sk_storage_offset: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 100);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -475,6 +478,7 @@ impl ProbeConfig {
         stack_level: STACKS_OFF,
         read_socket_inode: 0,
         task_fsbase_offset: 0,
+        sk_storage_offset: 0,
     };
 }
 
@@ -557,7 +561,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 24 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 25 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

@@ -125,6 +125,13 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         config.regs_bp_offset = bp.offset;
         config.regs_sp_offset = sp.offset;
     }
+    // Optional: without it the destroy hook asks the storage helper about
+    // every socket.
+    if let Ok(storage) = btf.member("sock", &["sk_bpf_storage"])
+        && storage.size == 8
+    {
+        config.sk_storage_offset = storage.offset;
+    }
     // Optional: without it a stack copy reads its whole length, past the
     // top of a thread's stack.
     if let Ok(fsbase) = btf.member("task_struct", &["thread", "fsbase"])
@@ -324,5 +331,6 @@ mod tests {
             // `thread` closes task_struct, which is kilobytes long.
             assert!(config.task_fsbase_offset > 1024, "thread.fsbase found");
         }
+        assert!(config.sk_storage_offset > config.protocol_offset);
     }
 }
