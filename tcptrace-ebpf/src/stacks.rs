@@ -131,8 +131,8 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     if fsbase_offset != 0 {
         // glibc and musl put a thread's TCB and static TLS at the top of its
         // stack, and the thread pointer at the TCB: no frame lies above it.
-        // Past it a pool thread's copy read TLS, then often the next
-        // mapping's guard page, whose fault cost more than the bytes. A
+        // Past it a pool thread's copy read TLS, then often a page that
+        // could not be read, whose fault cost more than the bytes. A
         // thread pointer anywhere else (a main thread's, a goroutine's M)
         // is not in the way and changes nothing.
         // SAFETY: `task` is the current task's BTF pointer; the offset is
@@ -176,8 +176,9 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
                 if read(len, PAGE) {
                     len += PAGE;
                     // Under a page: `first` reached its page's end. And
-                    // `len` is under two pages wherever `wanted` exceeds it.
-                    let last = under_page(wanted - len);
+                    // `len` is under two pages wherever `wanted` exceeds it
+                    // (where it does not, `last` is not used).
+                    let last = under_page(wanted.wrapping_sub(len));
                     if wanted > len && read(under_two_pages(len), last) {
                         len += last;
                     }
