@@ -129,8 +129,8 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
 
     fn host_request(&mut self, probe: &Probe) -> HostRequest {
         self.reconciles += 1;
-        // A prune walks the whole table (tens of milliseconds per 10^5
-        // sockets), to free memory only: skipped while no CLOSE can have
+        // A prune walks the whole table (tens of milliseconds on a churning
+        // host), to free memory only: skipped while no CLOSE can have
         // been missed, but for the rare record that follows its socket's
         // CLOSE (a read racing the close on another CPU).
         let unseen_closes = unseen_closes(probe);
