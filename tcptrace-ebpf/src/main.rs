@@ -316,14 +316,6 @@ fn settle_closed_socket(sk: *const u8, cookie: u64, inode: u64) {
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let storage_offset = config!(sk_storage_offset);
-    // A socket no program gave storage (nearly every one) cannot be marked:
-    // one load instead of a helper call.
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket; the offset is
-    // `sk_bpf_storage`, found in BTF.
-    if storage_offset != 0 && unsafe { load_field::<u64>(sk, storage_offset) } == 0 {
-        return 0;
-    }
     let Some(state) = socket_state(sk, false) else {
         return 0;
     };

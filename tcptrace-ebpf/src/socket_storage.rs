@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{Counter, SocketOwner, TASK_COMM_LEN, TcpState};
 
-use crate::count;
+use crate::{count, kernel_read::load_field};
 
 /// What the probe keeps per socket, in the socket itself: the kernel frees
 /// it with the socket, so nothing is inserted or deleted per connection and
@@ -75,6 +75,14 @@ pub(crate) fn socket_state(sk: *const u8, create: bool) -> Option<&'static mut S
     let flags = if create {
         BPF_SK_STORAGE_GET_F_CREATE as u64
     } else {
+        let storage_offset = config!(sk_storage_offset);
+        // A socket no program gave storage (nearly every one) has none of
+        // ours: one load instead of a helper call.
+        // SAFETY: `sk` is a BTF-typed socket (the caller's contract); the
+        // offset is `sk_bpf_storage`, found in BTF.
+        if storage_offset != 0 && unsafe { load_field::<u64>(sk, storage_offset) } == 0 {
+            return None;
+        }
         0
     };
     // SAFETY: the map is a socket storage map of SocketState, `sk` a socket
