@@ -149,8 +149,10 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
     fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
         self.monitor.drain_settled(probe);
         self.monitor.apply_host(&read, false);
-        if self.pruning {
-            self.monitor.prune_stacks(&read.table, read.started_ns);
+        if self.pruning
+            && let Some(listed) = read.table.listed_cookies()
+        {
+            self.monitor.prune_stacks(&listed, read.started_ns);
         }
         drop(read);
         release_free_memory();

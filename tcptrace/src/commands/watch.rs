@@ -1,7 +1,6 @@
 //! `tcptrace watch`: stream every TCP state transition until stopped.
 
 use std::{
-    collections::HashSet,
     fmt,
     io::{self, Write},
     ops::ControlFlow,
@@ -191,8 +190,7 @@ impl<W: Write> Refresh for Pipeline<W> {
 
     fn host_read(&mut self, probe: &mut Probe, read: HostRead) -> anyhow::Result<ControlFlow<()>> {
         self.drain(probe);
-        if read.table.is_complete() {
-            let listed: HashSet<u64> = read.table.sockets.iter().map(|s| s.cookie).collect();
+        if let Some(listed) = read.table.listed_cookies() {
             self.tracker
                 .reconcile(&|cookie| listed.contains(&cookie), read.started_ns);
         }

@@ -232,8 +232,9 @@ impl HostAgent {
         }
         let dump_started_ns = read.started_ns;
         self.monitor.apply_host(&read, startup);
-        if read.table.failed.is_none() && read.table.unreadable.is_empty() {
-            self.monitor.prune_stacks(&read.table, dump_started_ns);
+        let listed = read.table.listed_cookies();
+        if let Some(listed) = &listed {
+            self.monitor.prune_stacks(listed, dump_started_ns);
         }
         if let Some(alive) = read.processes_alive() {
             self.alive.clone_from(alive);
@@ -249,11 +250,12 @@ impl HostAgent {
         let now_ns = monotonic_now_ns();
 
         // An incomplete table would wrongly end sockets it could not list.
-        if table.is_complete() {
-            let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
-            let listed = |cookie| listed.contains(&cookie);
-            self.tracker.reconcile(&listed, dump_started_ns);
+        if let Some(listed) = &listed {
+            self.tracker
+                .reconcile(&|cookie| listed.contains(&cookie), dump_started_ns);
         }
+        // A table's worth of cookies: freed before the snapshot is built.
+        drop(listed);
         self.tracker.settle_time_wait(now_ns);
         let leaks = self.monitor.report(self.min_age);
 

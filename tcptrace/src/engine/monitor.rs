@@ -14,7 +14,6 @@ use crate::{
     host::clock::monotonic_now_ns,
     host::inet_diag_lookup::SocketQuery,
     host::reader::{HostRead, HostRequest},
-    host::sockdiag::TableSnapshot,
     model::health::Occupancy,
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
@@ -341,9 +340,10 @@ impl Monitor {
     }
 
     /// Forgets the stacks of sockets the kernel's table no longer lists.
-    /// `table` must list every state a socket with a file can be in.
-    pub(crate) fn prune_stacks(&mut self, table: &TableSnapshot, started_ns: u64) {
-        self.stacks.prune(table, started_ns);
+    /// `listed` (see `TableSnapshot::listed_cookies`) must be a complete
+    /// table of every state a socket with a file can be in.
+    pub(crate) fn prune_stacks(&mut self, listed: &foldhash::HashSet<u64>, started_ns: u64) {
+        self.stacks.prune(listed, started_ns);
     }
 
     /// Stacks of processes that exited: freed here, in the unwinder and in
@@ -468,6 +468,7 @@ pub(crate) fn events_lost(probe: &Probe) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::sockdiag::TableSnapshot;
     use crate::model::{
         fixtures::{S, close_wait_in_kernel, transition},
         holder::ProcScan,
@@ -559,7 +560,7 @@ mod tests {
             ..TableSnapshot::default()
         };
         // Socket 1's CLOSE was lost; socket 3 postdates the dump.
-        monitor.prune_stacks(&table, 4 * S);
+        monitor.prune_stacks(&table.listed_cookies().unwrap(), 4 * S);
         assert_eq!(entries(&monitor, "socket_stacks"), 2);
         // An incomplete table says nothing about what it did not list.
         let partial = TableSnapshot {
@@ -569,8 +570,7 @@ mod tests {
             )],
             ..TableSnapshot::default()
         };
-        monitor.prune_stacks(&partial, 10 * S);
-        assert_eq!(entries(&monitor, "socket_stacks"), 2);
+        assert!(partial.listed_cookies().is_none());
     }
 
     #[test]

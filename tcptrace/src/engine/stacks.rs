@@ -17,7 +17,7 @@ use std::{
 use tcptrace_common::StackKind;
 
 use crate::{
-    host::{sockdiag::TableSnapshot, symbolize::SymbolizerWorker, unwind::UnwindWorker},
+    host::{symbolize::SymbolizerWorker, unwind::UnwindWorker},
     model::{
         leak_report::{ProbeHealth, SocketStacks},
         stack::{NamedStack, UnwoundStack},
@@ -202,12 +202,9 @@ impl SocketStackBook {
     }
 
     /// Forgets the stacks of sockets the kernel's table no longer lists.
-    /// `table` must list every state a socket with a file can be in.
-    pub(crate) fn prune(&mut self, table: &TableSnapshot, started_ns: u64) {
-        if !table.is_complete() {
-            return;
-        }
-        let listed: HashSet<u64> = table.sockets.iter().map(|s| s.cookie).collect();
+    /// `listed` must be a complete table of every state a socket with a file
+    /// can be in.
+    pub(crate) fn prune(&mut self, listed: &foldhash::HashSet<u64>, started_ns: u64) {
         self.by_socket
             .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
     }

@@ -109,6 +109,14 @@ impl TableSnapshot {
     pub fn is_complete(&self) -> bool {
         self.failed.is_none() && self.unreadable.is_empty()
     }
+
+    /// The cookies of every socket listed, when the table is complete: built
+    /// once per read, since a busy host's table holds a minute of TIME_WAIT
+    /// sockets and every forgetting of sockets it no longer lists needs it.
+    pub fn listed_cookies(&self) -> Option<foldhash::HashSet<u64>> {
+        self.is_complete()
+            .then(|| self.sockets.iter().map(|s| s.cookie).collect())
+    }
 }
 
 /// Dumps the TCP tables of every network namespace that has processes.
