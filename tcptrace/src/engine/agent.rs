@@ -341,11 +341,7 @@ impl HostAgent {
         let mut tables = self.monitor.occupancy();
         tables.extend(self.activity.occupancy());
         tables.extend(self.tracker.occupancy());
-        tables.push(Occupancy {
-            name: "placements",
-            entries: self.placements.len() as u64,
-            capacity: None,
-        });
+        tables.push(Occupancy::new("placements", self.placements.len(), None));
         tables
     }
 }

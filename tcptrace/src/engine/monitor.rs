@@ -381,26 +381,14 @@ impl Monitor {
     /// How many entries the monitor's tables hold.
     pub(crate) fn occupancy(&self) -> Vec<Occupancy> {
         vec![
-            Occupancy {
-                name: "suspects",
-                entries: self.tracker.suspects().count() as u64,
-                capacity: None,
-            },
-            Occupancy {
-                name: "socket_stacks",
-                entries: self.stacks.sockets() as u64,
-                capacity: Some(MAX_SOCKET_STACKS as u64),
-            },
-            Occupancy {
-                name: "symbolized_stacks",
-                entries: self.stacks.named() as u64,
-                capacity: None,
-            },
-            Occupancy {
-                name: "holders",
-                entries: self.holders.len() as u64,
-                capacity: None,
-            },
+            Occupancy::new("suspects", self.tracker.suspects().count(), None),
+            Occupancy::new(
+                "socket_stacks",
+                self.stacks.sockets(),
+                Some(MAX_SOCKET_STACKS),
+            ),
+            Occupancy::new("symbolized_stacks", self.stacks.named(), None),
+            Occupancy::new("holders", self.holders.len(), None),
         ]
     }
 

@@ -159,14 +159,9 @@ impl Activity {
 
     /// How many entries each table holds, against its bound.
     pub fn occupancy(&self) -> Vec<Occupancy> {
-        let table = |name, entries: usize, capacity: Option<usize>| Occupancy {
-            name,
-            entries: entries as u64,
-            capacity: capacity.map(|c| c as u64),
-        };
         vec![
-            table("processes", self.processes.len(), None),
-            table(
+            Occupancy::new("processes", self.processes.len(), None),
+            Occupancy::new(
                 "destinations",
                 self.destinations.len(),
                 Some(MAX_DESTINATIONS),

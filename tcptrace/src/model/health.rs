@@ -13,6 +13,17 @@ pub struct Occupancy {
     pub capacity: Option<u64>,
 }
 
+impl Occupancy {
+    /// From the lengths collections give.
+    pub fn new(name: &'static str, entries: usize, capacity: Option<usize>) -> Self {
+        Occupancy {
+            name,
+            entries: entries as u64,
+            capacity: capacity.map(|c| c as u64),
+        }
+    }
+}
+
 /// Agent-wide counts, running totals since start, and how full its tables are.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentTotals {

@@ -132,16 +132,12 @@ impl SocketTracker {
     /// How many entries each table holds, against its bound.
     pub fn occupancy(&self) -> [Occupancy; 2] {
         [
-            Occupancy {
-                name: "tracked_sockets",
-                entries: self.sockets.len() as u64,
-                capacity: None,
-            },
-            Occupancy {
-                name: "time_wait_owners",
-                entries: self.time_wait_owners.len() as u64,
-                capacity: Some(MAX_TIME_WAIT_OWNERS as u64),
-            },
+            Occupancy::new("tracked_sockets", self.sockets.len(), None),
+            Occupancy::new(
+                "time_wait_owners",
+                self.time_wait_owners.len(),
+                Some(MAX_TIME_WAIT_OWNERS),
+            ),
         ]
     }
 

@@ -385,17 +385,17 @@ impl Probe {
     /// each socket's storage, freed with it, and are not counted.
     pub fn map_occupancy(&self) -> Vec<Occupancy> {
         let capacities = &self.capacities;
-        let mut maps = vec![Occupancy {
-            name: "stack_copies",
-            entries: self.stack_copies.keys().filter(Result::is_ok).count() as u64,
-            capacity: Some(u64::from(capacities.stack_copies)),
-        }];
+        let mut maps = vec![Occupancy::new(
+            "stack_copies",
+            self.stack_copies.keys().filter(Result::is_ok).count(),
+            Some(capacities.stack_copies as usize),
+        )];
         if let Some(eof_reads) = &self.eof_reads {
-            maps.push(Occupancy {
-                name: "eof_reads",
-                entries: eof_reads.keys().filter(Result::is_ok).count() as u64,
-                capacity: Some(u64::from(capacities.eof_reads)),
-            });
+            maps.push(Occupancy::new(
+                "eof_reads",
+                eof_reads.keys().filter(Result::is_ok).count(),
+                Some(capacities.eof_reads as usize),
+            ));
         }
         maps
     }
