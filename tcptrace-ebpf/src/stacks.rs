@@ -102,7 +102,7 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     // SAFETY: a helper with no arguments.
     let task = unsafe { bpf_get_current_task_btf() };
     // SAFETY: the BTF pointer of the current task, whose saved user
-    // registers are then read with checked probe reads.
+    // registers are then read with verifier-checked loads.
     let regs = unsafe { bpf_task_pt_regs(task) } as *const u8;
     copy.tgid = current_tgid();
     // SAFETY: `regs` is the BTF-typed pt_regs the helper returned, the

@@ -144,11 +144,12 @@ pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, Vec<u6
     if queries.is_empty() {
         return (table, Vec::new());
     }
+    let cookies = |queries: &[SocketQuery]| queries.iter().map(|q| q.cookie).collect::<Vec<_>>();
     let namespaces = match net_namespaces() {
         Ok(namespaces) => namespaces,
         Err(error) => {
             table.failed = Some(error);
-            return (table, queries.iter().map(|q| q.cookie).collect());
+            return (table, cookies(queries));
         }
     };
     let mut by_namespace: HashMap<u64, Vec<SocketQuery>> = HashMap::new();
@@ -160,7 +161,6 @@ pub fn look_up_all_namespaces(queries: &[SocketQuery]) -> (TableSnapshot, Vec<u6
     }
     let own = own_net_namespace();
     let mut missed = Vec::new();
-    let cookies = |queries: &[SocketQuery]| queries.iter().map(|q| q.cookie).collect::<Vec<_>>();
     for (inode, queries) in by_namespace {
         let Some(&namespace) = namespaces.iter().find(|n| n.inode == inode) else {
             // No process left in it: its sockets may be gone with it.

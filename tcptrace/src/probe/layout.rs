@@ -125,8 +125,9 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         config.regs_bp_offset = bp.offset;
         config.regs_sp_offset = sp.offset;
     }
-    // Optional: without it the destroy hook asks the storage helper about
-    // every socket.
+    // Optional: without it every lookup of the probe's socket storage that
+    // creates none (the destroy hook's, for one) calls the storage helper,
+    // though most sockets have no storage.
     if let Ok(storage) = btf.member("sock", &["sk_bpf_storage"])
         && storage.size == 8
     {
