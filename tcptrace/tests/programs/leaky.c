@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -89,7 +90,7 @@ static void *serve_on_thread(void *fd) {
 }
 
 int main(int argc, char **argv) {
-    int threaded = argc == 3 && argv[1][0] == '-';
+    int threaded = argc == 3 && strcmp(argv[1], "--thread") == 0;
     if (argc != 2 + threaded) {
         fprintf(stderr, "usage: %s [--thread] PORT\n", argv[0]);
         return 2;
