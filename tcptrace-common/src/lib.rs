@@ -230,7 +230,7 @@ pub enum StackKind {
     /// connect(): the socket's creator on the client side.
     Connect = 1,
     /// The first recv() that returned data: the serving path of an accepted socket.
-    FirstIo = 2,
+    FirstRead = 2,
     /// The recv() that returned 0 on a socket in CLOSE_WAIT: the code that saw EOF.
     Eof = 3,
 }
@@ -239,7 +239,7 @@ impl StackKind {
     pub const fn from_raw(raw: u8) -> Option<Self> {
         match raw {
             1 => Some(Self::Connect),
-            2 => Some(Self::FirstIo),
+            2 => Some(Self::FirstRead),
             3 => Some(Self::Eof),
             _ => None,
         }

@@ -165,7 +165,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     state.stacks_taken |= STACK_TAKEN_FIRST_IO;
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    take_stack(cookie, StackKind::FirstIo);
+    take_stack(cookie, StackKind::FirstRead);
     0
 }
 

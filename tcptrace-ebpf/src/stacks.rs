@@ -234,7 +234,7 @@ pub(crate) fn forget_stack_copies_at_close(sk: *const u8, cookie: u64) {
 pub(crate) fn forget_stack_copies(cookie: u64, full_taken: u32) {
     for (taken, kind) in [
         (full_taken & STACK_TAKEN_CONNECT != 0, StackKind::Connect),
-        (full_taken & STACK_TAKEN_FIRST_IO != 0, StackKind::FirstIo),
+        (full_taken & STACK_TAKEN_FIRST_IO != 0, StackKind::FirstRead),
         // A lookup first: a delete takes the bucket's lock, and most
         // sockets (every client's) never read EOF in CLOSE_WAIT.
         (has_stack_copy(cookie, StackKind::Eof), StackKind::Eof),

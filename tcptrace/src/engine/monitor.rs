@@ -527,7 +527,7 @@ mod tests {
         monitor.handle_record(event(1, 1, Close, SynSent));
         monitor.handle_record(stack(1, 1, StackKind::Connect));
         monitor.handle_record(event(1, 1, SynSent, Established));
-        monitor.handle_record(stack(1, 1, StackKind::FirstIo));
+        monitor.handle_record(stack(1, 1, StackKind::FirstRead));
         monitor.handle_record(event(1, 2, Established, FinWait1));
         monitor.handle_record(event(1, 2, FinWait1, FinWait2));
         monitor.handle_record(event(1, 2, FinWait2, Close));

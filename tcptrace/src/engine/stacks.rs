@@ -66,7 +66,7 @@ impl StackRefs {
     fn slot(&mut self, kind: StackKind) -> &mut Option<Slot> {
         match kind {
             StackKind::Connect => &mut self.connect,
-            StackKind::FirstIo => &mut self.first_io,
+            StackKind::FirstRead => &mut self.first_io,
             StackKind::Eof => &mut self.eof,
         }
     }
@@ -146,7 +146,7 @@ impl SocketStackBook {
             let Some(refs) = self.by_socket.get_mut(&cookie) else {
                 continue;
             };
-            for kind in [StackKind::Connect, StackKind::FirstIo, StackKind::Eof] {
+            for kind in [StackKind::Connect, StackKind::FirstRead, StackKind::Eof] {
                 let slot = refs.slot(kind);
                 let Some(Slot::Copied { taken_ns }) = *slot else {
                     continue;
