@@ -131,19 +131,38 @@ impl NamedStack {
         lines
     }
 
-    /// Equal for stacks that differ only in unnamed addresses: a run of
-    /// unnamed frames of one module counts as one, whatever its length.
+    /// Equal for stacks through the same frames of the program, whatever
+    /// runtime and library frames lie between them: a JIT inlines the JDK's
+    /// methods into one compilation and not into another, and a reader sees
+    /// those frames folded anyway. A stack with none of the program's frames
+    /// keys on all of its own, or two such stacks from different places would
+    /// be one.
     pub fn group_key(&self) -> (Vec<String>, bool) {
-        let mut key: Vec<String> = Vec::new();
-        for frame in &self.frames {
-            let part = frame.group_key();
-            if part.starts_with('?') && key.last() == Some(&part) {
-                continue;
-            }
-            key.push(part);
-        }
+        let key = if self.frames.iter().any(Frame::is_program) {
+            self.frames
+                .iter()
+                .filter(|f| f.is_program())
+                .map(Frame::group_key)
+                .collect()
+        } else {
+            runtime_key(&self.frames)
+        };
         (key, self.truncated.is_some())
     }
+}
+
+/// Every frame, but a run of unnamed frames of one module as one: their
+/// addresses and how many there are differ between sockets of one path.
+fn runtime_key(frames: &[Frame]) -> Vec<String> {
+    let mut key: Vec<String> = Vec::new();
+    for frame in frames {
+        let part = frame.group_key();
+        if part.starts_with('?') && key.last() == Some(&part) {
+            continue;
+        }
+        key.push(part);
+    }
+    key
 }
 
 pub fn truncation_line(reason: &str) -> String {
@@ -252,8 +271,17 @@ fn is_runtime_symbol(name: &str) -> bool {
         || name.starts_with("__GI_")
 }
 
+/// The symbol a frame's text names, without the ` (file:line)` and
+/// ` [inlined]` the symbolizer adds: Go's file names are paths, whose
+/// slashes would hide the package.
+fn symbol_of(text: &str) -> &str {
+    let text = text.strip_suffix(" [inlined]").unwrap_or(text);
+    text.split_once(" (").map_or(text, |(symbol, _)| symbol)
+}
+
 /// The Go standard-library package a symbol is in, if it is in one.
 fn go_std_package(name: &str) -> Option<&str> {
+    let name = symbol_of(name);
     const STD: &[&str] = &[
         "runtime",
         "syscall",
@@ -262,6 +290,8 @@ fn go_std_package(name: &str) -> Option<&str> {
         "os",
         "io",
         "bufio",
+        // crypto/tls reads a record through a bytes.Buffer.
+        "bytes",
         "sync",
         "crypto/",
         "reflect",
@@ -376,6 +406,8 @@ enum Runtime {
     Python,
     Java,
     Node,
+    /// Go's net/http client transport, in the goroutines it starts.
+    GoHttpClient,
 }
 
 /// The runtime whose frames fill a stack, if one does.
@@ -388,6 +420,9 @@ fn runtime_of(frames: &[Frame]) -> Option<Runtime> {
     };
     let java = |m: &str| m.starts_with("libjvm") || m == "java";
     let node = |m: &str| m.starts_with("libnode") || m == "node" || m == "nodejs";
+    if is_go_http_client(frames) {
+        return Some(Runtime::GoHttpClient);
+    }
     if frames
         .iter()
         .any(|f| module_is(f, python) || f.text.starts_with("_PyEval_EvalFrame"))
@@ -408,8 +443,41 @@ fn runtime_of(frames: &[Frame]) -> Option<Runtime> {
     None
 }
 
-/// Which runtime hides the program's frames and what would name them;
-/// `None` when a frame of the program is named or no runtime is known.
+/// Go's net/http client dials (`(*Transport).dialConnFor`) and reads
+/// (`(*persistConn).readLoop`) in goroutines of its own, so the code that
+/// made the request is never on such a stack. Any other frame of net/http
+/// (the server's `(*conn).serve`, the caller's `(*Client).do`) means the
+/// stack is not only the transport's.
+fn is_go_http_client(frames: &[Frame]) -> bool {
+    let mut http = frames
+        .iter()
+        .filter(|f| {
+            go_std_package(&f.text).is_some_and(|p| p == "net/http" || p.starts_with("net/http/"))
+        })
+        .map(|f| symbol_of(&f.text))
+        .peekable();
+    http.peek().is_some() && http.all(is_go_http_transport)
+}
+
+fn is_go_http_transport(symbol: &str) -> bool {
+    const RECEIVERS: &[&str] = &[
+        "(*Transport).",
+        "(*persistConn).",
+        "persistConnWriter.",
+        "(*persistConnWriter).",
+    ];
+    symbol
+        .strip_prefix("net/http.")
+        .is_some_and(|method| RECEIVERS.iter().any(|r| method.starts_with(r)))
+}
+
+/// The transport is never the culprit: it keeps a connection open for as
+/// long as the response body it read into is neither read to EOF nor closed.
+const GO_HTTP_CLIENT_NOTE: &str = "these frames are Go's net/http client transport, which dials and reads in goroutines of its own, so the code that made the request is not on this stack: a socket kept open here is a response body that was never closed — look for an http.Get/Do whose resp.Body.Close() is missing";
+
+/// Which runtime hides the program's frames and what would name them, or
+/// what they mean when naming would not help; `None` when a frame of the
+/// program is named or no runtime is known.
 pub fn runtime_note(frames: &[Frame], pid: u32) -> Option<String> {
     if frames.iter().any(Frame::is_program) {
         return None;
@@ -431,6 +499,7 @@ pub fn runtime_note(frames: &[Frame], pid: u32) -> Option<String> {
                 if interpreted { " (interpreted here)" } else { "" }
             )
         }
+        Runtime::GoHttpClient => GO_HTTP_CLIENT_NOTE.to_owned(),
         Runtime::Node => "Node.js: the read happens in the event loop (libuv); the JS handler is not on the stack at a read. The peer closed; the socket stays open until JS calls end() or destroy() (allowHalfOpen, or an 'end' handler that does neither)".to_owned(),
     };
     Some(note)
@@ -508,6 +577,7 @@ mod tests {
             ("internal/poll.(*FD).Read", "/srv/goserver"),
             ("net.(*conn).Read", "/srv/goserver"),
             ("net/http.(*conn).serve", "/srv/goserver"),
+            ("bytes.(*Buffer).ReadFrom", "/srv/goserver"),
         ] {
             assert_eq!(
                 classify(Some(name), Some(module), Symbols),
@@ -583,6 +653,19 @@ mod tests {
                 "java.lang.Object jdk.internal.misc.Unsafe.getReferenceVolatile(java.lang.Object, long)",
                 Runtime,
             ),
+            (
+                "int sun.nio.ch.NioSocketImpl.read(byte[], int, int)",
+                Runtime,
+            ),
+            (
+                "java.lang.String java.io.BufferedReader.readLine()",
+                Runtime,
+            ),
+            (
+                "int java.net.Socket$SocketInputStream.read(byte[], int, int)",
+                Runtime,
+            ),
+            ("void Leak$$Lambda$14/0x0000000800c03000.run()", Jit),
             ("Lcom/acme/Leak;::handleClient", Jit),
             ("Ljava/net/SocketInputStream;::read", Runtime),
             ("Interpreter", Runtime),
@@ -624,6 +707,16 @@ mod tests {
         assert_eq!(stdlib.area(), "Python stdlib");
         let anon = frame("[anon]+0x10", Some("[anon]"), FrameKind::Unresolved);
         assert_eq!(anon.area(), "[anon]");
+        let placed = frame(
+            "net/http.(*persistConn).readLoop (/usr/local/go/src/net/http/transport.go:2205)",
+            Some("goclient"),
+            FrameKind::Runtime,
+        );
+        assert_eq!(
+            placed.area(),
+            "Go net/http",
+            "the file's path is no package"
+        );
     }
 
     #[test]
@@ -658,6 +751,369 @@ mod tests {
             other.group_key(),
             "named frames tell apart"
         );
+    }
+
+    const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    const JDK: &str = "/usr/lib/jvm/java-17-openjdk-amd64/lib";
+    const GO: &str = "/srv/goclient";
+
+    /// Java 17 named by `jcmd PID Compiler.perfmap`: a thread of a pool
+    /// reading a request line, the JDK's reader either inlined by C2 into
+    /// `InputStreamReader.read` or compiled on its own.
+    fn java_read(inlined: bool, handler: &'static str) -> Frames {
+        let nio = format!("{JDK}/libnio.so");
+        let jvm = format!("{JDK}/server/libjvm.so");
+        let mut frames = vec![
+            ("__GI___libc_read (read.c:26) [inlined]", LIBC),
+            ("__GI___libc_read (read.c:24)", LIBC),
+            ("Java_sun_nio_ch_SocketDispatcher_read0", nio.as_str()),
+            (
+                "int sun.nio.ch.SocketDispatcher.read0(java.io.FileDescriptor, long, int)",
+                "[anon]",
+            ),
+            (
+                "int sun.nio.ch.NioSocketImpl.read(byte[], int, int)",
+                "[anon]",
+            ),
+        ];
+        if !inlined {
+            frames.extend([
+                ("int sun.nio.cs.StreamDecoder.readBytes()", "[anon]"),
+                (
+                    "int sun.nio.cs.StreamDecoder.implRead(char[], int, int)",
+                    "[anon]",
+                ),
+                (
+                    "int sun.nio.cs.StreamDecoder.read(char[], int, int)",
+                    "[anon]",
+                ),
+            ]);
+        }
+        frames.extend([
+            ("int java.io.InputStreamReader.read(char[], int, int)", "[anon]"),
+            ("void java.io.BufferedReader.fill()", "[anon]"),
+            (
+                "java.lang.String java.io.BufferedReader.readLine()",
+                "[anon]",
+            ),
+            (handler, "[anon]"),
+            ("void Leak.lambda$main$0(java.net.Socket)", "[anon]"),
+            ("void Leak$$Lambda$14/0x0000000800c03000.run()", "[anon]"),
+            (
+                "void java.util.concurrent.ThreadPoolExecutor.runWorker(java.util.concurrent.ThreadPoolExecutor$Worker)",
+                "[anon]",
+            ),
+            ("void java.lang.Thread.run()", "[anon]"),
+            ("StubRoutines (1)", "[anon]"),
+            (
+                "JavaCalls::call_helper(JavaValue*, methodHandle const&, JavaCallArguments*, JavaThread*)",
+                jvm.as_str(),
+            ),
+            ("start_thread (pthread_create.c:442)", LIBC),
+        ]);
+        test_stack(&frames, None)
+    }
+
+    #[test]
+    fn java_stacks_that_differ_in_inlined_jdk_frames_are_one_code_path() {
+        const HANDLER: &str = "void Leak.handleClient(java.net.Socket)";
+        let compiled = java_read(false, HANDLER);
+        let inlined = java_read(true, HANDLER);
+        assert_eq!(compiled.frames.len(), inlined.frames.len() + 3);
+        assert_eq!(compiled.group_key(), inlined.group_key());
+        assert_eq!(
+            compiled.group_key(),
+            (
+                vec![
+                    HANDLER.to_owned(),
+                    "void Leak.lambda$main$0(java.net.Socket)".to_owned(),
+                    "void Leak$$Lambda$14/0x0000000800c03000.run()".to_owned(),
+                ],
+                false
+            ),
+            "the program's frames only"
+        );
+    }
+
+    #[test]
+    fn stacks_through_different_program_frames_are_two_code_paths() {
+        let client = java_read(true, "void Leak.handleClient(java.net.Socket)");
+        let admin = java_read(true, "void Leak.handleAdmin(java.net.Socket)");
+        assert_ne!(client.group_key(), admin.group_key());
+        let go = |handler: &'static str| {
+            test_stack(
+                &[
+                    ("syscall.read", GO),
+                    ("internal/poll.(*FD).Read", GO),
+                    ("net.(*conn).Read", GO),
+                    ("main.drain", GO),
+                    (handler, GO),
+                    ("runtime.goexit", GO),
+                ],
+                None,
+            )
+        };
+        assert_ne!(
+            go("main.handleLegacy").group_key(),
+            go("main.handleUpload").group_key()
+        );
+        assert_eq!(
+            go("main.handleLegacy").group_key().0,
+            ["main.drain", "main.handleLegacy"]
+        );
+    }
+
+    #[test]
+    fn c_stacks_group_by_the_programs_frames_and_the_cut() {
+        const SERVER: &str = "/srv/server";
+        let c = |libc: &'static str, handler: &'static str, cut: Option<&str>| {
+            test_stack(
+                &[
+                    (libc, LIBC),
+                    (handler, SERVER),
+                    ("serve_connection (server.c:88)", SERVER),
+                    ("main (server.c:120)", SERVER),
+                    ("__libc_start_main", LIBC),
+                ],
+                cut,
+            )
+        };
+        let leaky = c("__libc_recv", "handler_leaky (server.c:42)", None);
+        assert_eq!(
+            leaky.group_key(),
+            c("__libc_recv", "handler_leaky (server.c:42)", None).group_key()
+        );
+        assert_eq!(
+            leaky.group_key(),
+            c("__libc_read", "handler_leaky (server.c:42)", None).group_key(),
+            "libc's entry point is folded in the text too"
+        );
+        assert_ne!(
+            leaky.group_key(),
+            c("__libc_recv", "handler_good (server.c:51)", None).group_key()
+        );
+        assert_ne!(
+            leaky.group_key(),
+            c(
+                "__libc_recv",
+                "handler_leaky (server.c:42)",
+                Some("copy ended")
+            )
+            .group_key(),
+            "a cut stack is its own path"
+        );
+    }
+
+    #[test]
+    fn stacks_without_program_frames_key_on_their_own_frames() {
+        const PY: &str = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0";
+        let python = |libc: &'static str, anon: &[&'static str]| {
+            let mut pairs = vec![(libc, LIBC), ("_PyEval_EvalFrameDefault", PY)];
+            pairs.extend(anon.iter().map(|a| (*a, "[anon]")));
+            pairs.push(("Py_RunMain", PY));
+            test_stack(&pairs, None)
+        };
+        let recv = python("__libc_recv", &["[anon]+0x86c10"]);
+        assert_eq!(
+            recv.group_key().0,
+            [
+                "__libc_recv",
+                "_PyEval_EvalFrameDefault",
+                "?[anon]",
+                "Py_RunMain"
+            ]
+        );
+        assert_eq!(
+            recv.group_key(),
+            python("__libc_recv", &["[anon]+0xc23d0", "[anon]+0x10"]).group_key()
+        );
+        assert_ne!(
+            recv.group_key(),
+            python("__libc_send", &["[anon]+0x86c10"]).group_key(),
+            "a different place in the runtime"
+        );
+        assert_ne!(go_http_read(false).group_key(), go_http_dial().group_key());
+    }
+
+    /// Go 1.22, the first read of a client connection: its transport's
+    /// reader goroutine, the file names as Go's DWARF writes them.
+    fn go_http_read(tls: bool) -> Frames {
+        let place = |symbol: &str, file: &str, line: u32| {
+            format!("{symbol} (/usr/local/go/src/{file}:{line})")
+        };
+        let mut texts = vec![
+            place(
+                "runtime/internal/syscall.Syscall6",
+                "runtime/internal/syscall/asm_linux_amd64.s",
+                36,
+            ),
+            place("syscall.Syscall", "syscall/syscall_linux.go", 69),
+            place("syscall.read", "syscall/zsyscall_linux_amd64.go", 721),
+            place("syscall.Read", "syscall/syscall_unix.go", 181),
+            place(
+                "internal/poll.ignoringEINTRIO",
+                "internal/poll/fd_unix.go",
+                736,
+            ),
+            place("internal/poll.(*FD).Read", "internal/poll/fd_unix.go", 160),
+            place("net.(*netFD).Read", "net/fd_posix.go", 55),
+            place("net.(*conn).Read", "net/net.go", 179),
+        ];
+        if tls {
+            texts.extend([
+                place(
+                    "crypto/tls.(*atLeastReader).Read",
+                    "crypto/tls/conn.go",
+                    809,
+                ),
+                place("bytes.(*Buffer).ReadFrom", "bytes/buffer.go", 211),
+                place(
+                    "crypto/tls.(*Conn).readFromUntil",
+                    "crypto/tls/conn.go",
+                    831,
+                ),
+                place(
+                    "crypto/tls.(*Conn).readRecordOrCCS",
+                    "crypto/tls/conn.go",
+                    629,
+                ),
+                place(
+                    "crypto/tls.(*Conn).readHandshake",
+                    "crypto/tls/conn.go",
+                    1076,
+                ),
+                place(
+                    "crypto/tls.(*Conn).clientHandshake",
+                    "crypto/tls/handshake_client.go",
+                    263,
+                ),
+                place(
+                    "crypto/tls.(*Conn).handshakeContext",
+                    "crypto/tls/conn.go",
+                    1552,
+                ),
+                place(
+                    "crypto/tls.(*Conn).HandshakeContext",
+                    "crypto/tls/conn.go",
+                    1492,
+                ),
+                place(
+                    "net/http.(*persistConn).addTLS.func2",
+                    "net/http/transport.go",
+                    1577,
+                ),
+            ]);
+        } else {
+            texts.extend([
+                place(
+                    "net/http.(*persistConn).Read",
+                    "net/http/transport.go",
+                    1954,
+                ),
+                place("bufio.(*Reader).fill", "bufio/bufio.go", 110),
+                place("bufio.(*Reader).Peek", "bufio/bufio.go", 148),
+                place(
+                    "net/http.(*persistConn).readLoop",
+                    "net/http/transport.go",
+                    2118,
+                ),
+                place(
+                    "net/http.(*Transport).dialConn.gowrap2",
+                    "net/http/transport.go",
+                    1775,
+                ),
+            ]);
+        }
+        texts.push(place("runtime.goexit", "runtime/asm_amd64.s", 1695));
+        let pairs: Vec<(&str, &str)> = texts.iter().map(|t| (t.as_str(), GO)).collect();
+        test_stack(&pairs, None)
+    }
+
+    /// The connect of a client connection: the transport's dialing goroutine.
+    fn go_http_dial() -> Frames {
+        test_stack(
+            &[
+                ("internal/runtime/syscall.Syscall6", GO),
+                ("syscall.Syscall", GO),
+                ("syscall.connect", GO),
+                ("syscall.Connect", GO),
+                ("net.(*netFD).connect", GO),
+                ("net.(*netFD).dial", GO),
+                ("net.socket", GO),
+                ("net.internetSocket", GO),
+                ("net.(*sysDialer).doDialTCPProto", GO),
+                ("net.(*sysDialer).doDialTCP", GO),
+                ("net.(*sysDialer).dialTCP", GO),
+                ("net.(*sysDialer).dialSingle", GO),
+                ("net.(*sysDialer).dialSerial", GO),
+                ("net.(*sysDialer).dialParallel", GO),
+                ("net.(*Dialer).DialContext", GO),
+                ("net/http.(*Transport).dial", GO),
+                ("net/http.(*Transport).dialConn", GO),
+                ("net/http.(*Transport).dialConnFor", GO),
+                ("net/http.(*Transport).queueForDial.gowrap1", GO),
+                ("runtime.goexit", GO),
+            ],
+            None,
+        )
+    }
+
+    #[test]
+    fn go_http_client_transport_stacks_point_at_an_unclosed_body() {
+        for stack in [go_http_read(false), go_http_read(true), go_http_dial()] {
+            assert!(
+                stack.frames.iter().all(|f| f.kind == FrameKind::Runtime),
+                "{stack:#?}"
+            );
+            let note = stack.note.as_deref().unwrap_or_default();
+            assert!(note.contains("resp.Body.Close()"), "{stack:#?}");
+            assert!(note.contains("goroutines of its own"), "{note}");
+        }
+    }
+
+    #[test]
+    fn go_http_servers_and_callers_get_no_client_note() {
+        let server = test_stack(
+            &[
+                ("syscall.read", GO),
+                ("internal/poll.(*FD).Read", GO),
+                ("net.(*conn).Read", GO),
+                ("net/http.(*connReader).Read", GO),
+                ("bufio.(*Reader).fill", GO),
+                ("bufio.(*Reader).ReadSlice", GO),
+                ("bufio.(*Reader).ReadLine", GO),
+                ("net/textproto.(*Reader).readLineSlice", GO),
+                ("net/textproto.(*Reader).ReadLine", GO),
+                ("net/http.readRequest", GO),
+                ("net/http.(*conn).readRequest", GO),
+                ("net/http.(*conn).serve", GO),
+                ("net/http.(*Server).Serve.gowrap3", GO),
+                ("runtime.goexit", GO),
+            ],
+            None,
+        );
+        assert_eq!(server.note, None, "a server's stack");
+        let caller = test_stack(
+            &[
+                ("net/http.(*persistConn).roundTrip", GO),
+                ("net/http.(*Transport).roundTrip", GO),
+                ("net/http.(*Transport).RoundTrip", GO),
+                ("net/http.send", GO),
+                ("net/http.(*Client).send", GO),
+                ("net/http.(*Client).do", GO),
+            ],
+            Some("the 8 KiB stack copy ended before the outermost frame"),
+        );
+        assert_eq!(caller.note, None, "the caller's goroutine, cut");
+        let named = test_stack(
+            &[
+                ("net/http.(*Transport).dialConn", GO),
+                ("main.fetch", GO),
+                ("runtime.goexit", GO),
+            ],
+            None,
+        );
+        assert_eq!(named.note, None, "the program is named");
     }
 
     #[test]
