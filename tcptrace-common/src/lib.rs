@@ -223,16 +223,24 @@ pub struct DestroyedRecord {
 pub const DESTROYED_RECORD_SIZE: usize = 24;
 const _: () = assert!(core::mem::size_of::<DestroyedRecord>() == DESTROYED_RECORD_SIZE);
 
-/// Which code path a stack shows, all taken in the owning process's syscall.
+/// Which moment a stack shows, all taken in the owning process's syscall.
+/// A socket's origin is the first of connect, accept, first read and first
+/// write the probe sees (a first read or write replaces an accept copy: it
+/// names the handler, where accept() names only the accept loop).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StackKind {
     /// connect(): the socket's creator on the client side.
     Connect = 1,
-    /// The first recv() that returned data: the serving path of an accepted socket.
+    /// The first recv() of an accepted socket that returned data, before it
+    /// wrote any: the handler that serves it.
     FirstRead = 2,
     /// The recv() that returned 0 on a socket in CLOSE_WAIT: the code that saw EOF.
     Eof = 3,
+    /// accept() (fexit on `inet_csk_accept`, where the kernel allows it).
+    Accept = 4,
+    /// The first send() of an accepted socket that had read nothing.
+    FirstWrite = 5,
 }
 
 impl StackKind {
@@ -241,9 +249,27 @@ impl StackKind {
             1 => Some(Self::Connect),
             2 => Some(Self::FirstRead),
             3 => Some(Self::Eof),
+            4 => Some(Self::Accept),
+            5 => Some(Self::FirstWrite),
             _ => None,
         }
     }
+
+    /// Where its copy waits: one origin copy per socket, and its EOF copy.
+    pub const fn slot(self) -> CopySlot {
+        match self {
+            Self::Eof => CopySlot::Eof,
+            Self::Connect | Self::FirstRead | Self::Accept | Self::FirstWrite => CopySlot::Origin,
+        }
+    }
+}
+
+/// `StackCopyKey::slot`: a socket has at most one copy in each.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CopySlot {
+    Origin = 1,
+    Eof = 3,
 }
 
 /// Announces that a copy of the user stack was taken for a socket: the
@@ -283,8 +309,8 @@ pub const STACK_COPY_BYTES: usize = STACK_COPY_PAGE * STACK_COPY_PAGES;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackCopyKey {
     pub cookie: u64,
-    /// `StackKind`.
-    pub stack_kind: u32,
+    /// `CopySlot`.
+    pub slot: u32,
     pub _reserved: u32,
 }
 
@@ -321,11 +347,9 @@ unsafe impl aya::Pod for StackCopy {}
 
 /// `ProbeConfig::stack_level`.
 pub const STACKS_OFF: u32 = 0;
-/// A stack copy per socket at its first read of EOF in CLOSE_WAIT: where a
-/// leaking handler reads the end of the stream and does not close.
-pub const STACKS_EOF: u32 = 1;
-/// Also copies at connect() and at each socket's first data read.
-pub const STACKS_FULL: u32 = 2;
+/// An origin copy per socket (connect, accept, first read or first write)
+/// and an EOF copy at its first read of EOF in CLOSE_WAIT.
+pub const STACKS_ON: u32 = 1;
 
 /// A socket's owner as the probe keeps it in the socket's storage.
 /// Aligned to 8: the bpf target has no memset, and builds a zeroed owner of
@@ -366,10 +390,17 @@ pub enum Counter {
     StackNotStored = 7,
     /// An insert into the EOF-count map failed.
     MapInsertFailed = 8,
+    /// A stack copy taken and stored.
+    StackCopied = 9,
+    /// A moment to copy a stack that the copy budget refused (neither the
+    /// host-wide budget nor a targeted process's had room).
+    StackBudgetRefused = 10,
+    /// Of `StackCopied`, those the targeted processes' budget paid for.
+    StackCopiedTargeted = 11,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 12] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
@@ -379,6 +410,9 @@ impl Counter {
         Self::StackReserveFailed,
         Self::StackNotStored,
         Self::MapInsertFailed,
+        Self::StackCopied,
+        Self::StackBudgetRefused,
+        Self::StackCopiedTargeted,
     ];
 }
 
@@ -438,7 +472,7 @@ pub struct ProbeConfig {
     /// `inet_sock.inet_sport` (big-endian u16), 0 if not found: the local
     /// port a socket keeps after the kernel released it at CLOSE.
     pub inet_sport_offset: u32,
-    /// STACKS_OFF, STACKS_EOF or STACKS_FULL.
+    /// STACKS_OFF or STACKS_ON.
     pub stack_level: u32,
     /// 1 in leak mode: fill `socket_inode` at transitions to CLOSE.
     pub read_socket_inode: u32,
@@ -448,9 +482,28 @@ pub struct ProbeConfig {
     /// `sk_bpf_storage` (pointer), 0 if not found: null while no program
     /// gave the socket storage, which is most sockets.
     pub sk_storage_offset: u32,
+    /// `tcp_sock` fields that tell a socket's first read and first write
+    /// with no per-socket state: `bytes_received` and `bytes_acked` (u64),
+    /// `rcv_nxt`, `copied_seq`, `snd_una` and `write_seq` (u32). All 0 if
+    /// one is not found: then no first read or write is copied.
+    pub tcp_bytes_received_offset: u32,
+    pub tcp_rcv_nxt_offset: u32,
+    pub tcp_copied_seq_offset: u32,
+    pub tcp_bytes_acked_offset: u32,
+    pub tcp_snd_una_offset: u32,
+    pub tcp_write_seq_offset: u32,
+    /// The copy budget, per CPU: each copy costs this many nanoseconds of
+    /// credit, which accrues with time up to `stack_burst_copies` copies'
+    /// worth. 0: no budget (`--stacks full`).
+    pub stack_copy_cost_ns: u32,
+    pub stack_burst_copies: u32,
+    /// The same for the processes the agent targets (`STACK_TARGETS`), whose
+    /// every socket it wants a copy of, paid from a bucket of their own.
+    pub targeted_copy_cost_ns: u32,
+    pub targeted_burst_copies: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 100);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 140);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -479,6 +532,16 @@ impl ProbeConfig {
         read_socket_inode: 0,
         task_fsbase_offset: 0,
         sk_storage_offset: 0,
+        tcp_bytes_received_offset: 0,
+        tcp_rcv_nxt_offset: 0,
+        tcp_copied_seq_offset: 0,
+        tcp_bytes_acked_offset: 0,
+        tcp_snd_una_offset: 0,
+        tcp_write_seq_offset: 0,
+        stack_copy_cost_ns: 0,
+        stack_burst_copies: 0,
+        targeted_copy_cost_ns: 0,
+        targeted_burst_copies: 0,
     };
 }
 
@@ -494,6 +557,8 @@ pub mod names {
     pub const DESTROY_TRACEPOINT: &str = "tcp_destroy_sock";
     pub const RECV_PROGRAM: &str = "sock_recv_length";
     pub const RECV_TRACEPOINT: &str = "sock_recv_length";
+    pub const SEND_PROGRAM: &str = "sock_send_length";
+    pub const SEND_TRACEPOINT: &str = "sock_send_length";
     /// fexit programs for `inet_csk_accept` with 4 parameters (before 6.10) and 2.
     pub const ACCEPT_PROGRAM_FOUR_PARAMS: &str = "inet_csk_accept_four_params";
     pub const ACCEPT_PROGRAM_TWO_PARAMS: &str = "inet_csk_accept_two_params";
@@ -504,6 +569,7 @@ pub mod names {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const EOF_READS_MAP: &str = "EOF_READS";
     pub const OWNERS_STORED_MAP: &str = "OWNERS_STORED";
+    pub const STACK_TARGETS_MAP: &str = "STACK_TARGETS";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 
@@ -545,7 +611,10 @@ mod tests {
         assert_eq!(RecordKind::from_raw(2), Some(RecordKind::Destroyed));
         assert_eq!(RecordKind::from_raw(3), Some(RecordKind::Stack));
         assert_eq!(StackKind::from_raw(3), Some(StackKind::Eof));
+        assert_eq!(StackKind::from_raw(5), Some(StackKind::FirstWrite));
         assert_eq!(StackKind::from_raw(0), None);
+        assert_eq!(StackKind::Accept.slot(), CopySlot::Origin);
+        assert_eq!(StackKind::Eof.slot(), CopySlot::Eof);
         assert_eq!(RecordKind::from_raw(0), None);
     }
 
@@ -561,7 +630,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 25 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 35 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

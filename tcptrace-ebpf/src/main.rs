@@ -30,6 +30,8 @@ macro_rules! config {
     }};
 }
 
+mod budget;
+mod first_io;
 mod kernel_read;
 mod socket_storage;
 mod stacks;
@@ -38,14 +40,14 @@ use kernel_read::{
     ReadFailed, load_field, read_addresses, read_field, read_netns_inode, read_socket_inode,
 };
 use socket_storage::{
-    STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, count_repeated_eof_read, current_task,
-    forget_eof_reads, remember_owner, socket_state, track_owner,
+    STACK_TAKEN_EOF, count_repeated_eof_read, current_task, forget_eof_reads, remember_owner,
+    socket_state, track_owner,
 };
-use stacks::{forget_stack_copies, forget_stack_copies_at_close, has_stack_copy, take_stack};
+use stacks::{forget_stack_copies, forget_stack_copies_at_close, sample_stack};
 
 use tcptrace_common::{
-    COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_FULL,
-    STACKS_OFF, SocketOwner, StackKind, TcpState, TransitionRecord,
+    COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_OFF,
+    SocketOwner, StackKind, TcpState, TransitionRecord,
 };
 
 /// Written by the agent before load; read-only to the program.
@@ -74,11 +76,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     match record_transition(sk, old_state as u8, new_state as u8) {
         Ok(Some(cookie)) if new_state as u8 == SYN_SENT && old_state as u8 == CLOSE => {
             // connect(): the client-side creator, in its own syscall.
-            if config!(stack_level) == STACKS_FULL
-                && let Some(state) = socket_state(sk, true)
-            {
-                state.stacks_taken |= STACK_TAKEN_CONNECT;
-                take_stack(cookie, StackKind::Connect);
+            if config!(stack_level) != STACKS_OFF {
+                sample_stack(sk, cookie, StackKind::Connect);
             }
         }
         Ok(_) => {}
@@ -117,56 +116,76 @@ fn remember_accepting_owner(accepted: *const u8) {
         _ => return,
     }
     remember_owner(accepted, &current_task());
+    if config!(stack_level) != STACKS_OFF {
+        // SAFETY: the accepted socket, a BTF-typed pointer the kernel returned.
+        let cookie = unsafe { bpf_get_socket_cookie(accepted as *mut c_void) };
+        sample_stack(accepted, cookie, StackKind::Accept);
+    }
 }
 
 /// Every recvmsg on every socket: the fast path leaves as soon as it knows
-/// there is nothing to take (an error, a non-TCP socket, or stacks already
-/// taken for this socket).
+/// there is nothing to take: an error, a non-TCP socket, or a data read
+/// that is not an accepted socket's first.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
-    // Data reads matter only with full stacks: leave before any helper.
-    if ret < 0 || (ret > 0 && config!(stack_level) != STACKS_FULL) {
+    if ret < 0 {
         return 0;
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket; offsets are from BTF.
     if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
         return 0;
     }
-    if ret == 0 {
-        // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
-        // SAFETY: as above.
-        if unsafe { load_field::<u8>(sk, config!(state_offset)) } != CLOSE_WAIT {
-            return 0;
-        }
-        // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
-        let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-        // The socket's EOF copy marks its first read of EOF: no storage is
-        // created per passive close (its allocation and free cost more than
-        // the copy). A copy the agent has already taken out is taken again
-        // at the next read, once.
-        if has_stack_copy(cookie, StackKind::Eof) {
-            count_repeated_eof_read(cookie);
-        } else {
-            take_stack(cookie, StackKind::Eof);
+    if ret > 0 {
+        if first_io::is_first_read(sk, ret as u32) {
+            sample_origin(sk, StackKind::FirstRead);
         }
         return 0;
     }
-    let Some(state) = socket_state(sk, true) else {
-        count(Counter::OwnerInsertFailed);
-        return 0;
-    };
-    if state.stacks_taken & STACK_TAKEN_FIRST_IO != 0 {
+    // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
+    // SAFETY: as above.
+    if unsafe { load_field::<u8>(sk, config!(state_offset)) } != CLOSE_WAIT {
         return 0;
     }
-    // Plain read-modify-write: two CPUs reading one socket at once can take
-    // a stack twice, never miss one.
-    state.stacks_taken |= STACK_TAKEN_FIRST_IO;
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    take_stack(cookie, StackKind::FirstRead);
+    // The EOF copy's bit marks the socket's first read of EOF. One the
+    // budget refused is tried again at the next read, which the spin count
+    // then misses: it is a lower bound.
+    let eof_taken =
+        socket_state(sk, false).is_some_and(|state| state.stacks_taken & STACK_TAKEN_EOF != 0);
+    if eof_taken {
+        count_repeated_eof_read(cookie);
+    } else {
+        sample_stack(sk, cookie, StackKind::Eof);
+    }
     0
+}
+
+/// Every sendmsg on every socket: only an accepted socket's first write,
+/// before it read anything, is its origin (a server that speaks first).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return 0;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket; offsets are from BTF.
+    if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
+        return 0;
+    }
+    if first_io::is_first_write(sk, ret as u32) {
+        sample_origin(sk, StackKind::FirstWrite);
+    }
+    0
+}
+
+fn sample_origin(sk: *const u8, kind: StackKind) {
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    sample_stack(sk, cookie, kind);
 }
 
 /// Returns the socket's cookie when the transition was recorded.
@@ -324,9 +343,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    if config!(stack_level) != STACKS_OFF {
-        forget_stack_copies(cookie, state.stacks_taken);
-    }
+    forget_stack_copies(cookie, state.stacks_taken);
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
         count(Counter::DestroyedReserveFailed);
         return 0;

@@ -23,8 +23,8 @@ pub(crate) struct SocketState {
     /// The process that accepted it, where the fexit hook works (tgid 0:
     /// not known).
     pub(crate) owner: SocketOwner,
-    /// STACK_TAKEN_* bits of the stacks taken only with full stacks (an EOF
-    /// copy is its own mark: see `sock_recv_length`).
+    /// STACK_TAKEN_* bits: the copies this socket has, which its CLOSE
+    /// deletes; the EOF bit also marks its first read of EOF.
     pub(crate) stacks_taken: u32,
     /// 1 once the socket moved to CLOSE while a file still referred to it:
     /// its destruction is then recorded (see `tcp_destroy_sock`).
@@ -50,11 +50,11 @@ pub(crate) static EOF_READS: LruHashMap<u64, u64> = LruHashMap::with_max_entries
 #[map]
 pub(crate) static OWNERS_STORED: Array<u32> = Array::with_max_entries(1, 0);
 
-pub(crate) const STACK_TAKEN_FIRST_IO: u32 = 1;
-pub(crate) const STACK_TAKEN_CONNECT: u32 = 4;
+pub(crate) const STACK_TAKEN_ORIGIN: u32 = 1;
+pub(crate) const STACK_TAKEN_EOF: u32 = 2;
 
 /// Counts a read of EOF after the first (the first took the socket's EOF
-/// stack, whose copy marks it): a correct server reads EOF once and closes,
+/// stack, whose bit marks it): a correct server reads EOF once and closes,
 /// and must not cost a map insert per connection.
 pub(crate) fn count_repeated_eof_read(cookie: u64) {
     match EOF_READS.get_ptr_mut(cookie) {

@@ -13,19 +13,20 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use tcptrace_common::{
-    Counter, RecordKind, STACK_COPY_BYTES, STACK_COPY_NOT_STORED, STACK_COPY_PAGE,
-    STACK_COPY_UNREADABLE, STACKS_FULL, STACKS_OFF, StackCopy, StackCopyKey, StackKind,
-    StackRecord,
+    CopySlot, Counter, RecordKind, STACK_COPY_BYTES, STACK_COPY_NOT_STORED, STACK_COPY_PAGE,
+    STACK_COPY_UNREADABLE, StackCopy, StackCopyKey, StackKind, StackRecord,
 };
 
 use crate::{
-    EVENTS, count,
+    EVENTS,
+    budget::allows_copy,
+    count,
     kernel_read::load_field,
-    socket_storage::{STACK_TAKEN_CONNECT, STACK_TAKEN_FIRST_IO, current_tgid, socket_state},
+    socket_storage::{STACK_TAKEN_EOF, STACK_TAKEN_ORIGIN, current_tgid, socket_state},
     wakeup_flag,
 };
 
-/// Stack copies of sockets, by (cookie, kind): each is taken in the
+/// Stack copies of sockets, by (cookie, slot): each is taken in the
 /// socket's own syscall and waits here, so only the copies of sockets that
 /// stay in CLOSE_WAIT are ever read and unwound; the rest are deleted when
 /// their socket moves to CLOSE with no file left, or is destroyed, a few
@@ -61,13 +62,37 @@ const SCRATCH_STACK_OFFSET: usize = 64;
 const _: () = assert!(core::mem::offset_of!(StackScratch, copy) + 40 == SCRATCH_STACK_OFFSET);
 const _: () = assert!(core::mem::size_of::<StackScratch>().is_multiple_of(STACK_COPY_PAGE));
 
+/// Copies the stack of the current syscall for `sk` where the budget
+/// allows, and marks the copy in the socket's storage, so that the
+/// socket's CLOSE deletes it without a lookup in the copy map for every
+/// socket that has none. False where the budget refused.
+pub(crate) fn sample_stack(sk: *const u8, cookie: u64, kind: StackKind) -> bool {
+    if !allows_copy() {
+        return false;
+    }
+    match socket_state(sk, true) {
+        Some(state) => {
+            state.stacks_taken |= match kind.slot() {
+                CopySlot::Origin => STACK_TAKEN_ORIGIN,
+                CopySlot::Eof => STACK_TAKEN_EOF,
+            }
+        }
+        // The copy is still taken: the LRU map ages it out if no CLOSE can.
+        None => count(Counter::OwnerInsertFailed),
+    }
+    take_stack(cookie, kind);
+    true
+}
+
 /// Copies the user registers and stack of the current syscall into
 /// STACK_COPIES for `cookie`, and tells the agent with a record. A copy
 /// that cannot be taken is still announced, with its failure, so the report
 /// can say why a socket has no code path.
-pub(crate) fn take_stack(cookie: u64, kind: StackKind) {
-    let copy_status = copy_user_stack(cookie, kind);
-    if copy_status != 0 {
+fn take_stack(cookie: u64, kind: StackKind) {
+    let copy_status = copy_user_stack(cookie, kind.slot());
+    if copy_status == 0 {
+        count(Counter::StackCopied);
+    } else {
         count(Counter::StackNotStored);
     }
     let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
@@ -90,7 +115,7 @@ pub(crate) fn take_stack(cookie: u64, kind: StackKind) {
 }
 
 /// 0, or a STACK_COPY_* failure.
-pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
+fn copy_user_stack(cookie: u64, slot: CopySlot) -> i32 {
     // SAFETY: a helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(cpu) else {
@@ -197,7 +222,7 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     }
     let key = StackCopyKey {
         cookie,
-        stack_kind: kind as u32,
+        slot: slot as u32,
         _reserved: 0,
     };
     // By reference: the value is 8 KiB, far over the program's stack.
@@ -207,45 +232,29 @@ pub(crate) fn copy_user_stack(cookie: u64, kind: StackKind) -> i32 {
     }
 }
 
-/// Whether socket `cookie` has a copy of this kind waiting.
-pub(crate) fn has_stack_copy(cookie: u64, kind: StackKind) -> bool {
-    let key = StackCopyKey {
-        cookie,
-        stack_kind: kind as u32,
-        _reserved: 0,
-    };
-    // SAFETY: a lookup only tests presence; the value is not read.
-    unsafe { STACK_COPIES.get(key) }.is_some()
-}
-
 /// Deletes the stack copies of `sk`, which moved to CLOSE with no file
-/// left, so that nothing will ever ask for them.
+/// left, so that nothing will ever ask for them. Nearly every socket has
+/// no storage, and so no copy: one load tells.
 pub(crate) fn forget_stack_copies_at_close(sk: *const u8, cookie: u64) {
-    let full_taken = match config!(stack_level) {
-        STACKS_OFF => return,
-        STACKS_FULL => socket_state(sk, false).map_or(0, |state| state.stacks_taken),
-        _ => 0,
-    };
-    forget_stack_copies(cookie, full_taken);
+    if let Some(state) = socket_state(sk, false) {
+        forget_stack_copies(cookie, state.stacks_taken);
+    }
 }
 
-/// Deletes the stack copies a socket has, once it cannot leak: its EOF copy
-/// if there is one, and those `full_taken` (STACK_TAKEN_* bits) says.
-pub(crate) fn forget_stack_copies(cookie: u64, full_taken: u32) {
-    for (taken, kind) in [
-        (full_taken & STACK_TAKEN_CONNECT != 0, StackKind::Connect),
-        (full_taken & STACK_TAKEN_FIRST_IO != 0, StackKind::FirstRead),
-        // A lookup first: a delete takes the bucket's lock, and most
-        // sockets (every client's) never read EOF in CLOSE_WAIT.
-        (has_stack_copy(cookie, StackKind::Eof), StackKind::Eof),
+/// Deletes the stack copies a socket has, once it cannot leak: those
+/// `taken` (STACK_TAKEN_* bits) says.
+pub(crate) fn forget_stack_copies(cookie: u64, taken: u32) {
+    for (bit, slot) in [
+        (STACK_TAKEN_ORIGIN, CopySlot::Origin),
+        (STACK_TAKEN_EOF, CopySlot::Eof),
     ] {
-        if taken {
+        if taken & bit != 0 {
             let key = StackCopyKey {
                 cookie,
-                stack_kind: kind as u32,
+                slot: slot as u32,
                 _reserved: 0,
             };
-            let _ = STACK_COPIES.remove(key);
+            let _ = STACK_COPIES.remove(&key);
         }
     }
 }

@@ -14,8 +14,8 @@ use crate::{
     model::filter::{Filter, IpFamily},
     model::leak_report::ReportFilter,
     probe::loader::{
-        DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, ProbeOptions, StackLevel,
-        validate_max_sockets, validate_ring_buffer_bytes,
+        DEFAULT_MAX_SOCKETS, DEFAULT_RING_BUFFER_BYTES, DEFAULT_STACK_BUDGET, ProbeOptions,
+        StackLevel, validate_max_sockets, validate_ring_buffer_bytes,
     },
     view::flamegraph::FlamegraphKind,
     view::metrics::MetricsLimits,
@@ -140,10 +140,19 @@ pub struct LeaksArgs {
     pub port: Option<u16>,
 
     /// Code-path stacks: off; default (a copy of the user stack at each
-    /// socket's read of EOF, unwound only for sockets left open); full (also
-    /// at each connect() and first data read).
+    /// socket's origin (connect, accept, first read or first write) and at
+    /// its read of EOF, under the --stack-budget, unwound only for sockets
+    /// left open); full (the same with no budget).
     #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
     pub stacks: StackLevel,
+
+    /// Stack copies a second, host-wide, with --stacks default (1 to
+    /// 1000000): under churn the rest are refused and counted. A process
+    /// that leaks without a code path gets a budget four times as large for
+    /// its new sockets.
+    #[arg(long, value_name = "N", value_parser = parse_stack_budget,
+          default_value_t = DEFAULT_STACK_BUDGET)]
+    pub stack_budget: u32,
 
     /// Frames of the program's own code shown per stack in the text report,
     /// 1 to 128; runtime and library frames between them are folded into one
@@ -159,8 +168,8 @@ pub struct LeaksArgs {
     pub flamegraph: Option<PathBuf>,
 
     /// The stack the flame graph draws: eof (the read of EOF that close()
-    /// never followed) or origin (connect() or the first read of data; needs
-    /// --stacks full).
+    /// never followed) or origin (connect, accept, or the first read or
+    /// write of data).
     #[arg(long, value_name = "KIND", value_parser = parse_flamegraph_kind,
           default_value = "eof", requires = "flamegraph")]
     pub flamegraph_kind: FlamegraphKind,
@@ -199,10 +208,20 @@ impl KernelArgs {
 pub fn parse_stack_level(text: &str) -> Result<StackLevel, String> {
     match text.trim() {
         "off" => Ok(StackLevel::Off),
-        "default" => Ok(StackLevel::Eof),
+        "default" => Ok(StackLevel::Sampled),
         "full" => Ok(StackLevel::Full),
         other => Err(format!(
             "unknown stack level '{other}'; one of: off, default, full"
+        )),
+    }
+}
+
+pub fn parse_stack_budget(text: &str) -> Result<u32, String> {
+    const MAX: u32 = 1_000_000;
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a stack budget: copies a second, from 1 to {MAX}"
         )),
     }
 }
@@ -231,6 +250,7 @@ impl LeaksArgs {
             // is shown, and reconciliation needs every transition.
             probe: ProbeOptions {
                 stacks: self.stacks,
+                stack_budget: self.stack_budget,
                 ..self.kernel.probe_options()
             },
             min_age: self.min_age,
@@ -320,6 +340,11 @@ pub struct HostArgs {
     #[arg(long, value_name = "LEVEL", value_parser = parse_stack_level, default_value = "default")]
     pub stacks: StackLevel,
 
+    /// Stack copies a second, host-wide (see `tcptrace leaks --help`).
+    #[arg(long, value_name = "N", value_parser = parse_stack_budget,
+          default_value_t = DEFAULT_STACK_BUDGET)]
+    pub stack_budget: u32,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -329,6 +354,7 @@ impl HostArgs {
         LeaksOptions {
             probe: ProbeOptions {
                 stacks: self.stacks,
+                stack_budget: self.stack_budget,
                 ..self.kernel.probe_options()
             },
             min_age: self.min_age,

@@ -48,10 +48,8 @@ pub struct FlamegraphOutput {
 impl FlamegraphOutput {
     /// Before observing for minutes: what cannot work is said at once.
     fn check(&self, stacks: StackLevel) -> anyhow::Result<()> {
-        if self.kind == FlamegraphKind::Origin && stacks != StackLevel::Full {
-            bail!(
-                "--flamegraph-kind origin draws the stacks of connect() and the first read, which only --stacks full takes"
-            );
+        if stacks == StackLevel::Off {
+            bail!("--flamegraph draws code paths, which --stacks off does not take");
         }
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -284,6 +282,7 @@ pub async fn run<W: Write>(
     if let Some(outcome) = leaks.gone {
         // Nobody reads stdout any more; the file still gets its graph.
         if let Some(flamegraph) = &flamegraph {
+            monitor.note_probe(probe.get_mut());
             flamegraph.write(&monitor.report(min_age))?;
         }
         return Ok(outcome);
@@ -309,6 +308,7 @@ pub async fn run<W: Write>(
             recursion_misses: stats.recursion_misses,
         })
         .collect();
+    monitor.note_probe(probe.get_mut());
     let report = monitor.report(min_age);
     if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
         watch::reader_gone(error)?;

@@ -257,6 +257,7 @@ impl HostAgent {
         // A table's worth of cookies: freed before the snapshot is built.
         drop(listed);
         self.tracker.settle_time_wait(now_ns);
+        self.monitor.note_probe(probe);
         let leaks = self.monitor.report(self.min_age);
 
         self.unattributed = table

@@ -18,18 +18,21 @@ use crate::{
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
     model::leak_report::{
-        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, StacksTaken,
-        build_report,
+        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
     },
     model::leaks::{LeakKind, LeakTracker},
     model::process::FdUsage,
+    model::stack_gaps::{StackMode, StackSampling},
     model::transition::{Record, Transition},
-    probe::loader::{KernelCounters, Probe, ProbeOptions, StackLevel},
+    probe::loader::{KernelCounters, MAX_STACK_TARGETS, Probe, ProbeOptions, StackLevel},
     probe::records::decode,
 };
 
 /// How often the stack copies of leaking sockets are looked for.
 const COPY_READ_EVERY: Duration = Duration::from_millis(250);
+/// How often the processes to target are chosen again, and the copy
+/// counters read.
+const AIM_EVERY: Duration = Duration::from_secs(1);
 /// How often live tracking is checked against the kernel's table. A leak
 /// whose CLOSE_WAIT event was lost is aged from the reconcile that finds it,
 /// so this bounds how much of its age can go uncounted.
@@ -84,6 +87,11 @@ pub(crate) struct Monitor {
     told_failed: bool,
     told_walk_failed: bool,
     copies_read_at: Option<Instant>,
+    aimed_at: Option<Instant>,
+    /// What the probe could copy and what its budget refused.
+    sampling: StackSampling,
+    /// The processes whose every new socket the probe copies.
+    targets: HashSet<u32>,
     /// The events lost (dropped or missed by the probe) when the newest
     /// complete read of the whole table's CLOSE_WAIT sockets was asked for.
     /// While that count stands, the events say which sockets are in
@@ -110,6 +118,9 @@ impl Monitor {
             told_failed: false,
             told_walk_failed: false,
             copies_read_at: None,
+            aimed_at: None,
+            sampling: StackSampling::default(),
+            targets: HashSet::new(),
             lost_at_whole_read: None,
             pending_lost: None,
         })
@@ -166,6 +177,76 @@ impl Monitor {
         self.stacks
             .read_copies(probe, leaking, monotonic_now_ns(), false);
         self.health.stack_errors = self.stacks.errors;
+        if self.aimed_at.is_none_or(|at| at.elapsed() >= AIM_EVERY) {
+            self.aimed_at = Some(Instant::now());
+            self.aim_stacks(probe);
+        }
+    }
+
+    /// Targets the processes whose newest leak has no origin stack: the
+    /// probe then copies each of their new sockets from a budget of their
+    /// own, so their next leak carries its code path. A leak older than
+    /// tcptrace, or one the budget skipped, can never have one; a process
+    /// is untargeted once its newest leak has one.
+    fn aim_stacks(&mut self, probe: &mut Probe) {
+        let moments = probe.stack_moments;
+        let counters = probe.counters().ok();
+        if moments.level == StackLevel::Off {
+            return;
+        }
+        let now_ns = monotonic_now_ns();
+        let mut newest: HashMap<u32, (u64, bool)> = HashMap::new();
+        for leak in self.tracker.leaks(now_ns, self.options.min_age) {
+            let Some(holders) = leak.inode.and_then(|inode| self.holders.get(&inode)) else {
+                continue;
+            };
+            let has_origin = self.stacks.has_origin(leak.cookie);
+            for holder in holders {
+                let entry = newest.entry(holder.pid).or_insert((0, true));
+                if leak.since_ns >= entry.0 {
+                    *entry = (leak.since_ns, has_origin);
+                }
+            }
+        }
+        let targets: HashSet<u32> = newest
+            .into_iter()
+            .filter(|(_, (_, has_origin))| !has_origin)
+            .map(|(pid, _)| pid)
+            .collect();
+        if targets != self.targets {
+            match probe.set_stack_targets(&targets) {
+                Ok(()) => self.targets = targets,
+                Err(error) => {
+                    self.health.host_read_failures += 1;
+                    eprintln!(
+                        "tcptrace: cannot aim the stack copies at leaking processes ({error})"
+                    );
+                }
+            }
+        }
+        self.sampling = StackSampling {
+            mode: match moments.level {
+                StackLevel::Off => StackMode::Off,
+                StackLevel::Sampled => StackMode::Sampled,
+                StackLevel::Full => StackMode::Full,
+            },
+            budget_per_second: (moments.budget > 0).then_some(moments.budget),
+            accept_seen: moments.accept,
+            reads_seen: moments.reads,
+            writes_seen: moments.writes,
+            targeted_processes: self.targets.len().min(MAX_STACK_TARGETS),
+            ..self.sampling
+        };
+        if let Some(c) = counters {
+            self.sampling.copies_taken = c.stack_copied;
+            self.sampling.copies_refused = c.stack_budget_refused;
+            self.sampling.copies_targeted = c.stack_copied_targeted;
+        }
+    }
+
+    /// The sampling facts as of now (the counters are read once a second).
+    pub(crate) fn note_probe(&mut self, probe: &mut Probe) {
+        self.aim_stacks(probe);
     }
 
     pub(crate) fn drain(&mut self, probe: &mut Probe) {
@@ -343,7 +424,8 @@ impl Monitor {
     /// `listed` (see `TableSnapshot::listed_cookies`) must be a complete
     /// table of every state a socket with a file can be in.
     pub(crate) fn prune_stacks(&mut self, listed: &foldhash::HashSet<u64>, started_ns: u64) {
-        self.stacks.prune(listed, started_ns);
+        let suspects: foldhash::HashSet<u64> = self.tracker.suspects().map(|s| s.cookie).collect();
+        self.stacks.prune(listed, &suspects, started_ns);
     }
 
     /// Stacks of processes that exited: freed here, in the unwinder and in
@@ -406,6 +488,7 @@ impl Monitor {
             &leaks,
             &self.holders,
             &stacks,
+            &self.sampling,
             now_ns,
             min_age,
             &self.options.filter,
@@ -415,11 +498,6 @@ impl Monitor {
         self.health.corrections = self.tracker.corrections();
         report.health = self.health.clone();
         self.stacks.naming_health(&mut report.health);
-        report.stacks = match self.options.probe.stacks {
-            StackLevel::Off => StacksTaken::Off,
-            StackLevel::Eof => StacksTaken::Eof,
-            StackLevel::Full => StacksTaken::Full,
-        };
         report
     }
 }

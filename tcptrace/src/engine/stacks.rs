@@ -14,13 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_common::StackKind;
+use tcptrace_common::{CopySlot, StackKind};
 
 use crate::{
     host::{symbolize::SymbolizerWorker, unwind::UnwindWorker},
     model::{
         leak_report::{ProbeHealth, SocketStacks},
         stack::{NamedStack, UnwoundStack},
+        stack_gaps::OriginMoment,
         transition::{StackCopyFailure, StackSample},
     },
     probe::loader::Probe,
@@ -54,8 +55,8 @@ enum Slot {
 
 #[derive(Clone, Copy, Debug, Default)]
 struct StackRefs {
-    connect: Option<Slot>,
-    first_io: Option<Slot>,
+    /// Which moment the origin copy is of, and where it is.
+    origin: Option<(StackKind, Slot)>,
     eof: Option<Slot>,
     /// The newest record's time: a socket listed by no table read begun
     /// after it is gone (its CLOSE was lost).
@@ -63,12 +64,49 @@ struct StackRefs {
 }
 
 impl StackRefs {
-    fn slot(&mut self, kind: StackKind) -> &mut Option<Slot> {
-        match kind {
-            StackKind::Connect => &mut self.connect,
-            StackKind::FirstRead => &mut self.first_io,
-            StackKind::Eof => &mut self.eof,
+    fn slot(&mut self, slot: CopySlot) -> Option<&mut Slot> {
+        match slot {
+            CopySlot::Origin => self.origin.as_mut().map(|(_, slot)| slot),
+            CopySlot::Eof => self.eof.as_mut(),
         }
+    }
+
+    /// A new copy of `kind`. The probe keeps one origin copy per socket and
+    /// replaces an accept copy with the first read's or write's, which
+    /// names the handler where accept() names only the accept loop; the
+    /// first of any other kind stays, as the probe's does.
+    fn copied(&mut self, kind: StackKind, slot: Slot) {
+        match kind.slot() {
+            CopySlot::Eof => {
+                self.eof.get_or_insert(slot);
+            }
+            CopySlot::Origin => {
+                let replaces = match self.origin {
+                    None => true,
+                    Some((old, _)) => {
+                        old == StackKind::Accept
+                            && matches!(kind, StackKind::FirstRead | StackKind::FirstWrite)
+                    }
+                };
+                if replaces {
+                    self.origin = Some((kind, slot));
+                }
+            }
+        }
+    }
+
+    fn slots(&self) -> [Option<Slot>; 2] {
+        [self.origin.map(|(_, slot)| slot), self.eof]
+    }
+}
+
+fn moment(kind: StackKind) -> Option<OriginMoment> {
+    match kind {
+        StackKind::Connect => Some(OriginMoment::Connect),
+        StackKind::Accept => Some(OriginMoment::Accept),
+        StackKind::FirstRead => Some(OriginMoment::FirstRead),
+        StackKind::FirstWrite => Some(OriginMoment::FirstWrite),
+        StackKind::Eof => None,
     }
 }
 
@@ -122,8 +160,7 @@ impl SocketStackBook {
                 })
             }
         };
-        // The first of a kind is the one that names the socket.
-        refs.slot(sample.kind).get_or_insert(slot);
+        refs.copied(sample.kind, slot);
     }
 
     pub(crate) fn forget_socket(&mut self, cookie: u64) {
@@ -146,9 +183,15 @@ impl SocketStackBook {
             let Some(refs) = self.by_socket.get_mut(&cookie) else {
                 continue;
             };
-            for kind in [StackKind::Connect, StackKind::FirstRead, StackKind::Eof] {
-                let slot = refs.slot(kind);
-                let Some(Slot::Copied { taken_ns }) = *slot else {
+            for copy_slot in [CopySlot::Origin, CopySlot::Eof] {
+                let kind = match copy_slot {
+                    CopySlot::Origin => refs.origin.map(|(kind, _)| kind),
+                    CopySlot::Eof => Some(StackKind::Eof),
+                };
+                let (Some(kind), Some(slot)) = (kind, refs.slot(copy_slot)) else {
+                    continue;
+                };
+                let Slot::Copied { taken_ns } = *slot else {
                     continue;
                 };
                 if !all && now_ns.saturating_sub(taken_ns) < delay {
@@ -158,13 +201,13 @@ impl SocketStackBook {
                     // Left in the probe's map, read at a later call.
                     return;
                 }
-                let lost = match probe.take_stack_copy(cookie, kind) {
+                let lost = match probe.take_stack_copy(cookie, copy_slot) {
                     // The LRU map gave its slot to newer copies.
                     None => Some("its copy was gone from the probe's map before it was read"),
                     Some(copy) => (!self.unwinder.request((cookie, kind as u32), copy))
                         .then_some("the unwinding thread was gone"),
                 };
-                *slot = Some(lost.map_or(Slot::Unwinding, Slot::Lost));
+                *slot = lost.map_or(Slot::Unwinding, Slot::Lost);
                 if lost.is_some() {
                     self.errors += 1;
                 }
@@ -195,18 +238,42 @@ impl SocketStackBook {
                 continue;
             };
             // A socket that closed meanwhile was forgotten: so is its stack.
+            // An accept copy a first read replaced meanwhile is not its origin.
             if let Some(refs) = self.by_socket.get_mut(&cookie) {
-                *refs.slot(kind) = Some(Slot::Unwound(pid, id));
+                let current = match kind.slot() {
+                    CopySlot::Origin => refs.origin.map(|(kind, _)| kind),
+                    CopySlot::Eof => Some(StackKind::Eof),
+                };
+                if current == Some(kind)
+                    && let Some(slot) = refs.slot(kind.slot())
+                    && *slot == Slot::Unwinding
+                {
+                    *slot = Slot::Unwound(pid, id);
+                }
             }
         }
     }
 
     /// Forgets the stacks of sockets the kernel's table no longer lists.
     /// `listed` must be a complete table of every state a socket with a file
-    /// can be in.
-    pub(crate) fn prune(&mut self, listed: &foldhash::HashSet<u64>, started_ns: u64) {
+    /// can be in. The table never lists a socket closed while a file holds
+    /// it: `suspects` (still leaking) keep theirs until their destruction.
+    pub(crate) fn prune(
+        &mut self,
+        listed: &foldhash::HashSet<u64>,
+        suspects: &foldhash::HashSet<u64>,
+        started_ns: u64,
+    ) {
+        self.by_socket.retain(|cookie, refs| {
+            refs.seen_ns >= started_ns || listed.contains(cookie) || suspects.contains(cookie)
+        });
+    }
+
+    /// Whether the socket has an origin copy, or one on its way.
+    pub(crate) fn has_origin(&self, cookie: u64) -> bool {
         self.by_socket
-            .retain(|cookie, refs| refs.seen_ns >= started_ns || listed.contains(cookie));
+            .get(&cookie)
+            .is_some_and(|refs| refs.origin.is_some())
     }
 
     /// The processes whose stacks are known.
@@ -247,7 +314,7 @@ impl SocketStackBook {
 
     fn has_unread_copy(&self, cookie: u64) -> bool {
         self.by_socket.get(&cookie).is_some_and(|refs| {
-            [refs.connect, refs.first_io, refs.eof]
+            refs.slots()
                 .iter()
                 .any(|slot| matches!(slot, Some(Slot::Copied { .. })))
         })
@@ -261,7 +328,7 @@ impl SocketStackBook {
     pub(crate) fn refresh_names(&self, cookies: impl Iterator<Item = u64>, wait: Duration) -> bool {
         let stacks = cookies
             .filter_map(|cookie| self.by_socket.get(&cookie))
-            .flat_map(|refs| [refs.connect, refs.first_io, refs.eof])
+            .flat_map(|refs| refs.slots())
             .filter_map(|slot| match slot {
                 Some(Slot::Unwound(pid, id)) => Some((pid, id)),
                 _ => None,
@@ -287,9 +354,11 @@ impl SocketStackBook {
             })),
             _ => None,
         };
+        let origin = refs
+            .origin
+            .and_then(|(kind, slot)| Some((moment(kind)?, frames(Some(slot))?)));
         Some(SocketStacks {
-            connect: frames(refs.connect),
-            first_io: frames(refs.first_io),
+            origin,
             eof: frames(refs.eof),
         })
     }
@@ -345,5 +414,34 @@ mod tests {
         );
         book.forget_socket(2);
         assert_eq!(book.sockets(), 1);
+    }
+
+    #[test]
+    fn a_first_read_replaces_an_accept_copy_and_nothing_replaces_a_connect() {
+        let mut book = SocketStackBook::start().unwrap();
+        book.observe(sample(1, 1, StackKind::Accept));
+        book.observe(sample(1, 2, StackKind::FirstRead));
+        assert_eq!(
+            book.by_socket[&1].origin,
+            Some((StackKind::FirstRead, Slot::Copied { taken_ns: 2 * S }))
+        );
+        book.observe(sample(1, 3, StackKind::FirstWrite));
+        assert_eq!(book.by_socket[&1].origin.unwrap().0, StackKind::FirstRead);
+        book.observe(sample(2, 1, StackKind::Connect));
+        book.observe(sample(2, 2, StackKind::FirstRead));
+        assert_eq!(book.by_socket[&2].origin.unwrap().0, StackKind::Connect);
+        assert!(book.has_origin(2) && !book.has_origin(3));
+    }
+
+    #[test]
+    fn a_suspect_keeps_its_stacks_though_the_table_does_not_list_it() {
+        let mut book = SocketStackBook::start().unwrap();
+        book.observe(sample(1, 1, StackKind::FirstRead));
+        book.observe(sample(2, 1, StackKind::FirstRead));
+        let listed = foldhash::HashSet::default();
+        let suspects: foldhash::HashSet<u64> = [1].into_iter().collect();
+        book.prune(&listed, &suspects, 2 * S);
+        assert!(book.has_origin(1), "closed but held: still a leak");
+        assert!(!book.has_origin(2));
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     model::holder::Holder,
     model::leaks::{LeakKind, Suspect},
     model::stack::{Frame, Frames, NamedStack},
+    model::stack_gaps::{OriginMoment, SocketStackFacts, StackSampling, eof_gap, origin_gap},
 };
 
 use crate::model::process::FdUsage;
@@ -22,8 +23,8 @@ use crate::model::process::FdUsage;
 /// The stacks the probe took for one socket, resolved.
 #[derive(Clone, Debug, Default)]
 pub struct SocketStacks {
-    pub connect: Option<Frames>,
-    pub first_io: Option<Frames>,
+    /// Its connect, accept, first read or first write.
+    pub origin: Option<(OriginMoment, Frames)>,
     pub eof: Option<Frames>,
 }
 
@@ -32,9 +33,9 @@ pub struct SocketStacks {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CodePath {
     pub sockets: usize,
-    /// "connect" (the client that opened it) or "first_io" (the first recv
-    /// that returned data: an accepted socket's serving path); `None` when no
-    /// stack was taken.
+    /// "connect" (the client that opened it), "accept", "first_read" or
+    /// "first_write" (an accepted socket's first I/O: the handler serving
+    /// it); `None` when no origin stack was taken.
     pub origin: Option<&'static str>,
     /// One line per frame, innermost first, then `(stack truncated: …)`
     /// if the stack was cut.
@@ -47,6 +48,10 @@ pub struct CodePath {
     /// Why the walk stopped before the outermost frame.
     pub origin_truncated: Option<String>,
     pub eof_truncated: Option<String>,
+    /// Why there is no origin stack, and why no EOF stack (`None` where
+    /// there is one).
+    pub origin_missing: Option<String>,
+    pub eof_missing: Option<String>,
     /// Which runtime's frames hide the program's, and what would name them.
     pub note: Option<String>,
 }
@@ -57,6 +62,7 @@ impl CodePath {
         origin: Option<&'static str>,
         origin_stack: Option<&NamedStack>,
         eof_stack: Option<&NamedStack>,
+        (origin_missing, eof_missing): (Option<String>, Option<String>),
     ) -> Self {
         let lines = |s: Option<&NamedStack>| s.map(NamedStack::lines).unwrap_or_default();
         let frames = |s: Option<&NamedStack>| s.map(|s| s.frames.clone()).unwrap_or_default();
@@ -74,9 +80,26 @@ impl CodePath {
             eof_frames: frames(eof_stack),
             origin_truncated: truncated(origin_stack),
             eof_truncated: truncated(eof_stack),
+            origin_missing,
+            eof_missing,
             note,
         }
     }
+
+    /// The EOF read was seen: the finding can say the process read EOF.
+    pub fn read_eof(&self) -> bool {
+        !self.eof_frames.is_empty()
+    }
+}
+
+/// How many of a process's leaked sockets have a code path.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CodePathCoverage {
+    /// With an origin or an EOF stack.
+    pub sockets_with_code_path: usize,
+    pub sockets: usize,
+    /// The copy budget refused some copies: the rest are a sample.
+    pub sampled: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -124,6 +147,7 @@ pub struct ProcessLeaks {
     pub fds_exhausted_in_s: Option<f64>,
     pub peers: Vec<PeerCount>,
     pub peer_pattern: Option<&'static str>,
+    pub code_path_coverage: CodePathCoverage,
     /// Most sockets first.
     pub code_paths: Vec<CodePath>,
     pub sockets: Vec<LeakedSocket>,
@@ -170,20 +194,9 @@ pub struct LeakReport {
     pub leaking_sockets: usize,
     pub processes: Vec<ProcessLeaks>,
     pub health: ProbeHealth,
-    /// Which stacks were taken, so a code path without one says why.
-    pub stacks: StacksTaken,
-}
-
-/// The stacks the probe takes (`--stacks`).
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StacksTaken {
-    #[default]
-    Off,
-    /// At each socket's read of EOF.
-    Eof,
-    /// Also at connect() and at the first read of data.
-    Full,
+    /// Which stacks the probe could take and the budget let it, so a code
+    /// path without one says why.
+    pub stacks: StackSampling,
 }
 
 impl LeakReport {
@@ -310,6 +323,7 @@ pub fn build_report(
     leaks: &[&Suspect],
     holders: &HashMap<u64, Vec<Holder>>,
     stacks: &HashMap<u64, SocketStacks>,
+    sampling: &StackSampling,
     now_ns: u64,
     min_age: Duration,
     filter: &ReportFilter,
@@ -353,7 +367,11 @@ pub fn build_report(
     let mut processes: Vec<ProcessLeaks> = by_process
         .into_iter()
         .map(|(pid, (comm, sockets))| {
-            process_leaks(pid, comm, &sockets, stacks, now_ns, &fd_usage, growth)
+            let stacks = Stacks {
+                of_socket: stacks,
+                sampling,
+            };
+            process_leaks(pid, comm, &sockets, &stacks, now_ns, &fd_usage, growth)
         })
         .collect();
     processes.sort_by(|a, b| {
@@ -366,15 +384,21 @@ pub fn build_report(
         leaking_sockets: counted.len(),
         processes,
         health: ProbeHealth::default(),
-        stacks: StacksTaken::Off,
+        stacks: *sampling,
     }
+}
+
+/// The stacks of the leaked sockets, and what explains a missing one.
+struct Stacks<'a> {
+    of_socket: &'a HashMap<u64, SocketStacks>,
+    sampling: &'a StackSampling,
 }
 
 fn process_leaks(
     pid: Option<u32>,
     comm: Option<String>,
     sockets: &[(&Suspect, Option<u32>)],
-    stacks: &HashMap<u64, SocketStacks>,
+    stacks: &Stacks,
     now_ns: u64,
     fd_usage: &impl Fn(u32) -> Option<FdUsage>,
     growth: &mut GrowthHistory,
@@ -397,7 +421,10 @@ fn process_leaks(
         ) if rate > 0.0 => Some(limit.saturating_sub(open) as f64 / rate * 60.0),
         _ => None,
     };
-    let (peers, peer_pattern) = group_peers(sockets.iter().map(|(s, _)| (s.local, s.remote)));
+    let endpoints: Vec<(SocketAddr, SocketAddr)> =
+        sockets.iter().map(|(s, _)| (s.local, s.remote)).collect();
+    let accepted = side_of(&endpoints) == Side::Accepted;
+    let (peers, peer_pattern) = group_peers(endpoints.iter().copied());
     let mut listed: Vec<LeakedSocket> = sockets
         .iter()
         .map(|(s, fd)| LeakedSocket {
@@ -413,6 +440,29 @@ fn process_leaks(
         })
         .collect();
     listed.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.cookie.cmp(&b.cookie)));
+    let code_paths = code_paths(sockets.iter().map(|(s, _)| {
+        let socket_stacks = stacks.of_socket.get(&s.cookie);
+        let facts = SocketStackFacts {
+            provenance: s.provenance,
+            accepted,
+            has_origin: socket_stacks.is_some_and(|st| st.origin.is_some()),
+            has_eof: socket_stacks.is_some_and(|st| st.eof.is_some()),
+        };
+        let gaps = (
+            origin_gap(&facts, stacks.sampling),
+            eof_gap(&facts, stacks.sampling).map(str::to_owned),
+        );
+        (socket_stacks, gaps)
+    }));
+    let code_path_coverage = CodePathCoverage {
+        sockets_with_code_path: code_paths
+            .iter()
+            .filter(|p| !p.origin_frames.is_empty() || !p.eof_frames.is_empty())
+            .map(|p| p.sockets)
+            .sum(),
+        sockets: sockets.len(),
+        sampled: stacks.sampling.is_sampled(),
+    };
     ProcessLeaks {
         pid,
         comm,
@@ -426,51 +476,64 @@ fn process_leaks(
         fds_exhausted_in_s,
         peers,
         peer_pattern,
-        code_paths: code_paths(sockets.iter().map(|(s, _)| stacks.get(&s.cookie))),
+        code_path_coverage,
+        code_paths,
         sockets: listed,
     }
 }
 
-/// What makes two code paths one: the origin kind, and each stack's named
-/// frames (unnamed ones by module only).
-type CodePathKey = (Option<&'static str>, Option<StackKey>, Option<StackKey>);
+/// Why a socket has no origin stack, and why no EOF stack.
+type Gaps = (Option<String>, Option<String>);
+/// What makes two code paths one: the origin kind, each stack's named
+/// frames (unnamed ones by module only), and why a stack is missing.
+type CodePathKey = (
+    Option<&'static str>,
+    Option<StackKey>,
+    Option<StackKey>,
+    Gaps,
+);
 type StackKey = (Vec<String>, bool);
-/// Sockets of a code path, its origin kind, and the stacks of its first socket.
-type Grouped = (usize, Option<&'static str>, Option<Frames>, Option<Frames>);
+/// Sockets of a code path, its origin kind, the stacks of its first socket
+/// and its gaps.
+type Grouped = (
+    usize,
+    Option<&'static str>,
+    Option<Frames>,
+    Option<Frames>,
+    Gaps,
+);
 
-fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Vec<CodePath> {
+fn code_paths<'a>(
+    sockets: impl Iterator<Item = (Option<&'a SocketStacks>, Gaps)>,
+) -> Vec<CodePath> {
     // Each group shows the stacks of its first socket.
     let mut paths: HashMap<CodePathKey, Grouped> = HashMap::new();
-    for stacks in sockets {
-        let (origin, origin_stack, eof_stack) = match stacks {
-            Some(s) => {
-                let (origin, frames) = match (&s.connect, &s.first_io) {
-                    (Some(frames), _) => (Some("connect"), Some(frames.clone())),
-                    (None, Some(frames)) => (Some("first_io"), Some(frames.clone())),
-                    (None, None) => (None, None),
-                };
-                (origin, frames, s.eof.clone())
-            }
-            None => (None, None, None),
+    for (stacks, gaps) in sockets {
+        let (origin, origin_stack) = match stacks.and_then(|s| s.origin.as_ref()) {
+            Some((moment, frames)) => (Some(moment.name()), Some(frames.clone())),
+            None => (None, None),
         };
+        let eof_stack = stacks.and_then(|s| s.eof.clone());
         let key = (
             origin,
             origin_stack.as_ref().map(|s| s.group_key()),
             eof_stack.as_ref().map(|s| s.group_key()),
+            gaps.clone(),
         );
         paths
             .entry(key)
-            .or_insert((0, origin, origin_stack, eof_stack))
+            .or_insert((0, origin, origin_stack, eof_stack, gaps))
             .0 += 1;
     }
     let mut paths: Vec<CodePath> = paths
         .into_values()
-        .map(|(sockets, origin, origin_stack, eof_stack)| {
+        .map(|(sockets, origin, origin_stack, eof_stack, gaps)| {
             CodePath::new(
                 sockets,
                 origin,
                 origin_stack.as_deref(),
                 eof_stack.as_deref(),
+                gaps,
             )
         })
         .collect();
@@ -479,6 +542,7 @@ fn code_paths<'a>(sockets: impl Iterator<Item = Option<&'a SocketStacks>>) -> Ve
             .cmp(&a.sockets)
             .then_with(|| a.origin_stack.cmp(&b.origin_stack))
             .then_with(|| a.eof_stack.cmp(&b.eof_stack))
+            .then_with(|| a.origin_missing.cmp(&b.origin_missing))
     });
     paths
 }
@@ -549,7 +613,9 @@ fn group_peers(
 pub(crate) mod test_support {
     use std::{collections::HashMap, time::Duration};
 
-    use super::{GrowthHistory, LeakReport, ReportFilter, SocketStacks, build_report};
+    use super::{
+        GrowthHistory, LeakReport, ReportFilter, SocketStacks, StackSampling, build_report,
+    };
     use crate::model::{
         holder::Holder,
         leaks::{LeakKind, Provenance, Suspect},
@@ -584,16 +650,38 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A 6.18 host like this one, no copy refused yet: reads and writes
+    /// are seen, accept() is not.
+    pub(crate) fn quiet_sampling() -> StackSampling {
+        StackSampling {
+            mode: crate::model::stack_gaps::StackMode::Sampled,
+            budget_per_second: Some(500),
+            reads_seen: true,
+            writes_seen: true,
+            ..StackSampling::default()
+        }
+    }
+
     /// Everything, 10 s in, no fd usage and no history.
     pub(crate) fn report_at_10s(
         leaks: &[&Suspect],
         holders: &HashMap<u64, Vec<Holder>>,
         stacks: &HashMap<u64, SocketStacks>,
     ) -> LeakReport {
+        report_at_10s_with(leaks, holders, stacks, &quiet_sampling())
+    }
+
+    pub(crate) fn report_at_10s_with(
+        leaks: &[&Suspect],
+        holders: &HashMap<u64, Vec<Holder>>,
+        stacks: &HashMap<u64, SocketStacks>,
+        sampling: &StackSampling,
+    ) -> LeakReport {
         build_report(
             leaks,
             holders,
             stacks,
+            sampling,
             10 * S,
             Duration::ZERO,
             &ReportFilter::default(),
@@ -633,6 +721,7 @@ mod tests {
             &refs,
             &holders,
             &HashMap::new(),
+            &crate::model::stack_gaps::StackSampling::default(),
             100 * S,
             Duration::from_secs(30),
             &ReportFilter::default(),
@@ -667,6 +756,7 @@ mod tests {
                 &refs,
                 &holders,
                 &HashMap::new(),
+                &crate::model::stack_gaps::StackSampling::default(),
                 10 * S,
                 Duration::ZERO,
                 &filter,
@@ -720,6 +810,7 @@ mod tests {
             &refs,
             &holders,
             &HashMap::new(),
+            &crate::model::stack_gaps::StackSampling::default(),
             60 * S,
             Duration::ZERO,
             &ReportFilter::default(),

@@ -20,6 +20,7 @@ pub(crate) mod leak_report;
 pub(crate) mod leaks;
 pub(crate) mod process;
 pub(crate) mod stack;
+pub(crate) mod stack_gaps;
 pub(crate) mod time_wait_owners;
 pub(crate) mod top_snapshot;
 pub mod tracker;

@@ -146,6 +146,7 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
     {
         config.inet_sport_offset = sport.offset;
     }
+    set_first_io_offsets(btf, &mut config);
     let netns_inode = btf
         .member("net", &["ns", "inum"])
         .ok()
@@ -156,6 +157,39 @@ pub fn probe_config(btf: &Btf) -> Result<ProbeConfig, LayoutError> {
         config.has_netns = 1;
     }
     Ok(config)
+}
+
+/// Optional, all or none: without them no first read or first write is
+/// copied (connect, accept and EOF still are).
+fn set_first_io_offsets(btf: &Btf, config: &mut ProbeConfig) {
+    let field = |name: &str, size: u32| {
+        btf.member("tcp_sock", &[name])
+            .ok()
+            .filter(|location| location.size == size)
+            .map(|location| location.offset)
+    };
+    if let (
+        Some(bytes_received),
+        Some(rcv_nxt),
+        Some(copied_seq),
+        Some(bytes_acked),
+        Some(snd_una),
+        Some(write_seq),
+    ) = (
+        field("bytes_received", 8),
+        field("rcv_nxt", 4),
+        field("copied_seq", 4),
+        field("bytes_acked", 8),
+        field("snd_una", 4),
+        field("write_seq", 4),
+    ) {
+        config.tcp_bytes_received_offset = bytes_received;
+        config.tcp_rcv_nxt_offset = rcv_nxt;
+        config.tcp_copied_seq_offset = copied_seq;
+        config.tcp_bytes_acked_offset = bytes_acked;
+        config.tcp_snd_una_offset = snd_una;
+        config.tcp_write_seq_offset = write_seq;
+    }
 }
 
 #[cfg(test)]
@@ -333,5 +367,8 @@ mod tests {
             assert!(config.task_fsbase_offset > 1024, "thread.fsbase found");
         }
         assert!(config.sk_storage_offset > config.protocol_offset);
+        // tcp_sock opens with the struct sock it extends.
+        assert!(config.tcp_write_seq_offset > config.sk_storage_offset);
+        assert!(config.tcp_bytes_received_offset > config.sk_storage_offset);
     }
 }

@@ -3,6 +3,7 @@
 //! the integration tests load the probe through it too.
 
 use std::{
+    collections::HashSet,
     os::fd::{AsFd, AsRawFd, RawFd},
     time::{Duration, Instant},
 };
@@ -13,8 +14,8 @@ use aya::{
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
-    COUNTER_SLOTS, Counter, STACKS_EOF, STACKS_FULL, STACKS_OFF, StackCopy, StackCopyKey,
-    StackKind, names,
+    COUNTER_SLOTS, CopySlot, Counter, ProbeConfig, STACKS_OFF, STACKS_ON, StackCopy, StackCopyKey,
+    names,
 };
 use thiserror::Error;
 
@@ -55,14 +56,23 @@ pub enum StackLevel {
     /// None, and no per-recv hook.
     #[default]
     Off,
-    /// A stack copy per socket at its first read of EOF in CLOSE_WAIT: one
-    /// per passive close, and exactly the code that read the end of the
-    /// stream and then did not close.
-    Eof,
-    /// Also a copy at each connect() and at each socket's first data read:
-    /// two or three copies per connection.
+    /// An origin copy per socket (connect, accept, first read or first
+    /// write) and an EOF copy at its first read of EOF in CLOSE_WAIT, every
+    /// one paid from the copy budget: under light load every socket has
+    /// its copies, under churn a sample.
+    Sampled,
+    /// The same moments with no budget: every socket's copies.
     Full,
 }
+
+/// `--stack-budget`'s default: copies a second, host-wide. About a
+/// microsecond each, so under a millisecond of CPU a second.
+pub const DEFAULT_STACK_BUDGET: u32 = 500;
+/// A targeted process (one that leaks with no code path) has a bucket of
+/// its own this many times the host-wide one.
+pub const TARGETED_BUDGET_FACTOR: u32 = 4;
+/// The processes targeted at one time (the probe's map's capacity).
+pub const MAX_STACK_TARGETS: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -79,6 +89,8 @@ pub struct ProbeOptions {
     /// when the kernel frees such a socket (`tcp_destroy_sock`).
     pub track_closed_held: bool,
     pub stacks: StackLevel,
+    /// Stack copies a second, host-wide, with `StackLevel::Sampled`.
+    pub stack_budget: u32,
 }
 
 impl Default for ProbeOptions {
@@ -90,6 +102,7 @@ impl Default for ProbeOptions {
             port_filter: None,
             track_closed_held: false,
             stacks: StackLevel::Off,
+            stack_budget: DEFAULT_STACK_BUDGET,
         }
     }
 }
@@ -179,6 +192,11 @@ pub struct KernelCounters {
     pub stack_not_stored: u64,
     /// Failed inserts into the EOF-count map.
     pub map_insert_failed: u64,
+    /// Stack copies taken and stored, and of those the targeted processes'.
+    pub stack_copied: u64,
+    pub stack_copied_targeted: u64,
+    /// Moments to copy a stack that the budget refused.
+    pub stack_budget_refused: u64,
 }
 
 impl KernelCounters {
@@ -213,6 +231,8 @@ pub struct Probe {
     events: RingReader,
     counters: PerCpuArray<MapData, u64>,
     stack_copies: AyaHashMap<MapData, StackCopyKey, StackCopy>,
+    /// Processes whose every new socket gets a copy (`None` without stacks).
+    stack_targets: Option<AyaHashMap<MapData, u32, u32>>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
     eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
     /// The capacities the maps were created with.
@@ -221,6 +241,23 @@ pub struct Probe {
     pub notices: Vec<String>,
     /// Accepted sockets get their owner at accept() (fexit), not at close.
     pub accept_hook: bool,
+    /// What the probe can copy on this kernel.
+    pub stack_moments: StackMoments,
+}
+
+/// The moments the probe can copy a stack at on this kernel, so that a
+/// missing stack says which moment this kernel does not show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackMoments {
+    pub level: StackLevel,
+    /// Host-wide copies a second; 0 with no budget.
+    pub budget: u32,
+    /// accept() (fexit allowed).
+    pub accept: bool,
+    /// First reads and EOF reads (`sock_recv_length`, 6.3+).
+    pub reads: bool,
+    /// First writes (`sock_send_length`, 6.3+).
+    pub writes: bool,
 }
 
 impl Probe {
@@ -248,15 +285,24 @@ impl Probe {
         }
         config.stack_level = match stack_level {
             StackLevel::Off => STACKS_OFF,
-            StackLevel::Eof => STACKS_EOF,
-            StackLevel::Full => STACKS_FULL,
+            StackLevel::Sampled | StackLevel::Full => STACKS_ON,
         };
+        if stack_level == StackLevel::Sampled {
+            set_budget(&mut config, options.stack_budget, possible_cpus()?);
+        }
         let recv_hook = format!("btf_trace_{}", names::RECV_TRACEPOINT);
         let attach_recv = stack_level != StackLevel::Off && btf.has_type_named(&recv_hook);
+        let send_hook = format!("btf_trace_{}", names::SEND_TRACEPOINT);
+        let attach_send = stack_level != StackLevel::Off && btf.has_type_named(&send_hook);
         if stack_level != StackLevel::Off && !attach_recv {
             notices.push(
-                "tcptrace: no EOF or first-I/O stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); connect stacks with --stacks full only"
+                "tcptrace: no first-read or EOF stacks: this kernel has no sock:sock_recv_length tracepoint (Linux 6.3+); a code path comes from connect() or accept()"
                     .to_owned(),
+            );
+        }
+        if stack_level != StackLevel::Off && config.tcp_write_seq_offset == 0 {
+            notices.push(
+                "tcptrace: no first-read or first-write stacks: this kernel's BTF lacks a tcp_sock counter they are told by".to_owned(),
             );
         }
 
@@ -300,6 +346,14 @@ impl Probe {
                 &kernel_btf,
             )?;
         }
+        if attach_send {
+            attach(
+                &mut ebpf,
+                names::SEND_PROGRAM,
+                names::SEND_TRACEPOINT,
+                &kernel_btf,
+            )?;
+        }
         // Optional: where the kernel refuses fexit (or its prototype is new
         // to us) accepted sockets keep the listener's owner until they close.
         let accept_program = match btf.function_params(names::ACCEPT_FUNCTION) {
@@ -339,6 +393,27 @@ impl Probe {
         let events = RingReader::new(events, ring_buffer_bytes).map_err(ProbeError::Ring)?;
         let counters = take_map(&mut ebpf, names::COUNTERS_MAP, PerCpuArray::try_from)?;
         let stack_copies = take_map(&mut ebpf, names::STACK_COPIES_MAP, AyaHashMap::try_from)?;
+        let stack_targets = if stacks {
+            Some(take_map(
+                &mut ebpf,
+                names::STACK_TARGETS_MAP,
+                AyaHashMap::try_from,
+            )?)
+        } else {
+            None
+        };
+        let first_io = config.tcp_write_seq_offset != 0;
+        let stack_moments = StackMoments {
+            level: stack_level,
+            budget: if stack_level == StackLevel::Sampled {
+                options.stack_budget
+            } else {
+                0
+            },
+            accept: stacks && accept_hook,
+            reads: attach_recv,
+            writes: attach_send && first_io,
+        };
         let eof_reads = if attach_recv {
             Some(take_map(
                 &mut ebpf,
@@ -353,18 +428,20 @@ impl Probe {
             events,
             counters,
             stack_copies,
+            stack_targets,
             eof_reads,
             capacities,
             notices,
             accept_hook,
+            stack_moments,
         })
     }
 
     /// Takes the stack copy of socket `cookie` out of the probe's map.
-    pub fn take_stack_copy(&mut self, cookie: u64, kind: StackKind) -> Option<Box<StackCopy>> {
+    pub fn take_stack_copy(&mut self, cookie: u64, slot: CopySlot) -> Option<Box<StackCopy>> {
         let key = StackCopyKey {
             cookie,
-            stack_kind: kind as u32,
+            slot: slot as u32,
             _reserved: 0,
         };
         let copy = Box::new(self.stack_copies.get(&key, 0).ok()?);
@@ -372,6 +449,30 @@ impl Probe {
         // the probe; here it only frees the slot sooner.
         let _ = self.stack_copies.remove(&key);
         Some(copy)
+    }
+
+    /// Makes `targets` the processes whose every new socket gets a copy,
+    /// from a budget of their own; at most `MAX_STACK_TARGETS` of them.
+    pub fn set_stack_targets(&mut self, targets: &HashSet<u32>) -> Result<(), ProbeError> {
+        let Some(map) = self.stack_targets.as_mut() else {
+            return Ok(());
+        };
+        let error = |source| ProbeError::Map {
+            what: names::STACK_TARGETS_MAP,
+            source,
+        };
+        let present: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for tgid in &present {
+            if !targets.contains(tgid) {
+                map.remove(tgid).map_err(error)?;
+            }
+        }
+        for tgid in targets.iter().take(MAX_STACK_TARGETS) {
+            if !present.contains(tgid) {
+                map.insert(tgid, 1, 0).map_err(error)?;
+            }
+        }
+        Ok(())
     }
 
     /// How many reads of socket `cookie` returned EOF in CLOSE_WAIT (a lower
@@ -443,6 +544,9 @@ impl Probe {
             stack_reserve_failed: read(Counter::StackReserveFailed)?,
             stack_not_stored: read(Counter::StackNotStored)?,
             map_insert_failed: read(Counter::MapInsertFailed)?,
+            stack_copied: read(Counter::StackCopied)?,
+            stack_copied_targeted: read(Counter::StackCopiedTargeted)?,
+            stack_budget_refused: read(Counter::StackBudgetRefused)?,
         })
     }
 
@@ -457,6 +561,7 @@ impl Probe {
             names::PROGRAM,
             names::DESTROY_PROGRAM,
             names::RECV_PROGRAM,
+            names::SEND_PROGRAM,
             names::ACCEPT_PROGRAM_FOUR_PARAMS,
             names::ACCEPT_PROGRAM_TWO_PARAMS,
         ]
@@ -522,6 +627,19 @@ fn attach_fexit(
 /// A verifier log is many lines; a notice is one.
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
+}
+
+/// The host-wide `budget` (copies a second) as a bucket per CPU, each
+/// holding a second's worth; targeted processes get a larger one.
+fn set_budget(config: &mut ProbeConfig, budget: u32, cpus: u32) {
+    let bucket = |per_second: u32| {
+        let per_cpu = (per_second / cpus.max(1)).max(1);
+        ((1_000_000_000 / per_cpu).max(1), per_cpu)
+    };
+    let budget = budget.max(1);
+    (config.stack_copy_cost_ns, config.stack_burst_copies) = bucket(budget);
+    (config.targeted_copy_cost_ns, config.targeted_burst_copies) =
+        bucket(budget.saturating_mul(TARGETED_BUDGET_FACTOR));
 }
 
 /// Whether the probe looks for an owner in a socket's storage (see

@@ -11,10 +11,11 @@ use thiserror::Error;
 
 use crate::{
     model::{
-        leak_report::{CodePath, LeakReport, ProcessLeaks, StacksTaken},
+        leak_report::{CodePath, LeakReport, ProcessLeaks},
         stack::{Frame, FrameKind, truncation_line},
+        stack_gaps::OriginMoment,
     },
-    view::{report::missing_stacks, terminal::sanitize},
+    view::terminal::sanitize,
 };
 
 #[derive(Debug, Error)]
@@ -200,7 +201,7 @@ fn paths(report: &LeakReport, kind: FlamegraphKind) -> Vec<Path> {
         let root = (process_frame(process), Shade::Process);
         for code_path in &process.code_paths {
             let mut frames = vec![root.clone()];
-            frames.extend(code_path_frames(report, process, code_path, kind));
+            frames.extend(code_path_frames(code_path, kind));
             paths.push(Path {
                 frames,
                 sockets: code_path.sockets,
@@ -221,27 +222,21 @@ fn process_frame(process: &ProcessLeaks) -> String {
 }
 
 /// The frames of one code path below its process, outermost first.
-fn code_path_frames(
-    report: &LeakReport,
-    process: &ProcessLeaks,
-    path: &CodePath,
-    kind: FlamegraphKind,
-) -> Vec<(String, Shade)> {
+fn code_path_frames(path: &CodePath, kind: FlamegraphKind) -> Vec<(String, Shade)> {
     let (stack, truncated) = match kind {
         FlamegraphKind::Eof => (&path.eof_frames, path.eof_truncated.as_deref()),
         FlamegraphKind::Origin => (&path.origin_frames, path.origin_truncated.as_deref()),
     };
     let mut frames = Vec::new();
     if kind == FlamegraphKind::Origin {
-        let origin = match path.origin {
-            Some("connect") => "[connect]",
-            Some(_) => "[first read]",
-            None => "[connect or first read]",
-        };
-        frames.push((origin.to_owned(), Shade::Origin));
+        let origin = path
+            .origin
+            .and_then(OriginMoment::from_name)
+            .map_or("origin", OriginMoment::label);
+        frames.push((format!("[{origin}]"), Shade::Origin));
     }
     if stack.is_empty() && truncated.is_none() {
-        frames.push((missing_reason(report, process, kind), Shade::Reason));
+        frames.push((missing_reason(path, kind), Shade::Reason));
         return frames;
     }
     // The walk stopped short of the outermost frames: the cut is outermost.
@@ -264,24 +259,13 @@ fn code_path_frames(
     frames
 }
 
-/// Why a code path has no stack of `kind`, as the text report says it; more
-/// exactly when every socket of the process was leaking before tcptrace
-/// started (`--once`, or leaks found in the first read of the table).
-fn missing_reason(report: &LeakReport, process: &ProcessLeaks, kind: FlamegraphKind) -> String {
-    let (origin, eof) = missing_stacks(report.stacks);
-    let pre_existing = !process.sockets.is_empty()
-        && process
-            .sockets
-            .iter()
-            .all(|socket| socket.provenance == "pre_existing");
-    let reason = match (kind, report.stacks) {
-        (_, StacksTaken::Off) | (FlamegraphKind::Origin, StacksTaken::Eof) => origin,
-        (FlamegraphKind::Origin, _) if pre_existing => "made before tcptrace started",
-        (FlamegraphKind::Eof, _) if pre_existing => "leaking before tcptrace started",
-        (FlamegraphKind::Origin, _) => origin,
-        (FlamegraphKind::Eof, _) => eof,
+/// Why a code path has no stack of `kind`, as the text report says it.
+fn missing_reason(path: &CodePath, kind: FlamegraphKind) -> String {
+    let why = match kind {
+        FlamegraphKind::Origin => path.origin_missing.as_deref(),
+        FlamegraphKind::Eof => path.eof_missing.as_deref(),
     };
-    format!("(no stack: {})", reason.trim_start_matches("no stack: "))
+    frame_name(&format!("(no stack: {})", why.unwrap_or("not taken")))
 }
 
 /// A name from the host (a comm, a symbol) as one folded frame: nothing in
@@ -317,10 +301,11 @@ mod tests {
         holder::Holder,
         leak_report::{
             SocketStacks,
-            test_support::{holder, report_at_10s, suspect},
+            test_support::{holder, report_at_10s, report_at_10s_with, suspect},
         },
         leaks::{LeakKind, Provenance, Suspect},
         stack::{Frames, test_stack},
+        stack_gaps::StackSampling,
     };
 
     const SERVER: &str = "/srv/server";
@@ -357,9 +342,7 @@ mod tests {
                 ))
             })
             .collect();
-        let mut report = report_at_10s(&refs, &holders, &stacks);
-        report.stacks = StacksTaken::Eof;
-        report
+        report_at_10s(&refs, &holders, &stacks)
     }
 
     fn parse(svg: &str) -> roxmltree::Document<'_> {
@@ -390,7 +373,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "proc7 (7);(no stack: no read of EOF by its process while tcptrace ran) 1",
+                "proc7 (7);(no stack: the process did not read EOF after the peer closed: it stopped reading before) 1",
                 "proc7 (7);main;handle_a;drain;__libc_recv 3",
                 "proc7 (7);main;handle_b;drain;__libc_recv 1",
             ]
@@ -400,28 +383,32 @@ mod tests {
     }
 
     #[test]
-    fn reasons_follow_what_was_taken_and_when() {
-        let mut report = report(&[(7, None)]);
-        report.stacks = StacksTaken::Off;
-        assert_eq!(
-            folded_lines(&report),
-            ["proc7 (7);(no stack: stacks off) 1"]
-        );
-        report.stacks = StacksTaken::Eof;
+    fn reasons_follow_what_was_seen() {
+        let report = report(&[(7, None)]);
         assert_eq!(
             folded_lines_of(&report, FlamegraphKind::Origin),
-            ["proc7 (7);[connect or first read];(no stack: taken only with --stacks full) 1"]
+            [
+                "proc7 (7);[origin];(no stack: made before tcptrace started, so its connect, accept or first read was not seen) 1"
+            ]
         );
+        let leak = [suspect(1, 11, "10.0.0.1:1", 0, LeakKind::CloseWait)];
+        let refs: Vec<&Suspect> = leak.iter().collect();
+        let holders = HashMap::from([(11, vec![holder(7, 1)])]);
+        let off = report_at_10s_with(&refs, &holders, &HashMap::new(), &StackSampling::default());
+        assert_eq!(folded_lines(&off), ["proc7 (7);(no stack: stacks off) 1"]);
         // What `--once` reports: sockets leaking before tcptrace started.
-        report.processes[0].sockets[0].provenance = Provenance::PreExisting.name();
+        let mut pre = leak[0].clone();
+        pre.provenance = Provenance::PreExisting;
+        let once = report_at_10s(&[&pre], &holders, &HashMap::new());
         assert_eq!(
-            folded_lines(&report),
-            ["proc7 (7);(no stack: leaking before tcptrace started) 1"]
+            folded_lines(&once),
+            [
+                "proc7 (7);(no stack: in CLOSE_WAIT before tcptrace started: a read of EOF then was not seen) 1"
+            ]
         );
-        report.stacks = StacksTaken::Full;
-        assert_eq!(
-            folded_lines_of(&report, FlamegraphKind::Origin),
-            ["proc7 (7);[connect or first read];(no stack: made before tcptrace started) 1"]
+        assert!(
+            folded_lines_of(&once, FlamegraphKind::Origin)[0]
+                .contains("this process's next leak will carry one"),
         );
     }
 
@@ -432,7 +419,7 @@ mod tests {
         report.processes[0].comm = None;
         assert_eq!(
             folded_lines(&report)[0],
-            "(no holder: not accepted);(no stack: no read of EOF by its process while tcptrace ran) 1"
+            "(no holder: not accepted);(no stack: the process did not read EOF after the peer closed: it stopped reading before) 1"
         );
         // The same socket held by a forked child too: drawn under each.
         let mut shared = report.clone();

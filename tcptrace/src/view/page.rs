@@ -343,8 +343,7 @@ fn flamegraph(state: &Result<(), String>) -> String {
 mod tests {
     use super::*;
     use crate::model::{
-        diagnose::FindingKind,
-        leak_report::{ProbeHealth, StacksTaken},
+        diagnose::FindingKind, leak_report::ProbeHealth, stack_gaps::StackSampling,
     };
 
     #[test]
@@ -384,7 +383,7 @@ mod tests {
                 drops: 2,
                 ..ProbeHealth::default()
             },
-            stacks: StacksTaken::Eof,
+            stacks: StackSampling::default(),
         }
     }
 

@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use crate::{
     model::{
-        leak_report::{LeakReport, StacksTaken},
+        leak_report::{CodePathCoverage, LeakReport},
         stack::{Frame, FrameKind, truncation_line},
+        stack_gaps::{OriginMoment, StackMode},
     },
     view::terminal::sanitize,
 };
@@ -135,19 +136,29 @@ fn write_stack(
     }
 }
 
-/// Why a code path has no connect/first-I/O stack, and why no EOF stack.
-pub(crate) fn missing_stacks(taken: StacksTaken) -> (&'static str, &'static str) {
-    match taken {
-        StacksTaken::Off => ("stacks off", "stacks off"),
-        StacksTaken::Eof => (
-            "taken only with --stacks full",
-            "no stack: no read of EOF by its process while tcptrace ran",
-        ),
-        StacksTaken::Full => (
-            "no stack: made before tcptrace started, or not read yet",
-            "no stack: no read of EOF by its process while tcptrace ran",
-        ),
+/// "code paths of 37 of 120 sockets (sampled: …)", or `None` when every
+/// socket has one and nothing was sampled out.
+pub(crate) fn coverage_line(coverage: &CodePathCoverage, mode: StackMode) -> Option<String> {
+    if mode == StackMode::Off {
+        return None;
     }
+    let CodePathCoverage {
+        sockets_with_code_path: with,
+        sockets,
+        sampled,
+    } = *coverage;
+    if with == sockets {
+        return None;
+    }
+    Some(format!(
+        "code path of {with} of {sockets} socket{}{}",
+        if sockets == 1 { "" } else { "s" },
+        if sampled {
+            " (sampled: the copy budget was spent; this process's new sockets are now all copied)"
+        } else {
+            ""
+        }
+    ))
 }
 
 fn age_text(ms: u64, lower_bound: bool) -> String {
@@ -230,6 +241,9 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
         if let Some(pattern) = p.peer_pattern {
             let _ = writeln!(out, "    ({pattern})");
         }
+        if let Some(line) = coverage_line(&p.code_path_coverage, report.stacks.mode) {
+            let _ = writeln!(out, "    ({line})");
+        }
         for path in &p.code_paths {
             let _ = writeln!(
                 out,
@@ -237,12 +251,15 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 path.sockets,
                 if path.sockets == 1 { "" } else { "s" }
             );
-            let origin = match path.origin {
-                Some("connect") => "connect",
-                _ => "first I/O",
-            };
+            let origin = path
+                .origin
+                .and_then(OriginMoment::from_name)
+                .map_or("origin", OriginMoment::label);
             let noted = path.note.is_some();
-            let (origin_missing, eof_missing) = missing_stacks(report.stacks);
+            let missing = |why: &Option<String>| {
+                why.as_deref()
+                    .map_or_else(|| "no stack".to_owned(), |why| format!("no stack: {why}"))
+            };
             write_stack(
                 &mut out,
                 origin,
@@ -250,7 +267,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 path.origin_truncated.as_deref(),
                 stack_depth,
                 noted,
-                origin_missing,
+                &missing(&path.origin_missing),
             );
             write_stack(
                 &mut out,
@@ -259,7 +276,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 path.eof_truncated.as_deref(),
                 stack_depth,
                 noted,
-                eof_missing,
+                &missing(&path.eof_missing),
             );
             if let Some(note) = &path.note {
                 let _ = writeln!(out, "      {:<10} {}", "note:", sanitize(note));
@@ -320,8 +337,7 @@ mod tests {
                 (
                     i as u64 + 1,
                     SocketStacks {
-                        connect: None,
-                        first_io: None,
+                        origin: None,
                         eof: Some(eof.clone()),
                     },
                 )
@@ -346,8 +362,7 @@ mod tests {
             stacks.insert(
                 cookie,
                 SocketStacks {
-                    connect: None,
-                    first_io: Some(serve.clone()),
+                    origin: Some((OriginMoment::FirstRead, serve.clone())),
                     eof: Some(eof.clone()),
                 },
             );
@@ -356,7 +371,7 @@ mod tests {
         let paths = &report.processes[0].code_paths;
         assert_eq!(paths.len(), 2, "{paths:#?}");
         assert_eq!(paths[0].sockets, 3);
-        assert_eq!(paths[0].origin, Some("first_io"));
+        assert_eq!(paths[0].origin, Some("first_read"));
         assert_eq!(paths[0].eof_stack, eof.lines());
         assert_eq!(
             (paths[1].sockets, paths[1].origin),
@@ -365,7 +380,7 @@ mod tests {
         );
         let text = render_text(&report, DEFAULT_STACK_DEPTH);
         assert!(text.contains("code path of 3 sockets"), "{text}");
-        assert!(text.contains("first I/O: read_request"), "{text}");
+        assert!(text.contains("first read: read_request"), "{text}");
         assert!(text.contains("EOF:       drain_until_eof"), "{text}");
     }
 
@@ -379,6 +394,7 @@ mod tests {
             &refs,
             &holders,
             &HashMap::new(),
+            &crate::model::stack_gaps::StackSampling::default(),
             45 * S,
             Duration::from_secs(30),
             &ReportFilter::default(),
@@ -388,20 +404,24 @@ mod tests {
         let text = render_text(&report, DEFAULT_STACK_DEPTH);
         assert!(text.contains("1 leaking socket "), "{text}");
         assert!(text.contains(">=45.0s"), "{text}");
-        // A code path without stacks says why, by what was taken.
-        assert!(text.contains("EOF:       (stacks off)"), "{text}");
-        let mut eof_only = report.clone();
-        eof_only.stacks = StacksTaken::Eof;
-        let text = render_text(&eof_only, DEFAULT_STACK_DEPTH);
+        // A code path without stacks says why: this socket is older than
+        // tcptrace.
         assert!(
-            text.contains("first I/O: (taken only with --stacks full)"),
+            text.contains("origin:    (no stack: made before tcptrace started"),
             "{text}"
         );
         assert!(
-            text.contains(
-                "EOF:       (no stack: no read of EOF by its process while tcptrace ran)"
-            ),
+            text.contains("EOF:       (no stack: in CLOSE_WAIT before tcptrace started"),
             "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        let path = &json["processes"][0]["code_paths"][0];
+        assert!(
+            path["origin_missing"]
+                .as_str()
+                .unwrap()
+                .starts_with("made before tcptrace started"),
+            "the JSON carries the reason too: {path}"
         );
         assert!(
             text.contains("10.0.0.1:1000"),
@@ -426,8 +446,7 @@ mod tests {
         let stacks = HashMap::from([(
             1,
             SocketStacks {
-                connect: Some(frames),
-                first_io: None,
+                origin: Some((OriginMoment::Connect, frames)),
                 eof: None,
             },
         )]);
