@@ -330,20 +330,26 @@ fn settle_closed_socket(sk: *const u8, cookie: u64, inode: u64) {
 
 /// Leak mode only: tells the agent that a socket closed while a file held
 /// it is gone for good, which ends its suspicion without scanning every
-/// process's fds. Every other socket was settled at its move to CLOSE, so
-/// this runs for every socket and returns at once for nearly all.
+/// process's fds, and deletes the stack copies a socket still has. Nearly
+/// every socket was settled at its move to CLOSE and has no storage, so
+/// this runs for every socket and returns at one load for nearly all.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let Some(state) = socket_state(sk, false) else {
         return 0;
     };
-    if state.closed_with_file == 0 {
+    if state.closed_with_file == 0 && state.stacks_taken == 0 {
         return 0;
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    // Also a copy taken after the socket's CLOSE was settled: a request
+    // read from a socket reset before accept() returned it.
     forget_stack_copies(cookie, state.stacks_taken);
+    if state.closed_with_file == 0 {
+        return 0;
+    }
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {
         count(Counter::DestroyedReserveFailed);
         return 0;

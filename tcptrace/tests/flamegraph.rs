@@ -213,7 +213,8 @@ fn once_draws_leaks_from_before_it_started_per_process_with_the_reason() {
     assert_eq!(process.sockets, 3, "{frames:#?}");
     let reason = only(&frames, "(no stack: ");
     assert_eq!(
-        reason.name, "(no stack: leaking before tcptrace started)",
+        reason.name,
+        "(no stack: in CLOSE_WAIT before tcptrace started: a read of EOF then was not seen)",
         "{frames:#?}"
     );
     assert_eq!(reason.sockets, 3);

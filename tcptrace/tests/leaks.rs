@@ -75,12 +75,13 @@ fn stack_text(frames: &serde_json::Value) -> String {
         .join("\n")
 }
 
+/// The default stacks: a light load has every socket's copies.
 #[test]
-fn full_stacks_name_the_serving_path_and_the_eof_path() {
+fn the_default_names_the_serving_path_and_the_eof_path() {
     if !require_root() {
         return;
     }
-    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s", "--stacks", "full"]);
+    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
     let served = serve_clients("127.0.0.1", "leaky-service", "5", &["--leak", "3"], &[]);
     let report = run.report();
     assert_eq!(report.cookies(served.holder), served.held);
@@ -89,15 +90,22 @@ fn full_stacks_name_the_serving_path_and_the_eof_path() {
     assert_eq!(paths.len(), 1, "one code path for all three: {paths:#?}");
     let path = &paths[0];
     assert_eq!(path["sockets"], 3);
+    assert_eq!(
+        entry["code_path_coverage"],
+        serde_json::json!({"sockets_with_code_path": 3, "sockets": 3, "sampled": false}),
+        "{entry:#}"
+    );
     if !kernel_has_recv_tracepoint() {
-        // Before Linux 6.3 there is no per-recv hook: accepted sockets have
-        // no stack at all, and the report says nothing rather than guess.
-        assert_eq!(path["origin"], serde_json::Value::Null, "{path:#}");
+        // Before Linux 6.3 there is no per-recv hook: an accepted socket's
+        // origin is its accept(), where fexit works, and it has no EOF stack.
+        assert_eq!(path["origin"], "accept", "{path:#}");
+        assert!(stack_text(&path["origin_stack"]).contains("leaky_service"));
         assert_eq!(path["eof_stack"], serde_json::json!([]), "{path:#}");
+        assert!(path["eof_missing"].as_str().unwrap().contains("6.3"));
         served.release();
         return;
     }
-    assert_eq!(path["origin"], "first_io");
+    assert_eq!(path["origin"], "first_read");
     let origin = stack_text(&path["origin_stack"]);
     let eof = stack_text(&path["eof_stack"]);
     assert!(origin.contains("serve_request"), "serving path:\n{origin}");
@@ -197,9 +205,8 @@ fn a_client_that_never_closes_leaks_close_wait() {
     if !require_root() {
         return;
     }
-    // Full stacks: the default copies a stack only at a read of EOF, and
-    // this client never reads.
-    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s", "--stacks", "full"]);
+    // The default copies connect(): this client never reads EOF.
+    let run = LeakRun::start(&["--duration", "3s", "--min-age", "1s"]);
     let server = Peer::spawn(&[
         "closing-server",
         "--addr",

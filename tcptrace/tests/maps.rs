@@ -157,7 +157,7 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
     }
     let probe = Probe::load(&ProbeOptions {
         ring_buffer_bytes: 64 << 20,
-        stacks: StackLevel::Eof,
+        stacks: StackLevel::Sampled,
         track_closed_held: true,
         ..ProbeOptions::default()
     })
