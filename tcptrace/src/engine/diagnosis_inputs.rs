@@ -22,7 +22,8 @@ use crate::{
     },
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
-    model::leak_report::LeakReport,
+    model::leak_report::{CodePath, LeakReport},
+    model::stack_gaps::StackMode,
     model::top_snapshot::socket_owner,
     model::tracker::SocketTracker,
     probe::loader::Probe,
@@ -118,6 +119,8 @@ impl Diagnoses {
                     leaks_per_minute: p.growth_per_minute,
                     open_fds: p.fds_open,
                     fd_limit: p.fd_limit,
+                    read_eof: (leaks.stacks.mode != StackMode::Off && leaks.stacks.reads_seen)
+                        .then(|| p.code_paths.iter().any(CodePath::read_eof)),
                 })
                 .collect::<Vec<_>>(),
         );

@@ -155,13 +155,29 @@ fn subtitle(report: &LeakReport, kind: FlamegraphKind, drawn: usize) -> String {
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let stack = match kind {
         FlamegraphKind::Eof => "the read of EOF never followed by close()",
-        FlamegraphKind::Origin => "connect() or the first read",
+        FlamegraphKind::Origin => "connect, accept, or the first read or write",
     };
     let mut text = format!(
         "stacks at {stack}; {} leaking socket{}",
         report.leaking_sockets,
         plural(report.leaking_sockets)
     );
+    let (with, of) = report.processes.iter().fold((0, 0), |(with, of), p| {
+        (
+            with + p.code_path_coverage.sockets_with_code_path,
+            of + p.code_path_coverage.sockets,
+        )
+    });
+    if with < of {
+        text.push_str(&format!(
+            "; code path of {with} of {of}{}",
+            if report.stacks.is_sampled() {
+                " (sampled)"
+            } else {
+                ""
+            }
+        ));
+    }
     // A socket shared by a parent and its forked child leaks in both: it
     // is drawn under each, and the graph says so rather than hide either.
     if drawn > report.leaking_sockets {

@@ -285,6 +285,7 @@ impl MetricsState {
         self.register_leaking_pids(&mut registry, leaks);
         register_findings(&mut registry, snapshot);
         register_totals(&mut registry, totals);
+        register_stack_copies(&mut registry, leaks);
         register_occupancy(&mut registry, totals);
 
         let mut text = String::new();
@@ -484,6 +485,45 @@ fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
         counter.inc_by(value);
         registry.register(name, help, counter);
     }
+}
+
+/// The stack-copy budget at work: copies taken (by which budget), and
+/// moments refused, from which a code path's coverage follows.
+fn register_stack_copies(registry: &mut Registry, leaks: &LeakReport) {
+    let sampling = &leaks.stacks;
+    let copies = Family::<Vec<(String, String)>, Counter>::default();
+    for (budget, value) in [
+        (
+            "host",
+            sampling
+                .copies_taken
+                .saturating_sub(sampling.copies_targeted),
+        ),
+        ("targeted", sampling.copies_targeted),
+    ] {
+        copies
+            .get_or_create(&labels(&[("budget", budget)]))
+            .inc_by(value);
+    }
+    registry.register(
+        "tcptrace_stack_copies",
+        "User stack copies taken for code paths, by the budget that paid for them (targeted: a process that leaked without a code path)",
+        copies,
+    );
+    let refused = Counter::<u64>::default();
+    refused.inc_by(sampling.copies_refused);
+    registry.register(
+        "tcptrace_stack_copies_refused",
+        "Moments to copy a stack (connect, accept, first read or write, EOF read) that the copy budget refused: those sockets have no code path",
+        refused,
+    );
+    let targeted = Gauge::<i64>::default();
+    targeted.set(gauge_value(sampling.targeted_processes as u64));
+    registry.register(
+        "tcptrace_stack_targeted_processes",
+        "Processes whose every new socket is copied, because they leak without a code path",
+        targeted,
+    );
 }
 
 /// How full the probe's maps and the agent's tables are.

@@ -229,9 +229,21 @@ fn process_row(out: &mut String, process: &ProcessLeaks) {
         }
         None => r#"<span class="dim">not growing</span>"#.to_owned(),
     };
+    let coverage = process.code_path_coverage;
+    let code_path = format!(
+        r#"<span class="{}">{} of {}{}</span>"#,
+        if coverage.sockets_with_code_path == coverage.sockets {
+            ""
+        } else {
+            "warn"
+        },
+        coverage.sockets_with_code_path,
+        coverage.sockets,
+        if coverage.sampled { " (sampled)" } else { "" }
+    );
     let _ = write!(
         out,
-        r#"<tr><td class="num">{pid}</td><td class="comm">{comm}</td><td class="num crit">{}</td><td class="num">{}</td><td class="num">{oldest}</td><td class="num">{growth}</td><td class="num">{fds}</td><td class="num">{run_out}</td></tr>"#,
+        r#"<tr><td class="num">{pid}</td><td class="comm">{comm}</td><td class="num crit">{}</td><td class="num">{}</td><td class="num">{oldest}</td><td class="num">{growth}</td><td class="num">{fds}</td><td class="num">{run_out}</td><td class="num">{code_path}</td></tr>"#,
         process.close_wait, process.closed_held
     );
 }
@@ -244,7 +256,7 @@ fn processes(report: &LeakReport) -> String {
         );
     }
     let mut out = String::from(
-        r#"<table><thead><tr><th class="num">PID</th><th>Process</th><th class="num">CLOSE_WAIT</th><th class="num">Closed, held</th><th class="num">Oldest</th><th class="num">Growth /min</th><th class="num">fds open / limit</th><th class="num">fds run out</th></tr></thead><tbody>"#,
+        r#"<table><thead><tr><th class="num">PID</th><th>Process</th><th class="num">CLOSE_WAIT</th><th class="num">Closed, held</th><th class="num">Oldest</th><th class="num">Growth /min</th><th class="num">fds open / limit</th><th class="num">fds run out</th><th class="num">Code path</th></tr></thead><tbody>"#,
     );
     for process in report.processes.iter().take(MAX_PROCESSES) {
         process_row(&mut out, process);
@@ -285,7 +297,8 @@ fn findings(findings: &[Finding]) -> String {
 
 fn health(report: &LeakReport) -> String {
     let health = &report.health;
-    let rows: [(&str, u64, &str); 7] = [
+    let sampling = &report.stacks;
+    let rows: [(&str, u64, &str); 9] = [
         ("events", health.events, ""),
         (
             "dropped",
@@ -304,6 +317,12 @@ fn health(report: &LeakReport) -> String {
             "the report may be out of date",
         ),
         ("stack errors", health.stack_errors, ""),
+        ("stack copies", sampling.copies_taken, ""),
+        (
+            "stack copies refused",
+            sampling.copies_refused,
+            "the copy budget was spent: code paths are a sample",
+        ),
         (
             "unreadable namespaces",
             health.unreadable_namespaces as u64,
@@ -313,7 +332,7 @@ fn health(report: &LeakReport) -> String {
     let mut out = String::from("<table><tbody>");
     for (label, value, meaning) in rows {
         // Only events are expected to be non-zero.
-        let class = if label == "events" || value == 0 {
+        let class = if label == "events" || label == "stack copies" || value == 0 {
             ""
         } else {
             "warn"

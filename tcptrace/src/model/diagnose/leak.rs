@@ -25,6 +25,9 @@ pub struct ProcessLeakSummary {
     pub leaks_per_minute: Option<f64>,
     pub open_fds: Option<u64>,
     pub fd_limit: Option<u64>,
+    /// Whether a read of EOF by the process was seen on a leaked socket;
+    /// `None` where no read could be seen (stacks off, kernels before 6.3).
+    pub read_eof: Option<bool>,
 }
 
 /// Out of fds within the hour: accept() and open() start failing before a
@@ -32,6 +35,8 @@ pub struct ProcessLeakSummary {
 const FD_EXHAUSTION_CRITICAL_SECONDS: f64 = 3600.0;
 
 const LEAK_ADVICE: &str = "The process read the peer's close (EOF) and never called close(), or keeps a closed socket's file open; fix the code path shown in the leak report.";
+const LEAK_ADVICE_NO_EOF_READ: &str = "The peer closed its side and the process never called close(): it did not read the socket again after the peer closed (no read of EOF was seen), or keeps a closed socket's file open; fix the code path shown in the leak report.";
+const LEAK_ADVICE_UNSEEN: &str = "The peer closed its side and the process never called close(), or keeps a closed socket's file open; fix the code path shown in the leak report.";
 
 pub fn leak_findings(processes: &[ProcessLeakSummary]) -> Vec<Finding> {
     processes
@@ -81,7 +86,12 @@ fn leak_finding(process: &ProcessLeakSummary) -> Finding {
         severity,
         subject: process.owner.clone(),
         evidence,
-        advice: LEAK_ADVICE,
+        // Says what was seen: the textbook leaks stop reading before EOF.
+        advice: match process.read_eof {
+            Some(true) => LEAK_ADVICE,
+            Some(false) => LEAK_ADVICE_NO_EOF_READ,
+            None => LEAK_ADVICE_UNSEEN,
+        },
     }
 }
 
@@ -113,6 +123,7 @@ mod tests {
             leaks_per_minute: rate,
             open_fds: open,
             fd_limit: limit,
+            read_eof: Some(true),
         }
     }
 
@@ -129,6 +140,13 @@ mod tests {
             "12 sockets leaked, oldest 5m 3s, +3.0/min, 1012 of 1024 fds: out of fds in ~4m"
         );
         assert_eq!(finding.advice, LEAK_ADVICE);
+        let never_read = ProcessLeakSummary {
+            read_eof: Some(false),
+            ..leaking(1, None, None, None)
+        };
+        let advice = leak_findings(&[never_read])[0].advice;
+        assert!(advice.contains("did not read the socket again"), "{advice}");
+        assert!(!advice.contains("read the peer's close (EOF)"), "{advice}");
     }
 
     #[test]

@@ -1,0 +1,251 @@
+//! Why a leaked socket has no origin stack or no EOF stack, said from what
+//! tcptrace saw: the program's own behaviour (it never read EOF), what
+//! this kernel shows (no fexit on accept()), the copy budget, or a socket
+//! older than tcptrace. Never worded as a tracer fault when it is not one;
+//! where two causes cannot be told apart, both are named.
+
+use serde::Serialize;
+
+use crate::model::leaks::Provenance;
+
+/// Which moment an origin stack was copied at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginMoment {
+    Connect,
+    Accept,
+    FirstRead,
+    FirstWrite,
+}
+
+impl OriginMoment {
+    /// The JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Accept => "accept",
+            Self::FirstRead => "first_read",
+            Self::FirstWrite => "first_write",
+        }
+    }
+
+    /// The text report's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Accept => "accept",
+            Self::FirstRead => "first read",
+            Self::FirstWrite => "first write",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Connect,
+            Self::Accept,
+            Self::FirstRead,
+            Self::FirstWrite,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
+}
+
+/// `--stacks`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackMode {
+    #[default]
+    Off,
+    /// Every copy paid from a budget.
+    Sampled,
+    /// Every copy taken.
+    Full,
+}
+
+/// What the probe could copy, and what the budget refused: the facts a
+/// missing stack is explained by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StackSampling {
+    pub mode: StackMode,
+    /// Copies a second, host-wide; `None` with no budget.
+    pub budget_per_second: Option<u32>,
+    /// This kernel lets the probe see accept() (fexit).
+    pub accept_seen: bool,
+    /// This kernel lets it see reads (`sock:sock_recv_length`, 6.3+).
+    pub reads_seen: bool,
+    /// ... and writes (`sock:sock_send_length`).
+    pub writes_seen: bool,
+    /// Since tcptrace started.
+    pub copies_taken: u64,
+    pub copies_refused: u64,
+    /// Of `copies_taken`, those paid by targeted processes' budget.
+    pub copies_targeted: u64,
+    /// Processes whose every new socket is copied now.
+    pub targeted_processes: usize,
+}
+
+impl StackSampling {
+    /// Some copy was refused: any missing stack may be a sample's gap.
+    pub fn is_sampled(&self) -> bool {
+        self.copies_refused > 0
+    }
+}
+
+/// What is known of one leaked socket's stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketStackFacts {
+    pub provenance: Provenance,
+    /// Its process's leaks all look accepted (one local port, many remote
+    /// ones): a socket's own side is not kept, to keep no state per socket.
+    pub accepted: bool,
+    pub has_origin: bool,
+    pub has_eof: bool,
+}
+
+const NOT_SAMPLED: &str = "not sampled: the copy budget was spent when it was made (this process's new sockets are now all copied)";
+
+/// Why the socket has no origin stack; `None` when it has one.
+pub fn origin_gap(facts: &SocketStackFacts, sampling: &StackSampling) -> Option<String> {
+    if facts.has_origin {
+        return None;
+    }
+    if facts.provenance == Provenance::PreExisting {
+        return Some(
+            "made before tcptrace started, so its connect, accept or first read was not seen; this process's next leak will carry one".into(),
+        );
+    }
+    if sampling.mode == StackMode::Off {
+        return Some("stacks off".into());
+    }
+    let mut causes = Vec::new();
+    if sampling.is_sampled() {
+        causes.push(NOT_SAMPLED.to_owned());
+    }
+    if facts.accepted && !sampling.accept_seen {
+        causes.push(if sampling.reads_seen {
+            "accepted and never read or written: this kernel refuses fexit on accept(), which would show where it was accepted".to_owned()
+        } else {
+            "accepted and this kernel shows neither accept() (fexit refused) nor reads (sock:sock_recv_length is Linux 6.3+)".to_owned()
+        });
+    }
+    causes.push(
+        "made before tcptrace started, so its connect, accept or first read was not seen".into(),
+    );
+    Some(causes.join("; or "))
+}
+
+/// Why the socket has no EOF stack; `None` when it has one. Closed sockets
+/// held by a file never read EOF in CLOSE_WAIT.
+pub fn eof_gap(facts: &SocketStackFacts, sampling: &StackSampling) -> Option<&'static str> {
+    if facts.has_eof {
+        return None;
+    }
+    Some(match sampling.mode {
+        _ if facts.provenance == Provenance::PreExisting => {
+            "in CLOSE_WAIT before tcptrace started: a read of EOF then was not seen"
+        }
+        StackMode::Off => "stacks off",
+        _ if !sampling.reads_seen => {
+            "this kernel does not show reads (sock:sock_recv_length is Linux 6.3+)"
+        }
+        _ if sampling.is_sampled() => {
+            "the process did not read EOF after the peer closed, or its read was not sampled (the copy budget was spent)"
+        }
+        _ => "the process did not read EOF after the peer closed: it stopped reading before",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(refused: u64, accept: bool) -> StackSampling {
+        StackSampling {
+            mode: StackMode::Sampled,
+            budget_per_second: Some(500),
+            accept_seen: accept,
+            reads_seen: true,
+            writes_seen: true,
+            copies_refused: refused,
+            ..StackSampling::default()
+        }
+    }
+
+    fn facts(provenance: Provenance, accepted: bool) -> SocketStackFacts {
+        SocketStackFacts {
+            provenance,
+            accepted,
+            has_origin: false,
+            has_eof: false,
+        }
+    }
+
+    #[test]
+    fn a_socket_with_its_stacks_has_no_gap() {
+        let all = SocketStackFacts {
+            has_origin: true,
+            has_eof: true,
+            ..facts(Provenance::Observed, true)
+        };
+        assert_eq!(origin_gap(&all, &sampling(9, false)), None);
+        assert_eq!(eof_gap(&all, &sampling(9, false)), None);
+    }
+
+    #[test]
+    fn an_unsampled_host_says_what_the_program_did_not_do() {
+        let quiet = sampling(0, false);
+        let accepted = facts(Provenance::Observed, true);
+        let origin = origin_gap(&accepted, &quiet).unwrap();
+        assert!(
+            origin.starts_with("accepted and never read or written"),
+            "{origin}"
+        );
+        assert!(origin.contains("fexit"), "{origin}");
+        assert!(!origin.contains("sampled"), "nothing was refused: {origin}");
+        let eof = eof_gap(&accepted, &quiet).unwrap();
+        assert!(eof.starts_with("the process did not read EOF"), "{eof}");
+        assert!(!eof.contains("tcptrace"), "not a tracer fault: {eof}");
+        // Where accept() is seen, an accepted socket without a stack is old.
+        let origin = origin_gap(&accepted, &sampling(0, true)).unwrap();
+        assert!(
+            origin.starts_with("made before tcptrace started"),
+            "{origin}"
+        );
+    }
+
+    #[test]
+    fn a_sampled_host_names_every_cause() {
+        let busy = sampling(12, false);
+        let origin = origin_gap(&facts(Provenance::Observed, true), &busy).unwrap();
+        assert!(origin.starts_with("not sampled"), "{origin}");
+        assert!(origin.contains("never read"), "{origin}");
+        assert!(origin.contains("before tcptrace started"), "{origin}");
+        let eof = eof_gap(&facts(Provenance::Observed, true), &busy).unwrap();
+        assert!(eof.contains("not sampled"), "{eof}");
+        let client = origin_gap(&facts(Provenance::Observed, false), &busy).unwrap();
+        assert!(!client.contains("accepted"), "{client}");
+    }
+
+    #[test]
+    fn old_sockets_and_off_say_so() {
+        let pre = facts(Provenance::PreExisting, true);
+        let origin = origin_gap(&pre, &sampling(0, true)).unwrap();
+        assert!(origin.starts_with("made before tcptrace started"));
+        assert!(origin.contains("next leak will carry one"));
+        let off = StackSampling::default();
+        let new = facts(Provenance::Observed, true);
+        assert_eq!(origin_gap(&new, &off).as_deref(), Some("stacks off"));
+        assert_eq!(eof_gap(&new, &off), Some("stacks off"));
+        assert!(
+            eof_gap(&pre, &off)
+                .unwrap()
+                .contains("before tcptrace started")
+        );
+        assert_eq!(
+            OriginMoment::from_name("first_write"),
+            Some(OriginMoment::FirstWrite)
+        );
+        assert_eq!(OriginMoment::FirstRead.label(), "first read");
+    }
+}
