@@ -162,6 +162,14 @@ fn subtitle(report: &LeakReport, kind: FlamegraphKind, drawn: usize) -> String {
         report.leaking_sockets,
         plural(report.leaking_sockets)
     );
+    // A socket shared by a parent and its forked child leaks in both: it
+    // is drawn under each, and the graph says so rather than hide either.
+    if drawn > report.leaking_sockets {
+        let extra = drawn - report.leaking_sockets;
+        text.push_str(&format!(
+            "; {extra} more drawn because sockets held by several processes appear under each"
+        ));
+    }
     let (with, of) = report.processes.iter().fold((0, 0), |(with, of), p| {
         (
             with + p.code_path_coverage.sockets_with_code_path,
@@ -176,14 +184,6 @@ fn subtitle(report: &LeakReport, kind: FlamegraphKind, drawn: usize) -> String {
             } else {
                 ""
             }
-        ));
-    }
-    // A socket shared by a parent and its forked child leaks in both: it
-    // is drawn under each, and the graph says so rather than hide either.
-    if drawn > report.leaking_sockets {
-        let extra = drawn - report.leaking_sockets;
-        text.push_str(&format!(
-            "; {extra} more drawn because sockets held by several processes appear under each"
         ));
     }
     text
