@@ -87,9 +87,6 @@ fn the_default_names_the_serving_path_and_the_eof_path() {
     assert_eq!(report.cookies(served.holder), served.held);
     let entry = report.process(served.holder).unwrap();
     let paths = entry["code_paths"].as_array().unwrap();
-    assert_eq!(paths.len(), 1, "one code path for all three: {paths:#?}");
-    let path = &paths[0];
-    assert_eq!(path["sockets"], 3);
     assert_eq!(
         entry["code_path_coverage"],
         serde_json::json!({"sockets_with_code_path": 3, "sockets": 3, "sampled": false}),
@@ -97,14 +94,21 @@ fn the_default_names_the_serving_path_and_the_eof_path() {
     );
     if !kernel_has_recv_tracepoint() {
         // Before Linux 6.3 there is no per-recv hook: an accepted socket's
-        // origin is its accept(), where fexit works, and it has no EOF stack.
-        assert_eq!(path["origin"], "accept", "{path:#}");
-        assert!(stack_text(&path["origin_stack"]).contains("leaky_service"));
-        assert_eq!(path["eof_stack"], serde_json::json!([]), "{path:#}");
-        assert!(path["eof_missing"].as_str().unwrap().contains("6.3"));
+        // origin is its accept(), where fexit works, and it has no EOF
+        // stack. The first accept() of the iterator that collects them
+        // enters by other frames than the rest: two paths may show.
+        for path in paths {
+            assert_eq!(path["origin"], "accept", "{path:#}");
+            assert!(stack_text(&path["origin_stack"]).contains("accept_connections"));
+            assert_eq!(path["eof_stack"], serde_json::json!([]), "{path:#}");
+            assert!(path["eof_missing"].as_str().unwrap().contains("6.3"));
+        }
         served.release();
         return;
     }
+    assert_eq!(paths.len(), 1, "one code path for all three: {paths:#?}");
+    let path = &paths[0];
+    assert_eq!(path["sockets"], 3);
     assert_eq!(path["origin"], "first_read");
     let origin = stack_text(&path["origin_stack"]);
     let eof = stack_text(&path["eof_stack"]);
