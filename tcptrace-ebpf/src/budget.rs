@@ -41,7 +41,7 @@ pub(crate) fn allows_copy() -> bool {
         return true;
     }
     // SAFETY: a lookup only tests presence; the value is not read.
-    let targeted = unsafe { STACK_TARGETS.get(&current_tgid()) }.is_some();
+    let targeted = unsafe { STACK_TARGETS.get(current_tgid()) }.is_some();
     if targeted
         && spend(
             1,

@@ -254,7 +254,7 @@ pub(crate) fn forget_stack_copies(cookie: u64, taken: u32) {
                 slot: slot as u32,
                 _reserved: 0,
             };
-            let _ = STACK_COPIES.remove(&key);
+            let _ = STACK_COPIES.remove(key);
         }
     }
 }
