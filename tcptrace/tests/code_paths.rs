@@ -14,7 +14,7 @@ use std::{net::TcpStream, path::Path, process::Command, time::Duration};
 
 use common::{
     LeakRun, LeakTextRun, kernel_has_recv_tracepoint,
-    programs::{Scratch, Server, programs_dir, run, tool},
+    programs::{Scratch, Server, build_c, programs_dir, run, tool},
     require_root,
 };
 
@@ -192,23 +192,7 @@ fn c_server(name: &str, frame_pointer: &str, mode: &[&str]) -> Option<serde_json
     }
     let scratch = Scratch::new(name);
     let binary = scratch.path("leaky");
-    run(Command::new(tool("cc"))
-        .args(["-O2", "-g", frame_pointer, "-o"])
-        .arg(&binary)
-        .arg(programs_dir().join("leaky.c")));
-    // The build is what the test says it is: with frame pointers, every
-    // function sets %rbp; without, none does and only .eh_frame unwinds it.
-    let listing = Command::new(tool("objdump"))
-        .args(["-d", "--no-show-raw-insn", "--disassemble=handle_leaky"])
-        .arg(&binary)
-        .output()
-        .expect("objdump");
-    let sets_frame_pointer = String::from_utf8_lossy(&listing.stdout).contains("mov    %rsp,%rbp");
-    assert_eq!(
-        sets_frame_pointer,
-        frame_pointer == "-fno-omit-frame-pointer",
-        "{frame_pointer} build"
-    );
+    build_c("leaky.c", frame_pointer, "handle_leaky", &binary);
     let mut command = Command::new(&binary);
     command.args(mode);
     let server = Server::start(command, scratch.path("stderr"));

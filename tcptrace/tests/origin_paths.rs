@@ -29,7 +29,7 @@ use std::{
 
 use common::{
     LeakRun, LeakTextRun, STEP_TIMEOUT, kernel_has_recv_tracepoint,
-    programs::{Scratch, Server, programs_dir, run, tool},
+    programs::{Scratch, Server, build_c, programs_dir, run, tool},
     require_root,
 };
 
@@ -312,24 +312,9 @@ fn c_read_once(name: &str, frame_pointer: &str) {
     );
     let scratch = Scratch::new(name);
     let binary = scratch.path("read_once");
-    run(Command::new(tool("cc"))
-        .args(["-O2", "-g", frame_pointer, "-o"])
-        .arg(&binary)
-        .arg(programs_dir().join("read_once.c")));
-    // The build is what the test says it is. A helper with no locals sets
-    // %rbp only as a frame pointer (the handlers use it as a register
-    // without one).
-    let listing = Command::new(tool("objdump"))
-        .args(["-d", "--no-show-raw-insn", "--disassemble=read_request"])
-        .arg(&binary)
-        .output()
-        .expect("objdump");
-    let sets_frame_pointer = String::from_utf8_lossy(&listing.stdout).contains("mov    %rsp,%rbp");
-    assert_eq!(
-        sets_frame_pointer,
-        frame_pointer == "-fno-omit-frame-pointer",
-        "{frame_pointer} build"
-    );
+    // A helper with no locals sets %rbp only as a frame pointer (the
+    // handlers use it as a register without one).
+    build_c("read_once.c", frame_pointer, "read_request", &binary);
     let mut command = Command::new(&binary);
     command.arg(REQUESTS);
     let server = Server::start(command, scratch.path("stderr"));

@@ -56,6 +56,30 @@ pub fn run(command: &mut Command) {
     );
 }
 
+/// Builds `source` from tests/programs with `cc -O2 -g` and
+/// `frame_pointer` (-fno-omit-frame-pointer or -fomit-frame-pointer) into
+/// `binary`, and checks the build is what the test says it is: with frame
+/// pointers `function` sets %rbp, without it does not (pick one that uses
+/// no %rbp as a plain register).
+pub fn build_c(source: &str, frame_pointer: &str, function: &str, binary: &Path) {
+    run(Command::new(tool("cc"))
+        .args(["-O2", "-g", frame_pointer, "-o"])
+        .arg(binary)
+        .arg(programs_dir().join(source)));
+    let listing = Command::new(tool("objdump"))
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--disassemble={function}"))
+        .arg(binary)
+        .output()
+        .expect("objdump");
+    let sets_frame_pointer = String::from_utf8_lossy(&listing.stdout).contains("mov    %rsp,%rbp");
+    assert_eq!(
+        sets_frame_pointer,
+        frame_pointer == "-fno-omit-frame-pointer",
+        "{frame_pointer} build of {source}"
+    );
+}
+
 /// A private directory for one test's builds, removed on drop.
 pub struct Scratch(pub PathBuf);
 
