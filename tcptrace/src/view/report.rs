@@ -120,7 +120,7 @@ fn write_stack(
 ) {
     if frames.is_empty() && truncated.is_none() {
         let lead = format!("{label}:");
-        let _ = writeln!(out, "      {lead:<10} ({missing})");
+        let _ = writeln!(out, "      {lead:<12} ({missing})");
         return;
     }
     for (i, line) in stack_lines(frames, truncated, depth, noted)
@@ -132,7 +132,7 @@ fn write_stack(
         } else {
             String::new()
         };
-        let _ = writeln!(out, "      {lead:<10} {line}");
+        let _ = writeln!(out, "      {lead:<12} {line}");
     }
 }
 
@@ -279,7 +279,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 &missing(&path.eof_missing),
             );
             if let Some(note) = &path.note {
-                let _ = writeln!(out, "      {:<10} {}", "note:", sanitize(note));
+                let _ = writeln!(out, "      {:<12} {}", "note:", sanitize(note));
             }
         }
         for s in &p.sockets {
@@ -380,8 +380,8 @@ mod tests {
         );
         let text = render_text(&report, DEFAULT_STACK_DEPTH);
         assert!(text.contains("code path of 3 sockets"), "{text}");
-        assert!(text.contains("first read: read_request"), "{text}");
-        assert!(text.contains("EOF:       drain_until_eof"), "{text}");
+        assert!(text.contains("first read:  read_request"), "{text}");
+        assert!(text.contains("EOF:         drain_until_eof"), "{text}");
     }
 
     #[test]
@@ -407,11 +407,11 @@ mod tests {
         // A code path without stacks says why: this socket is older than
         // tcptrace.
         assert!(
-            text.contains("origin:    (no stack: made before tcptrace started"),
+            text.contains("origin:      (no stack: made before tcptrace started"),
             "{text}"
         );
         assert!(
-            text.contains("EOF:       (no stack: in CLOSE_WAIT before tcptrace started"),
+            text.contains("EOF:         (no stack: in CLOSE_WAIT before tcptrace started"),
             "{text}"
         );
         let json = serde_json::to_value(&report).unwrap();
@@ -494,10 +494,10 @@ mod tests {
         assert_eq!(
             stack,
             [
-                "      EOF:       … 6 frames in Go syscall, Go internal/poll, Go net",
-                "                 main.drain",
-                "                 main.handleLegacy",
-                "                 … 1 more frame in Go runtime",
+                "      EOF:         … 6 frames in Go syscall, Go internal/poll, Go net",
+                "                   main.drain",
+                "                   main.handleLegacy",
+                "                   … 1 more frame in Go runtime",
             ],
             "{text}"
         );
@@ -565,11 +565,11 @@ mod tests {
         let text = render_text(&report, DEFAULT_STACK_DEPTH);
         assert!(!text.contains("[anon]+0x"), "no bare addresses:\n{text}");
         assert!(
-            text.contains("EOF:       … 5 frames in libc.so.6, libpython3.11.so.1.0, [anon]"),
+            text.contains("EOF:         … 5 frames in libc.so.6, libpython3.11.so.1.0, [anon]"),
             "{text}"
         );
         assert!(
-            text.contains("note:      Python interpreter frames: run Python 3.12+ with -X perf"),
+            text.contains("note:        Python interpreter frames: run Python 3.12+ with -X perf"),
             "{text}"
         );
     }
