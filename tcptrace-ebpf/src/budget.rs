@@ -1,7 +1,8 @@
-//! The stack-copy budget: a copy costs about a microsecond and every socket
-//! on the host has a moment to copy, so copies are sampled by a token bucket
-//! per CPU (no lock shared between CPUs), with a second bucket for the
-//! processes the agent targets because they leak with no code path.
+//! The stack-copy budget: a copy reads 8 KiB and inserts it in a map, and
+//! every socket on the host has a moment to copy, so copies are sampled by
+//! a token bucket per CPU (no lock shared between CPUs), with a second
+//! bucket for the processes the agent targets because they leak with no
+//! code path.
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns,
@@ -22,23 +23,31 @@ static STACK_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(2, 0);
 pub(crate) static STACK_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 #[repr(C)]
-pub(crate) struct Bucket {
+struct Bucket {
     /// Nanoseconds of credit; a copy spends `cost_ns`.
     credit_ns: u64,
     /// When credit last accrued (0 until the first copy: a full bucket).
     last_ns: u64,
 }
 
-/// Whether a stack copy may be taken now, on this CPU, by this process.
-pub(crate) fn allows_copy() -> bool {
+/// Which bucket paid for a copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payer {
+    Host,
+    Targeted,
+}
+
+/// Which bucket lets a stack copy be taken now, on this CPU, by this
+/// process; `None` when neither has room.
+pub(crate) fn allows_copy() -> Option<Payer> {
     let cost = config!(stack_copy_cost_ns);
     if cost == 0 {
-        return true;
+        return Some(Payer::Host);
     }
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if spend(0, now, cost, config!(stack_burst_copies)) {
-        return true;
+        return Some(Payer::Host);
     }
     // SAFETY: a lookup only tests presence; the value is not read.
     let targeted = unsafe { STACK_TARGETS.get(current_tgid()) }.is_some();
@@ -50,17 +59,14 @@ pub(crate) fn allows_copy() -> bool {
             config!(targeted_burst_copies),
         )
     {
-        count(Counter::StackCopiedTargeted);
-        return true;
+        return Some(Payer::Targeted);
     }
     count(Counter::StackBudgetRefused);
-    false
+    None
 }
 
+/// The agent sets both buckets' costs whenever it sets a budget.
 fn spend(slot: u32, now: u64, cost: u32, burst: u32) -> bool {
-    if cost == 0 {
-        return false;
-    }
     let Some(bucket) = STACK_BUDGET.get_ptr_mut(slot) else {
         return false;
     };

@@ -43,7 +43,7 @@ use socket_storage::{
     STACK_TAKEN_EOF, count_repeated_eof_read, current_task, forget_eof_reads, remember_owner,
     socket_state, track_owner,
 };
-use stacks::{forget_stack_copies, forget_stack_copies_at_close, sample_stack};
+use stacks::{forget_stack_copies, sample_stack};
 
 use tcptrace_common::{
     COUNTER_SLOTS, Counter, DestroyedRecord, IPPROTO_TCP, ProbeConfig, RecordKind, STACKS_OFF,
@@ -117,9 +117,7 @@ fn remember_accepting_owner(accepted: *const u8) {
     }
     remember_owner(accepted, &current_task());
     if config!(stack_level) != STACKS_OFF {
-        // SAFETY: the accepted socket, a BTF-typed pointer the kernel returned.
-        let cookie = unsafe { bpf_get_socket_cookie(accepted as *mut c_void) };
-        sample_stack(accepted, cookie, StackKind::Accept);
+        sample_origin(accepted, StackKind::Accept);
     }
 }
 
@@ -183,7 +181,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn sample_origin(sk: *const u8, kind: StackKind) {
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    // SAFETY: `sk` is a BTF-typed socket pointer the kernel gave.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     sample_stack(sk, cookie, kind);
 }
@@ -224,7 +222,9 @@ fn record_transition(
     let owner = track_owner(sk, old_state, new_state);
     let inode = if new_state == CLOSE && config!(read_socket_inode) != 0 {
         let inode = read_socket_inode(sk);
-        settle_closed_socket(sk, cookie, inode);
+        if inode != 0 {
+            mark_closed_with_file(sk);
+        }
         inode
     } else {
         0
@@ -309,17 +309,12 @@ fn is_filtered_out(
     false
 }
 
-/// Leak mode, at a move to CLOSE, whether or not the transition is then
-/// recorded. A socket no file refers to any more can never be reported
-/// again: its stack copies go now, and its destruction needs no record. One
-/// a file still holds is marked, so that its destruction, which ends its
-/// closed-but-held suspicion, is recorded: only such sockets (a RST while
-/// the application holds the fd, SO_LINGER 0) pay for a storage.
-fn settle_closed_socket(sk: *const u8, cookie: u64, inode: u64) {
-    if inode == 0 {
-        forget_stack_copies_at_close(sk, cookie);
-        return;
-    }
+/// Leak mode, at a move to CLOSE while a file still holds the socket,
+/// whether or not the transition is then recorded: its destruction, which
+/// ends its closed-but-held suspicion, is then recorded. Only such sockets
+/// (a RST while the application holds the fd, SO_LINGER 0) pay for a
+/// storage; any other's destruction needs no record.
+fn mark_closed_with_file(sk: *const u8) {
     match socket_state(sk, true) {
         Some(state) => state.closed_with_file = 1,
         // Its destroy record will not be sent: counted as lost, so the
@@ -328,11 +323,12 @@ fn settle_closed_socket(sk: *const u8, cookie: u64, inode: u64) {
     }
 }
 
-/// Leak mode only: tells the agent that a socket closed while a file held
-/// it is gone for good, which ends its suspicion without scanning every
-/// process's fds, and deletes the stack copies a socket still has. Nearly
-/// every socket was settled at its move to CLOSE and has no storage, so
-/// this runs for every socket and returns at one load for nearly all.
+/// Deletes the stack copies a socket has, which nothing can ask for once
+/// it is gone, and in leak mode tells the agent that a socket closed while
+/// a file held it is gone for good, which ends its suspicion without
+/// scanning every process's fds. Only sockets with a copy or such a mark
+/// have storage: this runs for every socket and returns at one load for
+/// nearly all.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
@@ -344,8 +340,6 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    // Also a copy taken after the socket's CLOSE was settled: a request
-    // read from a socket reset before accept() returned it.
     forget_stack_copies(cookie, state.stacks_taken);
     if state.closed_with_file == 0 {
         return 0;

@@ -19,7 +19,7 @@ use tcptrace_common::{
 
 use crate::{
     EVENTS,
-    budget::allows_copy,
+    budget::{Payer, allows_copy},
     count,
     kernel_read::load_field,
     socket_storage::{STACK_TAKEN_EOF, STACK_TAKEN_ORIGIN, current_tgid, socket_state},
@@ -29,9 +29,8 @@ use crate::{
 /// Stack copies of sockets, by (cookie, slot): each is taken in the
 /// socket's own syscall and waits here, so only the copies of sockets that
 /// stay in CLOSE_WAIT are ever read and unwound; the rest are deleted when
-/// their socket moves to CLOSE with no file left, or is destroyed, a few
-/// milliseconds later. LRU, so copies of sockets whose CLOSE the probe
-/// missed age out.
+/// their socket is destroyed, a few milliseconds after its close. LRU, so
+/// the copies of sockets whose storage could not mark them age out.
 #[map]
 pub(crate) static STACK_COPIES: LruHashMap<StackCopyKey, StackCopy> =
     LruHashMap::with_max_entries(1024, 0);
@@ -64,12 +63,12 @@ const _: () = assert!(core::mem::size_of::<StackScratch>().is_multiple_of(STACK_
 
 /// Copies the stack of the current syscall for `sk` where the budget
 /// allows, and marks the copy in the socket's storage, so that the
-/// socket's CLOSE deletes it without a lookup in the copy map for every
-/// socket that has none. False where the budget refused.
-pub(crate) fn sample_stack(sk: *const u8, cookie: u64, kind: StackKind) -> bool {
-    if !allows_copy() {
-        return false;
-    }
+/// socket's destruction deletes it without a lookup in the copy map for
+/// every socket that has none.
+pub(crate) fn sample_stack(sk: *const u8, cookie: u64, kind: StackKind) {
+    let Some(payer) = allows_copy() else {
+        return;
+    };
     match socket_state(sk, true) {
         Some(state) => {
             state.stacks_taken |= match kind.slot() {
@@ -80,15 +79,16 @@ pub(crate) fn sample_stack(sk: *const u8, cookie: u64, kind: StackKind) -> bool 
         // The copy is still taken: the LRU map ages it out if no CLOSE can.
         None => count(Counter::OwnerInsertFailed),
     }
-    take_stack(cookie, kind);
-    true
+    if take_stack(cookie, kind) && payer == Payer::Targeted {
+        count(Counter::StackCopiedTargeted);
+    }
 }
 
 /// Copies the user registers and stack of the current syscall into
 /// STACK_COPIES for `cookie`, and tells the agent with a record. A copy
 /// that cannot be taken is still announced, with its failure, so the report
-/// can say why a socket has no code path.
-fn take_stack(cookie: u64, kind: StackKind) {
+/// can say why a socket has no code path. True when the copy was stored.
+fn take_stack(cookie: u64, kind: StackKind) -> bool {
     let copy_status = copy_user_stack(cookie, kind.slot());
     if copy_status == 0 {
         count(Counter::StackCopied);
@@ -97,7 +97,7 @@ fn take_stack(cookie: u64, kind: StackKind) {
     }
     let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
         count(Counter::StackReserveFailed);
-        return;
+        return copy_status == 0;
     };
     // SAFETY: a reserved slot of the right size; every field is written.
     unsafe {
@@ -112,6 +112,7 @@ fn take_stack(cookie: u64, kind: StackKind) {
         });
     }
     entry.submit(wakeup_flag());
+    copy_status == 0
 }
 
 /// 0, or a STACK_COPY_* failure.
@@ -229,15 +230,6 @@ fn copy_user_stack(cookie: u64, slot: CopySlot) -> i32 {
     match STACK_COPIES.insert(key, copy, BPF_ANY as u64) {
         Ok(()) => 0,
         Err(_) => STACK_COPY_NOT_STORED,
-    }
-}
-
-/// Deletes the stack copies of `sk`, which moved to CLOSE with no file
-/// left, so that nothing will ever ask for them. Nearly every socket has
-/// no storage, and so no copy: one load tells.
-pub(crate) fn forget_stack_copies_at_close(sk: *const u8, cookie: u64) {
-    if let Some(state) = socket_state(sk, false) {
-        forget_stack_copies(cookie, state.stacks_taken);
     }
 }
 

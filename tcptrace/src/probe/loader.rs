@@ -330,7 +330,9 @@ impl Probe {
             })
         })?;
         attach(&mut ebpf, names::PROGRAM, names::TRACEPOINT, &kernel_btf)?;
-        if options.track_closed_held {
+        // Also where stack copies are taken: a socket's copies are deleted
+        // when it is destroyed.
+        if options.track_closed_held || stacks {
             attach(
                 &mut ebpf,
                 names::DESTROY_PROGRAM,
