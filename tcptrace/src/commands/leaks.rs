@@ -16,9 +16,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     engine::drain_loop::{self, Refresh, Schedule, StopSignals},
-    engine::monitor::{
-        LeaksOptions, Monitor, RECONCILE_INTERVAL, all_drops, events_lost, prune_due,
-    },
+    engine::monitor::{LeaksOptions, Monitor, RECONCILE_INTERVAL, events_lost, prune_due},
     host::reader::{HostRead, HostRequest, read_host, release_free_memory, states_with_files},
     model::leak_report::{LeakReport, ProgramHealth},
     probe::loader::{Probe, ProbeOptions},
@@ -159,7 +157,7 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
 
     fn report(&mut self, probe: &mut Probe) -> anyhow::Result<ControlFlow<()>> {
         self.monitor.drain(probe);
-        self.monitor.health.drops = probe.counters().map(|c| all_drops(&c)).unwrap_or(0);
+        note_counters(self.monitor, probe);
         let report = self.monitor.report(self.min_age);
         if let Err(error) = write_report(
             self.out,
@@ -175,6 +173,14 @@ impl<W: Write> Refresh for LeaksLoop<'_, W> {
             return Ok(ControlFlow::Break(()));
         }
         Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// The probe's counters into the next report; a failed read keeps what
+/// the last one said.
+fn note_counters(monitor: &mut Monitor, probe: &Probe) {
+    if let Ok(counters) = probe.counters() {
+        monitor.note_counters(&probe.stack_moments, &counters);
     }
 }
 
@@ -282,7 +288,7 @@ pub async fn run<W: Write>(
     if let Some(outcome) = leaks.gone {
         // Nobody reads stdout any more; the file still gets its graph.
         if let Some(flamegraph) = &flamegraph {
-            monitor.note_probe(probe.get_mut());
+            note_counters(&mut monitor, probe.get_ref());
             flamegraph.write(&monitor.report(min_age))?;
         }
         return Ok(outcome);
@@ -296,7 +302,7 @@ pub async fn run<W: Write>(
     monitor.apply_host(&read, false);
     monitor.wait_for_stacks(probe.get_mut());
     let counters = probe.get_ref().counters()?;
-    monitor.health.drops = all_drops(&counters);
+    monitor.note_counters(&probe.get_ref().stack_moments, &counters);
     monitor.health.programs = probe
         .get_ref()
         .all_program_stats()
@@ -308,7 +314,6 @@ pub async fn run<W: Write>(
             recursion_misses: stats.recursion_misses,
         })
         .collect();
-    monitor.note_probe(probe.get_mut());
     let report = monitor.report(min_age);
     if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
         watch::reader_gone(error)?;

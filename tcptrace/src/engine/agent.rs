@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     engine::diagnosis_inputs::{Diagnoses, Owners},
-    engine::monitor::{LeaksOptions, Monitor, SETTLE_WAIT, all_drops},
+    engine::monitor::{LeaksOptions, Monitor, SETTLE_WAIT},
     host::clock::monotonic_now_ns,
     host::procfs::socket_holders,
     host::reader::{HostRead, HostRequest, read_host},
@@ -220,7 +220,7 @@ impl HostAgent {
     ) -> (TopSnapshot, LeakReport) {
         self.drain_settled(probe);
         if let Ok(counters) = probe.counters() {
-            self.monitor.health.drops = all_drops(&counters);
+            self.monitor.note_counters(&probe.stack_moments, &counters);
             if counters.owner_insert_failed > 0 && !self.told_owner_storage_full {
                 self.told_owner_storage_full = true;
                 eprintln!(
@@ -257,7 +257,6 @@ impl HostAgent {
         // A table's worth of cookies: freed before the snapshot is built.
         drop(listed);
         self.tracker.settle_time_wait(now_ns);
-        self.monitor.note_probe(probe);
         let leaks = self.monitor.report(self.min_age);
 
         self.unattributed = table

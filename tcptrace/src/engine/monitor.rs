@@ -24,14 +24,15 @@ use crate::{
     model::process::FdUsage,
     model::stack_gaps::{StackMode, StackSampling},
     model::transition::{Record, Transition},
-    probe::loader::{KernelCounters, MAX_STACK_TARGETS, Probe, ProbeOptions, StackLevel},
+    probe::loader::{
+        KernelCounters, MAX_STACK_TARGETS, Probe, ProbeOptions, StackLevel, StackMoments,
+    },
     probe::records::decode,
 };
 
 /// How often the stack copies of leaking sockets are looked for.
 const COPY_READ_EVERY: Duration = Duration::from_millis(250);
-/// How often the processes to target are chosen again, and the copy
-/// counters read.
+/// How often the processes to target are chosen again.
 const AIM_EVERY: Duration = Duration::from_secs(1);
 /// How often live tracking is checked against the kernel's table. A leak
 /// whose CLOSE_WAIT event was lost is aged from the reconcile that finds it,
@@ -88,7 +89,8 @@ pub(crate) struct Monitor {
     told_walk_failed: bool,
     copies_read_at: Option<Instant>,
     aimed_at: Option<Instant>,
-    /// What the probe could copy and what its budget refused.
+    /// What the probe could copy and what its budget refused, as of the
+    /// newest counters.
     sampling: StackSampling,
     /// The processes whose every new socket the probe copies.
     targets: HashSet<u32>,
@@ -189,9 +191,7 @@ impl Monitor {
     /// tcptrace, or one the budget skipped, can never have one; a process
     /// is untargeted once its newest leak has one.
     fn aim_stacks(&mut self, probe: &mut Probe) {
-        let moments = probe.stack_moments;
-        let counters = probe.counters().ok();
-        if moments.level == StackLevel::Off {
+        if probe.stack_moments.level == StackLevel::Off {
             return;
         }
         let now_ns = monotonic_now_ns();
@@ -224,6 +224,12 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// What the next report says of the probe's losses and its stack
+    /// copies: from `counters`, which the caller reads anyway.
+    pub(crate) fn note_counters(&mut self, moments: &StackMoments, counters: &KernelCounters) {
+        self.health.drops = all_drops(counters);
         self.sampling = StackSampling {
             mode: match moments.level {
                 StackLevel::Off => StackMode::Off,
@@ -234,19 +240,11 @@ impl Monitor {
             accept_seen: moments.accept,
             reads_seen: moments.reads,
             writes_seen: moments.writes,
+            copies_taken: counters.stack_copied,
+            copies_refused: counters.stack_budget_refused,
+            copies_targeted: counters.stack_copied_targeted,
             targeted_processes: self.targets.len().min(MAX_STACK_TARGETS),
-            ..self.sampling
         };
-        if let Some(c) = counters {
-            self.sampling.copies_taken = c.stack_copied;
-            self.sampling.copies_refused = c.stack_budget_refused;
-            self.sampling.copies_targeted = c.stack_copied_targeted;
-        }
-    }
-
-    /// The sampling facts as of now (the counters are read once a second).
-    pub(crate) fn note_probe(&mut self, probe: &mut Probe) {
-        self.aim_stacks(probe);
     }
 
     pub(crate) fn drain(&mut self, probe: &mut Probe) {

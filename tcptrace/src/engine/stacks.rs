@@ -64,10 +64,11 @@ struct StackRefs {
 }
 
 impl StackRefs {
-    fn slot(&mut self, slot: CopySlot) -> Option<&mut Slot> {
+    /// The kind of copy `slot` holds, and where it is.
+    fn in_slot(&mut self, slot: CopySlot) -> Option<(StackKind, &mut Slot)> {
         match slot {
-            CopySlot::Origin => self.origin.as_mut().map(|(_, slot)| slot),
-            CopySlot::Eof => self.eof.as_mut(),
+            CopySlot::Origin => self.origin.as_mut().map(|(kind, slot)| (*kind, slot)),
+            CopySlot::Eof => self.eof.as_mut().map(|slot| (StackKind::Eof, slot)),
         }
     }
 
@@ -97,16 +98,6 @@ impl StackRefs {
 
     fn slots(&self) -> [Option<Slot>; 2] {
         [self.origin.map(|(_, slot)| slot), self.eof]
-    }
-}
-
-fn moment(kind: StackKind) -> Option<OriginMoment> {
-    match kind {
-        StackKind::Connect => Some(OriginMoment::Connect),
-        StackKind::Accept => Some(OriginMoment::Accept),
-        StackKind::FirstRead => Some(OriginMoment::FirstRead),
-        StackKind::FirstWrite => Some(OriginMoment::FirstWrite),
-        StackKind::Eof => None,
     }
 }
 
@@ -184,11 +175,7 @@ impl SocketStackBook {
                 continue;
             };
             for copy_slot in [CopySlot::Origin, CopySlot::Eof] {
-                let kind = match copy_slot {
-                    CopySlot::Origin => refs.origin.map(|(kind, _)| kind),
-                    CopySlot::Eof => Some(StackKind::Eof),
-                };
-                let (Some(kind), Some(slot)) = (kind, refs.slot(copy_slot)) else {
+                let Some((kind, slot)) = refs.in_slot(copy_slot) else {
                     continue;
                 };
                 let Slot::Copied { taken_ns } = *slot else {
@@ -239,17 +226,12 @@ impl SocketStackBook {
             };
             // A socket that closed meanwhile was forgotten: so is its stack.
             // An accept copy a first read replaced meanwhile is not its origin.
-            if let Some(refs) = self.by_socket.get_mut(&cookie) {
-                let current = match kind.slot() {
-                    CopySlot::Origin => refs.origin.map(|(kind, _)| kind),
-                    CopySlot::Eof => Some(StackKind::Eof),
-                };
-                if current == Some(kind)
-                    && let Some(slot) = refs.slot(kind.slot())
-                    && *slot == Slot::Unwinding
-                {
-                    *slot = Slot::Unwound(pid, id);
-                }
+            if let Some(refs) = self.by_socket.get_mut(&cookie)
+                && let Some((current, slot)) = refs.in_slot(kind.slot())
+                && current == kind
+                && *slot == Slot::Unwinding
+            {
+                *slot = Slot::Unwound(pid, id);
             }
         }
     }
@@ -356,7 +338,7 @@ impl SocketStackBook {
         };
         let origin = refs
             .origin
-            .and_then(|(kind, slot)| Some((moment(kind)?, frames(Some(slot))?)));
+            .and_then(|(kind, slot)| Some((OriginMoment::of(kind)?, frames(Some(slot))?)));
         Some(SocketStacks {
             origin,
             eof: frames(refs.eof),

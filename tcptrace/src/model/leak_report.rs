@@ -33,10 +33,10 @@ pub struct SocketStacks {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CodePath {
     pub sockets: usize,
-    /// "connect" (the client that opened it), "accept", "first_read" or
-    /// "first_write" (an accepted socket's first I/O: the handler serving
-    /// it); `None` when no origin stack was taken.
-    pub origin: Option<&'static str>,
+    /// Connect (the client that opened it), accept, or the first read or
+    /// write (an accepted socket's first I/O: the handler serving it);
+    /// `None` when no origin stack was taken.
+    pub origin: Option<OriginMoment>,
     /// One line per frame, innermost first, then `(stack truncated: …)`
     /// if the stack was cut.
     pub origin_stack: Vec<String>,
@@ -59,7 +59,7 @@ pub struct CodePath {
 impl CodePath {
     fn new(
         sockets: usize,
-        origin: Option<&'static str>,
+        origin: Option<OriginMoment>,
         origin_stack: Option<&NamedStack>,
         eof_stack: Option<&NamedStack>,
         (origin_missing, eof_missing): (Option<String>, Option<String>),
@@ -487,7 +487,7 @@ type Gaps = (Option<String>, Option<String>);
 /// What makes two code paths one: the origin kind, each stack's named
 /// frames (unnamed ones by module only), and why a stack is missing.
 type CodePathKey = (
-    Option<&'static str>,
+    Option<OriginMoment>,
     Option<StackKey>,
     Option<StackKey>,
     Gaps,
@@ -497,7 +497,7 @@ type StackKey = (Vec<String>, bool);
 /// and its gaps.
 type Grouped = (
     usize,
-    Option<&'static str>,
+    Option<OriginMoment>,
     Option<Frames>,
     Option<Frames>,
     Gaps,
@@ -510,7 +510,7 @@ fn code_paths<'a>(
     let mut paths: HashMap<CodePathKey, Grouped> = HashMap::new();
     for (stacks, gaps) in sockets {
         let (origin, origin_stack) = match stacks.and_then(|s| s.origin.as_ref()) {
-            Some((moment, frames)) => (Some(moment.name()), Some(frames.clone())),
+            Some((moment, frames)) => (Some(*moment), Some(frames.clone())),
             None => (None, None),
         };
         let eof_stack = stacks.and_then(|s| s.eof.clone());

@@ -5,10 +5,11 @@
 //! where two causes cannot be told apart, both are named.
 
 use serde::Serialize;
+use tcptrace_common::StackKind;
 
 use crate::model::leaks::Provenance;
 
-/// Which moment an origin stack was copied at.
+/// Which moment an origin stack was copied at (JSON: `first_read`, …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OriginMoment {
@@ -19,13 +20,14 @@ pub enum OriginMoment {
 }
 
 impl OriginMoment {
-    /// The JSON name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Accept => "accept",
-            Self::FirstRead => "first_read",
-            Self::FirstWrite => "first_write",
+    /// The moment a stack of `kind` shows, if it is an origin.
+    pub fn of(kind: StackKind) -> Option<Self> {
+        match kind {
+            StackKind::Connect => Some(Self::Connect),
+            StackKind::Accept => Some(Self::Accept),
+            StackKind::FirstRead => Some(Self::FirstRead),
+            StackKind::FirstWrite => Some(Self::FirstWrite),
+            StackKind::Eof => None,
         }
     }
 
@@ -37,17 +39,6 @@ impl OriginMoment {
             Self::FirstRead => "first read",
             Self::FirstWrite => "first write",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Self::Connect,
-            Self::Accept,
-            Self::FirstRead,
-            Self::FirstWrite,
-        ]
-        .into_iter()
-        .find(|m| m.name() == name)
     }
 }
 
@@ -243,9 +234,13 @@ mod tests {
                 .contains("before tcptrace started")
         );
         assert_eq!(
-            OriginMoment::from_name("first_write"),
+            OriginMoment::of(StackKind::FirstWrite),
             Some(OriginMoment::FirstWrite)
         );
-        assert_eq!(OriginMoment::FirstRead.label(), "first read");
+        assert_eq!(OriginMoment::of(StackKind::Eof), None);
+        assert_eq!(
+            serde_json::to_value(OriginMoment::FirstRead).unwrap(),
+            "first_read"
+        );
     }
 }

@@ -245,10 +245,7 @@ fn code_path_frames(path: &CodePath, kind: FlamegraphKind) -> Vec<(String, Shade
     };
     let mut frames = Vec::new();
     if kind == FlamegraphKind::Origin {
-        let origin = path
-            .origin
-            .and_then(OriginMoment::from_name)
-            .map_or("origin", OriginMoment::label);
+        let origin = path.origin.map_or("origin", OriginMoment::label);
         frames.push((format!("[{origin}]"), Shade::Origin));
     }
     if stack.is_empty() && truncated.is_none() {

@@ -251,10 +251,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
                 path.sockets,
                 if path.sockets == 1 { "" } else { "s" }
             );
-            let origin = path
-                .origin
-                .and_then(OriginMoment::from_name)
-                .map_or("origin", OriginMoment::label);
+            let origin = path.origin.map_or("origin", OriginMoment::label);
             let noted = path.note.is_some();
             let missing = |why: &Option<String>| {
                 why.as_deref()
@@ -371,7 +368,7 @@ mod tests {
         let paths = &report.processes[0].code_paths;
         assert_eq!(paths.len(), 2, "{paths:#?}");
         assert_eq!(paths[0].sockets, 3);
-        assert_eq!(paths[0].origin, Some("first_read"));
+        assert_eq!(paths[0].origin, Some(OriginMoment::FirstRead));
         assert_eq!(paths[0].eof_stack, eof.lines());
         assert_eq!(
             (paths[1].sockets, paths[1].origin),
