@@ -10,11 +10,14 @@
 
 mod common;
 
-use std::{net::TcpStream, path::Path, process::Command, time::Duration};
+use std::{net::TcpStream, process::Command, time::Duration};
 
 use common::{
     LeakRun, LeakTextRun, kernel_has_recv_tracepoint,
-    programs::{Scratch, Server, build_c, programs_dir, run, tool},
+    programs::{
+        PYTHON_311, PYTHON_312, Scratch, Server, build_c, go_build, java_command, programs_dir,
+        tool, write_java_perf_map,
+    },
     require_root,
 };
 
@@ -26,11 +29,6 @@ const LEAKS: usize = 4;
 /// After the last leak: past `--min-age` (1 s), and the 500 ms after which
 /// the agent unwinds a leak's stack copy.
 const SETTLE: Duration = Duration::from_millis(3000);
-
-const PYTHON_312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
-const PYTHON_311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
-const JAVA_17_BIN: &str = "/usr/lib/jvm/java-17-openjdk-amd64/bin";
-const GO: &str = "/usr/bin/go";
 
 /// What the report must say about the leaking program's code paths.
 #[derive(Clone, Copy)]
@@ -244,13 +242,7 @@ fn go_names_the_leaking_handler() {
         return;
     }
     let scratch = Scratch::new("go");
-    let binary = scratch.path("leaky");
-    run(Command::new(tool(GO))
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(programs_dir().join("leaky.go"))
-        // A module-less build of one file, cached where Go caches for root.
-        .env("GO111MODULE", "off"));
+    let binary = go_build(&scratch, "leaky.go");
     let server = Server::start(Command::new(&binary), scratch.path("stderr"));
     check(
         "go",
@@ -315,27 +307,8 @@ fn java_17_with_a_perf_map_names_the_leaking_method() {
     if !require_root() {
         return;
     }
-    let bin = Path::new(JAVA_17_BIN);
     let scratch = Scratch::new("java");
-    run(Command::new(tool(&bin.join("javac").to_string_lossy()))
-        .arg("-d")
-        .arg(&scratch.0)
-        .arg(programs_dir().join("Leak.java")));
-    let jcmd = tool(&bin.join("jcmd").to_string_lossy());
-    let mut command = Command::new(tool(&bin.join("java").to_string_lossy()));
-    command
-        .args([
-            "-XX:+PreserveFramePointer",
-            // Every method compiled before it runs: the handlers are JIT
-            // code at the leak, as in a warmed-up server.
-            "-Xcomp",
-            // Kept out of line as a real handler that size would be.
-            "-XX:CompileCommand=quiet",
-            "-XX:CompileCommand=dontinline,Leak::*",
-            "-cp",
-        ])
-        .arg(&scratch.0)
-        .arg("Leak");
+    let command = java_command(&scratch, "Leak");
     let server = Server::start(command, scratch.path("stderr"));
     check(
         "java 17",
@@ -344,13 +317,7 @@ fn java_17_with_a_perf_map_names_the_leaking_method() {
             leaky: "handleLeaky",
             good: "handleGood",
         },
-        |server| {
-            run(Command::new(&jcmd)
-                .arg(server.pid().to_string())
-                .arg("Compiler.perfmap"));
-            let map = format!("/tmp/perf-{}.map", server.pid());
-            assert!(Path::new(&map).is_file(), "jcmd wrote no {map}");
-        },
+        |server| write_java_perf_map(server.pid()),
     );
 }
 

@@ -18,18 +18,20 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc::{Receiver, channel},
+    path::PathBuf,
+    process::{ChildStdin, Command, Stdio},
     thread,
     time::Duration,
 };
 
 use common::{
     LeakRun, LeakTextRun, STEP_TIMEOUT, kernel_has_recv_tracepoint,
-    programs::{Scratch, Server, build_c, programs_dir, run, tool},
+    programs::{
+        PYTHON_312, Program, Scratch, Server, build_c, go_build, java_command, programs_dir, tool,
+        write_java_perf_map,
+    },
     require_root,
 };
 
@@ -41,10 +43,6 @@ const LEAKS: usize = 4;
 /// After the last leak: past `--min-age` (1 s), the 500 ms after which the
 /// agent unwinds a leak's stack copy, and the naming after it.
 const SETTLE: Duration = Duration::from_millis(3500);
-
-const PYTHON_312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
-const JAVA_17_BIN: &str = "/usr/lib/jvm/java-17-openjdk-amd64/bin";
-const GO: &str = "/usr/bin/go";
 
 /// What the report must say about the leaking program's code paths.
 #[derive(Clone, Copy)]
@@ -296,6 +294,14 @@ fn check<T>(
     drop(connections);
 }
 
+/// The first-read stack needs `sock:sock_recv_length` (Linux 6.3+).
+fn require_reads() {
+    assert!(
+        kernel_has_recv_tracepoint(),
+        "the first-read stack needs sock:sock_recv_length (Linux 6.3+)"
+    );
+}
+
 /// Each request in `REQUESTS`, one at a time; the client ends stay open
 /// (half-closed) until the test ends.
 fn requests(server: &Server) -> Vec<TcpStream> {
@@ -306,10 +312,7 @@ fn c_read_once(name: &str, frame_pointer: &str) {
     if !require_root() {
         return;
     }
-    assert!(
-        kernel_has_recv_tracepoint(),
-        "the first-read stack needs sock:sock_recv_length (Linux 6.3+)"
-    );
+    require_reads();
     let scratch = Scratch::new(name);
     let binary = scratch.path("read_once");
     // A helper with no locals sets %rbp only as a frame pointer (the
@@ -353,10 +356,12 @@ fn c_accept_and_hold_names_the_accepting_function_or_says_it_needs_fexit() {
     }
     let scratch = Scratch::new("origin-accept-hold");
     let binary = scratch.path("accept_hold");
-    run(Command::new(tool("cc"))
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&binary)
-        .arg(programs_dir().join("accept_hold.c")));
+    build_c(
+        "accept_hold.c",
+        "-fno-omit-frame-pointer",
+        "accept_and_hold",
+        &binary,
+    );
     let mut command = Command::new(&binary);
     command.arg(REQUESTS);
     let server = Server::start(command, scratch.path("stderr"));
@@ -379,10 +384,7 @@ fn python_312_read_once_names_the_handler_at_its_first_read() {
     if !require_root() {
         return;
     }
-    assert!(
-        kernel_has_recv_tracepoint(),
-        "the first-read stack needs sock:sock_recv_length (Linux 6.3+)"
-    );
+    require_reads();
     let scratch = Scratch::new("origin-py312");
     let mut command = Command::new(tool(PYTHON_312));
     command
@@ -439,10 +441,7 @@ fn go_read_once_names_the_handler_at_its_first_read() {
     if !require_root() {
         return;
     }
-    assert!(
-        kernel_has_recv_tracepoint(),
-        "the first-read stack needs sock:sock_recv_length (Linux 6.3+)"
-    );
+    require_reads();
     let scratch = Scratch::new("origin-go");
     let binary = go_build(&scratch, "read_once.go");
     let mut command = Command::new(&binary);
@@ -490,32 +489,10 @@ fn java_17_read_once_names_the_handler_at_its_first_read() {
     if !require_root() {
         return;
     }
-    assert!(
-        kernel_has_recv_tracepoint(),
-        "the first-read stack needs sock:sock_recv_length (Linux 6.3+)"
-    );
-    let bin = Path::new(JAVA_17_BIN);
+    require_reads();
     let scratch = Scratch::new("origin-java");
-    run(Command::new(tool(&bin.join("javac").to_string_lossy()))
-        .arg("-d")
-        .arg(&scratch.0)
-        .arg(programs_dir().join("ReadOnce.java")));
-    let jcmd = tool(&bin.join("jcmd").to_string_lossy());
-    let mut command = Command::new(tool(&bin.join("java").to_string_lossy()));
-    command
-        .args([
-            "-XX:+PreserveFramePointer",
-            // Every method compiled before it runs: the handlers are JIT
-            // code at the leak, as in a warmed-up server.
-            "-Xcomp",
-            // Kept out of line as a real handler that size would be.
-            "-XX:CompileCommand=quiet",
-            "-XX:CompileCommand=dontinline,ReadOnce::*",
-            "-cp",
-        ])
-        .arg(&scratch.0)
-        .arg("ReadOnce")
-        .arg(REQUESTS);
+    let mut command = java_command(&scratch, "ReadOnce");
+    command.arg(REQUESTS);
     let server = Server::start(command, scratch.path("stderr"));
     check(
         "java 17 read once",
@@ -529,26 +506,10 @@ fn java_17_read_once_names_the_handler_at_its_first_read() {
         "handleGood",
         || {
             let clients = requests(&server);
-            run(Command::new(&jcmd)
-                .arg(server.pid().to_string())
-                .arg("Compiler.perfmap"));
-            let map = format!("/tmp/perf-{}.map", server.pid());
-            assert!(Path::new(&map).is_file(), "jcmd wrote no {map}");
+            write_java_perf_map(server.pid());
             clients
         },
     );
-}
-
-/// `program` built from tests/programs, module-less, cached where Go caches
-/// for root.
-fn go_build(scratch: &Scratch, program: &str) -> PathBuf {
-    let binary = scratch.path(program.trim_end_matches(".go"));
-    run(Command::new(tool(GO))
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(programs_dir().join(program))
-        .env("GO111MODULE", "off"));
-    binary
 }
 
 /// A server on 127.0.0.1 that answers each of `connections` requests once
@@ -569,63 +530,29 @@ fn hang_up_server(connections: usize) -> u16 {
     port
 }
 
-/// A client program from tests/programs, killed on drop. It says
-/// `ready PORT` (the server it talks to), then makes one request per line
-/// on its stdin (`L`: the leaky function) and says `leaked` or `closed`.
+/// A client program from tests/programs. It says `ready PORT` (the server
+/// it talks to), then makes one request per line on its stdin (`L`: the
+/// leaky function) and says `leaked` or `closed`.
 struct Client {
-    child: Child,
+    program: Program,
     stdin: ChildStdin,
-    lines: Receiver<String>,
-    stderr: PathBuf,
     port: u16,
 }
 
 impl Client {
     fn start(mut command: Command, stderr: PathBuf) -> Self {
-        let log = std::fs::File::create(&stderr).expect("create the client's stderr file");
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut client = Self {
-            child,
+        let mut program = Program::start(&mut command, Stdio::piped(), stderr);
+        let stdin = program.take_stdin().expect("the client's stdin is a pipe");
+        let port = program.port_after("ready ", STEP_TIMEOUT);
+        Self {
+            program,
             stdin,
-            lines,
-            stderr,
-            port: 0,
-        };
-        let line = client.next_line();
-        client.port = line
-            .strip_prefix("ready ")
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("expected `ready PORT`, got {line:?}"));
-        client
+            port,
+        }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn next_line(&self) -> String {
-        self.lines.recv_timeout(STEP_TIMEOUT).unwrap_or_else(|_| {
-            panic!(
-                "the client said nothing in {STEP_TIMEOUT:?}; its stderr: {}",
-                std::fs::read_to_string(&self.stderr).unwrap_or_default()
-            )
-        })
+        self.program.pid()
     }
 
     /// Each request in `REQUESTS`, one at a time.
@@ -633,18 +560,9 @@ impl Client {
         for kind in REQUESTS.chars() {
             writeln!(self.stdin, "{kind}").expect("write to the client");
             self.stdin.flush().expect("write to the client");
-            let line = self.next_line();
+            let line = self.program.next_line(STEP_TIMEOUT);
             let answer = if kind == 'L' { "leaked" } else { "closed" };
             assert_eq!(line, answer, "the client's answer to {kind:?}");
         }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Written by Python's -X perf.
-        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", self.child.id()));
     }
 }

@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{Shutdown, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     thread,
     time::Duration,
@@ -80,6 +80,57 @@ pub fn build_c(source: &str, frame_pointer: &str, function: &str, binary: &Path)
     );
 }
 
+pub const PYTHON_312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
+pub const PYTHON_311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
+pub const JAVA_17_BIN: &str = "/usr/lib/jvm/java-17-openjdk-amd64/bin";
+pub const GO: &str = "/usr/bin/go";
+
+/// `program` (a .go file in tests/programs) built into `scratch`,
+/// module-less, cached where Go caches for root.
+pub fn go_build(scratch: &Scratch, program: &str) -> PathBuf {
+    let binary = scratch.path(program.trim_end_matches(".go"));
+    run(Command::new(tool(GO))
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(programs_dir().join(program))
+        .env("GO111MODULE", "off"));
+    binary
+}
+
+/// `class` (a .java file in tests/programs) compiled into `scratch`, and
+/// the command that runs it as a warmed-up server: every method compiled
+/// before it runs, the program's own out of line as a real handler that
+/// size would be, and frame pointers kept in JIT code.
+pub fn java_command(scratch: &Scratch, class: &str) -> Command {
+    let bin = Path::new(JAVA_17_BIN);
+    run(Command::new(tool(&bin.join("javac").to_string_lossy()))
+        .arg("-d")
+        .arg(&scratch.0)
+        .arg(programs_dir().join(format!("{class}.java"))));
+    let mut command = Command::new(tool(&bin.join("java").to_string_lossy()));
+    command
+        .args([
+            "-XX:+PreserveFramePointer",
+            "-Xcomp",
+            "-XX:CompileCommand=quiet",
+            &format!("-XX:CompileCommand=dontinline,{class}::*"),
+            "-cp",
+        ])
+        .arg(&scratch.0)
+        .arg(class);
+    command
+}
+
+/// Has the JVM `pid` write its perf map, which names its compiled methods.
+pub fn write_java_perf_map(pid: u32) {
+    let jcmd = tool(&Path::new(JAVA_17_BIN).join("jcmd").to_string_lossy());
+    run(Command::new(&jcmd)
+        .arg(pid.to_string())
+        .arg("Compiler.perfmap"));
+    let map = format!("/tmp/perf-{pid}.map");
+    assert!(Path::new(&map).is_file(), "jcmd wrote no {map}");
+}
+
 /// A private directory for one test's builds, removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -103,22 +154,20 @@ impl Drop for Scratch {
     }
 }
 
-/// One leaky server from tests/programs, killed on drop. It says
-/// `listening PORT`, then `leaked` or `closed` after each connection.
-pub struct Server {
+/// A program from tests/programs as a separate process, killed on drop,
+/// whose stdout is read line by line.
+pub struct Program {
     child: Child,
     lines: Receiver<String>,
     stderr: PathBuf,
-    pub port: u16,
 }
 
-impl Server {
-    /// Starts `command PORT` with port 0 and waits until it listens.
-    pub fn start(mut command: Command, stderr: PathBuf) -> Self {
-        let log = std::fs::File::create(&stderr).expect("create the server's stderr file");
+impl Program {
+    /// Starts `command` with its stderr in the file `stderr`.
+    pub fn start(command: &mut Command, stdin: Stdio, stderr: PathBuf) -> Self {
+        let log = std::fs::File::create(&stderr).expect("create the program's stderr file");
         let mut child = command
-            .arg("0")
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -133,31 +182,70 @@ impl Server {
                 }
             }
         });
-        let mut server = Self {
+        Self {
             child,
             lines,
             stderr,
-            port: 0,
-        };
-        let line = server.next_line(START_TIMEOUT);
-        server.port = line
-            .strip_prefix("listening ")
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("expected `listening PORT`, got {line:?}"));
-        server
+        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Its stdin, where it was started with a pipe there.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
     pub fn next_line(&self, timeout: Duration) -> String {
         self.lines.recv_timeout(timeout).unwrap_or_else(|_| {
             panic!(
-                "the server said nothing in {timeout:?}; its stderr: {}",
+                "the program said nothing in {timeout:?}; its stderr: {}",
                 std::fs::read_to_string(&self.stderr).unwrap_or_default()
             )
         })
+    }
+
+    /// The number after `prefix` in its next line (`listening PORT`).
+    pub fn port_after(&self, prefix: &str, timeout: Duration) -> u16 {
+        let line = self.next_line(timeout);
+        line.strip_prefix(prefix)
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("expected `{prefix}PORT`, got {line:?}"))
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Written by Python's -X perf and by jcmd Compiler.perfmap.
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", self.child.id()));
+    }
+}
+
+/// One leaky server from tests/programs. It says `listening PORT`, then
+/// `leaked` or `closed` after each connection.
+pub struct Server {
+    program: Program,
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `command PORT` with port 0 and waits until it listens.
+    pub fn start(mut command: Command, stderr: PathBuf) -> Self {
+        let program = Program::start(command.arg("0"), Stdio::null(), stderr);
+        let port = program.port_after("listening ", START_TIMEOUT);
+        Self { program, port }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.program.pid()
+    }
+
+    pub fn next_line(&self, timeout: Duration) -> String {
+        self.program.next_line(timeout)
     }
 
     /// One connection: the handler's letter, then EOF; returns once the
@@ -179,14 +267,5 @@ impl Server {
         let line = self.next_line(STEP_TIMEOUT);
         assert_eq!(line, answer, "the server's answer to {:?}", kind as char);
         stream
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Written by Python's -X perf and by jcmd Compiler.perfmap.
-        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", self.child.id()));
     }
 }

@@ -12,11 +12,9 @@
  * The function is picked before accept(): the only syscall of a held
  * socket is its accept, so only a stack taken there can name the code that
  * leaked it. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include "loopback.h"
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_HELD 1024
@@ -69,23 +67,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s PATTERN PORT\n", argv[0]);
         return 2;
     }
-    int listener = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 ||
-        listen(listener, 64) < 0) {
-        perror("listen");
-        return 1;
-    }
-    socklen_t len = sizeof addr;
-    getsockname(listener, (struct sockaddr *)&addr, &len);
-    printf("listening %d\n", ntohs(addr.sin_port));
-    fflush(stdout);
-    for (const char *kind = argv[1]; *kind; kind++) {
-        int leaked = *kind == 'L' ? accept_and_hold(listener) : accept_and_serve(listener);
-        puts(leaked ? "leaked" : "closed");
-        fflush(stdout);
-    }
-    for (;;)
-        pause();
+    int listener = listen_on_loopback(argv[2]);
+    serve_pattern(listener, argv[1], accept_and_hold, accept_and_serve);
 }

@@ -7,13 +7,11 @@
  * helpers; only handle_good closes. After each, says "leaked" or "closed".
  * With --thread, each connection is served on a thread of its own, whose
  * stack ends in glibc's TCB, as in a thread-per-connection server. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include "loopback.h"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_HELD 1024
@@ -95,19 +93,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [--thread] PORT\n", argv[0]);
         return 2;
     }
-    int listener = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET,
-                               .sin_port = htons(atoi(argv[1 + threaded]))};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 ||
-        listen(listener, 64) < 0) {
-        perror("listen");
-        return 1;
-    }
-    socklen_t len = sizeof addr;
-    getsockname(listener, (struct sockaddr *)&addr, &len);
-    printf("listening %d\n", ntohs(addr.sin_port));
-    fflush(stdout);
+    int listener = listen_on_loopback(argv[1 + threaded]);
     for (;;) {
         int fd = accept(listener, NULL, NULL);
         if (fd < 0) {

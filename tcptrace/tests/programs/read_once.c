@@ -15,12 +15,10 @@
  * code both handlers share, and every stack the probe may take of the
  * socket (at accept where fexit works, at its first read) must lie inside
  * the handler that leaks it. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include "loopback.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 /* Each helper does something after its call, so -O2 cannot turn the call
@@ -86,24 +84,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s PATTERN PORT\n", argv[0]);
         return 2;
     }
-    int listener = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 ||
-        listen(listener, 64) < 0) {
-        perror("listen");
-        return 1;
-    }
-    socklen_t len = sizeof addr;
-    getsockname(listener, (struct sockaddr *)&addr, &len);
-    printf("listening %d\n", ntohs(addr.sin_port));
-    fflush(stdout);
-    for (const char *kind = argv[1]; *kind; kind++) {
-        int leaked = *kind == 'L' ? handle_leaky(listener) : handle_good(listener);
-        puts(leaked ? "leaked" : "closed");
-        fflush(stdout);
-    }
-    /* The leaked sockets stay open while the test reads the report. */
-    for (;;)
-        pause();
+    int listener = listen_on_loopback(argv[2]);
+    serve_pattern(listener, argv[1], handle_leaky, handle_good);
 }
