@@ -351,6 +351,9 @@ pub const STACKS_OFF: u32 = 0;
 /// and an EOF copy at its first read of EOF in CLOSE_WAIT.
 pub const STACKS_ON: u32 = 1;
 
+/// Processes the agent can target at once (`names::STACK_TARGETS_MAP`).
+pub const STACK_TARGETS_CAPACITY: u32 = 1024;
+
 /// A socket's owner as the probe keeps it in the socket's storage.
 /// Aligned to 8: the bpf target has no memset, and builds a zeroed owner of
 /// smaller alignment with a byte loop, on every transition.

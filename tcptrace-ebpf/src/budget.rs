@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use tcptrace_common::Counter;
+use tcptrace_common::{Counter, STACK_TARGETS_CAPACITY};
 
 use crate::{count, socket_storage::current_tgid};
 
@@ -20,7 +20,8 @@ static STACK_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(2, 0);
 /// tgid -> 1: processes that leak sockets with no code path, whose every
 /// new socket the agent wants a copy of. The agent inserts and deletes.
 #[map]
-pub(crate) static STACK_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub(crate) static STACK_TARGETS: HashMap<u32, u32> =
+    HashMap::with_max_entries(STACK_TARGETS_CAPACITY, 0);
 
 #[repr(C)]
 struct Bucket {

@@ -14,8 +14,8 @@ use aya::{
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
-    COUNTER_SLOTS, CopySlot, Counter, ProbeConfig, STACKS_OFF, STACKS_ON, StackCopy, StackCopyKey,
-    names,
+    COUNTER_SLOTS, CopySlot, Counter, ProbeConfig, STACK_TARGETS_CAPACITY, STACKS_OFF, STACKS_ON,
+    StackCopy, StackCopyKey, names,
 };
 use thiserror::Error;
 
@@ -65,14 +65,14 @@ pub enum StackLevel {
     Full,
 }
 
-/// `--stack-budget`'s default: copies a second, host-wide. About a
-/// microsecond each, so under a millisecond of CPU a second.
+/// `--stack-budget`'s default: copies a second, host-wide. A light load
+/// has every socket's copies; a churning host, a sample of them.
 pub const DEFAULT_STACK_BUDGET: u32 = 500;
 /// A targeted process (one that leaks with no code path) has a bucket of
 /// its own this many times the host-wide one.
 pub const TARGETED_BUDGET_FACTOR: u32 = 4;
 /// The processes targeted at one time (the probe's map's capacity).
-pub const MAX_STACK_TARGETS: usize = 1024;
+pub const MAX_STACK_TARGETS: usize = STACK_TARGETS_CAPACITY as usize;
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -498,6 +498,13 @@ impl Probe {
                 "eof_reads",
                 eof_reads.keys().filter(Result::is_ok).count(),
                 Some(capacities.eof_reads as usize),
+            ));
+        }
+        if let Some(targets) = &self.stack_targets {
+            maps.push(Occupancy::new(
+                "stack_targets",
+                targets.keys().filter(Result::is_ok).count(),
+                Some(MAX_STACK_TARGETS),
             ));
         }
         maps
