@@ -87,6 +87,7 @@ pub(crate) struct Monitor {
     /// Said once per run of failures.
     told_failed: bool,
     told_walk_failed: bool,
+    told_aim_failed: bool,
     copies_read_at: Option<Instant>,
     aimed_at: Option<Instant>,
     /// What the probe could copy and what its budget refused, as of the
@@ -119,6 +120,7 @@ impl Monitor {
             told_unreadable: false,
             told_failed: false,
             told_walk_failed: false,
+            told_aim_failed: false,
             copies_read_at: None,
             aimed_at: None,
             sampling: StackSampling::default(),
@@ -215,12 +217,19 @@ impl Monitor {
             .collect();
         if targets != self.targets {
             match probe.set_stack_targets(&targets) {
-                Ok(()) => self.targets = targets,
+                Ok(()) => {
+                    self.targets = targets;
+                    self.told_aim_failed = false;
+                }
                 Err(error) => {
                     self.health.host_read_failures += 1;
-                    eprintln!(
-                        "tcptrace: cannot aim the stack copies at leaking processes ({error})"
-                    );
+                    // Said once per run of failures: it is retried every second.
+                    if !self.told_aim_failed {
+                        self.told_aim_failed = true;
+                        eprintln!(
+                            "tcptrace: cannot aim the stack copies at leaking processes ({error})"
+                        );
+                    }
                 }
             }
         }

@@ -50,8 +50,8 @@ pub struct CodePath {
     pub eof_truncated: Option<String>,
     /// Why there is no origin stack, and why no EOF stack (`None` where
     /// there is one).
-    pub origin_missing: Option<String>,
-    pub eof_missing: Option<String>,
+    pub origin_missing: Option<&'static str>,
+    pub eof_missing: Option<&'static str>,
     /// Which runtime's frames hide the program's, and what would name them.
     pub note: Option<String>,
 }
@@ -62,7 +62,7 @@ impl CodePath {
         origin: Option<OriginMoment>,
         origin_stack: Option<&NamedStack>,
         eof_stack: Option<&NamedStack>,
-        (origin_missing, eof_missing): (Option<String>, Option<String>),
+        (origin_missing, eof_missing): Gaps,
     ) -> Self {
         let lines = |s: Option<&NamedStack>| s.map(NamedStack::lines).unwrap_or_default();
         let frames = |s: Option<&NamedStack>| s.map(|s| s.frames.clone()).unwrap_or_default();
@@ -450,7 +450,7 @@ fn process_leaks(
         };
         let gaps = (
             origin_gap(&facts, stacks.sampling),
-            eof_gap(&facts, stacks.sampling).map(str::to_owned),
+            eof_gap(&facts, stacks.sampling),
         );
         (socket_stacks, gaps)
     }));
@@ -483,7 +483,7 @@ fn process_leaks(
 }
 
 /// Why a socket has no origin stack, and why no EOF stack.
-type Gaps = (Option<String>, Option<String>);
+type Gaps = (Option<&'static str>, Option<&'static str>);
 /// What makes two code paths one: the origin kind, each stack's named
 /// frames (unnamed ones by module only), and why a stack is missing.
 type CodePathKey = (
@@ -518,7 +518,7 @@ fn code_paths<'a>(
             origin,
             origin_stack.as_ref().map(|s| s.group_key()),
             eof_stack.as_ref().map(|s| s.group_key()),
-            gaps.clone(),
+            gaps,
         );
         paths
             .entry(key)

@@ -94,36 +94,67 @@ pub struct SocketStackFacts {
     pub has_eof: bool,
 }
 
-const NOT_SAMPLED: &str = "not sampled: the copy budget was spent when it was made (this process's new sockets are now all copied)";
+// The causes of a missing origin stack, as literals so that every
+// combination is one static sentence.
+macro_rules! not_sampled {
+    () => {
+        "not sampled: the copy budget was spent when it was made (this process's new sockets are now all copied)"
+    };
+}
+macro_rules! accept_unseen {
+    () => {
+        "accepted and never read or written: this kernel refuses fexit on accept(), which would show where it was accepted"
+    };
+}
+macro_rules! accept_and_reads_unseen {
+    () => {
+        "accepted and this kernel shows neither accept() (fexit refused) nor reads (sock:sock_recv_length is Linux 6.3+)"
+    };
+}
+macro_rules! made_before {
+    () => {
+        "made before tcptrace started, so its connect, accept or first read was not seen"
+    };
+}
 
-/// Why the socket has no origin stack; `None` when it has one.
-pub fn origin_gap(facts: &SocketStackFacts, sampling: &StackSampling) -> Option<String> {
+/// Why the socket has no origin stack; `None` when it has one. Every
+/// cause that fits is named, most likely first.
+pub fn origin_gap(facts: &SocketStackFacts, sampling: &StackSampling) -> Option<&'static str> {
     if facts.has_origin {
         return None;
     }
     if facts.provenance == Provenance::PreExisting {
-        return Some(
-            "made before tcptrace started, so its connect, accept or first read was not seen; this process's next leak will carry one".into(),
-        );
+        return Some(concat!(
+            made_before!(),
+            "; this process's next leak will carry one"
+        ));
     }
     if sampling.mode == StackMode::Off {
-        return Some("stacks off".into());
+        return Some("stacks off");
     }
-    let mut causes = Vec::new();
-    if sampling.is_sampled() {
-        causes.push(NOT_SAMPLED.to_owned());
-    }
-    if facts.accepted && !sampling.accept_seen {
-        causes.push(if sampling.reads_seen {
-            "accepted and never read or written: this kernel refuses fexit on accept(), which would show where it was accepted".to_owned()
-        } else {
-            "accepted and this kernel shows neither accept() (fexit refused) nor reads (sock:sock_recv_length is Linux 6.3+)".to_owned()
-        });
-    }
-    causes.push(
-        "made before tcptrace started, so its connect, accept or first read was not seen".into(),
-    );
-    Some(causes.join("; or "))
+    let unseen_accept = facts.accepted && !sampling.accept_seen;
+    Some(
+        match (sampling.is_sampled(), unseen_accept, sampling.reads_seen) {
+            (false, false, _) => made_before!(),
+            (false, true, true) => concat!(accept_unseen!(), "; or ", made_before!()),
+            (false, true, false) => concat!(accept_and_reads_unseen!(), "; or ", made_before!()),
+            (true, false, _) => concat!(not_sampled!(), "; or ", made_before!()),
+            (true, true, true) => concat!(
+                not_sampled!(),
+                "; or ",
+                accept_unseen!(),
+                "; or ",
+                made_before!()
+            ),
+            (true, true, false) => concat!(
+                not_sampled!(),
+                "; or ",
+                accept_and_reads_unseen!(),
+                "; or ",
+                made_before!()
+            ),
+        },
+    )
 }
 
 /// Why the socket has no EOF stack; `None` when it has one. Closed sockets
@@ -226,7 +257,7 @@ mod tests {
         assert!(origin.contains("next leak will carry one"));
         let off = StackSampling::default();
         let new = facts(Provenance::Observed, true);
-        assert_eq!(origin_gap(&new, &off).as_deref(), Some("stacks off"));
+        assert_eq!(origin_gap(&new, &off), Some("stacks off"));
         assert_eq!(eof_gap(&new, &off), Some("stacks off"));
         assert!(
             eof_gap(&pre, &off)

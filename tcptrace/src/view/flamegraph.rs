@@ -275,8 +275,8 @@ fn code_path_frames(path: &CodePath, kind: FlamegraphKind) -> Vec<(String, Shade
 /// Why a code path has no stack of `kind`, as the text report says it.
 fn missing_reason(path: &CodePath, kind: FlamegraphKind) -> String {
     let why = match kind {
-        FlamegraphKind::Origin => path.origin_missing.as_deref(),
-        FlamegraphKind::Eof => path.eof_missing.as_deref(),
+        FlamegraphKind::Origin => path.origin_missing,
+        FlamegraphKind::Eof => path.eof_missing,
     };
     frame_name(&format!("(no stack: {})", why.unwrap_or("not taken")))
 }

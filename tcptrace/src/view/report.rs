@@ -253,9 +253,8 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
             );
             let origin = path.origin.map_or("origin", OriginMoment::label);
             let noted = path.note.is_some();
-            let missing = |why: &Option<String>| {
-                why.as_deref()
-                    .map_or_else(|| "no stack".to_owned(), |why| format!("no stack: {why}"))
+            let missing = |why: &Option<&str>| {
+                why.map_or_else(|| "no stack".to_owned(), |why| format!("no stack: {why}"))
             };
             write_stack(
                 &mut out,
