@@ -56,6 +56,7 @@ fn leaks_options() -> LeaksOptions {
         probe: ProbeOptions::default(),
         min_age: Duration::ZERO,
         duration: None,
+        interval: None,
         once: false,
         json: false,
         filter: ReportFilter::default(),

@@ -123,6 +123,11 @@ pub struct LeaksArgs {
     #[arg(long)]
     pub once: bool,
 
+    /// Without --duration: time between reports, from 100ms to 1h (default: 1s on a terminal,
+    /// where the view is redrawn; 10s otherwise, where each report is appended).
+    #[arg(long, value_parser = parse_report_interval, conflicts_with_all = ["once", "duration"])]
+    pub interval: Option<Duration>,
+
     /// Reports as JSON (one document per report).
     #[arg(long)]
     pub json: bool,
@@ -255,6 +260,7 @@ impl LeaksArgs {
             },
             min_age: self.min_age,
             duration: self.duration,
+            interval: self.interval,
             once: self.once,
             json: self.json,
             filter: ReportFilter {
@@ -359,6 +365,7 @@ impl HostArgs {
             },
             min_age: self.min_age,
             duration: None,
+            interval: None,
             once: false,
             json: false,
             filter: ReportFilter::default(),
@@ -489,6 +496,20 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = parse_age(text)?;
     if interval.is_zero() {
         return Err("an interval of zero would refresh without pause".into());
+    }
+    Ok(interval)
+}
+
+/// Time between `leaks`' live reports: below 100 ms a report would cost
+/// more than the tracing; above an hour a live view shows nothing live.
+pub fn parse_report_interval(text: &str) -> Result<Duration, String> {
+    const RANGE: std::ops::RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(3600);
+    let interval = parse_age(text)?;
+    if !RANGE.contains(&interval) {
+        return Err(format!(
+            "'{text}' is outside 100ms to 1h, the range of times between reports"
+        ));
     }
     Ok(interval)
 }

@@ -39,6 +39,10 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&["leaks", "--min-age", "soon"], "not a duration"),
         (&["serve", "--listen", "nowhere"], "nowhere"),
         (&["serve", "--top-comms", "0"], "top-comms"),
+        (&["leaks", "--interval", "50ms"], "outside 100ms to 1h"),
+        (&["leaks", "--interval", "2h"], "outside 100ms to 1h"),
+        (&["leaks", "--interval", "1s", "-d", "5s"], "cannot be used"),
+        (&["leaks", "--interval", "1s", "--once"], "cannot be used"),
     ] {
         let output = tcptrace(args).output().unwrap();
         assert_eq!(

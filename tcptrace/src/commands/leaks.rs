@@ -245,6 +245,7 @@ pub async fn run<W: Write>(
     let mut signals = StopSignals::new()?;
     let min_age = options.min_age;
     let duration = options.duration;
+    let interval = options.interval;
     let live_terminal = duration.is_none() && !json && std::io::stdout().is_terminal();
     let mut monitor = Monitor::new(options)?;
 
@@ -265,11 +266,13 @@ pub async fn run<W: Write>(
 
     let schedule = Schedule {
         host_every: RECONCILE_INTERVAL,
-        report_every: duration.is_none().then_some(if live_terminal {
-            REPORT_INTERVAL
-        } else {
-            APPEND_INTERVAL
-        }),
+        report_every: duration
+            .is_none()
+            .then_some(interval.unwrap_or(if live_terminal {
+                REPORT_INTERVAL
+            } else {
+                APPEND_INTERVAL
+            })),
         duration,
     };
     let mut leaks = LeaksLoop {

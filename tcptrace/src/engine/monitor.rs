@@ -60,6 +60,8 @@ pub struct LeaksOptions {
     pub probe: ProbeOptions,
     pub min_age: Duration,
     pub duration: Option<Duration>,
+    /// Time between live reports, where the command's default is not wanted.
+    pub interval: Option<Duration>,
     /// Read the kernel table once, report, exit.
     pub once: bool,
     pub json: bool,
@@ -554,6 +556,7 @@ mod tests {
             probe: ProbeOptions::default(),
             min_age: Duration::ZERO,
             duration: None,
+            interval: None,
             once: false,
             json: false,
             filter: ReportFilter::default(),
