@@ -34,7 +34,7 @@ pub fn raise_fd_limit() {
     }
 }
 
-fn listen(addr: SocketAddr) -> Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;

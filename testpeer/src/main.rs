@@ -9,7 +9,8 @@
 //! Here: the roles and the helpers they share. The peers, by role:
 //! `lifecycle` (step-by-step connections for watch and tracking tests),
 //! `leaky` (the leaks the leak tests find), `trouble` (what `top`
-//! diagnoses), `load` (the benchmark's load), `soak` (the soak's loads).
+//! diagnoses), `load` (the benchmark's load), `read_once` (the leak whose
+//! code path the benchmark times), `soak` (the soak's loads).
 
 use std::{
     io::{BufRead, Read, Write},
@@ -21,6 +22,7 @@ use std::{
 mod leaky;
 mod lifecycle;
 mod load;
+mod read_once;
 mod soak;
 mod trouble;
 
@@ -135,6 +137,22 @@ enum Role {
         /// Keep every Nth socket (0: none).
         #[arg(long, default_value_t = 0)]
         leak_every: u64,
+    },
+    /// Time-to-code-path server: read each request once and answer; the
+    /// first `leak_first` and every `leak_every`-th connection are kept
+    /// unread after that (serve_and_forget), the rest closed after EOF
+    /// (serve_and_close); report on any line.
+    ReadOnceServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// Keep every Nth connection (0: none).
+        #[arg(long, default_value_t = 0)]
+        leak_every: u64,
+        /// Keep the first N connections, and say `preleaked` when they are held.
+        #[arg(long, default_value_t = 0)]
+        leak_first: u64,
     },
     /// Benchmark churn clients: connect, send, read, close, for `seconds`.
     ChurnClient {
@@ -305,6 +323,12 @@ fn main() -> Result<()> {
             close_first,
             leak_every,
         } => load::churn_server(addr, threads, close_first, leak_every),
+        Role::ReadOnceServer {
+            addr,
+            threads,
+            leak_every,
+            leak_first,
+        } => read_once::read_once_server(addr, threads, leak_every, leak_first),
         Role::ChurnClient {
             connect,
             threads,

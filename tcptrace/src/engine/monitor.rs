@@ -95,7 +95,8 @@ pub(crate) struct Monitor {
     /// What the probe could copy and what its budget refused, as of the
     /// newest counters.
     sampling: StackSampling,
-    /// The processes whose every new socket the probe copies.
+    /// The processes whose new sockets the probe copies from a budget of
+    /// their own.
     targets: HashSet<u32>,
     /// The events lost (dropped or missed by the probe) when the newest
     /// complete read of the whole table's CLOSE_WAIT sockets was asked for.

@@ -72,7 +72,7 @@ pub struct StackSampling {
     pub copies_refused: u64,
     /// Of `copies_taken`, those paid by targeted processes' budget.
     pub copies_targeted: u64,
-    /// Processes whose every new socket is copied now.
+    /// Processes whose new sockets are copied from a budget of their own.
     pub targeted_processes: usize,
 }
 
@@ -98,7 +98,7 @@ pub struct SocketStackFacts {
 // combination is one static sentence.
 macro_rules! not_sampled {
     () => {
-        "not sampled: the copy budget was spent when it was made (this process's new sockets are now all copied)"
+        "not sampled: the copy budget was spent when it was made (a process that leaks without a code path gets a budget of its own for its new sockets)"
     };
 }
 macro_rules! accept_unseen {

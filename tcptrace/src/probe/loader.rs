@@ -231,7 +231,8 @@ pub struct Probe {
     events: RingReader,
     counters: PerCpuArray<MapData, u64>,
     stack_copies: AyaHashMap<MapData, StackCopyKey, StackCopy>,
-    /// Processes whose every new socket gets a copy (`None` without stacks).
+    /// Processes whose new sockets are copied from a budget of their own
+    /// (`None` without stacks).
     stack_targets: Option<AyaHashMap<MapData, u32, u32>>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
     eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
@@ -453,8 +454,8 @@ impl Probe {
         Some(copy)
     }
 
-    /// Makes `targets` the processes whose every new socket gets a copy,
-    /// from a budget of their own; at most `MAX_STACK_TARGETS` of them.
+    /// Makes `targets` the processes whose new sockets are copied from a
+    /// budget of their own; at most `MAX_STACK_TARGETS` of them.
     pub fn set_stack_targets(&mut self, targets: &HashSet<u32>) -> Result<(), ProbeError> {
         let Some(map) = self.stack_targets.as_mut() else {
             return Ok(());

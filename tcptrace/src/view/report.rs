@@ -154,7 +154,7 @@ pub(crate) fn coverage_line(coverage: &CodePathCoverage, mode: StackMode) -> Opt
         "code path of {with} of {sockets} socket{}{}",
         if sockets == 1 { "" } else { "s" },
         if sampled {
-            " (sampled: the copy budget was spent; this process's new sockets are now all copied)"
+            " (sampled: the copy budget was spent; a process that leaks without a code path gets a budget of its own for its new sockets)"
         } else {
             ""
         }
