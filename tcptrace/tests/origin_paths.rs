@@ -23,11 +23,11 @@ use std::{
     path::PathBuf,
     process::{ChildStdin, Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{
-    LeakRun, LeakTextRun, STEP_TIMEOUT, kernel_has_recv_tracepoint,
+    LeakRun, LeakTextRun, Peer, STEP_TIMEOUT, kernel_has_recv_tracepoint,
     programs::{
         PYTHON_312, Program, Scratch, Server, build_c, go_build, java_command, programs_dir, tool,
         write_java_perf_map,
@@ -565,4 +565,130 @@ impl Client {
             assert_eq!(line, answer, "the client's answer to {kind:?}");
         }
     }
+}
+
+/// The leaking and the healthy handler of testpeer's read-once-server.
+const READ_ONCE_LEAKY: &str = "serve_and_forget";
+const READ_ONCE_HEALTHY: &str = "serve_and_close";
+
+/// A code path's frames, origin and EOF, one per line.
+fn frames_text(path: &serde_json::Value) -> String {
+    let mut frames = stack(path, "origin_stack");
+    frames.extend(stack(path, "eof_stack"));
+    frames.join("\n")
+}
+
+/// The time-to-code-path check of `cargo xtask bench`, at a modest rate and
+/// untimed (the bench times it at full rate): a server under churn reads
+/// each request once and leaks one connection in 50 through
+/// `serve_and_forget`, which never reads again, and already held 20 such
+/// leaks when tcptrace started. While the load runs, a live report names
+/// `serve_and_forget` at the socket's first read and never
+/// `serve_and_close`; the leaks older than tcptrace say that they are.
+#[test]
+fn a_leak_under_churn_gets_its_code_path_while_tcptrace_runs_and_older_ones_say_why_not() {
+    if !require_root() {
+        return;
+    }
+    require_reads();
+    let mut server = Peer::spawn(&[
+        "read-once-server",
+        "--addr",
+        "127.0.0.1:0",
+        "--leak-every",
+        "50",
+        "--leak-first",
+        "20",
+    ]);
+    let port = server.expect("listening")["port"].clone();
+    let connect = format!("127.0.0.1:{port}");
+    let seed = Peer::spawn(&[
+        "churn-client",
+        "--connect",
+        &connect,
+        "--threads",
+        "1",
+        "--seconds",
+        "0.5",
+        "--per-second",
+        "100",
+    ]);
+    seed.expect("done");
+    server.expect("preleaked");
+
+    let pid = server.pid();
+    let leaks = LeakRun::start(&[
+        "--min-age",
+        "1s",
+        "--interval",
+        "500ms",
+        "--pid",
+        &pid.to_string(),
+    ]);
+    const LOAD_SECONDS: u64 = 30;
+    let load = Peer::spawn(&[
+        "churn-client",
+        "--connect",
+        &connect,
+        "--threads",
+        "1",
+        "--seconds",
+        &LOAD_SECONDS.to_string(),
+        "--per-second",
+        "200",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(LOAD_SECONDS);
+    let mut named = None;
+    let mut reports = 0;
+    while named.is_none() && Instant::now() < deadline {
+        let Some(report) = leaks.next_report(STEP_TIMEOUT) else {
+            break;
+        };
+        reports += 1;
+        let Some(entry) = report.process(pid) else {
+            continue;
+        };
+        let paths = entry["code_paths"].as_array().expect("code_paths");
+        for path in paths {
+            let frames = frames_text(path);
+            assert!(
+                !names(&frames, READ_ONCE_HEALTHY),
+                "a leak's code path names the healthy handler: {path:#}"
+            );
+        }
+        if paths
+            .iter()
+            .any(|path| names(&frames_text(path), READ_ONCE_LEAKY))
+        {
+            named = Some(entry.clone());
+        }
+    }
+    drop(load);
+    let entry = named.unwrap_or_else(|| {
+        panic!(
+            "no report in the load's {LOAD_SECONDS} s ({reports} reports) named {READ_ONCE_LEAKY}"
+        )
+    });
+    eprintln!("the report that named it: {entry:#}");
+    let paths = entry["code_paths"].as_array().unwrap();
+    let leaky = paths
+        .iter()
+        .find(|path| names(&frames_text(path), READ_ONCE_LEAKY))
+        .unwrap();
+    assert_eq!(leaky["origin"], "first_read", "{leaky:#}");
+    assert!(
+        paths.iter().any(|path| path["origin_missing"]
+            .as_str()
+            .is_some_and(|why| why.contains("made before tcptrace started"))),
+        "no code path says its leaks are older than tcptrace: {:#}",
+        entry["code_paths"]
+    );
+    let coverage = &entry["code_path_coverage"];
+    let with = coverage["sockets_with_code_path"].as_u64().unwrap();
+    let sockets = coverage["sockets"].as_u64().unwrap();
+    assert!(
+        with >= 1 && with + 20 <= sockets,
+        "the 20 older leaks cannot have a code path: {coverage}"
+    );
+    server.go();
 }

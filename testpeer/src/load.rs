@@ -102,20 +102,39 @@ pub fn churn_server(
 }
 
 /// Churn clients: connect, send, read the answer, close — as fast as
-/// `threads` threads can for `duration`. IPv4 connections come from a spread
-/// of 127.x source addresses so TIME_WAIT does not run out of ports.
-pub fn churn_client(connect: SocketAddr, threads: u32, duration: Duration) -> Result<()> {
+/// `threads` threads can for `duration`, or at most `per_second` in all.
+/// IPv4 connections come from a spread of 127.x source addresses so
+/// TIME_WAIT does not run out of ports.
+pub fn churn_client(
+    connect: SocketAddr,
+    threads: u32,
+    duration: Duration,
+    per_second: Option<f64>,
+) -> Result<()> {
     raise_fd_limit();
+    let threads = threads.max(1);
+    // Each thread keeps its own schedule: connection n starts no sooner
+    // than n gaps after the start, so a slow one is caught up, not skipped.
+    let gap = per_second
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| Duration::from_secs_f64(f64::from(threads) / rate));
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..threads.max(1))
+    let workers: Vec<_> = (0..threads)
         .map(|thread_index| {
             let (stop, made, failed) = (stop.clone(), made.clone(), failed.clone());
             thread::spawn(move || {
                 let mut n: u32 = 0;
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(gap) = gap {
+                        let due = started + gap * n;
+                        let now = Instant::now();
+                        if due > now {
+                            thread::sleep(due - now);
+                        }
+                    }
                     n = n.wrapping_add(1);
                     match one_churn(connect, thread_index, n) {
                         Ok(()) => made.fetch_add(1, Ordering::Relaxed),

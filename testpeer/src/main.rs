@@ -162,6 +162,9 @@ enum Role {
         threads: u32,
         #[arg(long)]
         seconds: f64,
+        /// At most this many connections a second in all (default: as many as it can).
+        #[arg(long)]
+        per_second: Option<f64>,
         /// After reporting, stay alive until "go" (tests read the process's counts).
         #[arg(long)]
         hold: bool,
@@ -333,9 +336,15 @@ fn main() -> Result<()> {
             connect,
             threads,
             seconds,
+            per_second,
             hold,
         } => {
-            load::churn_client(connect, threads, Duration::from_secs_f64(seconds))?;
+            load::churn_client(
+                connect,
+                threads,
+                Duration::from_secs_f64(seconds),
+                per_second,
+            )?;
             if hold {
                 // Any line, or stdin closing, ends it.
                 let mut line = String::new();

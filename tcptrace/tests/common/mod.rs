@@ -230,6 +230,15 @@ impl LeakRun {
         self.report()
     }
 
+    /// The next live report (without --duration), `None` if none comes
+    /// within `timeout`.
+    pub fn next_report(&self, timeout: Duration) -> Option<LeakReportView> {
+        let line = self.0.stdout.recv_timeout(timeout).ok()?;
+        Some(LeakReportView(
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")),
+        ))
+    }
+
     /// Waits for the final report (run with --duration).
     pub fn report(self) -> LeakReportView {
         let (stdout, _) = self.0.finish();
