@@ -98,6 +98,11 @@ impl Proc {
         Ok(fields(&line))
     }
 
+    /// The next line of stdout, `None` past `timeout` or at its end.
+    pub(crate) fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
     pub(crate) fn close_stdin(&mut self) {
         self.stdin.take();
     }

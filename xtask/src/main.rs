@@ -42,6 +42,10 @@ enum Task {
         /// Alternation cycles: rounds per configuration, each paired with the untraced round of its cycle.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
+        /// Also run the default `leaks` and `serve` of this earlier commit in the same cycles
+        /// (built once under target/bench-baseline), to compare a change with what it replaces.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// Run the release `serve` for --minutes against churn, process churn, a
     /// growing leaker, ring bursts, a kill -9 and restart and 2,000 idle
@@ -136,9 +140,9 @@ fn run(task: Task) -> Result<ExitCode> {
             setup::run()?;
             lint().map(|_| ExitCode::SUCCESS)
         }
-        Task::Bench { rounds } => {
+        Task::Bench { rounds, baseline } => {
             release_build_for("bench")?;
-            bench::run(&workspace_root()?, rounds)?;
+            bench::run(&workspace_root()?, rounds, baseline.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Soak { minutes } => {

@@ -12,14 +12,22 @@
 //! cycles does not blur a 5 % difference. bpftrace one-liners run as peers in
 //! the same cycles: what a user would otherwise reach for.
 //!
+//! With `--baseline REV`, the default `leaks` and `serve` of an earlier
+//! commit run in the same cycles, so that a change is judged against what
+//! it replaces. After the cycles, the time to code path: how soon a live
+//! report names the function that leaks on a churning server.
+//!
 //! Here: the configurations, the plan of rounds and the criterion run;
 //! `rounds` runs one round or one in-kernel cost run; `bpftrace` the peers;
-//! `stats` the arithmetic; `report` writes the document.
+//! `baseline` builds the earlier commit; `time_to_path` times the code
+//! path; `stats` the arithmetic; `report` writes the document.
 
+mod baseline;
 mod bpftrace;
 mod report;
 mod rounds;
 mod stats;
+mod time_to_path;
 
 use std::{
     collections::HashMap,
@@ -31,9 +39,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use baseline::Baseline;
 use bpftrace::{Availability, PEERS, Peer};
 use report::render;
 use rounds::{BpfStatsGuard, kernel_cost, run_round};
+use time_to_path::{PathRun, Scenario};
 
 use crate::step;
 
@@ -100,6 +110,10 @@ enum Config {
     Serve,
     /// Not tcptrace: a bpftrace one-liner, for comparison.
     Peer(Peer),
+    /// `leaks --stacks default` of the --baseline commit.
+    PreviousLeaks,
+    /// `serve` of the --baseline commit.
+    PreviousServe,
 }
 
 const CONFIGS: [Config; 6] = [
@@ -123,17 +137,40 @@ impl Config {
             Self::Leaks(level) => format!("leaks --stacks {level}"),
             Self::Serve => format!("serve --interval {SERVE_INTERVAL}"),
             Self::Peer(peer) => peer.name().into(),
+            Self::PreviousLeaks => "baseline: leaks --stacks default".into(),
+            Self::PreviousServe => format!("baseline: serve --interval {SERVE_INTERVAL}"),
         }
     }
 
-    /// The tcptrace configurations and, where bpftrace runs, its peers.
-    fn all(bpftrace: &Availability) -> Vec<Self> {
+    /// The configuration whose arguments this one runs.
+    fn as_current(self) -> Self {
+        match self {
+            Self::PreviousLeaks => Self::Leaks("default"),
+            Self::PreviousServe => Self::Serve,
+            other => other,
+        }
+    }
+
+    /// Runs the --baseline commit's binary.
+    fn is_baseline(self) -> bool {
+        matches!(self, Self::PreviousLeaks | Self::PreviousServe)
+    }
+
+    /// The tcptrace configurations, the baseline's where there is one and,
+    /// where bpftrace runs, its peers.
+    fn all(bpftrace: &Availability, baseline: bool) -> Vec<Self> {
         let peers = match bpftrace {
             Availability::Runs { .. } => &PEERS[..],
             Availability::Cannot(_) => &[],
         };
+        let previous: &[Self] = if baseline {
+            &[Self::PreviousLeaks, Self::PreviousServe]
+        } else {
+            &[]
+        };
         CONFIGS
             .into_iter()
+            .chain(previous.iter().copied())
             .chain(peers.iter().map(|peer| Self::Peer(*peer)))
             .collect()
     }
@@ -141,8 +178,8 @@ impl Config {
     /// tcptrace's arguments; `None` where tcptrace does not run.
     fn tracer_args(self, seconds: u64) -> Option<Vec<String>> {
         let duration = format!("{seconds}s");
-        match self {
-            Self::Untraced | Self::Peer(_) => None,
+        match self.as_current() {
+            Self::Untraced | Self::Peer(_) | Self::PreviousLeaks | Self::PreviousServe => None,
             Self::Watch => Some(vec!["watch".into(), "--json".into(), "-d".into(), duration]),
             Self::Leaks(level) => Some(vec![
                 "leaks".into(),
@@ -187,6 +224,9 @@ struct Round {
     /// leaks' code paths.
     code_path_cpu_under_load: Option<Duration>,
     agent_peak_rss_kib: Option<u64>,
+    /// Stack copies taken and refused a second over the tracer's run, from
+    /// its report's counters.
+    copies_per_second: Option<(f64, f64)>,
     bulk_bytes_per_second: f64,
     recvs_per_second: f64,
     syscalls_per_second: f64,
@@ -222,6 +262,16 @@ struct Bench {
     peer: PathBuf,
     timing: Timing,
     bpftrace: Availability,
+    baseline: Option<Baseline>,
+}
+
+impl Bench {
+    fn tcptrace_for(&self, config: Config) -> &Path {
+        match (&self.baseline, config.is_baseline()) {
+            (Some(baseline), true) => &baseline.tcptrace,
+            _ => &self.tcptrace,
+        }
+    }
 }
 
 fn criterion_events_per_second(root: &Path) -> Result<f64> {
@@ -250,12 +300,15 @@ fn criterion_events_per_second(root: &Path) -> Result<f64> {
     Ok(events_per_iteration / (ns_per_iteration * 1e-9))
 }
 
-pub fn run(root: &Path, rounds: u32) -> Result<()> {
+pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
     let started = Instant::now();
     if rounds == 0 {
         anyhow::bail!("--rounds 0: at least one round per configuration");
     }
     let timing = Timing::from_env()?;
+    let baseline = baseline
+        .map(|revision| baseline::build(root, revision))
+        .transpose()?;
     step("bench: does bpftrace attach here? (count-only one-liner, one loopback connection)");
     let bpftrace = bpftrace::availability();
     match &bpftrace {
@@ -274,8 +327,9 @@ pub fn run(root: &Path, rounds: u32) -> Result<()> {
         peer: root.join("target/release/tcptrace-testpeer"),
         timing,
         bpftrace,
+        baseline,
     };
-    let configs = Config::all(&bench.bpftrace);
+    let configs = Config::all(&bench.bpftrace, bench.baseline.is_some());
     step("bench: warm-up round, untraced and with watch");
     run_round(&bench, Config::Untraced, 0)?;
     run_round(&bench, Config::Watch, 0)?;
@@ -295,6 +349,18 @@ pub fn run(root: &Path, rounds: u32) -> Result<()> {
         }
     }
 
+    let mut paths: Vec<(Scenario, PathRun)> = Vec::new();
+    for run in 0..rounds {
+        for scenario in Scenario::ALL {
+            step(&format!(
+                "bench: time to code path {}/{rounds}, {} leaks before tcptrace starts",
+                run + 1,
+                scenario.leaks_before()
+            ));
+            paths.push((scenario, time_to_path::run(&bench, scenario)?));
+        }
+    }
+
     step("bench: in-kernel cost, short runs with bpf_stats enabled");
     let mut kernel = Vec::new();
     {
@@ -302,7 +368,7 @@ pub fn run(root: &Path, rounds: u32) -> Result<()> {
         // serve attaches what `leaks --stacks default` does.
         for config in configs
             .iter()
-            .filter(|c| !matches!(c, Config::Untraced | Config::Serve))
+            .filter(|c| !matches!(c, Config::Untraced | Config::Serve) && !c.is_baseline())
         {
             kernel.push((config.name(), kernel_cost(&bench, *config)?));
         }
@@ -320,6 +386,8 @@ pub fn run(root: &Path, rounds: u32) -> Result<()> {
             results: &results,
             kernel: &kernel,
             pipeline_rate,
+            baseline: bench.baseline.as_ref().map(|b| b.commit.as_str()),
+            paths: &paths,
         },
         started.elapsed(),
     );

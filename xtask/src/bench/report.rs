@@ -10,6 +10,7 @@ use super::{
     SERVE_REPORT_DELAY_S, Timing,
     bpftrace::{self, Availability, PEERS},
     stats::{Spread, paired_ratios, spread},
+    time_to_path::{self, PathRun, Scenario},
 };
 use crate::harness::machine;
 
@@ -22,6 +23,10 @@ pub(super) struct Run<'a> {
     pub(super) results: &'a HashMap<String, Vec<Round>>,
     pub(super) kernel: &'a [(String, KernelCost)],
     pub(super) pipeline_rate: f64,
+    /// The --baseline commit, whose default ran in the same cycles.
+    pub(super) baseline: Option<&'a str>,
+    /// The time-to-code-path runs.
+    pub(super) paths: &'a [(Scenario, PathRun)],
 }
 
 const TRANSITION_PROGRAM: &str = "inet_sock_set_state";
@@ -43,6 +48,17 @@ impl Run<'_> {
                 .collect::<Vec<_>>()
         };
         spread(paired_ratios(&pairs(config), &pairs(Config::Untraced)).into_iter())
+    }
+
+    /// Each round of `config` over the round of `base` in the same cycle.
+    fn paired_with(&self, config: Config, base: Config) -> Option<Spread> {
+        let pairs = |c| {
+            self.rounds(c)
+                .iter()
+                .map(|r| (r.cycle, r.churn_per_second))
+                .collect::<Vec<_>>()
+        };
+        spread(paired_ratios(&pairs(config), &pairs(base)).into_iter())
     }
 
     fn paired_median(&self, config: Config) -> f64 {
@@ -190,7 +206,7 @@ fn render_targets(out: &mut String, run: &Run) {
     let _ = writeln!(out, "\n## Against the targets\n");
     let _ = writeln!(
         out,
-        "Issue 13's targets, each judged from this run's numbers alone.\n"
+        "Issue 13's targets, and issue 24's where this run measured them, each judged from this run's numbers alone.\n"
     );
     let _ = writeln!(out, "| target | measured | |");
     let _ = writeln!(out, "|---|---|---|");
@@ -256,6 +272,46 @@ fn render_targets(out: &mut String, run: &Run) {
             syscall_ratio >= 0.98,
         ),
     ];
+    if let Some(commit) = run.baseline {
+        for (current, previous) in [
+            (default, Config::PreviousLeaks),
+            (Config::Serve, Config::PreviousServe),
+        ] {
+            let ratio = run.paired_with(current, previous);
+            let met = ratio.as_ref().is_some_and(|s| s.median >= 0.99);
+            rows.push((
+                format!(
+                    "`{}` loses nothing against the default of {commit}: connections/s within 0.01 of it or better (median of each cycle's round over the {commit} round of the same cycle)",
+                    current.name()
+                ),
+                show_ratio(ratio, 3),
+                met,
+            ));
+        }
+    }
+    for scenario in Scenario::ALL {
+        let runs = scenario_runs(run, scenario);
+        if runs.is_empty() {
+            continue;
+        }
+        let (text, median) = time_cell(&runs);
+        let slowest_rate = runs
+            .iter()
+            .map(|r| r.per_second)
+            .fold(f64::INFINITY, f64::min);
+        let healthy = runs.iter().any(|r| r.named_healthy);
+        rows.push((
+            format!(
+                "time to code path ≤ 10 s, ≥ 5000 connections/s, {} (median; never the healthy handler)",
+                scenario_name(scenario)
+            ),
+            format!(
+                "{text}; the slowest run's server served {slowest_rate:.0} connections/s{}",
+                if healthy { "; **a report named the healthy handler**" } else { "" }
+            ),
+            median.is_some_and(|m| m <= 10.0) && slowest_rate >= 5000.0 && !healthy,
+        ));
+    }
     rows.push((
         "decode + track ≥ 2 M events/s on one core".into(),
         format!("{:.2} M/s", run.pipeline_rate / 1e6),
@@ -306,9 +362,9 @@ fn render_churn(out: &mut String, run: &Run) {
     let _ = writeln!(out, "## Connection churn\n");
     let _ = writeln!(
         out,
-        "| configuration | connections/s | vs untraced: median paired ratio (min–max) | events delivered | drops | leaks made → reported | agent CPU per event while the load ran: event path + naming code paths | agent CPU per event, whole run | agent peak RSS |"
+        "| configuration | connections/s | vs untraced: median paired ratio (min–max) | events delivered | drops | leaks made → reported | stack copies/s taken / refused | agent CPU per event while the load ran: event path + naming code paths | agent CPU per event, whole run | agent peak RSS |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for config in run.configs.iter().copied() {
         let rows = run.rounds(config);
         let churn = spread(rows.iter().map(|r| r.churn_per_second));
@@ -321,7 +377,8 @@ fn render_churn(out: &mut String, run: &Run) {
             Config::Untraced | Config::Peer(_) => "–".into(),
             _ => rows.iter().filter_map(|r| r.drops).sum::<u64>().to_string(),
         };
-        let leaks = match config {
+        let copies = copies_cell(rows);
+        let leaks = match config.as_current() {
             Config::Leaks(_) | Config::Serve => rows
                 .iter()
                 .map(|r| match r.leaks_reported {
@@ -346,7 +403,7 @@ fn render_churn(out: &mut String, run: &Run) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {ratio} | {} | {drops} | {leaks} | {under_load} | {} | {} |",
+            "| {} | {} | {ratio} | {} | {drops} | {leaks} | {copies} | {under_load} | {} | {} |",
             config.name(),
             show(churn, 1.0, 0),
             show(events, 1.0, 0),
@@ -358,11 +415,159 @@ fn render_churn(out: &mut String, run: &Run) {
         for peer in PEERS {
             let _ = writeln!(
                 out,
-                "| {} | not measured: {} | – | – | – | – | – | – |",
+                "| {} | not measured: {} | – | – | – | – | – | – | – |",
                 peer.name(),
                 why.replace('|', "/")
             );
         }
+    }
+}
+
+/// Median copies taken and refused a second, over the rounds that report
+/// them (stacks on, this commit's tcptrace).
+fn copies_cell(rows: &[Round]) -> String {
+    let taken = spread(rows.iter().filter_map(|r| Some(r.copies_per_second?.0)));
+    let refused = spread(rows.iter().filter_map(|r| Some(r.copies_per_second?.1)));
+    match (taken, refused) {
+        (Some(taken), Some(refused)) => format!("{:.0} / {:.0}", taken.median, refused.median),
+        _ => "–".into(),
+    }
+}
+
+/// The time-to-code-path runs of `scenario`.
+fn scenario_runs<'a>(run: &Run<'a>, scenario: Scenario) -> Vec<&'a PathRun> {
+    run.paths
+        .iter()
+        .filter(|(s, _)| *s == scenario)
+        .map(|(_, r)| r)
+        .collect()
+}
+
+fn scenario_name(scenario: Scenario) -> String {
+    match scenario {
+        Scenario::Fresh => "no leak before tcptrace starts".into(),
+        Scenario::Preleaked => format!(
+            "{} leaks held before tcptrace starts",
+            time_to_path::PRELEAKED
+        ),
+    }
+}
+
+/// The median time to code path over `runs`, counting a run that never
+/// named the function as longer than any that did.
+fn time_cell(runs: &[&PathRun]) -> (String, Option<f64>) {
+    let named: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.named_after.map(|d| d.as_secs_f64()))
+        .collect();
+    let missed = runs.len() - named.len();
+    if named.is_empty() {
+        return (
+            format!(
+                "not named in {} of {} runs (gave up after {} s)",
+                missed,
+                runs.len(),
+                time_to_path::GIVE_UP.as_secs()
+            ),
+            None,
+        );
+    }
+    let spread = spread(named.iter().copied()).expect("some");
+    // A run that never named it sits above every time that was measured.
+    let median = if missed * 2 >= runs.len() {
+        None
+    } else {
+        let mut all: Vec<f64> = named.clone();
+        all.extend(std::iter::repeat_n(f64::INFINITY, missed));
+        all.sort_by(f64::total_cmp);
+        Some(all[all.len() / 2])
+    };
+    let text = match median {
+        Some(median) => format!("**{median:.1} s** ({:.1}–{:.1} s)", spread.min, spread.max),
+        None => format!(
+            "**not named** in most runs; named after {:.1}–{:.1} s in the others",
+            spread.min, spread.max
+        ),
+    };
+    if missed > 0 {
+        (
+            format!(
+                "{text}; not named within {} s in {missed} of {} runs",
+                time_to_path::GIVE_UP.as_secs(),
+                runs.len()
+            ),
+            median,
+        )
+    } else {
+        (text, median)
+    }
+}
+
+fn render_time_to_path(out: &mut String, run: &Run) {
+    if run.paths.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "
+## Time to code path
+"
+    );
+    let _ = writeln!(
+        out,
+        "A server under full churn ({CLIENT_THREADS} client threads, as fast as they go) reads each request once; one connection in {LEAK_EVERY} is kept by `{}` after that read, without reading again (the read-once-and-return leak, which never reads EOF), and the others are closed by `{}` after EOF. Both handlers read through the same function; which one serves a connection is decided before its read. tcptrace starts 1 s into the load as `leaks --json --min-age {} --interval {} --pid SERVER`; the time is from its spawn (loading the probe included) to the first report that names `{}` in a code path of the server's leaks, known to one report interval. Each scenario ran {} time{}; a run gives up after {} s.
+",
+        time_to_path::LEAKY,
+        time_to_path::HEALTHY,
+        time_to_path::MIN_AGE,
+        time_to_path::REPORT_INTERVAL,
+        time_to_path::LEAKY,
+        run.rounds,
+        if run.rounds == 1 { "" } else { "s" },
+        time_to_path::GIVE_UP.as_secs(),
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | server connections/s | time to code path: median (min–max) | reports that named `{}` | code path of the server's leaks at that report | stack copies/s taken / refused |",
+        time_to_path::HEALTHY
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for scenario in Scenario::ALL {
+        let runs = scenario_runs(run, scenario);
+        if runs.is_empty() {
+            continue;
+        }
+        let rate = spread(runs.iter().map(|r| r.per_second));
+        let healthy = runs.iter().filter(|r| r.named_healthy).count();
+        let coverage = runs
+            .iter()
+            .filter_map(|r| r.coverage)
+            .map(|(with, all)| format!("{with} of {all}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let taken = spread(runs.iter().filter_map(|r| Some(r.copies_per_second?.0)));
+        let refused = spread(runs.iter().filter_map(|r| Some(r.copies_per_second?.1)));
+        let copies = match (taken, refused) {
+            (Some(t), Some(r)) => format!("{:.0} / {:.0}", t.median, r.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {copies} |",
+            scenario_name(scenario),
+            show(rate, 1.0, 0),
+            time_cell(&runs).0,
+            if healthy == 0 {
+                "none".to_owned()
+            } else {
+                format!("**{healthy} of {} runs**", runs.len())
+            },
+            if coverage.is_empty() {
+                "–".into()
+            } else {
+                coverage
+            },
+        );
     }
 }
 
@@ -469,9 +674,16 @@ pub(super) fn render(run: &Run, elapsed: Duration) -> String {
         timing.trace_seconds(),
     );
     peer_note(&mut out, run.bpftrace);
+    if let Some(commit) = run.baseline {
+        let _ = writeln!(
+            out,
+            "**The `baseline:` rows are tcptrace's default at commit {commit}** (`--baseline {commit}`, exported from git and built in release under target/bench-baseline), with the same arguments and load, in the same alternated cycles as this commit's: a change is judged against what it replaces by the ratio of each cycle's two rounds.\n"
+        );
+    }
     render_churn(&mut out, run);
     render_other_traffic(&mut out, run);
     render_kernel(&mut out, run);
+    render_time_to_path(&mut out, run);
     render_targets(&mut out, run);
     let _ = writeln!(out, "\n## Agent hot path (criterion)\n");
     let _ = writeln!(
@@ -532,9 +744,126 @@ mod tests {
                 results: &results,
                 kernel: &[],
                 pipeline_rate: 3e6,
+                baseline: None,
+                paths: &[],
             },
             Duration::from_secs(60),
         )
+    }
+
+    fn path_run(seconds: Option<f64>, per_second: f64) -> PathRun {
+        PathRun {
+            per_second,
+            named_after: seconds.map(Duration::from_secs_f64),
+            named_healthy: false,
+            coverage: seconds.map(|_| (3, 40)),
+            copies_per_second: Some((2000.0, 50000.0)),
+        }
+    }
+
+    fn target_row<'a>(doc: &'a str, start: &str) -> &'a str {
+        doc.lines()
+            .find(|line| line.starts_with(start))
+            .unwrap_or_else(|| panic!("no row starting {start:?} in\n{doc}"))
+    }
+
+    #[test]
+    fn time_to_code_path_is_judged_by_its_median_and_a_run_that_never_named_it_counts_as_slowest() {
+        let bpftrace = Availability::Cannot("no".into());
+        let configs = Config::all(&bpftrace, false);
+        let paths = [
+            (Scenario::Fresh, path_run(Some(4.0), 20000.0)),
+            (Scenario::Fresh, path_run(Some(6.0), 21000.0)),
+            (Scenario::Fresh, path_run(None, 19000.0)),
+            (Scenario::Preleaked, path_run(None, 20000.0)),
+            (Scenario::Preleaked, path_run(None, 20000.0)),
+            (Scenario::Preleaked, path_run(Some(3.0), 20000.0)),
+        ];
+        let results = HashMap::new();
+        let doc = render(
+            &Run {
+                rounds: 3,
+                timing: Timing::FULL,
+                bpftrace: &bpftrace,
+                configs: &configs,
+                results: &results,
+                kernel: &[],
+                pipeline_rate: 3e6,
+                baseline: None,
+                paths: &paths,
+            },
+            Duration::from_secs(60),
+        );
+        let fresh = target_row(
+            &doc,
+            "| time to code path ≤ 10 s, ≥ 5000 connections/s, no leak",
+        );
+        assert!(
+            fresh.contains("**6.0 s** (4.0–6.0 s); not named within 25 s in 1 of 3 runs"),
+            "{fresh}"
+        );
+        assert!(fresh.ends_with("| met |"), "{fresh}");
+        let preleaked = target_row(
+            &doc,
+            "| time to code path ≤ 10 s, ≥ 5000 connections/s, 200 leaks",
+        );
+        assert!(
+            preleaked.contains("**not named** in most runs"),
+            "{preleaked}"
+        );
+        assert!(preleaked.ends_with("| **missed** |"), "{preleaked}");
+        let row = target_row(&doc, "| 200 leaks held before tcptrace starts |");
+        assert!(row.contains("| none | 3 of 40 | 2000 / 50000 |"), "{row}");
+    }
+
+    #[test]
+    fn the_baseline_runs_in_the_same_cycles_and_is_the_measure_of_losing_nothing() {
+        let bpftrace = Availability::Cannot("no".into());
+        let configs = Config::all(&bpftrace, true);
+        assert!(
+            configs.contains(&Config::PreviousLeaks) && configs.contains(&Config::PreviousServe)
+        );
+        let base = [1000.0, 700.0, 1200.0];
+        let mut results = HashMap::new();
+        for config in &configs {
+            // This commit's default at 0.995 of the baseline's, cycle by cycle.
+            let factor = match config {
+                Config::Untraced => 1.0,
+                Config::PreviousLeaks | Config::PreviousServe => 0.9,
+                _ => 0.9 * 0.995,
+            };
+            results.insert(
+                config.name(),
+                base.iter()
+                    .enumerate()
+                    .map(|(cycle, b)| round(cycle, b * factor))
+                    .collect(),
+            );
+        }
+        let doc = render(
+            &Run {
+                rounds: 3,
+                timing: Timing::FULL,
+                bpftrace: &bpftrace,
+                configs: &configs,
+                results: &results,
+                kernel: &[],
+                pipeline_rate: 3e6,
+                baseline: Some("ea2f2a7"),
+                paths: &[],
+            },
+            Duration::from_secs(60),
+        );
+        let row = target_row(
+            &doc,
+            "| `leaks --stacks default` loses nothing against the default of ea2f2a7",
+        );
+        assert!(row.contains("**0.995×**"), "{row}");
+        assert!(row.ends_with("| met |"), "{row}");
+        assert!(
+            doc.contains("| baseline: leaks --stacks default |"),
+            "{doc}"
+        );
     }
 
     #[test]
@@ -542,7 +871,7 @@ mod tests {
         let bpftrace = Availability::Runs {
             private_tracefs: false,
         };
-        let doc = document(&bpftrace, &Config::all(&bpftrace));
+        let doc = document(&bpftrace, &Config::all(&bpftrace, false));
         let row = |name: &str| {
             doc.lines()
                 .find(|line| line.starts_with(&format!("| {name} |")))
@@ -563,7 +892,7 @@ mod tests {
         let bpftrace = Availability::Runs {
             private_tracefs: false,
         };
-        let doc = document(&bpftrace, &Config::all(&bpftrace));
+        let doc = document(&bpftrace, &Config::all(&bpftrace, false));
         let target = doc
             .lines()
             .find(|line| line.contains("agent CPU per event ≤ 250 ns (`leaks --stacks default`"))
@@ -587,7 +916,7 @@ mod tests {
     #[test]
     fn a_peer_that_cannot_run_says_why_in_its_rows() {
         let bpftrace = Availability::Cannot("bpftrace did not attach: ERROR: no tracefs".into());
-        let configs = Config::all(&bpftrace);
+        let configs = Config::all(&bpftrace, false);
         assert!(!configs.iter().any(|c| matches!(c, Config::Peer(_))));
         let doc = document(&bpftrace, &configs);
         for peer in PEERS {

@@ -150,7 +150,8 @@ enum Running {
 }
 
 enum Exited {
-    Tcptrace(TracerExit, Option<serde_json::Value>),
+    /// What it said at exit, `serve`'s /leaks, and how long it ran.
+    Tcptrace(TracerExit, Option<serde_json::Value>, Duration),
     Peer(PeerExit),
 }
 
@@ -164,7 +165,8 @@ fn start(bench: &Bench, config: Config, seconds: u64) -> Result<Option<Running>>
     config
         .tracer_args(seconds)
         .map(|args| {
-            Tracer::start(&bench.tcptrace, &args, config != Config::Watch).map(Running::Tcptrace)
+            Tracer::start(bench.tcptrace_for(config), &args, config != Config::Watch)
+                .map(Running::Tcptrace)
         })
         .transpose()
 }
@@ -209,7 +211,19 @@ fn stat_cpu(stat: &str) -> Option<(String, Duration)> {
     Some((comm, Duration::from_nanos(ticks * 1_000_000_000 / hz)))
 }
 
+/// Stack copies taken and refused a second, from a report's counters
+/// over `seconds` of the tracer's run; `None` where it has none.
+fn copies_per_second(report: &serde_json::Value, seconds: f64) -> Option<(f64, f64)> {
+    let stacks = &report["stacks"];
+    let seconds = seconds.max(1e-3);
+    Some((
+        stacks["copies_taken"].as_u64()? as f64 / seconds,
+        stacks["copies_refused"].as_u64()? as f64 / seconds,
+    ))
+}
+
 pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<Round> {
+    let tracer_started = std::time::Instant::now();
     let tracer = start(bench, config, bench.timing.trace_seconds())?;
     let mut round = Round {
         cycle,
@@ -236,13 +250,14 @@ pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<R
             Some(Running::Peer(peer)) => Some(Exited::Peer(peer.stop()?)),
             Some(Running::Tcptrace(tracer)) => {
                 let mut served = None;
-                if config == Config::Serve {
+                if config.as_current() == Config::Serve {
                     // Past one refresh after the load, as a scrape would see it.
                     thread::sleep(Duration::from_secs(SERVE_REPORT_DELAY_S));
                     served = Some(tracer.leaks_over_http()?);
                     tracer.terminate();
                 }
-                Some(Exited::Tcptrace(tracer.wait()?, served))
+                let exit = tracer.wait()?;
+                Some(Exited::Tcptrace(exit, served, tracer_started.elapsed()))
             }
         };
         Ok(())
@@ -256,10 +271,10 @@ pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<R
             round.agent_peak_rss_kib = Some(exit.peak_rss_kib);
             round.events = exit.transitions;
         }
-        Some(Exited::Tcptrace(exit, served)) => {
+        Some(Exited::Tcptrace(exit, served, ran)) => {
             round.agent_cpu = Some(exit.cpu);
             round.agent_peak_rss_kib = Some(exit.peak_rss_kib);
-            let report = match config {
+            let report = match config.as_current() {
                 Config::Watch => {
                     let summary = summary_fields(&exit.stderr)?;
                     round.events = Some(summary["events"].parse()?);
@@ -273,6 +288,7 @@ pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<R
                 round.events = report["health"]["events"].as_u64();
                 round.drops = report["health"]["drops"].as_u64();
                 round.leaks_reported = server_leaks(&report, churned.server_pid);
+                round.copies_per_second = copies_per_second(&report, ran.as_secs_f64());
             }
         }
     }
@@ -286,7 +302,7 @@ pub(super) fn kernel_cost(bench: &Bench, config: Config) -> Result<KernelCost> {
     let mut exited = None;
     churn(bench, stats, |_| {
         exited = Some(match tracer {
-            Running::Tcptrace(tracer) => Exited::Tcptrace(tracer.wait()?, None),
+            Running::Tcptrace(tracer) => Exited::Tcptrace(tracer.wait()?, None, Duration::ZERO),
             Running::Peer(peer) => Exited::Peer(peer.stop()?),
         });
         Ok(())
@@ -298,7 +314,7 @@ pub(super) fn kernel_cost(bench: &Bench, config: Config) -> Result<KernelCost> {
             cost.delivered = exit.transitions;
             cost.agent_cpu = exit.cpu;
         }
-        Exited::Tcptrace(exit, _) => {
+        Exited::Tcptrace(exit, ..) => {
             cost.agent_cpu = exit.cpu;
             if config == Config::Watch {
                 let summary = summary_fields(&exit.stderr)?;
