@@ -216,6 +216,12 @@ fn prometheus_sees_leaks_appear_and_go() {
         .find(|p| p["pid"] == holder)
         .unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(entry["close_wait"], LEAKS);
+    // The copies behind its code paths, as `leaks --json` says them.
+    assert!(
+        report["stacks"]["copies_taken"].as_u64() > Some(0),
+        "{:#}",
+        report["stacks"]
+    );
 
     // The server closes them and exits: the series reads 0 or is gone.
     server.go();

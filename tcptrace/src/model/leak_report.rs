@@ -240,6 +240,9 @@ pub struct LeakPage<'a> {
     pub limits: PageLimits,
     pub processes: Vec<ProcessLeaks>,
     pub health: &'a ProbeHealth,
+    /// As in the report: which stacks could be taken, and the budget's
+    /// copies taken and refused.
+    pub stacks: &'a StackSampling,
 }
 
 impl<'a> LeakPage<'a> {
@@ -279,6 +282,7 @@ impl<'a> LeakPage<'a> {
             limits,
             processes,
             health: &report.health,
+            stacks: &report.stacks,
         }
     }
 }
