@@ -48,8 +48,7 @@ pub fn read_once_server(
         thread::spawn(move || {
             while let Ok((conn, _)) = listener.accept() {
                 let number = served.fetch_add(1, Ordering::Relaxed) + 1;
-                let leaks = number <= leak_first
-                    || (leak_every > 0 && number > leak_first && number % leak_every == 0);
+                let leaks = number <= leak_first || (leak_every > 0 && number % leak_every == 0);
                 if !leaks {
                     serve_and_close(conn);
                 } else if let Some(kept) = serve_and_forget(conn) {
