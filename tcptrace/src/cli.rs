@@ -31,7 +31,9 @@ use crate::{
     about = "Finds TCP socket leaks with eBPF: which process, which peers, how old, which code path",
     after_help = "Without a command, tcptrace runs `leaks`.\nExit status: 0 ok, 1 runtime error, 2 usage error, 3 leaks found (with --fail-on-leak).\nNeeds root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and the BPF features of Linux 5.15 (or backported, as in RHEL 9)."
 )]
-#[command(args_conflicts_with_subcommands = true)]
+// Negative numbers reach the value parsers, which say what is allowed,
+// instead of clap's "unexpected argument '-1'".
+#[command(args_conflicts_with_subcommands = true, allow_negative_numbers = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -50,16 +52,16 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Find leaking sockets: CLOSE_WAIT or closed-but-held past --min-age, per holder process.
-    #[command(after_help = LEAKS_EXAMPLES)]
+    #[command(after_help = LEAKS_EXAMPLES, allow_negative_numbers = true)]
     Leaks(LeaksArgs),
     /// Stream every TCP state transition on this host, one line each.
-    #[command(after_help = WATCH_EXAMPLES)]
+    #[command(after_help = WATCH_EXAMPLES, allow_negative_numbers = true)]
     Watch(WatchArgs),
     /// Per-process TCP activity, sockets per state, leaks and diagnoses, refreshed.
-    #[command(after_help = TOP_EXAMPLES)]
+    #[command(after_help = TOP_EXAMPLES, allow_negative_numbers = true)]
     Top(TopArgs),
     /// Long-running agent: Prometheus /metrics, /leaks JSON, a live page at /, new leaks logged on stderr.
-    #[command(after_help = SERVE_EXAMPLES)]
+    #[command(after_help = SERVE_EXAMPLES, allow_negative_numbers = true)]
     Serve(ServeArgs),
 }
 
@@ -125,7 +127,7 @@ pub struct LeaksArgs {
 
     /// Without --duration: time between reports, from 100ms to 1h (default: 1s on a terminal,
     /// where the view is redrawn; 10s otherwise, where each report is appended).
-    #[arg(long, value_parser = parse_report_interval, conflicts_with_all = ["once", "duration"])]
+    #[arg(long, value_parser = parse_interval, conflicts_with_all = ["once", "duration"])]
     pub interval: Option<Duration>,
 
     /// Reports as JSON (one document per report).
@@ -476,10 +478,28 @@ pub fn parse_state(text: &str) -> Result<TcpState, String> {
         })
 }
 
-/// A length of time, zero included.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
+/// The longest age or run: beyond it a duration is a typo, and far beyond
+/// it one overflows the clock's arithmetic.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Refreshes and reports: faster would cost more than the tracing, slower
+/// shows nothing live.
+const REFRESH_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+fn parse_length(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("'{text}' is not a duration like 0, 500ms, 10s or 5m ({e})"))
+}
+
+/// A length of time, zero included, up to a year.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = parse_length(text)?;
+    if age > LONGEST {
+        return Err(format!(
+            "'{text}' is longer than a year (365d), the longest accepted"
+        ));
+    }
+    Ok(age)
 }
 
 /// How long to run (`--duration`).
@@ -491,24 +511,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Time between refreshes (`--interval`).
+/// Time between refreshes or reports (`--interval`).
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = parse_age(text)?;
+    let interval = parse_length(text)?;
     if interval.is_zero() {
         return Err("an interval of zero would refresh without pause".into());
     }
-    Ok(interval)
-}
-
-/// Time between `leaks`' live reports: below 100 ms a report would cost
-/// more than the tracing; above an hour a live view shows nothing live.
-pub fn parse_report_interval(text: &str) -> Result<Duration, String> {
-    const RANGE: std::ops::RangeInclusive<Duration> =
-        Duration::from_millis(100)..=Duration::from_secs(3600);
-    let interval = parse_age(text)?;
-    if !RANGE.contains(&interval) {
+    if !REFRESH_RANGE.contains(&interval) {
         return Err(format!(
-            "'{text}' is outside 100ms to 1h, the range of times between reports"
+            "'{text}' is outside 100ms to 1h, the range of times between refreshes"
         ));
     }
     Ok(interval)
@@ -551,7 +562,7 @@ pub fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| format!("'{text}' is not a size like 4096, 256K or 4M (at most 2G)"))?;
+        .ok_or_else(|| format!("'{text}' is not a size like 4096, 256K or 4M (at most 256M)"))?;
     validate_ring_buffer_bytes(bytes).map_err(|e| e.to_string())
 }
 

@@ -1,6 +1,6 @@
 use std::{io, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, error::ErrorKind};
 use tcptrace::{
     cli::{Cli, Command},
     commands::leaks,
@@ -74,6 +74,14 @@ fn main() -> ExitCode {
             tell_if_no_process(args.pid, !args.once);
             let fail_on_leak = args.fail_on_leak;
             let flamegraph = args.take_flamegraph();
+            if let Some(flamegraph) = &flamegraph
+                && let Err(error) = flamegraph.check(args.stacks)
+            {
+                // A usage error, said before observing for minutes.
+                Cli::command()
+                    .error(ErrorKind::ValueValidation, error)
+                    .exit();
+            }
             let options = args.into_options();
             match runtime.block_on(leaks::run(options, flamegraph, io::stdout().lock())) {
                 Ok(outcome) if fail_on_leak && outcome.leaks_found => ExitCode::from(LEAKS_FOUND),

@@ -43,6 +43,29 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&["leaks", "--interval", "2h"], "outside 100ms to 1h"),
         (&["leaks", "--interval", "1s", "-d", "5s"], "cannot be used"),
         (&["leaks", "--interval", "1s", "--once"], "cannot be used"),
+        (
+            &["leaks", "--min-age", "18446744073709552s"],
+            "longer than a year",
+        ),
+        (&["leaks", "--duration", "400d"], "longer than a year"),
+        (
+            &["serve", "--interval", "99999999999999h"],
+            "outside 100ms to 1h",
+        ),
+        (&["top", "--interval", "2h"], "outside 100ms to 1h"),
+        (&["leaks", "--ring-buffer-size", "8G"], "at most 256M"),
+        (&["leaks", "--ring-buffer-size", "512M"], "at most 256 MiB"),
+        (&["leaks", "--pid", "-1"], "'-1'"),
+        (&["leaks", "--stack-budget", "-5"], "from 1 to 1000000"),
+        (&["top", "--rows", "-3"], "'-3'"),
+        (
+            &["leaks", "--flamegraph", "/tmp/x.svg", "--stacks", "off"],
+            "--stacks off",
+        ),
+        (
+            &["leaks", "--flamegraph", "/nonexistent/x.svg"],
+            "is not a directory",
+        ),
     ] {
         let output = tcptrace(args).output().unwrap();
         assert_eq!(

@@ -45,7 +45,7 @@ pub struct FlamegraphOutput {
 
 impl FlamegraphOutput {
     /// Before observing for minutes: what cannot work is said at once.
-    fn check(&self, stacks: StackLevel) -> anyhow::Result<()> {
+    pub fn check(&self, stacks: StackLevel) -> anyhow::Result<()> {
         if stacks == StackLevel::Off {
             bail!("--flamegraph draws code paths, which --stacks off does not take");
         }
