@@ -114,7 +114,7 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
     };
     // Every socket had its owner recorded: no storage failed.
     assert_eq!(
-        counter(&after, "tcptrace_map_insert_failures_total"),
+        counter(&after, "tcptrace_kernel_storage_failures_total"),
         0,
         "{after}"
     );

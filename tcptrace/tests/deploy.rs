@@ -19,7 +19,7 @@ use common::{STEP_TIMEOUT, ServeRun, require_root, serve_clients};
 const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
 
 /// What `tcptrace serve` exports (counters with their `_total`).
-const EXPORTED_METRICS: [&str; 16] = [
+const EXPORTED_METRICS: [&str; 17] = [
     "tcptrace_leaking_sockets",
     "tcptrace_oldest_leak_age_seconds",
     "tcptrace_process_leaking_sockets",
@@ -29,7 +29,8 @@ const EXPORTED_METRICS: [&str; 16] = [
     "tcptrace_events_total",
     "tcptrace_events_dropped_total",
     "tcptrace_decode_errors_total",
-    "tcptrace_map_insert_failures_total",
+    "tcptrace_kernel_storage_failures_total",
+    "tcptrace_agent_table_forgotten_total",
     "tcptrace_reconcile_corrections_total",
     "tcptrace_host_read_failures_total",
     "tcptrace_map_entries",
@@ -139,7 +140,7 @@ fn alert_rules_pass_promtool() {
         "TcpSynBacklog",
         "TcptraceDroppingEvents",
         "TcptraceMapNearlyFull",
-        "TcptraceInsertFailures",
+        "TcptraceKernelStorageFailures",
         "TcptraceHostReadFailures",
         "TcptraceDown",
     ] {

@@ -73,6 +73,8 @@ pub struct HostAgent {
     /// Kernel counters at the last refresh.
     kernel: KernelCounters,
     told_owner_storage_full: bool,
+    /// Capped tables already said to be forgetting entries.
+    told_forgetting: Vec<&'static str>,
 }
 
 impl HostAgent {
@@ -90,6 +92,7 @@ impl HostAgent {
             diagnoses: Diagnoses::default(),
             kernel: KernelCounters::default(),
             told_owner_storage_full: false,
+            told_forgetting: Vec::new(),
         })
     }
 
@@ -230,6 +233,7 @@ impl HostAgent {
             }
             self.kernel = counters;
         }
+        self.tell_forgetting();
         let dump_started_ns = read.started_ns;
         self.monitor.apply_host(&read, startup);
         let listed = read.table.listed_cookies();
@@ -320,15 +324,42 @@ impl HostAgent {
         (snapshot, leaks)
     }
 
+    /// Once per table: a full table costs precision, not leaks, and says
+    /// which.
+    fn tell_forgetting(&mut self) {
+        let full = [
+            (
+                "time_wait_owners",
+                self.tracker.dropped_time_wait_owners,
+                "TIME_WAIT sockets past it are counted without their owner",
+            ),
+            (
+                "destinations",
+                self.activity.dropped_entries,
+                "connects to destinations past it are left out of the per-destination counts",
+            ),
+        ];
+        for (table, forgotten, cost) in full {
+            if forgotten > 0 && !self.told_forgetting.contains(&table) {
+                self.told_forgetting.push(table);
+                eprintln!(
+                    "tcptrace: the agent's {table} table is full: {cost} (precision only, no leak is missed; tcptrace_agent_table_forgotten_total counts them)"
+                );
+            }
+        }
+    }
+
     pub fn totals(&self) -> AgentTotals {
         let health = &self.monitor.health;
         AgentTotals {
             events: health.events,
             dropped: health.drops,
             decode_errors: health.decode_errors,
-            map_insert_failures: self.kernel.owner_insert_failed
-                + self.activity.dropped_entries
-                + self.tracker.dropped_time_wait_owners,
+            kernel_storage_failures: self.kernel.owner_insert_failed,
+            forgotten_entries: vec![
+                ("destinations", self.activity.dropped_entries),
+                ("time_wait_owners", self.tracker.dropped_time_wait_owners),
+            ],
             reconcile_corrections: health.corrections,
             host_read_failures: health.host_read_failures,
             kernel_maps: Vec::new(),

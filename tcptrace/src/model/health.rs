@@ -30,8 +30,13 @@ pub struct AgentTotals {
     pub events: u64,
     pub dropped: u64,
     pub decode_errors: u64,
-    /// Failed inserts into the probe's maps and the agent's bounded tables.
-    pub map_insert_failures: u64,
+    /// Sockets whose storage the kernel could not allocate: their owner is
+    /// lost, and they count as of an unknown owner.
+    pub kernel_storage_failures: u64,
+    /// Per capped agent table: entries it did not keep, or forgot early,
+    /// because it was full. Precision only: a TIME_WAIT socket counted
+    /// without its owner, a destination's connects left out.
+    pub forgotten_entries: Vec<(&'static str, u64)>,
     pub reconcile_corrections: u64,
     /// Reads of /proc or of the kernel's table that failed (fd exhaustion,
     /// an unreadable namespace): what was known before is kept meanwhile.

@@ -466,9 +466,9 @@ fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
             totals.decode_errors,
         ),
         (
-            "tcptrace_map_insert_failures",
-            "Failed inserts into the probe's maps and the agent's bounded tables, and entries a full table forgot early",
-            totals.map_insert_failures,
+            "tcptrace_kernel_storage_failures",
+            "Sockets whose storage the kernel could not allocate (memory pressure): their owner is lost and their transitions count as of an unknown owner",
+            totals.kernel_storage_failures,
         ),
         (
             "tcptrace_reconcile_corrections",
@@ -485,6 +485,17 @@ fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
         counter.inc_by(value);
         registry.register(name, help, counter);
     }
+    let forgotten = Family::<Vec<(String, String)>, Counter>::default();
+    for (table, count) in &totals.forgotten_entries {
+        forgotten
+            .get_or_create(&labels(&[("table", table)]))
+            .inc_by(*count);
+    }
+    registry.register(
+        "tcptrace_agent_table_forgotten",
+        "Entries a capped table of the agent did not keep, or forgot early, because it was full: precision only (TIME_WAIT sockets counted without their owner, a destination's connects left out), never a leak missed",
+        forgotten,
+    );
 }
 
 /// The stack-copy budget at work: copies taken (by which budget), and
@@ -893,10 +904,15 @@ mod tests {
                 entries: 3,
                 capacity: Some(65536),
             }],
+            kernel_storage_failures: 1,
+            forgotten_entries: vec![("time_wait_owners", 7), ("destinations", 0)],
             ..AgentTotals::default()
         };
         let text = state.render(&snapshot(vec![]), &report(vec![]), &totals);
         for line in [
+            "tcptrace_kernel_storage_failures_total 1",
+            "tcptrace_agent_table_forgotten_total{table=\"time_wait_owners\"} 7",
+            "tcptrace_agent_table_forgotten_total{table=\"destinations\"} 0",
             "tcptrace_map_entries{map=\"stacks\"} 12",
             "tcptrace_map_entries{map=\"owners\"} 40",
             "tcptrace_map_capacity{map=\"stacks\"} 16384",
