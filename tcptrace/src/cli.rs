@@ -268,6 +268,7 @@ impl LeaksArgs {
             filter: ReportFilter {
                 pid: self.pid,
                 port: self.port,
+                own_listener: None,
             },
             stack_depth: self.stack_depth,
         }

@@ -367,3 +367,136 @@ fn leaks_is_bounded_with_totals_and_truncated() {
     peer.expect("released");
     serve.stop();
 }
+
+/// Sets `pid`'s soft limit on open files; returns the limit it had.
+fn set_soft_fd_limit(pid: u32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                std::ptr::null(),
+                &mut old
+            ),
+            0
+        );
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &new,
+                std::ptr::null_mut()
+            ),
+            0
+        );
+    }
+    old
+}
+
+fn lowest_free_fd(pid: u32) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("serve's fds")
+        .filter_map(|fd| fd.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !used.contains(fd)).unwrap()
+}
+
+/// Local ports of the sockets `/leaks` lists.
+fn leaked_local_ports(leaks: &str) -> Vec<u16> {
+    let report: serde_json::Value = serde_json::from_str(leaks).expect("/leaks is JSON");
+    report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .flat_map(|p| p["sockets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["local"].as_str()?.rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
+/// serve out of fds (its soft limit lowered below what it holds, as a tight
+/// LimitNOFILE or a leak of its own would): scrapes are still answered,
+/// through fds it keeps in reserve; the failed accepts are counted and said
+/// once; the connections waiting in its accept queue, closed by their
+/// clients, are never listed as leaks; and once the limit is back, it says
+/// so and reads the host again.
+#[test]
+fn out_of_fds_scrapes_are_answered_counted_and_never_listed_as_leaks() {
+    if !require_root() {
+        return;
+    }
+    let serve = ServeRun::start(&["--stacks", "off", "--interval", "1s", "--min-age", "0"]);
+    let pid = serve.pid();
+    let port: u16 = serve.address.rsplit(':').next().unwrap().parse().unwrap();
+    // At the lowest free fd number, no new fd can be opened.
+    let old = set_soft_fd_limit(pid, lowest_free_fd(pid));
+
+    for _ in 0..8 {
+        let (status, _, body) = serve.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        let (status, _, leaks) = serve.get("/leaks");
+        assert_eq!(status, 200, "{leaks}");
+        assert!(
+            !leaked_local_ports(&leaks).contains(&port),
+            "serve's own queued connections listed as leaks: {leaks}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Past a refresh, whose metrics count the failures so far.
+    thread::sleep(Duration::from_millis(1500));
+    let (_, _, metrics) = serve.get("/metrics");
+    let accept_errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tcptrace_http_accept_errors_total "))
+        .unwrap_or_else(|| panic!("no accept error counter: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(accept_errors > 0, "{metrics}");
+
+    // Idle clients take the reserve's fds until serve closes them (10 s),
+    // and clients that hang up at once then wait, closed, in the accept
+    // queue of a serve that cannot accept them: in CLOSE_WAIT with no
+    // holder, which the probe sees.
+    let idle: Vec<TcpStream> = (0..8).map(|_| connect(&serve.address)).collect();
+    thread::sleep(Duration::from_millis(500));
+    let quitters: Vec<TcpStream> = (0..40).map(|_| connect(&serve.address)).collect();
+    drop(quitters);
+    thread::sleep(Duration::from_secs(3));
+    drop(idle);
+
+    set_soft_fd_limit(pid, old.rlim_cur);
+    // A few refreshes with fds again: the table and /proc are read anew.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let (status, _, leaks) = serve.get("/leaks");
+        assert_eq!(status, 200);
+        assert!(!leaked_local_ports(&leaks).contains(&port), "{leaks}");
+        thread::sleep(Duration::from_millis(500));
+    }
+    let stderr = serve.stop();
+    // Nor were they logged as leaks while they waited.
+    let own_logged: Vec<&String> = stderr
+        .iter()
+        .filter(|line| line.contains("tcp_socket_leak"))
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|leak| {
+                leak["local"]
+                    .as_str()
+                    .is_some_and(|local| local.ends_with(&format!(":{port}")))
+            })
+        })
+        .collect();
+    assert!(own_logged.is_empty(), "{own_logged:#?}");
+    let said = |words: &str| stderr.iter().filter(|l| l.contains(words)).count();
+    assert_eq!(said("cannot accept HTTP connections"), 1, "{stderr:#?}");
+    assert_eq!(said("accepting HTTP connections again"), 1, "{stderr:#?}");
+}

@@ -19,7 +19,7 @@ use crate::{
     engine::http::{self, Bodies, Published},
     engine::monitor::LeaksOptions,
     host::reader::{HostRead, HostRequest, read_host, release_free_memory},
-    model::leak_report::{LeakPage, LeakReport, PageLimits},
+    model::leak_report::{LeakPage, LeakReport, OwnListener, PageLimits},
     probe::loader::Probe,
     view::flamegraph::{self, folded_lines},
     view::metrics::{MetricsLimits, MetricsState},
@@ -126,6 +126,7 @@ impl ServeLoop<'_> {
         self.metrics.update_transitions(&snapshot);
         let mut totals = self.agent.totals();
         totals.kernel_maps = probe.map_occupancy();
+        totals.http_accept_errors = self.published.accept_errors();
         let text = self.metrics.render(&snapshot, &leaks, &totals);
         let leaks_json =
             serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
@@ -172,7 +173,13 @@ impl Refresh for ServeLoop<'_> {
     }
 }
 
-pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
+/// This process's network namespace, whose sockets its listener's are.
+fn own_netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
+pub async fn run(mut options: ServeOptions) -> anyhow::Result<()> {
     if !options.listen.ip().is_loopback() {
         eprintln!(
             "tcptrace: serving on {}, reachable from other hosts: /leaks shows process names and peer addresses",
@@ -182,6 +189,10 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     // Bind first: a taken port fails before the probe is loaded.
     let published = Published::default();
     let listen = http::start(options.listen, published.clone())?;
+    options.leaks.filter.own_listener = Some(OwnListener {
+        addr: listen,
+        netns_inode: own_netns_inode(),
+    });
 
     let (mut probe, mut agent) = agent::start(&options.leaks)?;
     let mut signals = StopSignals::new()?;

@@ -362,6 +362,8 @@ impl HostAgent {
             ],
             reconcile_corrections: health.corrections,
             host_read_failures: health.host_read_failures,
+            // The HTTP side's, which serve fills in.
+            http_accept_errors: 0,
             kernel_maps: Vec::new(),
             agent_tables: self.occupancy(),
         }

@@ -94,16 +94,87 @@ impl Default for Bodies {
 /// response shares these bytes, so a scrape costs neither a walk of the
 /// kernel's table nor a copy.
 #[derive(Clone, Default)]
-pub struct Published(Arc<Mutex<Bodies>>);
+pub struct Published {
+    bodies: Arc<Mutex<Bodies>>,
+    /// accept() calls that failed (out of fds, mostly), since start.
+    accept_errors: Arc<AtomicU64>,
+}
 
 impl Published {
     pub fn publish(&self, bodies: Bodies) {
         // A poisoned lock means a panic elsewhere; the bodies are whole.
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = bodies;
+        *self.bodies.lock().unwrap_or_else(|e| e.into_inner()) = bodies;
     }
 
     fn bodies(&self) -> Bodies {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// fds opened before anything else, so among the lowest: at fd exhaustion
+/// one is closed, and the accept() that follows gets its number below the
+/// limit, so a scrape is still answered from what was published. Another
+/// thread may take it first; the next accept tries again.
+struct FdReserve(Vec<std::fs::File>);
+
+impl FdReserve {
+    const SIZE: usize = 4;
+
+    fn new() -> Self {
+        let mut reserve = Self(Vec::with_capacity(Self::SIZE));
+        reserve.refill();
+        reserve
+    }
+
+    /// Back to its size, as far as fds allow: a no-op while it is full.
+    fn refill(&mut self) {
+        while self.0.len() < Self::SIZE {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => self.0.push(file),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.len() == Self::SIZE
+    }
+
+    /// Closes one; `false` if none is left.
+    fn release_one(&mut self) -> bool {
+        self.0.pop().is_some()
+    }
+}
+
+/// Said once per run of failed accepts, and when they end.
+struct AcceptTrouble {
+    failing_since: Option<u64>,
+}
+
+impl AcceptTrouble {
+    fn failed(&mut self, error: &io::Error, total: u64) {
+        if self.failing_since.is_none() {
+            self.failing_since = Some(total);
+            eprintln!(
+                "tcptrace: cannot accept HTTP connections: {error}; answering scrapes with the fds kept in reserve, counted in tcptrace_http_accept_errors_total"
+            );
+        }
+    }
+
+    fn accepted(&mut self, total: u64) {
+        if let Some(since) = self.failing_since.take() {
+            eprintln!(
+                "tcptrace: accepting HTTP connections again, after {} failed accepts",
+                total.saturating_sub(since) + 1
+            );
+        }
     }
 }
 
@@ -383,14 +454,35 @@ fn connection_limit() -> usize {
     MAX_CONNECTIONS.min(usize::try_from(room).unwrap_or(usize::MAX).max(8))
 }
 
-async fn serve_http(listener: TcpListener, published: Published) {
+async fn serve_http(listener: TcpListener, published: Published, mut reserve: FdReserve) {
     let connections = Arc::new(Mutex::new(Connections::new(connection_limit())));
+    let mut trouble = AcceptTrouble {
+        failing_since: None,
+    };
+    // Not while an fd was just given up for the accept that follows.
+    let mut refill = true;
     loop {
+        if refill {
+            reserve.refill();
+        }
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                // Out of fds, say: back off rather than spin.
-                sleep(Duration::from_millis(100)).await;
+            Ok((stream, _)) => {
+                // Only a full reserve says fds are free again: an accept
+                // that took a reserve fd is part of the trouble.
+                if reserve.is_full() {
+                    trouble.accepted(published.accept_errors());
+                }
+                refill = true;
+                stream
+            }
+            Err(error) => {
+                let total = published.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                trouble.failed(&error, total);
+                refill = false;
+                if !reserve.release_one() {
+                    // None left to give up: back off rather than spin.
+                    sleep(Duration::from_millis(100)).await;
+                }
                 continue;
             }
         };
@@ -414,6 +506,8 @@ async fn serve_http(listener: TcpListener, published: Published) {
 /// clients, slow or many, ever delays the thread that drains the ring
 /// buffer. Returns once the port is bound (or could not be).
 pub fn start(listen: SocketAddr, published: Published) -> anyhow::Result<SocketAddr> {
+    // Here, before the thread and its runtime open theirs: the lowest fds.
+    let reserve = FdReserve::new();
     let (bound, bound_result) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("http".into())
@@ -438,7 +532,7 @@ pub fn start(listen: SocketAddr, published: Published) -> anyhow::Result<SocketA
                     }
                 };
                 let _ = bound.send(listener.local_addr().map_err(anyhow::Error::from));
-                serve_http(listener, published).await;
+                serve_http(listener, published, reserve).await;
             });
         })
         .context("starting the HTTP thread")?;

@@ -41,6 +41,8 @@ pub struct AgentTotals {
     /// Reads of /proc or of the kernel's table that failed (fd exhaustion,
     /// an unreadable namespace): what was known before is kept meanwhile.
     pub host_read_failures: u64,
+    /// accept() calls of serve's HTTP side that failed (out of fds, mostly).
+    pub http_accept_errors: u64,
     /// The probe's maps.
     pub kernel_maps: Vec<Occupancy>,
     /// The agent's own collections.

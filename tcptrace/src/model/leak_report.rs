@@ -108,6 +108,30 @@ pub struct ReportFilter {
     pub pid: Option<u32>,
     /// Local or remote port.
     pub port: Option<u16>,
+    /// The agent's own HTTP listener: a socket on it that no process
+    /// holds is a connection waiting in its accept queue (while the agent
+    /// is out of fds, say), not a leak of some program.
+    pub own_listener: Option<OwnListener>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnListener {
+    pub addr: SocketAddr,
+    /// Its network namespace, where known: the same port in another one
+    /// is another program's.
+    pub netns_inode: Option<u64>,
+}
+
+impl OwnListener {
+    /// `suspect` is a connection to this listener.
+    fn queued(&self, suspect: &Suspect) -> bool {
+        let ip_matches = self.addr.ip().is_unspecified() || self.addr.ip() == suspect.local.ip();
+        let netns_matches = match (self.netns_inode, suspect.netns_inode) {
+            (Some(own), Some(its)) => own == its,
+            _ => true,
+        };
+        suspect.local.port() == self.addr.port() && ip_matches && netns_matches
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -349,6 +373,9 @@ pub fn build_report(
             .and_then(|inode| holders.get(&inode))
             .unwrap_or(&no_holders);
         if socket_holders.is_empty() {
+            if filter.own_listener.is_some_and(|own| own.queued(suspect)) {
+                continue;
+            }
             if filter.pid.is_none() {
                 counted.insert(suspect.cookie);
                 by_process.entry(None).or_default().1.push((suspect, None));
@@ -776,22 +803,41 @@ mod tests {
         );
         let by_pid = build(ReportFilter {
             pid: Some(10),
-            port: None,
+            ..ReportFilter::default()
         });
         assert_eq!(by_pid.leaking_sockets, 1);
         let by_port = build(ReportFilter {
-            pid: None,
             port: Some(2000),
+            ..ReportFilter::default()
         });
         assert_eq!(by_port.leaking_sockets, 1);
         assert_eq!(by_port.processes[0].pid, None);
         assert!(
             build(ReportFilter {
                 pid: Some(99),
-                port: None
+                ..ReportFilter::default()
             })
             .is_empty()
         );
+        // Socket 2 waits in the agent's own accept queue (port 8080, no
+        // holder); socket 1 on the same port is held, so a program's.
+        let own = |addr: &str, netns_inode| {
+            build(ReportFilter {
+                own_listener: Some(OwnListener {
+                    addr: addr.parse().unwrap(),
+                    netns_inode,
+                }),
+                ..ReportFilter::default()
+            })
+        };
+        let queued_left_out = own("0.0.0.0:8080", Some(1));
+        assert_eq!(queued_left_out.leaking_sockets, 1);
+        assert!(queued_left_out.processes.iter().all(|p| p.pid == Some(10)));
+        assert_eq!(own("127.0.0.1:8080", None).leaking_sockets, 1);
+        // Another port, address or namespace: someone else's socket.
+        assert_eq!(own("127.0.0.1:9090", Some(1)).leaking_sockets, 2);
+        assert_eq!(own("10.1.1.1:8080", Some(1)).leaking_sockets, 2);
+        assert_eq!(own("0.0.0.0:8080", Some(2)).leaking_sockets, 2);
     }
 
     #[test]

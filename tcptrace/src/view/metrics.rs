@@ -480,6 +480,11 @@ fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
             "Reads of /proc or of the kernel's socket table that failed (fd exhaustion, an unreadable namespace); what was known before is kept meanwhile, so leak reports may be out of date",
             totals.host_read_failures,
         ),
+        (
+            "tcptrace_http_accept_errors",
+            "accept() calls of the HTTP side that failed, out of fds mostly; scrapes are then answered through fds kept in reserve",
+            totals.http_accept_errors,
+        ),
     ] {
         let counter = Counter::<u64>::default();
         counter.inc_by(value);
