@@ -19,7 +19,7 @@ use common::{STEP_TIMEOUT, ServeRun, require_root, serve_clients};
 const PROMETHEUS_CACHE: &str = "/var/cache/tcptrace";
 
 /// What `tcptrace serve` exports (counters with their `_total`).
-const EXPORTED_METRICS: [&str; 18] = [
+const EXPORTED_METRICS: [&str; 19] = [
     "tcptrace_leaking_sockets",
     "tcptrace_oldest_leak_age_seconds",
     "tcptrace_process_leaking_sockets",
@@ -34,6 +34,7 @@ const EXPORTED_METRICS: [&str; 18] = [
     "tcptrace_reconcile_corrections_total",
     "tcptrace_host_read_failures_total",
     "tcptrace_http_accept_errors_total",
+    "tcptrace_host_read_age_seconds",
     "tcptrace_map_entries",
     "tcptrace_map_capacity",
     "tcptrace_agent_table_entries",

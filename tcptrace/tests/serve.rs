@@ -216,6 +216,22 @@ fn prometheus_sees_leaks_appear_and_go() {
         .find(|p| p["pid"] == holder)
         .unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(entry["close_wait"], LEAKS);
+    // The time of the host read it reflects, with the age the metrics give.
+    let as_of = report["as_of"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no as_of: {report:#}"));
+    let as_of = humantime::parse_rfc3339(as_of).expect("as_of is RFC 3339");
+    let age = std::time::SystemTime::now()
+        .duration_since(as_of)
+        .expect("as_of is in the past");
+    assert!(age < Duration::from_secs(60), "{age:?}");
+    let (_, _, metrics) = serve.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tcptrace_host_read_age_seconds ")),
+        "{metrics}"
+    );
     // The copies behind its code paths, as `leaks --json` says them.
     assert!(
         report["stacks"]["copies_taken"].as_u64() > Some(0),

@@ -3,21 +3,17 @@
 //! person with the flame graph of leaking code paths at `/flamegraph.svg`,
 //! and each new leak as one JSON line on stderr for log pipelines.
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    ops::ControlFlow,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashSet, net::SocketAddr, ops::ControlFlow, time::Duration};
 
 use bytes::Bytes;
 use serde::Serialize;
 
 use crate::{
     engine::agent::{self, HostAgent},
-    engine::drain_loop::{self, Refresh, Schedule, StopSignals},
+    engine::drain_loop::{self, HOST_READ_LONGEST_PAUSE, Refresh, Schedule, StopSignals},
     engine::http::{self, Bodies, Published},
     engine::monitor::LeaksOptions,
+    host::clock::WallClock,
     host::reader::{HostRead, HostRequest, read_host, release_free_memory},
     model::leak_report::{LeakPage, LeakReport, OwnListener, PageLimits},
     probe::loader::Probe,
@@ -122,18 +118,22 @@ impl ServeLoop<'_> {
     /// Refreshes, and publishes /metrics, /leaks, the page and its flame
     /// graph.
     fn publish(&mut self, probe: &mut Probe, read: HostRead, startup: bool) -> LeakReport {
+        let as_of = WallClock::new().wall_time(read.started_ns);
         let (snapshot, leaks) = self.agent.refresh_with(probe, read, startup);
         self.metrics.update_transitions(&snapshot);
         let mut totals = self.agent.totals();
         totals.kernel_maps = probe.map_occupancy();
         totals.http_accept_errors = self.published.accept_errors();
         let text = self.metrics.render(&snapshot, &leaks, &totals);
-        let leaks_json =
-            serde_json::to_vec(&LeakPage::new(&leaks, PageLimits::SERVE)).unwrap_or_default();
+        let leaks_json = serde_json::to_vec(&LeakPage {
+            as_of: Some(humantime::format_rfc3339_millis(as_of).to_string()),
+            ..LeakPage::new(&leaks, PageLimits::SERVE)
+        })
+        .unwrap_or_default();
         let flamegraph = self.flamegraph.svg(&leaks);
         let page = page::render(&PageInputs {
             host: &self.host,
-            updated: SystemTime::now(),
+            updated: as_of,
             refresh: self.interval,
             report: &leaks,
             findings: &snapshot.findings,
@@ -144,10 +144,18 @@ impl ServeLoop<'_> {
             leaks: Bytes::from(leaks_json),
             page: Bytes::from(page),
             flamegraph,
+            as_of: Some(as_of),
+            stale_after: stale_after(self.interval),
         });
         release_free_memory();
         leaks
     }
+}
+
+/// Past this age a publication is late: reads are spaced out on a busy
+/// host, up to HOST_READ_LONGEST_PAUSE apart, and each takes its time.
+fn stale_after(interval: Duration) -> Duration {
+    (interval * 3).max(HOST_READ_LONGEST_PAUSE + Duration::from_secs(30))
 }
 
 /// The host's name as `hostname` prints it, for the page's header.

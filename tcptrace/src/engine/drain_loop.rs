@@ -27,7 +27,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// walking it every second would take more CPU than the tracing itself.
 const HOST_READ_SHARE: u32 = 50;
 /// However long a read takes, the host is read at least this often.
-const HOST_READ_LONGEST_PAUSE: Duration = Duration::from_secs(60);
+pub(crate) const HOST_READ_LONGEST_PAUSE: Duration = Duration::from_secs(60);
 
 /// When the next host read is due after one that began at the last and
 /// took `took`: the command's own interval, or longer so that reading stays

@@ -19,7 +19,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -40,7 +40,10 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
-use crate::view::{metrics::CONTENT_TYPE, page::CONTENT_SECURITY_POLICY};
+use crate::view::{
+    metrics::CONTENT_TYPE,
+    page::{CONTENT_SECURITY_POLICY, STALE_MARKER},
+};
 
 /// The flame graph opened on its own runs inferno's script (zoom, search)
 /// and may fetch nothing.
@@ -76,6 +79,10 @@ pub struct Bodies {
     pub page: Bytes,
     /// `Err`: why there is no flame graph (answered with 503).
     pub flamegraph: Result<Bytes, String>,
+    /// When the host read they reflect began.
+    pub as_of: Option<SystemTime>,
+    /// Older than this, they are stale: the page says so.
+    pub stale_after: Duration,
 }
 
 /// Before the first refresh, while the probe loads.
@@ -86,6 +93,8 @@ impl Default for Bodies {
             leaks: Bytes::new(),
             page: Bytes::new(),
             flamegraph: Err("tcptrace is starting: no report yet".to_owned()),
+            as_of: None,
+            stale_after: Duration::MAX,
         }
     }
 }
@@ -219,6 +228,54 @@ fn refuse(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// How old the published figures are now.
+fn age(as_of: Option<SystemTime>) -> Option<Duration> {
+    Some(SystemTime::now().duration_since(as_of?).unwrap_or_default())
+}
+
+/// The metrics with their age at this scrape, which the body built at the
+/// read cannot know: before the closing `# EOF`.
+fn with_read_age(metrics: Bytes, age: Option<Duration>) -> Bytes {
+    let (Some(age), Some(body)) = (age, metrics.strip_suffix(b"# EOF\n")) else {
+        return metrics;
+    };
+    let mut text = Vec::with_capacity(metrics.len() + 256);
+    text.extend_from_slice(body);
+    text.extend_from_slice(
+        format!(
+            "# HELP tcptrace_host_read_age_seconds Seconds since the read of the kernel's table and /proc that these figures come from began.\n\
+             # TYPE tcptrace_host_read_age_seconds gauge\n\
+             tcptrace_host_read_age_seconds {:.3}\n# EOF\n",
+            age.as_secs_f64()
+        )
+        .as_bytes(),
+    );
+    Bytes::from(text)
+}
+
+/// The page, with a warning in place of its marker when its figures are
+/// older than `stale_after`.
+fn warn_if_stale(page: Bytes, age: Option<Duration>, stale_after: Duration) -> Bytes {
+    let Some(age) = age.filter(|age| *age > stale_after) else {
+        return page;
+    };
+    let Some(at) = page
+        .windows(STALE_MARKER.len())
+        .position(|w| w == STALE_MARKER.as_bytes())
+    else {
+        return page;
+    };
+    let warning = format!(
+        "<p class=\"stale\">Stale: these figures are from a read of the host {:.0} s ago; tcptrace has not read it since (see its log, and tcptrace_host_read_failures_total).</p>",
+        age.as_secs_f64()
+    );
+    let mut text = Vec::with_capacity(page.len() + warning.len());
+    text.extend_from_slice(&page[..at]);
+    text.extend_from_slice(warning.as_bytes());
+    text.extend_from_slice(&page[at + STALE_MARKER.len()..]);
+    Bytes::from(text)
+}
+
 fn route(published: &Published, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
@@ -227,16 +284,24 @@ fn route(published: &Published, request: &Request<Incoming>) -> Response<Full<By
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "no request bodies\n");
     }
     match request.uri().path() {
-        "/metrics" => respond(StatusCode::OK, CONTENT_TYPE, published.bodies().metrics),
+        "/metrics" => {
+            let bodies = published.bodies();
+            let metrics = with_read_age(bodies.metrics, age(bodies.as_of));
+            respond(StatusCode::OK, CONTENT_TYPE, metrics)
+        }
         "/leaks" => respond(StatusCode::OK, "application/json", published.bodies().leaks),
-        "/" => match published.bodies().page {
-            page if page.is_empty() => respond(
+        "/" => match published.bodies() {
+            bodies if bodies.page.is_empty() => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 Bytes::from_static(b"tcptrace is starting: no report yet\n"),
             ),
-            page => with_policy(
-                respond(StatusCode::OK, "text/html; charset=utf-8", page),
+            bodies => with_policy(
+                respond(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    warn_if_stale(bodies.page, age(bodies.as_of), bodies.stale_after),
+                ),
                 CONTENT_SECURITY_POLICY,
             ),
         },
@@ -544,6 +609,44 @@ pub fn start(listen: SocketAddr, published: Published) -> anyhow::Result<SocketA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scrape_carries_the_age_of_its_figures_before_the_end() {
+        let body = Bytes::from_static(b"# TYPE x gauge\nx 1\n# EOF\n");
+        let aged = with_read_age(body.clone(), Some(Duration::from_millis(2500)));
+        let text = std::str::from_utf8(&aged).unwrap();
+        assert!(text.starts_with("# TYPE x gauge\nx 1\n# HELP tcptrace_host_read_age_seconds"));
+        assert!(
+            text.ends_with("tcptrace_host_read_age_seconds 2.500\n# EOF\n"),
+            "{text}"
+        );
+        // Before the first read there is no age to give.
+        assert_eq!(
+            with_read_age(body, None),
+            Bytes::from_static(b"# TYPE x gauge\nx 1\n# EOF\n")
+        );
+    }
+
+    #[test]
+    fn the_page_says_it_is_stale_only_past_its_limit() {
+        let page = Bytes::from(format!("<header></header>{STALE_MARKER}<main>"));
+        let limit = Duration::from_secs(90);
+        assert_eq!(
+            warn_if_stale(page.clone(), Some(Duration::from_secs(80)), limit),
+            page
+        );
+        assert_eq!(warn_if_stale(page.clone(), None, limit), page);
+        let stale = warn_if_stale(page, Some(Duration::from_secs(125)), limit);
+        let text = std::str::from_utf8(&stale).unwrap();
+        assert!(
+            text.contains(
+                "<p class=\"stale\">Stale: these figures are from a read of the host 125 s ago"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(STALE_MARKER));
+        assert!(text.ends_with("</p><main>"));
+    }
 
     #[test]
     fn a_full_table_evicts_the_oldest_that_never_asked() {

@@ -253,6 +253,9 @@ impl PageLimits {
 /// A report cut to [`PageLimits`], with the totals of the whole.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LeakPage<'a> {
+    /// When the host read it reflects began (RFC 3339, UTC), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
     pub min_age_ms: u64,
     /// Of the whole report.
     pub leaking_sockets: usize,
@@ -299,6 +302,7 @@ impl<'a> LeakPage<'a> {
             })
             .collect();
         Self {
+            as_of: None,
             min_age_ms: report.min_age_ms,
             leaking_sockets: report.leaking_sockets,
             leaking_processes: report.processes.len(),

@@ -15,6 +15,10 @@ const TEMPLATE: &str = include_str!("page.html");
 
 /// The page runs no script, loads only its own flame graph, and may not be
 /// framed (so no click on it can be stolen).
+/// Where serve puts, at request time, a warning that the page's figures
+/// are older than they should be (the page itself is built once per read).
+pub const STALE_MARKER: &str = "<!--tcptrace:stale-->";
+
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; img-src 'self'; \
      style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
