@@ -1,7 +1,8 @@
 //! `cargo xtask soak`: the release `serve` for `--minutes` against load
-//! processes (connection churn, process churn, a growing leaker, ring
-//! bursts, a `kill -9` and restart, idle and slowloris HTTP clients),
-//! sampled every few seconds; docs/RELIABILITY.md gets the series, a plot
+//! processes: a sustained load until the cool-down (4-thread connection
+//! churn, process churn, a growing leaker), and phases on top of it (CPU
+//! hogs that starve serve, ring bursts, a `kill -9` and restart, idle and
+//! slowloris HTTP clients), sampled every few seconds; docs/RELIABILITY.md gets the series, a plot
 //! and the verdicts. A benchmark, not a test: its numbers are in the
 //! document, and it exits non-zero when a verdict fails.
 //!
@@ -46,6 +47,8 @@ const LEAKS_PER_STEP: u32 = 10;
 const CLOSED_PER_THIRD_STEP: u32 = 5;
 /// /metrics must answer within this while the idle connections are open.
 const METRICS_DEADLINE: Duration = Duration::from_secs(1);
+/// The sustained connection churn's client threads (and its server's).
+pub(super) const CHURN_THREADS: u32 = 4;
 
 struct Binaries {
     tcptrace: PathBuf,
@@ -64,6 +67,9 @@ struct Soak {
     churn_port: String,
     leaker: Proc,
     leaker_pid: u32,
+    /// The sustained load: connection churn and process churn, each ending
+    /// by itself when the cool-down begins.
+    background: Vec<Proc>,
     held: u64,
     leak_steps: u32,
     next_leak_step: Instant,
@@ -206,6 +212,28 @@ impl Soak {
         sample::parse_metrics(&text).drops
     }
 
+    /// The sustained load, until the cool-down.
+    fn start_background(&mut self) -> Result<()> {
+        let seconds = format!("{:.1}", self.plan.loaded().as_secs_f64());
+        let connect = format!("127.0.0.1:{}", self.churn_port);
+        self.background = vec![
+            self.churn_client(CHURN_THREADS, self.plan.loaded().as_secs_f64())?,
+            Proc::spawn(
+                &self.bin.peer,
+                &[
+                    "process-churn",
+                    "--connect",
+                    &connect,
+                    "--processes",
+                    &self.plan.processes.to_string(),
+                    "--seconds",
+                    &seconds,
+                ],
+            )?,
+        ];
+        Ok(())
+    }
+
     fn churn_client(&self, threads: u32, seconds: f64) -> Result<Proc> {
         Proc::spawn(
             &self.bin.peer,
@@ -302,7 +330,13 @@ fn soak(bin: Binaries, plan: Plan) -> Result<Outcomes> {
     let shared = Arc::new(Shared::default());
     let churn_server = Proc::spawn(
         &bin.peer,
-        &["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"],
+        &[
+            "churn-server",
+            "--addr",
+            "127.0.0.1:0",
+            "--threads",
+            &CHURN_THREADS.to_string(),
+        ],
     )?;
     let churn_port = churn_server.expect("listening")?["port"].clone();
     let leaker = Proc::spawn(&bin.peer, &["growing-leaker", "--addr", "127.0.0.1:0"])?;
@@ -319,11 +353,13 @@ fn soak(bin: Binaries, plan: Plan) -> Result<Outcomes> {
         churn_port,
         leaker,
         leaker_pid,
+        background: Vec::new(),
         held: 0,
         leak_steps: 0,
         outcomes: Outcomes::default(),
     };
     soak.start_serve()?;
+    soak.start_background()?;
     let sampler = Sampler::start(shared.clone(), started, soak.plan.sample_every);
     for index in 0..PHASES.len() {
         soak.run_phase(index)?;

@@ -37,6 +37,8 @@ pub struct Outcomes {
     pub metrics_under_idle: Vec<(f64, Result<f64, String>)>,
     pub idle_report: Option<String>,
     pub process_churn_report: Option<String>,
+    /// What the sustained connection churn's client said at its end.
+    pub churn_report: Option<String>,
     pub burst_reports: Vec<String>,
     /// Drop counter at the start and end of the burst phase.
     pub burst_drops: (Option<f64>, Option<f64>),

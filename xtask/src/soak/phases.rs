@@ -1,5 +1,7 @@
-//! The load of each soak phase: connection and process churn, ring bursts,
-//! the `kill -9` and restart, idle and slowloris HTTP clients.
+//! The load of each soak phase, on top of the sustained load: CPU hogs
+//! that starve serve, ring bursts, the `kill -9` and restart, idle and
+//! slowloris HTTP clients; and, as the cool-down begins, the end of the
+//! sustained load.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,11 @@ const BURST_PROCESSES: usize = 8;
 const BURST_CONNECTIONS: u32 = 4000;
 pub(super) const IDLE_CONNECTIONS: u32 = 2000;
 pub(super) const SLOWLORIS_BYTE_EVERY_MS: u64 = 3000;
+/// CPU hogs while serve is starved: one per core, each a process spinning
+/// on a cheap syscall.
+pub(super) fn hogs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 impl Soak {
     pub(super) fn run_phase(&mut self, index: usize) -> Result<()> {
@@ -41,43 +48,27 @@ impl Soak {
         // Loads that end by themselves before the phase does.
         let mut loads: Vec<Proc> = Vec::new();
         match kind {
-            PhaseKind::WarmUp | PhaseKind::Restart => {
-                if kind == PhaseKind::Restart {
-                    self.restart()?;
+            PhaseKind::WarmUp | PhaseKind::Steady => {}
+            PhaseKind::Starved => {
+                for _ in 0..hogs() {
+                    loads.push(Proc::spawn(
+                        &self.bin.peer,
+                        &[
+                            "syscall-loop",
+                            "--seconds",
+                            &format!("{:.1}", (seconds - 1.0).max(1.0)),
+                        ],
+                    )?);
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                loads.push(self.churn_client(1, (left.as_secs_f64() - 1.0).max(1.0))?);
             }
-            PhaseKind::ConnectionChurn => {
-                loads.push(self.churn_client(2, (seconds - 1.0).max(1.0))?);
-            }
-            PhaseKind::ProcessChurn => {
-                loads.push(Proc::spawn(
-                    &self.bin.peer,
-                    &[
-                        "process-churn",
-                        "--connect",
-                        &format!("127.0.0.1:{}", self.churn_port),
-                        "--processes",
-                        &self.plan.processes.to_string(),
-                        "--seconds",
-                        &format!("{:.1}", (seconds - 2.0).max(1.0)),
-                    ],
-                )?);
-            }
+            PhaseKind::Restart => self.restart()?,
             PhaseKind::Bursts => self.bursts(deadline)?,
             PhaseKind::IdleClients => self.idle_clients(deadline)?,
-            PhaseKind::CoolDown => {}
+            PhaseKind::CoolDown => self.end_background()?,
         }
         self.wait_until(deadline, kind == PhaseKind::CoolDown)?;
         for load in &loads {
-            let done = load.expect_within("done", Duration::from_secs(30))?;
-            if kind == PhaseKind::ProcessChurn {
-                self.outcomes.process_churn_report = Some(format!(
-                    "{} processes forked, {} failed, in {} s",
-                    done["processes"], done["failed"], done["seconds"]
-                ));
-            }
+            load.expect_within("done", Duration::from_secs(30))?;
         }
         drop(loads);
         let check = self.check_leaks(name);
@@ -86,6 +77,27 @@ impl Soak {
             start: span_start,
             end: self.now(),
         });
+        Ok(())
+    }
+
+    /// The sustained load ends as the cool-down begins: what the churn
+    /// clients said.
+    fn end_background(&mut self) -> Result<()> {
+        let background = std::mem::take(&mut self.background);
+        for load in &background {
+            let done = load.expect_within("done", Duration::from_secs(60))?;
+            if let Some(processes) = done.get("processes") {
+                self.outcomes.process_churn_report = Some(format!(
+                    "{processes} processes forked, {} failed, in {} s",
+                    done["failed"], done["seconds"]
+                ));
+            } else {
+                self.outcomes.churn_report = Some(format!(
+                    "{} connections ({} failed) in {} s, {} a second",
+                    done["connections"], done["failed"], done["seconds"], done["per_second"]
+                ));
+            }
+        }
         Ok(())
     }
 

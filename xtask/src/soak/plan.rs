@@ -8,8 +8,10 @@ const MIN_COOL_DOWN: Duration = Duration::from_secs(70);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PhaseKind {
     WarmUp,
-    ConnectionChurn,
-    ProcessChurn,
+    /// The sustained load alone.
+    Steady,
+    /// The same with CPU hogs beside serve on every core: the busy node.
+    Starved,
     Bursts,
     Restart,
     IdleClients,
@@ -19,13 +21,21 @@ pub enum PhaseKind {
 /// Each phase's share of the run, in order.
 pub const PHASES: [(PhaseKind, &str, f64); 7] = [
     (PhaseKind::WarmUp, "warm-up", 0.10),
-    (PhaseKind::ConnectionChurn, "connection churn", 0.15),
-    (PhaseKind::ProcessChurn, "process churn", 0.15),
-    (PhaseKind::Bursts, "ring bursts", 0.10),
-    (PhaseKind::Restart, "kill -9 + restart", 0.15),
-    (PhaseKind::IdleClients, "idle + slowloris", 0.15),
-    (PhaseKind::CoolDown, "cool-down", 0.20),
+    (PhaseKind::Steady, "steady load", 0.25),
+    (PhaseKind::Starved, "steady load, serve starved", 0.25),
+    (PhaseKind::Bursts, "ring bursts", 0.08),
+    (PhaseKind::Restart, "kill -9 + restart", 0.10),
+    (PhaseKind::IdleClients, "idle + slowloris", 0.10),
+    (PhaseKind::CoolDown, "cool-down", 0.12),
 ];
+
+/// The phase of `kind`.
+pub fn phase_index(kind: PhaseKind) -> usize {
+    PHASES
+        .iter()
+        .position(|(k, ..)| *k == kind)
+        .expect("every kind is a phase")
+}
 
 /// How the run is scaled from `--minutes`.
 #[derive(Clone, Debug)]
@@ -52,6 +62,14 @@ impl Plan {
             processes: (50 * minutes).max(300),
             bursts: (minutes / 5).max(2),
         }
+    }
+
+    /// From the start until the cool-down: how long the sustained load runs.
+    pub fn loaded(&self) -> Duration {
+        (0..PHASES.len())
+            .filter(|i| PHASES[*i].0 != PhaseKind::CoolDown)
+            .map(|i| self.phase_length(i))
+            .sum()
     }
 
     pub fn phase_length(&self, index: usize) -> Duration {

@@ -23,7 +23,7 @@ fn today() -> String {
 
 /// The document, the plot, and whether every verdict passed.
 pub fn render(plan: &Plan, commit: &str, outcomes: &Outcomes) -> (String, String, bool) {
-    let verdicts = verdicts(plan, outcomes);
+    let verdicts = verdicts(outcomes);
     let passed = verdicts.iter().all(|v| v.passed);
     let mut out = String::new();
     let _ = writeln!(out, "# Reliability\n");
@@ -77,17 +77,10 @@ fn render_phases(out: &mut String, plan: &Plan, outcomes: &Outcomes) {
     let _ = writeln!(out, "| phase | from | to | load |");
     let _ = writeln!(out, "|---|---|---|---|");
     let describe = |kind: PhaseKind| match kind {
-        PhaseKind::WarmUp => "connection churn, 1 client thread".to_owned(),
-        PhaseKind::ConnectionChurn => {
-            "connection churn, 2 client threads (connect, send, read the answer, close)".to_owned()
-        }
-        PhaseKind::ProcessChurn => format!(
-            "{} short-lived processes named churn-0001…, forked evenly over the phase, 4 at a time, 3 connections each: {}",
-            plan.processes,
-            outcomes
-                .process_churn_report
-                .as_deref()
-                .unwrap_or("no report")
+        PhaseKind::WarmUp | PhaseKind::Steady => "the sustained load alone".to_owned(),
+        PhaseKind::Starved => format!(
+            "the sustained load, and {} CPU hogs beside serve (processes calling getppid() in a loop, one per core)",
+            super::phases::hogs()
         ),
         PhaseKind::Bursts => format!(
             "{}; drops {}",
@@ -97,17 +90,16 @@ fn render_phases(out: &mut String, plan: &Plan, outcomes: &Outcomes) {
                 _ => "not exported".into(),
             }
         ),
-        PhaseKind::Restart => {
-            "`kill -9` of serve, a new serve at once, then connection churn, 1 client thread"
-                .to_owned()
-        }
+        PhaseKind::Restart => "`kill -9` of serve, a new serve at once".to_owned(),
         PhaseKind::IdleClients => format!(
             "{} HTTP connections to serve, half idle, half sending one header byte every {} s: {}",
             super::phases::IDLE_CONNECTIONS,
             super::phases::SLOWLORIS_BYTE_EVERY_MS / 1000,
             outcomes.idle_report.as_deref().unwrap_or("no report")
         ),
-        PhaseKind::CoolDown => "nothing but the leaker's held leaks".to_owned(),
+        PhaseKind::CoolDown => {
+            "the sustained load ends: nothing but the leaker's held leaks".to_owned()
+        }
     };
     for ((kind, name, _), span) in PHASES.iter().zip(&outcomes.spans) {
         let _ = writeln!(
@@ -118,6 +110,18 @@ fn render_phases(out: &mut String, plan: &Plan, outcomes: &Outcomes) {
             describe(*kind)
         );
     }
+    let _ = writeln!(
+        out,
+        "\n**The sustained load**, from the start until the cool-down: connection churn, {} client threads against a {}-thread server (connect, send, read the answer, close): {}; and process churn, {} short-lived processes named churn-0001…, forked evenly, 4 at a time, 3 connections each: {}.",
+        super::CHURN_THREADS,
+        super::CHURN_THREADS,
+        outcomes.churn_report.as_deref().unwrap_or("no report"),
+        plan.processes,
+        outcomes
+            .process_churn_report
+            .as_deref()
+            .unwrap_or("no report"),
+    );
     let _ = writeln!(
         out,
         "\nThroughout (but the cool-down) a leaker process adds {} CLOSE_WAIT leaks every {:.0} s and closes its {} oldest every third time. serve logged {} leak lines on stderr; at the end it {}.",

@@ -27,6 +27,7 @@ pub struct MetricsFigures {
     /// Lines that are a sample, not a comment.
     pub series: usize,
     pub drops: Option<f64>,
+    pub kernel_storage_failures: Option<f64>,
     /// `tcptrace_map_entries{map=...}`; empty when not exported.
     pub maps: BTreeMap<String, f64>,
     pub map_capacity: BTreeMap<String, f64>,
@@ -103,6 +104,9 @@ pub fn parse_metrics(text: &str) -> MetricsFigures {
         match name {
             "tcptrace_events_dropped_total" => {
                 *figures.drops.get_or_insert(0.0) += value;
+            }
+            "tcptrace_kernel_storage_failures_total" => {
+                figures.kernel_storage_failures = Some(value);
             }
             "tcptrace_map_entries" => {
                 figures.maps.insert(label("map"), value);

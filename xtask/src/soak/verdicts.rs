@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{
     METRICS_DEADLINE,
     outcomes::Outcomes,
-    plan::{PHASES, PhaseKind, Plan},
+    plan::{PHASES, PhaseKind, phase_index},
     sample::{MetricsFigures, Sample},
 };
 
@@ -48,44 +48,62 @@ pub(super) fn figures(sample: &Sample) -> Option<&MetricsFigures> {
     sample.metrics.as_ref().ok()
 }
 
-/// When the sampled instance started, for its own warm-up.
-fn instance_start(outcomes: &Outcomes, instance: usize) -> f64 {
-    if instance == 0 {
-        0.0
-    } else {
-        outcomes.restart_at.unwrap_or(0.0)
-    }
-}
-
-fn rss_verdict(plan: &Plan, outcomes: &Outcomes) -> Verdict {
-    let warm_up = plan.phase_length(0).as_secs_f64();
-    let mut groups: Vec<Vec<(f64, f64)>> = vec![Vec::new(), Vec::new()];
-    for s in &outcomes.samples {
-        if let Some(rss) = s.rss_kib
-            && s.t >= instance_start(outcomes, s.instance) + warm_up
-            && s.instance < groups.len()
-        {
-            groups[s.instance].push((s.t, rss as f64));
-        }
-    }
-    let used: usize = groups.iter().map(Vec::len).sum();
+/// RSS under one phase's unchanging load: the sustained load alone, or
+/// with serve starved of CPU. Its slope over the phase's samples, which
+/// come from one serve (the restart is later).
+fn rss_verdict(kind: PhaseKind, outcomes: &Outcomes) -> Verdict {
+    let index = phase_index(kind);
+    let name = PHASES[index].1;
+    let points: Vec<(f64, f64)> = outcomes
+        .samples
+        .iter()
+        .filter(|s| s.phase == index)
+        .filter_map(|s| Some((s.t, s.rss_kib? as f64)))
+        .collect();
     let what = format!(
-        "RSS slope after warm-up ≤ {RSS_SLOPE_LIMIT_MIB_PER_10_MIN} MiB per 10 min (least squares, each serve after its first {warm_up:.0} s)"
+        "RSS slope ≤ {RSS_SLOPE_LIMIT_MIB_PER_10_MIN} MiB per 10 min during \"{name}\" (least squares over its samples)"
     );
-    match pooled_slope(&groups) {
+    let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
+    match pooled_slope(&[points.clone()]) {
         Some(kib_per_s) => {
             let per_10_min = mib(kib_per_s * 600.0);
             Verdict {
                 what,
-                measured: format!("{per_10_min:+.2} MiB per 10 min over {used} samples"),
+                measured: format!(
+                    "{per_10_min:+.2} MiB per 10 min over {} samples (peak {:.1} MiB)",
+                    points.len(),
+                    mib(peak)
+                ),
                 passed: per_10_min <= RSS_SLOPE_LIMIT_MIB_PER_10_MIN,
             }
         }
         None => Verdict {
             what,
-            measured: format!("too few samples after warm-up ({used})"),
+            measured: format!("too few samples ({})", points.len()),
             passed: false,
         },
+    }
+}
+
+/// The one alert about lost owners stays quiet: the kernel never failed to
+/// store a socket's owner, whatever the load.
+fn storage_verdict(outcomes: &Outcomes) -> Verdict {
+    let failures = outcomes
+        .samples
+        .iter()
+        .filter_map(|s| figures(s)?.kernel_storage_failures)
+        .fold(None, |worst: Option<f64>, f| {
+            Some(worst.map_or(f, |w| w.max(f)))
+        });
+    Verdict {
+        what:
+            "no TcptraceKernelStorageFailures alert: tcptrace_kernel_storage_failures_total stays 0"
+                .into(),
+        measured: match failures {
+            Some(n) => format!("{n:.0} at most"),
+            None => "not exported by this serve".into(),
+        },
+        passed: failures == Some(0.0),
     }
 }
 
@@ -349,9 +367,11 @@ fn ids(ids: &[u32]) -> String {
     }
 }
 
-pub(super) fn verdicts(plan: &Plan, outcomes: &Outcomes) -> Vec<Verdict> {
+pub(super) fn verdicts(outcomes: &Outcomes) -> Vec<Verdict> {
     vec![
-        rss_verdict(plan, outcomes),
+        rss_verdict(PhaseKind::Steady, outcomes),
+        rss_verdict(PhaseKind::Starved, outcomes),
+        storage_verdict(outcomes),
         occupancy_verdict(
             outcomes,
             "kernel map occupancy",
@@ -469,6 +489,60 @@ mod tests {
         let not_exported = occupancy(vec![sample(0.0, 0, &[], &[])], [0, 0]);
         assert!(!not_exported.passed);
         assert_eq!(not_exported.measured, "not exported by this serve");
+    }
+
+    fn rss_samples(phase: usize, mib_at: &[(f64, f64)]) -> Outcomes {
+        Outcomes {
+            samples: mib_at
+                .iter()
+                .map(|(t, mib)| Sample {
+                    rss_kib: Some((mib * 1024.0) as u64),
+                    ..sample(*t, phase, &[], &[])
+                })
+                .collect(),
+            ..Outcomes::default()
+        }
+    }
+
+    #[test]
+    fn rss_is_judged_within_each_loaded_phase_alone() {
+        let starved = phase_index(PhaseKind::Starved);
+        // Flat around 60 MiB with noise, in the starved phase.
+        let flat = rss_samples(
+            starved,
+            &[(0.0, 60.0), (60.0, 62.0), (120.0, 59.0), (180.0, 60.5)],
+        );
+        let verdict = rss_verdict(PhaseKind::Starved, &flat);
+        assert!(verdict.passed, "{}", verdict.measured);
+        assert!(verdict.what.contains("steady load, serve starved"));
+        // 3 MiB a minute is 30 per 10 minutes.
+        let growing = rss_samples(starved, &[(0.0, 60.0), (60.0, 63.0), (120.0, 66.0)]);
+        let verdict = rss_verdict(PhaseKind::Starved, &growing);
+        assert!(!verdict.passed);
+        assert!(
+            verdict.measured.starts_with("+30.00 MiB per 10 min"),
+            "{}",
+            verdict.measured
+        );
+        // The steady phase had no samples of its own: no verdict to pass.
+        assert!(!rss_verdict(PhaseKind::Steady, &growing).passed);
+    }
+
+    #[test]
+    fn a_single_storage_failure_fails_the_alert_verdict() {
+        let with = |failures: Option<f64>| Outcomes {
+            samples: vec![Sample {
+                metrics: Ok(MetricsFigures {
+                    kernel_storage_failures: failures,
+                    ..MetricsFigures::default()
+                }),
+                ..sample(0.0, 1, &[], &[])
+            }],
+            ..Outcomes::default()
+        };
+        assert!(storage_verdict(&with(Some(0.0))).passed);
+        assert!(!storage_verdict(&with(Some(1.0))).passed);
+        assert!(!storage_verdict(&with(None)).passed);
     }
 
     #[test]
