@@ -64,7 +64,7 @@ fn rss_verdict(kind: PhaseKind, outcomes: &Outcomes) -> Verdict {
         "RSS slope ≤ {RSS_SLOPE_LIMIT_MIB_PER_10_MIN} MiB per 10 min during \"{name}\" (least squares over its samples)"
     );
     let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
-    match pooled_slope(&[points.clone()]) {
+    match pooled_slope(std::slice::from_ref(&points)) {
         Some(kib_per_s) => {
             let per_10_min = mib(kib_per_s * 600.0);
             Verdict {
