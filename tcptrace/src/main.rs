@@ -43,6 +43,26 @@ fn raise_fd_limit() {
     }
 }
 
+/// glibc's allocator, set for an agent that runs for weeks while other work
+/// takes the CPU. By default each thread that allocates while another holds
+/// the lock gets an arena of its own, and the threshold above which a block
+/// is mmapped rises to the largest block freed so far (up to 32 MiB), so
+/// each read of a big socket table lands in some arena's heap and leaves it
+/// fragmented: RSS climbed 47 → 83 MiB in 5 minutes of 15k connections/s
+/// with two CPU hogs beside it. With one arena and a fixed 128 KiB
+/// threshold (large blocks mmapped, and unmapped when freed) the same run
+/// stayed at 33–40 MiB. Before any thread starts, so that none has an
+/// arena yet.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets the allocator's parameters; no other
+    // thread exists yet to allocate meanwhile.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// A process filter naming no process is most likely a typo: say so.
 fn tell_if_no_process(pid: Option<u32>, watching: bool) {
     let Some(pid) = pid else { return };
@@ -57,6 +77,7 @@ fn tell_if_no_process(pid: Option<u32>, watching: bool) {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
