@@ -42,6 +42,9 @@ use sample::{SCRAPE_TIMEOUT, Sampler, Shared, ss_close_wait};
 /// once and the soak can compare it with `ss`.
 const SERVE_INTERVAL: Duration = Duration::from_secs(5);
 const SERVE_MIN_AGE: &str = "1s";
+/// serve's longest pause between host reads on a busy host (its
+/// drain_loop's HOST_READ_LONGEST_PAUSE).
+const HOST_READ_LONGEST_PAUSE: Duration = Duration::from_secs(60);
 /// Leaks the leaker adds each step, and closes every third step.
 const LEAKS_PER_STEP: u32 = 10;
 const CLOSED_PER_THIRD_STEP: u32 = 5;
@@ -157,10 +160,13 @@ impl Soak {
     }
 
     /// The leaker's CLOSE_WAIT count in /leaks, once it equals `ss`'s, or
-    /// what both said after a few refreshes.
+    /// what both said after a few host reads. The leaker's count does not
+    /// change meanwhile; a starved serve spaces its reads out (up to a
+    /// minute apart, plus the read), so /leaks may be that old before a
+    /// read made after the change shows it.
     fn check_leaks(&mut self, after: &str) -> LeakCheck {
         let started = Instant::now();
-        let patience = SERVE_INTERVAL * 4 + Duration::from_secs(2);
+        let patience = (SERVE_INTERVAL * 4).max(HOST_READ_LONGEST_PAUSE * 2);
         loop {
             let ss = ss_close_wait(self.leaker_pid).ok();
             let leaks = self.leaker_in_leaks();
