@@ -403,8 +403,8 @@ pub struct TopArgs {
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Processes shown in the table (JSON has all).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Processes shown in the table, 1 to 100000 (JSON has all).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub rows: u64,
 
     #[command(flatten)]

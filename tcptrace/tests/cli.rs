@@ -58,6 +58,7 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&["leaks", "--pid", "-1"], "'-1'"),
         (&["leaks", "--stack-budget", "-5"], "from 1 to 1000000"),
         (&["top", "--rows", "-3"], "'-3'"),
+        (&["top", "--rows", "99999999999"], "1..=100000"),
         (
             &["leaks", "--flamegraph", "/tmp/x.svg", "--stacks", "off"],
             "--stacks off",
