@@ -415,7 +415,7 @@ fn kernel_memory_options_are_bounded_and_say_how_much_was_asked() {
             &["top", "--ring-buffer-size", "1G"],
             &["1024 MiB", "at most 256 MiB"],
         ),
-        (&["leaks", "--ring-buffer-size", "8G"], &["at most 2G"]),
+        (&["leaks", "--ring-buffer-size", "8G"], &["at most 256M"]),
     ] {
         let output = tcptrace(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
