@@ -141,7 +141,11 @@ impl TimeWaitOwners {
     /// no one uses.
     fn keep_spare(&mut self, dropped: Generation) {
         let mut owners = dropped.owners;
-        if self.spare.as_ref().is_none_or(|spare| spare.capacity() < owners.capacity()) {
+        if self
+            .spare
+            .as_ref()
+            .is_none_or(|spare| spare.capacity() < owners.capacity())
+        {
             owners.clear();
             self.spare = Some(owners);
         }
