@@ -41,21 +41,16 @@ impl Run<'_> {
     /// The median paired ratio of `f` and its range: each round of `config`
     /// over the untraced round of its cycle.
     fn paired(&self, config: Config, f: fn(&Round) -> f64) -> Option<Spread> {
+        self.paired_with(config, Config::Untraced, f)
+    }
+
+    /// `f` of each round of `config` over that of the round of `base` in
+    /// the same cycle.
+    fn paired_with(&self, config: Config, base: Config, f: fn(&Round) -> f64) -> Option<Spread> {
         let pairs = |c| {
             self.rounds(c)
                 .iter()
                 .map(|r| (r.cycle, f(r)))
-                .collect::<Vec<_>>()
-        };
-        spread(paired_ratios(&pairs(config), &pairs(Config::Untraced)).into_iter())
-    }
-
-    /// Each round of `config` over the round of `base` in the same cycle.
-    fn paired_with(&self, config: Config, base: Config) -> Option<Spread> {
-        let pairs = |c| {
-            self.rounds(c)
-                .iter()
-                .map(|r| (r.cycle, r.churn_per_second))
                 .collect::<Vec<_>>()
         };
         spread(paired_ratios(&pairs(config), &pairs(base)).into_iter())
@@ -277,7 +272,7 @@ fn render_targets(out: &mut String, run: &Run) {
             (default, Config::PreviousLeaks),
             (Config::Serve, Config::PreviousServe),
         ] {
-            let ratio = run.paired_with(current, previous);
+            let ratio = run.paired_with(current, previous, |r| r.churn_per_second);
             let met = ratio.as_ref().is_some_and(|s| s.median >= 0.99);
             rows.push((
                 format!(
@@ -377,7 +372,7 @@ fn render_churn(out: &mut String, run: &Run) {
             Config::Untraced | Config::Peer(_) => "–".into(),
             _ => rows.iter().filter_map(|r| r.drops).sum::<u64>().to_string(),
         };
-        let copies = copies_cell(rows);
+        let copies = copies_cell(rows.iter().map(|r| r.copies_per_second));
         let leaks = match config.as_current() {
             Config::Leaks(_) | Config::Serve => rows
                 .iter()
@@ -423,11 +418,11 @@ fn render_churn(out: &mut String, run: &Run) {
     }
 }
 
-/// Median copies taken and refused a second, over the rounds that report
-/// them (stacks on, this commit's tcptrace).
-fn copies_cell(rows: &[Round]) -> String {
-    let taken = spread(rows.iter().filter_map(|r| Some(r.copies_per_second?.0)));
-    let refused = spread(rows.iter().filter_map(|r| Some(r.copies_per_second?.1)));
+/// Median copies taken and refused a second, of the runs that report them
+/// (stacks on, this commit's tcptrace).
+fn copies_cell(copies: impl Iterator<Item = Option<(f64, f64)>> + Clone) -> String {
+    let taken = spread(copies.clone().filter_map(|c| Some(c?.0)));
+    let refused = spread(copies.filter_map(|c| Some(c?.1)));
     match (taken, refused) {
         (Some(taken), Some(refused)) => format!("{:.0} / {:.0}", taken.median, refused.median),
         _ => "–".into(),
@@ -545,12 +540,7 @@ fn render_time_to_path(out: &mut String, run: &Run) {
             .map(|(with, all)| format!("{with} of {all}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let taken = spread(runs.iter().filter_map(|r| Some(r.copies_per_second?.0)));
-        let refused = spread(runs.iter().filter_map(|r| Some(r.copies_per_second?.1)));
-        let copies = match (taken, refused) {
-            (Some(t), Some(r)) => format!("{:.0} / {:.0}", t.median, r.median),
-            _ => "–".into(),
-        };
+        let copies = copies_cell(runs.iter().map(|r| r.copies_per_second));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {copies} |",
@@ -718,14 +708,26 @@ mod tests {
     }
 
     fn document(bpftrace: &Availability, configs: &[Config]) -> String {
-        // The untraced rate drifts by cycle; every tracer costs 4 % of its own cycle's.
+        // Every tracer costs 4 % of its own cycle's untraced rate.
+        document_with(bpftrace, configs, |_| 0.96, None, &[])
+    }
+
+    /// The rounds of `configs` at `factor` of the untraced rate, which
+    /// drifts by cycle, rendered with `baseline` and `paths`.
+    fn document_with(
+        bpftrace: &Availability,
+        configs: &[Config],
+        factor: impl Fn(Config) -> f64,
+        baseline: Option<&str>,
+        paths: &[(Scenario, PathRun)],
+    ) -> String {
         let base = [1000.0, 700.0, 1200.0];
         let mut results = HashMap::new();
         for config in configs {
             let factor = if *config == Config::Untraced {
                 1.0
             } else {
-                0.96
+                factor(*config)
             };
             results.insert(
                 config.name(),
@@ -744,8 +746,8 @@ mod tests {
                 results: &results,
                 kernel: &[],
                 pipeline_rate: 3e6,
-                baseline: None,
-                paths: &[],
+                baseline,
+                paths,
             },
             Duration::from_secs(60),
         )
@@ -779,21 +781,7 @@ mod tests {
             (Scenario::Preleaked, path_run(None, 20000.0)),
             (Scenario::Preleaked, path_run(Some(3.0), 20000.0)),
         ];
-        let results = HashMap::new();
-        let doc = render(
-            &Run {
-                rounds: 3,
-                timing: Timing::FULL,
-                bpftrace: &bpftrace,
-                configs: &configs,
-                results: &results,
-                kernel: &[],
-                pipeline_rate: 3e6,
-                baseline: None,
-                paths: &paths,
-            },
-            Duration::from_secs(60),
-        );
+        let doc = document_with(&bpftrace, &configs, |_| 0.96, None, &paths);
         let fresh = target_row(
             &doc,
             "| time to code path ≤ 10 s, ≥ 5000 connections/s, no leak",
@@ -823,37 +811,12 @@ mod tests {
         assert!(
             configs.contains(&Config::PreviousLeaks) && configs.contains(&Config::PreviousServe)
         );
-        let base = [1000.0, 700.0, 1200.0];
-        let mut results = HashMap::new();
-        for config in &configs {
-            // This commit's default at 0.995 of the baseline's, cycle by cycle.
-            let factor = match config {
-                Config::Untraced => 1.0,
-                Config::PreviousLeaks | Config::PreviousServe => 0.9,
-                _ => 0.9 * 0.995,
-            };
-            results.insert(
-                config.name(),
-                base.iter()
-                    .enumerate()
-                    .map(|(cycle, b)| round(cycle, b * factor))
-                    .collect(),
-            );
-        }
-        let doc = render(
-            &Run {
-                rounds: 3,
-                timing: Timing::FULL,
-                bpftrace: &bpftrace,
-                configs: &configs,
-                results: &results,
-                kernel: &[],
-                pipeline_rate: 3e6,
-                baseline: Some("ea2f2a7"),
-                paths: &[],
-            },
-            Duration::from_secs(60),
-        );
+        // This commit's default at 0.995 of the baseline's, cycle by cycle.
+        let factor = |config| match config {
+            Config::PreviousLeaks | Config::PreviousServe => 0.9,
+            _ => 0.9 * 0.995,
+        };
+        let doc = document_with(&bpftrace, &configs, factor, Some("ea2f2a7"), &[]);
         let row = target_row(
             &doc,
             "| `leaks --stacks default` loses nothing against the default of ea2f2a7",

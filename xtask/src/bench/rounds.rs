@@ -213,7 +213,7 @@ fn stat_cpu(stat: &str) -> Option<(String, Duration)> {
 
 /// Stack copies taken and refused a second, from a report's counters
 /// over `seconds` of the tracer's run; `None` where it has none.
-fn copies_per_second(report: &serde_json::Value, seconds: f64) -> Option<(f64, f64)> {
+pub(super) fn copies_per_second(report: &serde_json::Value, seconds: f64) -> Option<(f64, f64)> {
     let stacks = &report["stacks"];
     let seconds = seconds.max(1e-3);
     Some((

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{Bench, CLIENT_THREADS, LEAK_EVERY};
+use super::{Bench, CLIENT_THREADS, LEAK_EVERY, rounds::copies_per_second};
 use crate::harness::{Proc, Tracer};
 
 /// Leaks the server holds before tcptrace starts, in that scenario.
@@ -198,14 +198,8 @@ pub(super) fn run(bench: &Bench, scenario: Scenario) -> Result<PathRun> {
         named_healthy |= report_names(&report, server_pid, HEALTHY).0;
         last = Some((started.elapsed(), report));
     }
-    let copies_per_second = last.and_then(|(at, report)| {
-        let stacks = &report["stacks"];
-        let seconds = at.as_secs_f64().max(1e-3);
-        Some((
-            stacks["copies_taken"].as_u64()? as f64 / seconds,
-            stacks["copies_refused"].as_u64()? as f64 / seconds,
-        ))
-    });
+    let copies_per_second =
+        last.and_then(|(at, report)| copies_per_second(&report, at.as_secs_f64()));
     // The client runs on past the tracer; the server's count says how many
     // connections it served while the tracer did.
     drop(client);
