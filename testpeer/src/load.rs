@@ -34,7 +34,7 @@ pub fn raise_fd_limit() {
     }
 }
 
-pub(crate) fn listen(addr: SocketAddr) -> Result<TcpListener> {
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
@@ -58,6 +58,27 @@ pub fn churn_server(
     close_first: bool,
     leak_every: u64,
 ) -> Result<()> {
+    let handle = move |mut conn: TcpStream, number: u64| {
+        let mut request = [0u8; 16];
+        if conn.read(&mut request).is_err() || conn.write_all(b"pong").is_err() || close_first {
+            return None;
+        }
+        read_to_eof(&mut conn).ok()?;
+        (leak_every > 0 && number.is_multiple_of(leak_every)).then_some(conn)
+    };
+    serve_until_told(addr, threads, handle, |_| {})
+}
+
+/// Serves each accepted connection with `handle` (given its number, from 1)
+/// on `threads` threads, keeps the sockets it returns (the leaks), telling
+/// `kept` how many there are each time, and on any line on stdin (or its
+/// end) says how many it served and kept.
+pub(crate) fn serve_until_told(
+    addr: SocketAddr,
+    threads: u32,
+    handle: impl Fn(TcpStream, u64) -> Option<TcpStream> + Clone + Send + 'static,
+    kept: impl Fn(usize) + Clone + Send + 'static,
+) -> Result<()> {
     raise_fd_limit();
     let listener = listen(addr)?;
     say(&format!(
@@ -70,26 +91,18 @@ pub fn churn_server(
     for _ in 0..threads.max(1) {
         let listener = listener.try_clone()?;
         let (served, leaked) = (served.clone(), leaked.clone());
+        let (handle, kept) = (handle.clone(), kept.clone());
         thread::spawn(move || {
-            while let Ok((mut conn, _)) = listener.accept() {
+            while let Ok((conn, _)) = listener.accept() {
                 let number = served.fetch_add(1, Ordering::Relaxed) + 1;
-                let mut request = [0u8; 16];
-                if conn.read(&mut request).is_err() || conn.write_all(b"pong").is_err() {
-                    continue;
-                }
-                if close_first {
-                    continue;
-                }
-                if read_to_eof(&mut conn).is_err() {
-                    continue;
-                }
-                if leak_every > 0 && number % leak_every == 0 {
-                    leaked.lock().expect("leak list").push(conn);
+                if let Some(conn) = handle(conn, number) {
+                    let mut leaked = leaked.lock().expect("leak list");
+                    leaked.push(conn);
+                    kept(leaked.len());
                 }
             }
         });
     }
-    // Any line, or stdin closing, ends the run.
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     let leaked = leaked.lock().expect("leak list");

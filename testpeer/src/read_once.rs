@@ -9,19 +9,11 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    thread,
 };
 
 use anyhow::Result;
 
-use crate::{
-    load::{listen, raise_fd_limit},
-    say,
-};
+use crate::{load::serve_until_told, read_to_eof, say};
 
 /// Serves with `threads` acceptors until a line on stdin, then says how
 /// many it served and leaked. The first `leak_first` connections leak, then
@@ -33,44 +25,20 @@ pub fn read_once_server(
     leak_every: u64,
     leak_first: u64,
 ) -> Result<()> {
-    raise_fd_limit();
-    let listener = listen(addr)?;
-    say(&format!(
-        "listening pid={} port={}",
-        std::process::id(),
-        listener.local_addr()?.port()
-    ));
-    let served = Arc::new(AtomicU64::new(0));
-    let leaked = Arc::new(Mutex::new(Vec::new()));
-    for _ in 0..threads.max(1) {
-        let listener = listener.try_clone()?;
-        let (served, leaked) = (served.clone(), leaked.clone());
-        thread::spawn(move || {
-            while let Ok((conn, _)) = listener.accept() {
-                let number = served.fetch_add(1, Ordering::Relaxed) + 1;
-                let leaks = number <= leak_first || (leak_every > 0 && number % leak_every == 0);
-                if !leaks {
-                    serve_and_close(conn);
-                } else if let Some(kept) = serve_and_forget(conn) {
-                    let mut leaked = leaked.lock().expect("leak list");
-                    leaked.push(kept);
-                    if leaked.len() as u64 == leak_first {
-                        say(&format!("preleaked n={leak_first}"));
-                    }
-                }
-            }
-        });
-    }
-    // Any line, or stdin closing, ends the run.
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    let leaked = leaked.lock().expect("leak list");
-    say(&format!(
-        "served connections={} leaked={}",
-        served.load(Ordering::Relaxed),
-        leaked.len()
-    ));
-    Ok(())
+    let handle = move |conn, number: u64| {
+        if number <= leak_first || (leak_every > 0 && number % leak_every == 0) {
+            serve_and_forget(conn)
+        } else {
+            serve_and_close(conn);
+            None
+        }
+    };
+    let kept = move |count: usize| {
+        if count as u64 == leak_first {
+            say(&format!("preleaked n={leak_first}"));
+        }
+    };
+    serve_until_told(addr, threads, handle, kept)
 }
 
 // `inline(never)` keeps each handler a frame of its own, for the report to
@@ -80,8 +48,7 @@ pub fn read_once_server(
 #[inline(never)]
 fn serve_and_close(mut conn: TcpStream) {
     if answer_request(&mut conn).is_ok() {
-        let mut buf = [0u8; 64];
-        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = read_to_eof(&mut conn);
     }
 }
 
