@@ -26,7 +26,7 @@ pub fn read_once_server(
     leak_first: u64,
 ) -> Result<()> {
     let handle = move |conn, number: u64| {
-        if number <= leak_first || (leak_every > 0 && number % leak_every == 0) {
+        if number <= leak_first || (leak_every > 0 && number.is_multiple_of(leak_every)) {
             serve_and_forget(conn)
         } else {
             serve_and_close(conn);
