@@ -44,7 +44,8 @@ pub struct FlamegraphOutput {
 }
 
 impl FlamegraphOutput {
-    /// Before observing for minutes: what cannot work is said at once.
+    /// Before observing for minutes: what cannot work is said at once, as
+    /// a usage error (main calls it before `run`).
     pub fn check(&self, stacks: StackLevel) -> anyhow::Result<()> {
         if stacks == StackLevel::Off {
             bail!("--flamegraph draws code paths, which --stacks off does not take");
@@ -208,9 +209,6 @@ pub async fn run<W: Write>(
 ) -> anyhow::Result<LeaksOutcome> {
     let json = options.json;
     let stack_depth = options.stack_depth;
-    if let Some(flamegraph) = &flamegraph {
-        flamegraph.check(options.probe.stacks)?;
-    }
     let finish = |report: &LeakReport| -> anyhow::Result<LeaksOutcome> {
         if let Some(flamegraph) = &flamegraph {
             flamegraph.write(report)?;
