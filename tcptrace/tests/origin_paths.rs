@@ -308,6 +308,26 @@ fn requests(server: &Server) -> Vec<TcpStream> {
     REQUESTS.bytes().map(|kind| server.request(kind)).collect()
 }
 
+/// Starts the server `command` (given `REQUESTS` as its last argument),
+/// makes each request, and checks the reports.
+fn check_server(name: &str, scratch: &Scratch, mut command: Command, expect: Expect, good: &str) {
+    command.arg(REQUESTS);
+    let server = Server::start(command, scratch.path("stderr"));
+    check(name, server.pid(), server.port, expect, good, || {
+        requests(&server)
+    });
+}
+
+/// A server that reads its request once: the first read names the leaking
+/// handler, or accept() where fexit shows it first.
+fn read_once(leaky: &'static str) -> Expect {
+    Expect::Origin {
+        origins: &["first_read", "accept"],
+        leaky,
+        one_path: true,
+    }
+}
+
 fn c_read_once(name: &str, frame_pointer: &str) {
     if !require_root() {
         return;
@@ -318,20 +338,12 @@ fn c_read_once(name: &str, frame_pointer: &str) {
     // A helper with no locals sets %rbp only as a frame pointer (the
     // handlers use it as a register without one).
     build_c("read_once.c", frame_pointer, "read_request", &binary);
-    let mut command = Command::new(&binary);
-    command.arg(REQUESTS);
-    let server = Server::start(command, scratch.path("stderr"));
-    check(
+    check_server(
         name,
-        server.pid(),
-        server.port,
-        Expect::Origin {
-            origins: &["first_read", "accept"],
-            leaky: "handle_leaky",
-            one_path: true,
-        },
+        &scratch,
+        Command::new(&binary),
+        read_once("handle_leaky"),
         "handle_good",
-        || requests(&server),
     );
 }
 
@@ -362,18 +374,14 @@ fn c_accept_and_hold_names_the_accepting_function_or_says_it_needs_fexit() {
         "accept_and_hold",
         &binary,
     );
-    let mut command = Command::new(&binary);
-    command.arg(REQUESTS);
-    let server = Server::start(command, scratch.path("stderr"));
-    check(
+    check_server(
         "accept and hold",
-        server.pid(),
-        server.port,
+        &scratch,
+        Command::new(&binary),
         Expect::AcceptOrMissing {
             leaky: "accept_and_hold",
         },
         "accept_and_serve",
-        || requests(&server),
     );
 }
 
@@ -389,20 +397,13 @@ fn python_312_read_once_names_the_handler_at_its_first_read() {
     let mut command = Command::new(tool(PYTHON_312));
     command
         .args(["-X", "perf"])
-        .arg(programs_dir().join("read_once.py"))
-        .arg(REQUESTS);
-    let server = Server::start(command, scratch.path("stderr"));
-    check(
+        .arg(programs_dir().join("read_once.py"));
+    check_server(
         "python3.12 read once",
-        server.pid(),
-        server.port,
-        Expect::Origin {
-            origins: &["first_read", "accept"],
-            leaky: "py::handle_leaky",
-            one_path: true,
-        },
+        &scratch,
+        command,
+        read_once("py::handle_leaky"),
         "py::handle_good",
-        || requests(&server),
     );
 }
 
@@ -444,20 +445,12 @@ fn go_read_once_names_the_handler_at_its_first_read() {
     require_reads();
     let scratch = Scratch::new("origin-go");
     let binary = go_build(&scratch, "read_once.go");
-    let mut command = Command::new(&binary);
-    command.arg(REQUESTS);
-    let server = Server::start(command, scratch.path("stderr"));
-    check(
+    check_server(
         "go read once",
-        server.pid(),
-        server.port,
-        Expect::Origin {
-            origins: &["first_read", "accept"],
-            leaky: "main.handleLeaky",
-            one_path: true,
-        },
+        &scratch,
+        Command::new(&binary),
+        read_once("main.handleLeaky"),
         "main.handleGood",
-        || requests(&server),
     );
 }
 
