@@ -63,10 +63,5 @@ __attribute__((noinline, noclone)) static int accept_and_serve(int listener) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s PATTERN PORT\n", argv[0]);
-        return 2;
-    }
-    int listener = listen_on_loopback(argv[2]);
-    serve_pattern(listener, argv[1], accept_and_hold, accept_and_serve);
+    return pattern_server_main(argc, argv, accept_and_hold, accept_and_serve);
 }

@@ -40,3 +40,14 @@ __attribute__((unused)) static void serve_pattern(int listener, const char *patt
     for (;;)
         pause();
 }
+
+/* main() of such a server: `PROGRAM PATTERN PORT`. */
+__attribute__((unused)) static int pattern_server_main(int argc, char **argv, int (*leaky)(int),
+                                                       int (*good)(int)) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s PATTERN PORT\n", argv[0]);
+        return 2;
+    }
+    serve_pattern(listen_on_loopback(argv[2]), argv[1], leaky, good);
+    return 0;
+}

@@ -80,10 +80,5 @@ __attribute__((noinline, noclone)) static int handle_good(int listener) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s PATTERN PORT\n", argv[0]);
-        return 2;
-    }
-    int listener = listen_on_loopback(argv[2]);
-    serve_pattern(listener, argv[1], handle_leaky, handle_good);
+    return pattern_server_main(argc, argv, handle_leaky, handle_good);
 }
