@@ -276,3 +276,17 @@ pub(crate) fn machine() -> String {
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
+
+/// What `git ARGS` printed in `root`, trimmed; an error if it failed.
+pub(crate) fn git(root: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running git {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!("git {} failed ({})", args.join(" "), output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

@@ -10,26 +10,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::step;
+use crate::{harness::git, step};
 
 /// An earlier commit's release binary.
 pub(super) struct Baseline {
     /// The commit, abbreviated as git does.
     pub(super) commit: String,
     pub(super) tcptrace: PathBuf,
-}
-
-fn git(root: &Path, args: &[&str]) -> Result<String> {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running git {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!("git {} failed ({})", args.join(" "), output.status);
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// Exports `revision`'s tree under target/bench-baseline and builds its

@@ -257,15 +257,7 @@ impl Soak {
 }
 
 fn commit(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .current_dir(root)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
+    let git = |args: &[&str]| crate::harness::git(root, args).unwrap_or_default();
     let head = git(&["rev-parse", "--short", "HEAD"]);
     if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
         head
