@@ -345,6 +345,111 @@ const _: () = assert!(core::mem::size_of::<StackCopy>() == 40 + STACK_COPY_BYTES
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for StackCopy {}
 
+/// Python processes the agent can describe to the probe at once
+/// (`names::PY_PROCESSES_MAP`).
+pub const PY_PROCESSES_CAPACITY: u32 = 1024;
+/// Python frames copied with a stack, innermost first: deeper ones are
+/// said to be missing, not guessed.
+pub const PY_FRAMES_MAX: usize = 32;
+/// Thread states looked at to find the copying thread's: a thread-per-
+/// connection server's newest threads come first in the interpreter's list.
+pub const PY_THREADS_MAX: u32 = 256;
+/// Bytes read at once from a thread state or a frame: one read per object,
+/// of the span its wanted fields lie in.
+pub const PY_BLOCK_MAX: u32 = 256;
+/// A `PyProcess` offset the version does not have.
+pub const PY_NO_FIELD: u32 = u32::MAX;
+
+/// Where one Python process keeps what the probe walks, as the agent read
+/// it from the interpreter's headers and checked against the process
+/// (`names::PY_PROCESSES_MAP`, keyed by tgid). Offsets are from the start
+/// of the struct each is named after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyProcess {
+    /// The address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// `_PyRuntime.interpreters.head`: the main interpreter.
+    pub interpreters_head: u32,
+    /// `PyInterpreterState.threads.head` (`tstate_head` before 3.11).
+    pub threads_head: u32,
+    /// `PyThreadState.next`, `.thread_id` (`pthread_self()`, the thread
+    /// pointer on glibc and musl) and the frame: `.frame` (3.9, 3.10),
+    /// `.cframe` (3.11, 3.12), `.current_frame` (3.13).
+    pub thread_next: u32,
+    pub thread_id: u32,
+    pub thread_frame: u32,
+    /// Bytes of a thread state read at once: past the three fields above.
+    pub thread_block: u32,
+    /// `_PyCFrame.current_frame` (3.11, 3.12), else PY_NO_FIELD.
+    pub cframe_frame: u32,
+    /// The frame's `f_back`/`previous`, `f_code`/`f_executable`, and its
+    /// instruction: `f_lasti` (3.9, 3.10, an int), `prev_instr` (3.11,
+    /// 3.12) or `instr_ptr` (3.13), a pointer.
+    pub frame_previous: u32,
+    pub frame_code: u32,
+    pub frame_instr: u32,
+    /// `owner` (a byte, 3.11+) and `is_entry` (a byte, 3.11 only), else
+    /// PY_NO_FIELD.
+    pub frame_owner: u32,
+    pub frame_entry: u32,
+    /// Bytes of a frame read at once: past every field above.
+    pub frame_block: u32,
+    pub _reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 64);
+
+// SAFETY: plain old data: integers only, no padding (asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PyProcess {}
+
+/// One Python frame as copied: its code object and where it was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    pub code: u64,
+    /// The 8 bytes at `PyProcess::frame_instr`: an instruction pointer
+    /// (3.11+), or `f_lasti` in the low 32 bits (3.9, 3.10).
+    pub instr: u64,
+}
+
+/// The Python frames of the thread a stack copy is of, kept beside it in
+/// `names::PY_FRAMES_MAP` under the same key.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyFrames {
+    /// A `PY_WALK_*` outcome.
+    pub status: i32,
+    /// Frames filled in `frames`, innermost first.
+    pub count: u32,
+    /// The thread state the walk matched, 0 if none.
+    pub thread_state: u64,
+    pub frames: [PyFrame; PY_FRAMES_MAX],
+    /// Per frame: its `owner` in the low 4 bits, and PY_FRAME_ENTRY.
+    pub flags: [u8; PY_FRAMES_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<PyFrames>() == 16 + 17 * PY_FRAMES_MAX);
+
+// SAFETY: plain old data: integers only, no padding (asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PyFrames {}
+
+/// `PyFrames::flags`: the frame was entered from C (3.11's `is_entry`).
+pub const PY_FRAME_ENTRY: u8 = 0x80;
+/// `PyFrames::status`: the walk reached the outermost frame.
+pub const PY_WALK_COMPLETE: i32 = 0;
+/// `PyFrames::status`: the thread had more than PY_FRAMES_MAX frames.
+pub const PY_WALK_DEEPER: i32 = 1;
+/// `PyFrames::status`: no thread state among the first PY_THREADS_MAX had
+/// the copying thread's id (a thread Python does not know, or too many).
+pub const PY_WALK_NO_THREAD: i32 = -1;
+/// `PyFrames::status`: a read of the interpreter's memory failed.
+pub const PY_WALK_READ_FAILED: i32 = -2;
+/// `PyFrames::status`: the thread pointer is unknown on this kernel.
+pub const PY_WALK_NO_THREAD_POINTER: i32 = -3;
+
 /// `ProbeConfig::stack_level`.
 pub const STACKS_OFF: u32 = 0;
 /// An origin copy per socket (connect, accept, first read or first write)
@@ -573,6 +678,9 @@ pub mod names {
     pub const EOF_READS_MAP: &str = "EOF_READS";
     pub const OWNERS_STORED_MAP: &str = "OWNERS_STORED";
     pub const STACK_TARGETS_MAP: &str = "STACK_TARGETS";
+    pub const PY_PROCESSES_MAP: &str = "PY_PROCESSES";
+    pub const PY_FRAMES_MAP: &str = "PY_FRAMES";
+    pub const PY_SCRATCH_MAP: &str = "PY_SCRATCH";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 

@@ -33,6 +33,7 @@ macro_rules! config {
 mod budget;
 mod first_io;
 mod kernel_read;
+mod python_frames;
 mod socket_storage;
 mod stacks;
 

@@ -52,6 +52,8 @@ pub(crate) static OWNERS_STORED: Array<u32> = Array::with_max_entries(1, 0);
 
 pub(crate) const STACK_TAKEN_ORIGIN: u32 = 1;
 pub(crate) const STACK_TAKEN_EOF: u32 = 2;
+/// Python frames were stored beside one of its copies.
+pub(crate) const STACK_TAKEN_PYTHON: u32 = 4;
 
 /// Counts a read of EOF after the first (the first took the socket's EOF
 /// stack, whose bit marks it): a correct server reads EOF once and closes,

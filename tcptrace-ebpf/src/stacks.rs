@@ -22,7 +22,10 @@ use crate::{
     budget::{Payer, allows_copy},
     count,
     kernel_read::load_field,
-    socket_storage::{STACK_TAKEN_EOF, STACK_TAKEN_ORIGIN, current_tgid, socket_state},
+    python_frames::{PY_FRAMES, copy_python_frames},
+    socket_storage::{
+        STACK_TAKEN_EOF, STACK_TAKEN_ORIGIN, STACK_TAKEN_PYTHON, current_tgid, socket_state,
+    },
     wakeup_flag,
 };
 
@@ -69,27 +72,44 @@ pub(crate) fn sample_stack(sk: *const u8, cookie: u64, kind: StackKind) {
     let Some(payer) = allows_copy() else {
         return;
     };
-    match socket_state(sk, true) {
+    let state = socket_state(sk, true);
+    let taken = take_stack(cookie, kind);
+    match state {
         Some(state) => {
             state.stacks_taken |= match kind.slot() {
                 CopySlot::Origin => STACK_TAKEN_ORIGIN,
                 CopySlot::Eof => STACK_TAKEN_EOF,
+            };
+            if taken.python {
+                state.stacks_taken |= STACK_TAKEN_PYTHON;
             }
         }
         // The copy is still taken: the LRU map ages it out if no CLOSE can.
         None => count(Counter::OwnerInsertFailed),
     }
-    if take_stack(cookie, kind) && payer == Payer::Targeted {
+    if taken.stored && payer == Payer::Targeted {
         count(Counter::StackCopiedTargeted);
     }
+}
+
+/// What a copy stored.
+struct Taken {
+    stored: bool,
+    /// Python frames beside it (`python_frames`).
+    python: bool,
 }
 
 /// Copies the user registers and stack of the current syscall into
 /// STACK_COPIES for `cookie`, and tells the agent with a record. A copy
 /// that cannot be taken is still announced, with its failure, so the report
-/// can say why a socket has no code path. True when the copy was stored.
-fn take_stack(cookie: u64, kind: StackKind) -> bool {
-    let copy_status = copy_user_stack(cookie, kind.slot());
+/// can say why a socket has no code path.
+fn take_stack(cookie: u64, kind: StackKind) -> Taken {
+    let mut python = false;
+    let copy_status = copy_user_stack(cookie, kind.slot(), &mut python);
+    let taken = Taken {
+        stored: copy_status == 0,
+        python,
+    };
     if copy_status == 0 {
         count(Counter::StackCopied);
     } else {
@@ -97,7 +117,7 @@ fn take_stack(cookie: u64, kind: StackKind) -> bool {
     }
     let Some(mut entry) = EVENTS.reserve::<StackRecord>(0) else {
         count(Counter::StackReserveFailed);
-        return copy_status == 0;
+        return taken;
     };
     // SAFETY: a reserved slot of the right size; every field is written.
     unsafe {
@@ -112,11 +132,12 @@ fn take_stack(cookie: u64, kind: StackKind) -> bool {
         });
     }
     entry.submit(wakeup_flag());
-    copy_status == 0
+    taken
 }
 
-/// 0, or a STACK_COPY_* failure.
-fn copy_user_stack(cookie: u64, slot: CopySlot) -> i32 {
+/// 0, or a STACK_COPY_* failure. Sets `python` when the process's Python
+/// frames were stored beside the copy.
+fn copy_user_stack(cookie: u64, slot: CopySlot, python: &mut bool) -> i32 {
     // SAFETY: a helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(cpu) else {
@@ -154,6 +175,7 @@ fn copy_user_stack(cookie: u64, slot: CopySlot) -> i32 {
     copy.base = sp;
     let mut wanted = STACK_COPY_BYTES as u32;
     let fsbase_offset = config!(task_fsbase_offset);
+    let mut fsbase = 0;
     if fsbase_offset != 0 {
         // glibc and musl put a thread's TCB and static TLS at the top of its
         // stack, and the thread pointer at the TCB: no frame lies above it.
@@ -163,7 +185,7 @@ fn copy_user_stack(cookie: u64, slot: CopySlot) -> i32 {
         // is not in the way and changes nothing.
         // SAFETY: `task` is the current task's BTF pointer; the offset is
         // `thread.fsbase`, found in BTF.
-        let fsbase = unsafe { load_field::<u64>(task as *const u8, fsbase_offset) };
+        fsbase = unsafe { load_field::<u64>(task as *const u8, fsbase_offset) };
         if fsbase > sp && fsbase - sp < wanted as u64 {
             wanted = (fsbase - sp) as u32;
         }
@@ -226,15 +248,17 @@ fn copy_user_stack(cookie: u64, slot: CopySlot) -> i32 {
         slot: slot as u32,
         _reserved: 0,
     };
+    let tgid = copy.tgid;
     // By reference: the value is 8 KiB, far over the program's stack.
-    match STACK_COPIES.insert(key, copy, BPF_ANY as u64) {
-        Ok(()) => 0,
-        Err(_) => STACK_COPY_NOT_STORED,
+    if STACK_COPIES.insert(key, copy, BPF_ANY as u64).is_err() {
+        return STACK_COPY_NOT_STORED;
     }
+    *python = copy_python_frames(tgid, fsbase, &key);
+    0
 }
 
 /// Deletes the stack copies a socket has, once it cannot leak: those
-/// `taken` (STACK_TAKEN_* bits) says.
+/// `taken` (STACK_TAKEN_* bits) says, and their Python frames.
 pub(crate) fn forget_stack_copies(cookie: u64, taken: u32) {
     for (bit, slot) in [
         (STACK_TAKEN_ORIGIN, CopySlot::Origin),
@@ -247,6 +271,9 @@ pub(crate) fn forget_stack_copies(cookie: u64, taken: u32) {
                 _reserved: 0,
             };
             let _ = STACK_COPIES.remove(key);
+            if taken & STACK_TAKEN_PYTHON != 0 {
+                let _ = PY_FRAMES.remove(key);
+            }
         }
     }
 }

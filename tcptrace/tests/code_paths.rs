@@ -15,7 +15,7 @@ use std::{net::TcpStream, process::Command, time::Duration};
 use common::{
     LeakRun, LeakTextRun, kernel_has_recv_tracepoint,
     programs::{
-        PYTHON_311, PYTHON_312, Scratch, Server, build_c, go_build, java_command, programs_dir,
+        PYTHON_312, Scratch, Server, build_c, go_build, java_command, programs_dir, pyenv_python,
         tool, write_java_perf_map,
     },
     require_root,
@@ -255,10 +255,10 @@ fn go_names_the_leaking_handler() {
     );
 }
 
-/// Python 3.12's `-X perf` gives each Python function a trampoline named
-/// in /tmp/perf-PID.map (`py::handle_leaky:...`).
+/// With `-X perf` as well, the interpreter's own frames are what names
+/// the code (with its lines); the perf map's trampolines are not shown.
 #[test]
-fn python_312_with_perf_support_names_the_leaking_function() {
+fn python_312_with_perf_support_names_the_leaking_function_from_its_own_frames() {
     if !require_root() {
         return;
     }
@@ -268,33 +268,156 @@ fn python_312_with_perf_support_names_the_leaking_function() {
         .args(["-X", "perf"])
         .arg(programs_dir().join("leaky.py"));
     let server = Server::start(command, scratch.path("stderr"));
-    check(
+    let path = check(
         "python3.12 -X perf",
         server,
         Expect::Handler {
-            leaky: "py::handle_leaky",
-            good: "py::handle_good",
+            leaky: "handle_leaky (leaky.py:39)",
+            good: "handle_good",
+        },
+        |_| {},
+    );
+    assert!(
+        !frames(&path).iter().any(|f| f.starts_with("py::")),
+        "a trampoline shown beside the interpreter's frames: {path:#}"
+    );
+}
+
+/// Python with no flag: the probe copies the reading thread's Python frames
+/// beside its stack, and the leak names its handler, file and line, in
+/// its place among the native frames.
+fn python_reads_to_eof(minor: u8) {
+    if !require_root() {
+        return;
+    }
+    let scratch = Scratch::new(&format!("py3{minor}"));
+    let mut command = Command::new(pyenv_python(minor));
+    command.arg(programs_dir().join("leaky.py"));
+    let server = Server::start(command, scratch.path("stderr"));
+    let path = check(
+        &format!("python3.{minor}"),
+        server,
+        Expect::Handler {
+            leaky: "handle_leaky (leaky.py:39)",
+            good: "handle_good",
+        },
+        |_| {},
+    );
+    let eof = path["eof_stack"].as_array().expect("an EOF stack");
+    let at = |text: &str| {
+        eof.iter()
+            .position(|f| f.as_str().unwrap_or_default().starts_with(text))
+            .unwrap_or_else(|| panic!("no {text} in {path:#}"))
+    };
+    // Innermost first: the C read, then the Python frames that called it.
+    assert!(at("read_helper_4 (leaky.py:20)") < at("handle_leaky (leaky.py:39)"));
+    assert!(at("__libc_recv") < at("read_helper_4 (leaky.py:20)"));
+    assert!(path["note"].is_null(), "{path:#}");
+}
+
+#[test]
+fn python_39_names_the_leaking_function_with_no_flag() {
+    python_reads_to_eof(9);
+}
+
+#[test]
+fn python_310_names_the_leaking_function_with_no_flag() {
+    python_reads_to_eof(10);
+}
+
+#[test]
+fn python_311_names_the_leaking_function_with_no_flag() {
+    python_reads_to_eof(11);
+}
+
+#[test]
+fn python_312_names_the_leaking_function_with_no_flag() {
+    python_reads_to_eof(12);
+}
+
+#[test]
+fn python_313_names_the_leaking_function_with_no_flag() {
+    python_reads_to_eof(13);
+}
+
+/// A thread per connection, each still alive with frames of its own: the
+/// frames shown are those of the thread that read, never another's.
+fn python_thread_per_connection(minor: u8) {
+    if !require_root() {
+        return;
+    }
+    let scratch = Scratch::new(&format!("py3{minor}-threads"));
+    let mut command = Command::new(pyenv_python(minor));
+    command.arg(programs_dir().join("threaded.py"));
+    let server = Server::start(command, scratch.path("stderr"));
+    check(
+        &format!("python3.{minor} threads"),
+        server,
+        Expect::Handler {
+            leaky: "handle_leaky (threaded.py:35)",
+            good: "handle_good",
         },
         |_| {},
     );
 }
 
-/// Python 3.11 has no perf support: its frames are the interpreter's own,
-/// the same for every Python function. The report says so, and what
-/// would name them.
 #[test]
-fn python_311_says_the_frames_are_the_interpreters() {
+fn python_39_thread_per_connection_shows_the_reading_threads_frames() {
+    python_thread_per_connection(9);
+}
+
+#[test]
+fn python_311_thread_per_connection_shows_the_reading_threads_frames() {
+    python_thread_per_connection(11);
+}
+
+#[test]
+fn python_313_thread_per_connection_shows_the_reading_threads_frames() {
+    python_thread_per_connection(13);
+}
+
+/// asyncio reads in its event loop: the report says so, as for Node,
+/// rather than offer the loop as the leak's code path.
+#[test]
+fn python_asyncio_says_the_read_is_in_the_event_loop() {
     if !require_root() {
         return;
     }
-    let scratch = Scratch::new("py311");
-    let mut command = Command::new(tool(PYTHON_311));
+    for minor in [9, 13] {
+        let scratch = Scratch::new(&format!("py3{minor}-asyncio"));
+        let mut command = Command::new(pyenv_python(minor));
+        command.arg(programs_dir().join("leaky_asyncio.py"));
+        let server = Server::start(command, scratch.path("stderr"));
+        let path = check(
+            &format!("python3.{minor} asyncio"),
+            server,
+            Expect::Note(&["asyncio", "event loop", "writer.close()"]),
+            |_| {},
+        );
+        assert!(
+            frames(&path)
+                .iter()
+                .any(|f| f.contains("_run_once (base_events.py:")),
+            "the event loop's frames are shown: {path:#}"
+        );
+    }
+}
+
+/// A Python whose frames tcptrace does not read keeps the honest note,
+/// naming the version.
+#[test]
+fn python_38_says_its_frames_are_not_read_and_names_its_version() {
+    if !require_root() {
+        return;
+    }
+    let scratch = Scratch::new("py38");
+    let mut command = Command::new(pyenv_python(8));
     command.arg(programs_dir().join("leaky.py"));
     let server = Server::start(command, scratch.path("stderr"));
     check(
-        "python3.11",
+        "python3.8",
         server,
-        Expect::Note(&["Python", "3.12"]),
+        Expect::Note(&["Python 3.8 frames are not read", "3.9 to 3.13"]),
         |_| {},
     );
 }

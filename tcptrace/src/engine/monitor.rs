@@ -144,6 +144,16 @@ impl Monitor {
     /// A transition; the caller counts it in `health.events`.
     pub(crate) fn observe_transition(&mut self, transition: &Transition) {
         self.tracker.observe(transition);
+        // listen() and connect(): a process's first sockets, before any of
+        // them is copied, so that a Python process's frames are copied
+        // from its first connection.
+        if self.options.probe.stacks != StackLevel::Off
+            && transition.old_state == TcpState::Close
+            && matches!(transition.new_state, TcpState::Listen | TcpState::SynSent)
+            && let Some(owner) = &transition.owner
+        {
+            self.stacks.notice_process(owner.tgid);
+        }
         // Closed with no file left: nothing will ever report it again.
         if transition.new_state == TcpState::Close && transition.socket_inode.is_none() {
             self.stacks.forget_socket(transition.cookie);

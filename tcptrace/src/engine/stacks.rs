@@ -17,14 +17,20 @@ use std::{
 use tcptrace_common::{CopySlot, StackKind};
 
 use crate::{
-    host::{symbolize::SymbolizerWorker, unwind::UnwindWorker},
+    host::{
+        python_runtime::Detection, python_watch::PythonWatch, symbolize::SymbolizerWorker,
+        unwind::UnwindWorker,
+    },
     model::{
         leak_report::{ProbeHealth, SocketStacks},
         stack::{NamedStack, UnwoundStack},
         stack_gaps::OriginMoment,
         transition::{StackCopyFailure, StackSample},
     },
-    probe::loader::Probe,
+    probe::{
+        loader::{Probe, StackLevel},
+        records::python_frames,
+    },
 };
 
 /// A copy younger than this is left in the probe: its socket is probably
@@ -104,6 +110,7 @@ impl StackRefs {
 pub(crate) struct SocketStackBook {
     symbolizer: SymbolizerWorker,
     unwinder: UnwindWorker,
+    python: PythonProcesses,
     /// Looked up at every CLOSE and destroy: a fast hash, for cookies the
     /// kernel hands out and no one chooses.
     by_socket: foldhash::HashMap<u64, StackRefs>,
@@ -121,6 +128,15 @@ impl SocketStackBook {
                 .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?,
             unwinder: UnwindWorker::start()
                 .map_err(|e| anyhow::anyhow!("cannot start the unwinding thread: {e}"))?,
+            python: PythonProcesses {
+                watch: PythonWatch::start()
+                    .map_err(|e| anyhow::anyhow!("cannot start the Python thread: {e}"))?,
+                seen: foldhash::HashSet::default(),
+                known: HashSet::new(),
+                exited: Vec::new(),
+                looked_at_all: false,
+                told_full: false,
+            },
             by_socket: foldhash::HashMap::default(),
             ids: HashMap::new(),
             next_id: 0,
@@ -129,6 +145,7 @@ impl SocketStackBook {
     }
 
     pub(crate) fn observe(&mut self, sample: StackSample) {
+        self.python.notice(sample.tgid);
         if self.by_socket.len() >= MAX_SOCKET_STACKS && !self.by_socket.contains_key(&sample.cookie)
         {
             self.errors += 1;
@@ -169,6 +186,7 @@ impl SocketStackBook {
         all: bool,
     ) {
         self.take_unwound();
+        self.python.tell(probe, &mut self.symbolizer);
         let delay = COPY_READ_DELAY.as_nanos() as u64;
         for cookie in leaking {
             let Some(refs) = self.by_socket.get_mut(&cookie) else {
@@ -191,8 +209,13 @@ impl SocketStackBook {
                 let lost = match probe.take_stack_copy(cookie, copy_slot) {
                     // The LRU map gave its slot to newer copies.
                     None => Some("its copy was gone from the probe's map before it was read"),
-                    Some(copy) => (!self.unwinder.request((cookie, kind as u32), copy))
-                        .then_some("the unwinding thread was gone"),
+                    Some(copy) => {
+                        let python = probe
+                            .take_python_frames(cookie, copy_slot)
+                            .map(|raw| python_frames(&raw));
+                        (!self.unwinder.request((cookie, kind as u32), copy, python))
+                            .then_some("the unwinding thread was gone")
+                    }
                 };
                 *slot = lost.map_or(Slot::Unwinding, Slot::Lost);
                 if lost.is_some() {
@@ -214,11 +237,7 @@ impl SocketStackBook {
                     id
                 }
             };
-            if !self.symbolizer.is_requested(pid, id)
-                && !self
-                    .symbolizer
-                    .request(pid, id, stack.addresses, stack.truncated)
-            {
+            if !self.symbolizer.is_requested(pid, id) && !self.symbolizer.request(pid, id, stack) {
                 self.errors += 1;
             }
             let Some(kind) = StackKind::from_raw(kind as u8) else {
@@ -258,13 +277,22 @@ impl SocketStackBook {
             .is_some_and(|refs| refs.origin.is_some())
     }
 
-    /// The processes whose stacks are known.
+    /// The processes whose stacks are known, and the Python processes.
     pub(crate) fn processes(&self) -> HashSet<u32> {
-        self.symbolizer.processes()
+        let mut processes = self.symbolizer.processes();
+        processes.extend(self.python.known.iter().copied());
+        processes
+    }
+
+    /// Looks at a process that made a socket: a Python process's frames
+    /// are copied with its stacks once the probe knows where they are.
+    pub(crate) fn notice_process(&mut self, pid: u32) {
+        self.python.notice(pid);
     }
 
     /// Frees everything known about processes that exited.
     pub(crate) fn forget_processes(&mut self, exited: &HashSet<u32>) {
+        self.python.forget(exited);
         self.symbolizer.forget(exited);
         self.unwinder.forget(exited);
         self.ids.retain(|(pid, _), _| !exited.contains(pid));
@@ -351,6 +379,92 @@ impl SocketStackBook {
 
     pub(crate) fn named(&self) -> usize {
         self.symbolizer.entries()
+    }
+}
+
+/// How long start-up waits for the Python processes already running to be
+/// found: a libpython's symbols are read once, in well under a second.
+const LOOK_AT_ALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which processes run Python, and which of them the probe was told
+/// about.
+struct PythonProcesses {
+    watch: PythonWatch,
+    /// Looked at, or on their way: each process is looked at once (again
+    /// only while its interpreter was not ready).
+    seen: foldhash::HashSet<u32>,
+    /// Python processes the symbolizer was told about (and the probe, where
+    /// their frames can be walked): forgotten in both when they exit.
+    known: HashSet<u32>,
+    /// Exited, still in the probe's map until the next `tell`.
+    exited: Vec<u32>,
+    /// Whether the processes older than tcptrace were asked for.
+    looked_at_all: bool,
+    /// Said once: the probe's map refused a process.
+    told_full: bool,
+}
+
+impl PythonProcesses {
+    fn notice(&mut self, pid: u32) {
+        if pid != 0 && self.seen.insert(pid) && !self.watch.look(pid) {
+            // Asked again at its next socket.
+            self.seen.remove(&pid);
+        }
+    }
+
+    fn forget(&mut self, exited: &HashSet<u32>) {
+        for pid in exited {
+            self.seen.remove(pid);
+            if self.known.remove(pid) {
+                self.exited.push(*pid);
+            }
+        }
+        if !self.exited.is_empty() {
+            self.watch.clear_files();
+        }
+    }
+
+    /// Hands what the watch found to the probe and the symbolizer.
+    fn tell(&mut self, probe: &mut Probe, symbolizer: &mut SymbolizerWorker) {
+        if probe.stack_moments.level == StackLevel::Off {
+            return;
+        }
+        if !self.looked_at_all {
+            self.looked_at_all = true;
+            if !self.watch.look_at_all(LOOK_AT_ALL_TIMEOUT) {
+                eprintln!(
+                    "tcptrace: looking for Python processes took over {}s; the first stacks of those not found yet show no Python frames",
+                    LOOK_AT_ALL_TIMEOUT.as_secs()
+                );
+            }
+        }
+        for pid in self.exited.drain(..) {
+            probe.forget_python(pid);
+        }
+        for (pid, detection) in self.watch.found() {
+            self.seen.insert(pid);
+            match &detection {
+                Detection::NotPython => continue,
+                Detection::NotReady => {
+                    self.seen.remove(&pid);
+                    continue;
+                }
+                Detection::Python(runtime) => {
+                    if let Err(error) =
+                        probe.describe_python(pid, &runtime.layout.for_probe(runtime.runtime))
+                        && !self.told_full
+                    {
+                        self.told_full = true;
+                        eprintln!(
+                            "tcptrace: cannot have the probe walk the Python frames of process {pid} ({error}); its stacks show no Python frames"
+                        );
+                    }
+                }
+                Detection::Unsupported { .. } => {}
+            }
+            self.known.insert(pid);
+            symbolizer.describe_python(pid, detection);
+        }
     }
 }
 

@@ -12,6 +12,10 @@ pub(crate) mod container;
 pub mod inet_diag_lookup;
 pub(crate) mod inet_diag_walk;
 pub(crate) mod perf_map;
+pub(crate) mod process_memory;
+pub(crate) mod python_names;
+pub(crate) mod python_runtime;
+pub(crate) mod python_watch;
 
 pub mod procfs;
 pub(crate) mod reader;

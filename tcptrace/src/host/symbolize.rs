@@ -33,8 +33,14 @@ use blazesym::{
 };
 
 use crate::{
-    host::{perf_map::PerfMaps, thread_priority::run_in_background, worker_queue::send_and_wait},
-    model::stack::{Frame, Frames, NameSource, NamedStack, classify},
+    host::{
+        perf_map::PerfMaps, python_names::PythonNamer, python_runtime::Detection,
+        thread_priority::run_in_background, worker_queue::send_and_wait,
+    },
+    model::{
+        python_frames::{CopiedPython, merge, shown_frames},
+        stack::{Frame, Frames, NameSource, NamedStack, UnwoundStack, classify},
+    },
 };
 
 /// Stacks waiting for the worker; past this, new ones are counted and left
@@ -50,6 +56,13 @@ enum Job {
         stack_id: u32,
         addresses: Vec<u64>,
         truncated: Option<String>,
+        python: Option<CopiedPython>,
+    },
+    /// What a process is, for its Python frames: sent before any stack of
+    /// it that carries them.
+    Python {
+        pid: u32,
+        detection: Detection,
     },
     /// Look the frames of these stacks that no perf map named up again;
     /// answered when done.
@@ -68,6 +81,8 @@ struct Named {
     /// (frame index, address) of frames in anonymous memory that no perf
     /// map named yet.
     pending: Vec<(usize, u64)>,
+    /// What the stack says of its Python frames, kept when it is renamed.
+    python_note: Option<String>,
 }
 
 type Resolved = Arc<Mutex<HashMap<(u32, u32), Named>>>;
@@ -87,6 +102,8 @@ pub struct SymbolizerWorker {
     /// (pid, stack id) already sent: each stack is read from the probe and
     /// resolved once per process.
     requested: HashSet<(u32, u32)>,
+    /// Process descriptions not yet taken by the worker (`describe_python`).
+    undescribed: Vec<(u32, Detection)>,
     counters: Arc<Counters>,
 }
 
@@ -105,6 +122,7 @@ impl SymbolizerWorker {
             jobs,
             resolved,
             requested: HashSet::new(),
+            undescribed: Vec::new(),
             counters,
         })
     }
@@ -114,20 +132,39 @@ impl SymbolizerWorker {
         self.requested.contains(&(pid, stack_id))
     }
 
-    /// Queues a stack for resolution; `addresses` innermost first. False
-    /// when the worker is too far behind to take it: the stack stays unnamed.
-    pub fn request(
-        &mut self,
-        pid: u32,
-        stack_id: u32,
-        addresses: Vec<u64>,
-        truncated: Option<String>,
-    ) -> bool {
+    /// Tells the worker what process `pid` is, for the Python frames of
+    /// its stacks; before any of them is requested.
+    pub fn describe_python(&mut self, pid: u32, detection: Detection) {
+        self.undescribed.push((pid, detection));
+        self.send_descriptions();
+    }
+
+    /// Descriptions a full queue refused go first, so that they still come
+    /// before the stacks they describe.
+    fn send_descriptions(&mut self) -> bool {
+        while let Some((pid, detection)) = self.undescribed.first().cloned() {
+            match self.jobs.try_send(Job::Python { pid, detection }) {
+                Ok(()) => {
+                    self.undescribed.remove(0);
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Queues a stack for resolution. False when the worker is too far
+    /// behind to take it: the stack stays unnamed.
+    pub fn request(&mut self, pid: u32, stack_id: u32, stack: UnwoundStack) -> bool {
+        if !self.send_descriptions() {
+            return false;
+        }
         match self.jobs.try_send(Job::Resolve {
             pid,
             stack_id,
-            addresses,
-            truncated,
+            addresses: stack.addresses,
+            truncated: stack.truncated,
+            python: stack.python,
         }) {
             Ok(()) => {
                 self.requested.insert((pid, stack_id));
@@ -214,7 +251,13 @@ impl SymbolizerWorker {
 struct Namer {
     symbolizer: Symbolizer,
     perf_maps: PerfMaps,
+    pythons: HashMap<u32, PythonProcess>,
     counters: Arc<Counters>,
+}
+
+struct PythonProcess {
+    detection: Detection,
+    names: PythonNamer,
 }
 
 fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
@@ -222,6 +265,7 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
     let mut namer = Namer {
         symbolizer: Symbolizer::new(),
         perf_maps: PerfMaps::default(),
+        pythons: HashMap::new(),
         counters,
     };
     let mut renewed = Instant::now();
@@ -233,8 +277,9 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                 stack_id,
                 addresses,
                 truncated,
+                python,
             } => {
-                let named = namer.resolve(pid, &addresses, truncated);
+                let named = namer.resolve(pid, &addresses, truncated, python);
                 namer.publish_counts();
                 let mut resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
                 resolved.insert((pid, stack_id), named);
@@ -258,8 +303,20 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
                 namer.publish_counts();
                 let _ = done.send(());
             }
+            Job::Python { pid, detection } => {
+                namer.pythons.insert(
+                    pid,
+                    PythonProcess {
+                        detection,
+                        names: PythonNamer::default(),
+                    },
+                );
+            }
             Job::Forget(pids) => {
                 namer.perf_maps.forget(&pids);
+                for pid in &pids {
+                    namer.pythons.remove(pid);
+                }
                 forgotten_since_renewal |= !pids.is_empty();
             }
             Job::Flush(done) => {
@@ -281,7 +338,13 @@ impl Namer {
             .store(self.perf_maps.skipped_lines, Ordering::Relaxed);
     }
 
-    fn resolve(&mut self, pid: u32, addresses: &[u64], truncated: Option<String>) -> Named {
+    fn resolve(
+        &mut self,
+        pid: u32,
+        addresses: &[u64],
+        truncated: Option<String>,
+        python: Option<CopiedPython>,
+    ) -> Named {
         // blazesym's own perf-map reader fails the whole stack on a map it
         // cannot parse (the JVM's `0x` addresses): ours is used instead.
         let source = Source::Process(Process {
@@ -335,9 +398,60 @@ impl Namer {
                 }
             }
         }
+        let (frames, pending, python_note) = self.with_python(pid, frames, pending, python);
         Named {
-            stack: Arc::new(NamedStack::new(frames, truncated, pid)),
+            stack: Arc::new(NamedStack::with_python_note(
+                frames,
+                truncated,
+                pid,
+                python_note.clone(),
+            )),
             pending,
+            python_note,
+        }
+    }
+
+    /// `frames` with the process's Python frames in their places, where
+    /// they were copied; and what to say of them.
+    fn with_python(
+        &mut self,
+        pid: u32,
+        frames: Vec<Frame>,
+        pending: Vec<(usize, u64)>,
+        python: Option<CopiedPython>,
+    ) -> (Vec<Frame>, Vec<(usize, u64)>, Option<String>) {
+        let Some(process) = self.pythons.get_mut(&pid) else {
+            return (frames, pending, None);
+        };
+        match (&process.detection, python) {
+            (Detection::Python(runtime), Some(copied)) => {
+                let named: Vec<(Frame, bool)> = shown_frames(runtime.layout.minor, &copied.frames)
+                    .iter()
+                    .map(|(frame, ends_run)| (process.names.name(pid, runtime, frame), *ends_run))
+                    .collect();
+                let (merged, moved) = merge(frames, named);
+                let pending = pending
+                    .into_iter()
+                    .filter_map(|(index, address)| Some((moved.get(index).copied()??, address)))
+                    .collect();
+                (merged, pending, copied.walk.gap())
+            }
+            (Detection::Python(runtime), None) => (
+                frames,
+                pending,
+                Some(format!(
+                    "Python {} frames were not copied with this stack: tcptrace had not yet read this process's interpreter when it was copied (the process's first sockets), or the probe's table of Python processes was full",
+                    runtime.version
+                )),
+            ),
+            (Detection::Unsupported { version, why }, _) => (
+                frames,
+                pending,
+                Some(format!(
+                    "Python {version} frames are not read: {why}; on 3.12+, -X perf (or PYTHONPERFSUPPORT=1) names them"
+                )),
+            ),
+            (Detection::NotPython | Detection::NotReady, _) => (frames, pending, None),
         }
     }
 
@@ -360,8 +474,14 @@ impl Namer {
             }
         }
         (pending.len() < entry.pending.len()).then(|| Named {
-            stack: Arc::new(NamedStack::new(frames, entry.stack.truncated.clone(), pid)),
+            stack: Arc::new(NamedStack::with_python_note(
+                frames,
+                entry.stack.truncated.clone(),
+                pid,
+                entry.python_note.clone(),
+            )),
             pending,
+            python_note: entry.python_note.clone(),
         })
     }
 }
@@ -520,7 +640,14 @@ mod tests {
         let address = marker_function_for_symbolization();
         let pid = std::process::id();
         let mut worker = SymbolizerWorker::start().unwrap();
-        assert!(worker.request(pid, 1, vec![address], None));
+        assert!(worker.request(
+            pid,
+            1,
+            UnwoundStack {
+                addresses: vec![address],
+                ..UnwoundStack::default()
+            }
+        ));
         assert!(worker.is_requested(pid, 1));
         assert!(worker.flush(Duration::from_secs(60)), "never resolved");
         let frames = worker.frames(pid, 1).expect("resolved once flushed");
@@ -554,8 +681,11 @@ mod tests {
         assert!(worker.request(
             pid,
             7,
-            vec![jit],
-            Some("the 16 KiB stack copy ended".into())
+            UnwoundStack {
+                addresses: vec![jit],
+                truncated: Some("the 16 KiB stack copy ended".into()),
+                python: None,
+            }
         ));
         assert!(worker.flush(Duration::from_secs(60)));
         let before = worker.frames(pid, 7).unwrap();

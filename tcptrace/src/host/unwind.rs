@@ -29,7 +29,7 @@ use tcptrace_common::StackCopy;
 
 use crate::{
     host::{thread_priority::run_in_background, worker_queue::send_and_wait},
-    model::stack::UnwoundStack,
+    model::{python_frames::CopiedPython, stack::UnwoundStack},
 };
 
 /// Frames past this are cut (and said to be).
@@ -44,7 +44,11 @@ const CONTROL_SLOTS: usize = 16;
 pub type CopyKey = (u64, u32);
 
 enum Job {
-    Unwind { key: CopyKey, copy: Box<StackCopy> },
+    Unwind {
+        key: CopyKey,
+        copy: Box<StackCopy>,
+        python: Option<CopiedPython>,
+    },
     Forget(Vec<u32>),
     Flush(Sender<()>),
 }
@@ -77,9 +81,15 @@ impl UnwindWorker {
         self.in_flight.get() < QUEUE_DEPTH - CONTROL_SLOTS
     }
 
-    /// Queues a copy; false when the thread is too far behind to take it.
-    pub fn request(&self, key: CopyKey, copy: Box<StackCopy>) -> bool {
-        match self.jobs.try_send(Job::Unwind { key, copy }) {
+    /// Queues a copy, with the Python frames copied beside it; false when
+    /// the thread is too far behind to take it.
+    pub fn request(
+        &self,
+        key: CopyKey,
+        copy: Box<StackCopy>,
+        python: Option<CopiedPython>,
+    ) -> bool {
+        match self.jobs.try_send(Job::Unwind { key, copy, python }) {
             Ok(()) => {
                 self.in_flight.set(self.in_flight.get() + 1);
                 true
@@ -118,8 +128,9 @@ fn work(queue: Receiver<Job>, results: Sender<(CopyKey, u32, UnwoundStack)>) {
     let mut processes = Processes::default();
     while let Ok(job) = queue.recv() {
         match job {
-            Job::Unwind { key, copy } => {
-                let stack = processes.unwind(&copy);
+            Job::Unwind { key, copy, python } => {
+                let mut stack = processes.unwind(&copy);
+                stack.python = python;
                 if results.send((key, copy.tgid, stack)).is_err() {
                     return;
                 }
@@ -175,6 +186,7 @@ impl Processes {
             return UnwoundStack {
                 addresses: vec![copy.ip],
                 truncated: Some("the process exited before its stack was unwound".to_owned()),
+                python: None,
             };
         };
         let stale = self.by_pid.get(&pid).is_none_or(|known| known.maps != maps);
@@ -364,6 +376,7 @@ pub fn unwind_copy(
     UnwoundStack {
         addresses,
         truncated,
+        python: None,
     }
 }
 
@@ -548,7 +561,7 @@ mod tests {
         };
         let mut queued = 0u64;
         while worker.has_room() {
-            assert!(worker.request((queued, 0), zeroed_copy()));
+            assert!(worker.request((queued, 0), zeroed_copy(), None));
             queued += 1;
         }
         assert_eq!(queued as usize, QUEUE_DEPTH - CONTROL_SLOTS);
@@ -557,7 +570,7 @@ mod tests {
         let (flushed, _) = channel();
         assert!(worker.jobs.try_send(Job::Flush(flushed)).is_ok());
 
-        let Ok(Job::Unwind { key, copy }) = queue.recv() else {
+        let Ok(Job::Unwind { key, copy, .. }) = queue.recv() else {
             panic!("the first job is the first copy");
         };
         results

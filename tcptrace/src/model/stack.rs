@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::python_frames::{CopiedPython, PYTHON_MODULE};
+
 /// A named stack, shared by every socket whose stack it is.
 pub type Frames = Arc<NamedStack>;
 
@@ -18,6 +20,8 @@ pub struct UnwoundStack {
     pub addresses: Vec<u64>,
     /// Why the walk stopped before the outermost frame, if it did.
     pub truncated: Option<String>,
+    /// The thread's Python frames, where the probe copied them.
+    pub python: Option<CopiedPython>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -70,6 +74,9 @@ impl Frame {
         {
             return format!("Go {package}");
         }
+        if self.kind == FrameKind::Runtime && self.module.as_deref() == Some(PYTHON_MODULE) {
+            return "Python stdlib".to_owned();
+        }
         if self.kind == FrameKind::Runtime && self.module.as_deref().is_none_or(|m| m == "[anon]") {
             // Named by a perf map: the module says nothing.
             if self.text.starts_with("py::") {
@@ -113,8 +120,28 @@ pub struct NamedStack {
 
 impl NamedStack {
     /// `pid` is the process the stack is of, for advice that names it.
+    #[cfg(test)]
     pub fn new(frames: Vec<Frame>, truncated: Option<String>, pid: u32) -> Self {
-        let note = runtime_note(&frames, pid);
+        Self::with_python_note(frames, truncated, pid, None)
+    }
+
+    /// With what is known of the process's Python frames: why
+    /// they are missing or partial. It replaces the generic advice where
+    /// no program frame is named, and is said anyway where the walk of the
+    /// frames stopped short.
+    pub fn with_python_note(
+        frames: Vec<Frame>,
+        truncated: Option<String>,
+        pid: u32,
+        python: Option<String>,
+    ) -> Self {
+        let note = asyncio_note(&frames)
+            .or_else(|| {
+                python.clone().filter(|_| {
+                    !frames.iter().any(Frame::is_program) || frames.iter().any(is_python)
+                })
+            })
+            .or_else(|| runtime_note(&frames, pid));
         Self {
             frames,
             truncated,
@@ -425,7 +452,7 @@ fn runtime_of(frames: &[Frame]) -> Option<Runtime> {
     }
     if frames
         .iter()
-        .any(|f| module_is(f, python) || f.text.starts_with("_PyEval_EvalFrame"))
+        .any(|f| module_is(f, python) || is_python(f) || f.text.starts_with("_PyEval_EvalFrame"))
     {
         return Some(Runtime::Python);
     }
@@ -474,6 +501,21 @@ fn is_go_http_transport(symbol: &str) -> bool {
 /// The transport is never the culprit: it keeps a connection open for as
 /// long as the response body it read into is neither read to EOF nor closed.
 const GO_HTTP_CLIENT_NOTE: &str = "these frames are Go's net/http client transport, which dials and reads in goroutines of its own, so the code that made the request is not on this stack: a socket kept open here is a response body that was never closed — look for an http.Get/Do whose resp.Body.Close() is missing";
+
+/// A frame the interpreter's own frames named.
+fn is_python(frame: &Frame) -> bool {
+    frame.module.as_deref() == Some(PYTHON_MODULE)
+}
+
+/// asyncio reads in its event loop: the coroutine that serves the
+/// connection is suspended, not on the stack, whatever program frames
+/// (the `asyncio.run` caller) are.
+fn asyncio_note(frames: &[Frame]) -> Option<String> {
+    frames
+        .iter()
+        .any(|f| is_python(f) && f.kind == FrameKind::Runtime && f.text.contains("(base_events.py:"))
+        .then(|| "Python asyncio: the read happens in the event loop (base_events.py); the coroutine that serves the connection is suspended and not on the stack at a read. The peer closed; the socket stays open until the handler calls writer.close() (or transport.close())".to_owned())
+}
 
 /// Which runtime hides the program's frames and what would name them, or
 /// what they mean when naming would not help; `None` when a frame of the

@@ -14,8 +14,8 @@ use aya::{
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
-    COUNTER_SLOTS, CopySlot, Counter, ProbeConfig, STACK_TARGETS_CAPACITY, STACKS_OFF, STACKS_ON,
-    StackCopy, StackCopyKey, names,
+    COUNTER_SLOTS, CopySlot, Counter, PY_PROCESSES_CAPACITY, ProbeConfig, PyFrames, PyProcess,
+    STACK_TARGETS_CAPACITY, STACKS_OFF, STACKS_ON, StackCopy, StackCopyKey, names,
 };
 use thiserror::Error;
 
@@ -213,6 +213,9 @@ struct MapCapacities {
     /// One slot per possible CPU, indexed by the CPU the copy runs on.
     stack_scratch: u32,
     eof_reads: u32,
+    /// As many as stack copies: each copy may have its Python frames.
+    python_frames: u32,
+    python_processes: u32,
 }
 
 /// The kernel's own accounting of the program (run counts need bpf_stats).
@@ -234,6 +237,9 @@ pub struct Probe {
     /// Processes whose new sockets are copied from a budget of their own
     /// (`None` without stacks).
     stack_targets: Option<AyaHashMap<MapData, u32, u32>>,
+    /// Python processes the probe walks the frames of, and the frames it
+    /// copied (`None` without stacks).
+    python: Option<PythonMaps>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
     eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
     /// The capacities the maps were created with.
@@ -244,6 +250,11 @@ pub struct Probe {
     pub accept_hook: bool,
     /// What the probe can copy on this kernel.
     pub stack_moments: StackMoments,
+}
+
+struct PythonMaps {
+    processes: AyaHashMap<MapData, u32, PyProcess>,
+    frames: AyaHashMap<MapData, StackCopyKey, PyFrames>,
 }
 
 /// The moments the probe can copy a stack at on this kernel, so that a
@@ -313,6 +324,8 @@ impl Probe {
             stack_copies: if stacks { STACK_COPY_ENTRIES } else { 1 },
             stack_scratch: if stacks { possible_cpus()? } else { 1 },
             eof_reads: if attach_recv { max_sockets } else { 1 },
+            python_frames: if stacks { STACK_COPY_ENTRIES } else { 1 },
+            python_processes: if stacks { PY_PROCESSES_CAPACITY } else { 1 },
         };
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -321,6 +334,8 @@ impl Probe {
             .map_max_entries(names::STACK_COPIES_MAP, capacities.stack_copies)
             .map_max_entries(names::STACK_SCRATCH_MAP, capacities.stack_scratch)
             .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
+            .map_max_entries(names::PY_FRAMES_MAP, capacities.python_frames)
+            .map_max_entries(names::PY_PROCESSES_MAP, capacities.python_processes)
             .load(PROBE_OBJECT)
             .map_err(ProbeError::Load)?;
 
@@ -405,6 +420,14 @@ impl Probe {
         } else {
             None
         };
+        let python = if stacks {
+            Some(PythonMaps {
+                processes: take_map(&mut ebpf, names::PY_PROCESSES_MAP, AyaHashMap::try_from)?,
+                frames: take_map(&mut ebpf, names::PY_FRAMES_MAP, AyaHashMap::try_from)?,
+            })
+        } else {
+            None
+        };
         let first_io = config.tcp_write_seq_offset != 0;
         let stack_moments = StackMoments {
             level: stack_level,
@@ -432,6 +455,7 @@ impl Probe {
             counters,
             stack_copies,
             stack_targets,
+            python,
             eof_reads,
             capacities,
             notices,
@@ -452,6 +476,41 @@ impl Probe {
         // the probe; here it only frees the slot sooner.
         let _ = self.stack_copies.remove(&key);
         Some(copy)
+    }
+
+    /// Takes the Python frames copied beside a stack copy out of the
+    /// probe's map.
+    pub fn take_python_frames(&mut self, cookie: u64, slot: CopySlot) -> Option<Box<PyFrames>> {
+        let maps = self.python.as_mut()?;
+        let key = StackCopyKey {
+            cookie,
+            slot: slot as u32,
+            _reserved: 0,
+        };
+        let frames = Box::new(maps.frames.get(&key, 0).ok()?);
+        let _ = maps.frames.remove(&key);
+        Some(frames)
+    }
+
+    /// Has the probe walk the Python frames of `tgid`'s threads at each
+    /// stack copy, as `process` says.
+    pub fn describe_python(&mut self, tgid: u32, process: &PyProcess) -> Result<(), ProbeError> {
+        let Some(maps) = self.python.as_mut() else {
+            return Ok(());
+        };
+        maps.processes
+            .insert(tgid, process, 0)
+            .map_err(|source| ProbeError::Map {
+                what: names::PY_PROCESSES_MAP,
+                source,
+            })
+    }
+
+    /// Stops walking the Python frames of a process (it exited).
+    pub fn forget_python(&mut self, tgid: u32) {
+        if let Some(maps) = self.python.as_mut() {
+            let _ = maps.processes.remove(&tgid);
+        }
     }
 
     /// Makes `targets` the processes whose new sockets are copied from a
@@ -506,6 +565,18 @@ impl Probe {
                 "stack_targets",
                 targets.keys().filter(Result::is_ok).count(),
                 Some(MAX_STACK_TARGETS),
+            ));
+        }
+        if let Some(python) = &self.python {
+            maps.push(Occupancy::new(
+                "python_processes",
+                python.processes.keys().filter(Result::is_ok).count(),
+                Some(capacities.python_processes as usize),
+            ));
+            maps.push(Occupancy::new(
+                "python_frames",
+                python.frames.keys().filter(Result::is_ok).count(),
+                Some(capacities.python_frames as usize),
             ));
         }
         maps

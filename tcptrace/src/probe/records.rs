@@ -17,7 +17,10 @@ use tcptrace_common::{
 };
 use thiserror::Error;
 
-use crate::model::transition::{Comm, Process, Record, StackCopyFailure, StackSample, Transition};
+use crate::model::{
+    python_frames::{CopiedFrame, CopiedPython, PythonWalk},
+    transition::{Comm, Process, Record, StackCopyFailure, StackSample, Transition},
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -134,6 +137,23 @@ fn decode_transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
         netns_inode: (netns_inode != 0).then_some(netns_inode),
         socket_inode: (socket_inode != 0).then_some(socket_inode),
     })
+}
+
+/// The Python frames the probe copied beside a stack, as the model has them.
+pub fn python_frames(raw: &tcptrace_common::PyFrames) -> CopiedPython {
+    let count = (raw.count as usize).min(raw.frames.len());
+    CopiedPython {
+        walk: PythonWalk::from_status(raw.status),
+        frames: raw.frames[..count]
+            .iter()
+            .zip(raw.flags)
+            .map(|(frame, flags)| CopiedFrame {
+                code: frame.code,
+                instr: frame.instr,
+                flags,
+            })
+            .collect(),
+    }
 }
 
 /// `N` bytes at `offset` of a record whose length is known.

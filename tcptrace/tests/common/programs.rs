@@ -81,6 +81,31 @@ pub fn build_c(source: &str, frame_pointer: &str, function: &str, binary: &Path)
 }
 
 pub const PYTHON_312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
+
+/// Python 3.`minor` from the pyenv on the image (`cargo xtask setup`
+/// says which are missing), whatever its patch release.
+pub fn pyenv_python(minor: u8) -> PathBuf {
+    let versions = Path::new("/root/.pyenv/versions");
+    let found = std::fs::read_dir(versions).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join(format!("bin/python3.{minor}")))
+            .filter(|path| {
+                path.parent()
+                    .and_then(Path::parent)
+                    .and_then(Path::file_name)
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with(&format!("3.{minor}.")))
+            })
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        tool(&format!(
+            "{}/3.{minor}.x/bin/python3.{minor}",
+            versions.display()
+        ))
+    })
+}
 pub const PYTHON_311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
 pub const JAVA_17_BIN: &str = "/usr/lib/jvm/java-17-openjdk-amd64/bin";
 pub const GO: &str = "/usr/bin/go";
