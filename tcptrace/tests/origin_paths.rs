@@ -29,8 +29,8 @@ use std::{
 use common::{
     LeakRun, LeakTextRun, Peer, STEP_TIMEOUT, kernel_has_recv_tracepoint,
     programs::{
-        PYTHON_312, Program, Scratch, Server, build_c, go_build, java_command, programs_dir, tool,
-        write_java_perf_map,
+        PYTHON_312, Program, Scratch, Server, build_c, go_build, java_command, programs_dir,
+        pyenv_python, tool, write_java_perf_map,
     },
     require_root,
 };
@@ -386,55 +386,107 @@ fn c_accept_and_hold_names_the_accepting_function_or_says_it_needs_fexit() {
 }
 
 /// The textbook Python leak: `data = conn.recv(1024)`, then
-/// `process_data(data)` raises and `conn.close()` is skipped.
-#[test]
-fn python_312_read_once_names_the_handler_at_its_first_read() {
+/// `process_data(data)` raises and `conn.close()` is skipped. With no flag:
+/// the probe copies the Python frames of the reading thread.
+fn python_read_once(minor: u8) {
     if !require_root() {
         return;
     }
     require_reads();
-    let scratch = Scratch::new("origin-py312");
+    let scratch = Scratch::new(&format!("origin-py3{minor}"));
+    let mut command = Command::new(pyenv_python(minor));
+    command.arg(programs_dir().join("read_once.py"));
+    check_server(
+        &format!("python3.{minor} read once"),
+        &scratch,
+        command,
+        read_once("handle_leaky (read_once.py:61)"),
+        "handle_good",
+    );
+}
+
+#[test]
+fn python_39_read_once_names_the_handler_at_its_first_read() {
+    python_read_once(9);
+}
+
+#[test]
+fn python_310_read_once_names_the_handler_at_its_first_read() {
+    python_read_once(10);
+}
+
+#[test]
+fn python_311_read_once_names_the_handler_at_its_first_read() {
+    python_read_once(11);
+}
+
+#[test]
+fn python_312_read_once_names_the_handler_at_its_first_read() {
+    python_read_once(12);
+}
+
+#[test]
+fn python_313_read_once_names_the_handler_at_its_first_read() {
+    python_read_once(13);
+}
+
+/// With `-X perf` as well, the interpreter's frames name the handler.
+#[test]
+fn python_312_with_perf_support_read_once_names_the_handler_at_its_first_read() {
+    if !require_root() {
+        return;
+    }
+    require_reads();
+    let scratch = Scratch::new("origin-py312-perf");
     let mut command = Command::new(tool(PYTHON_312));
     command
         .args(["-X", "perf"])
         .arg(programs_dir().join("read_once.py"));
     check_server(
-        "python3.12 read once",
+        "python3.12 -X perf read once",
         &scratch,
         command,
-        read_once("py::handle_leaky"),
-        "py::handle_good",
+        read_once("handle_leaky (read_once.py:61)"),
+        "handle_good",
     );
 }
 
 /// A pool that keeps connections the server hung up on: the leak is the
 /// client's, and its code path is where it connected.
-#[test]
-fn python_312_client_pool_names_the_query_at_connect() {
+fn python_client_pool(minor: u8) {
     if !require_root() {
         return;
     }
     let port = hang_up_server(REQUESTS.len());
-    let scratch = Scratch::new("origin-py312-pool");
-    let mut command = Command::new(tool(PYTHON_312));
+    let scratch = Scratch::new(&format!("origin-py3{minor}-pool"));
+    let mut command = Command::new(pyenv_python(minor));
     command
-        .args(["-X", "perf"])
         .arg(programs_dir().join("client_pool.py"))
         .arg(port.to_string());
     let mut client = Client::start(command, scratch.path("stderr"));
     assert_eq!(client.port, port, "the client talks to another server");
     check(
-        "python3.12 client pool",
+        &format!("python3.{minor} client pool"),
         client.pid(),
         port,
         Expect::Origin {
             origins: &["connect"],
-            leaky: "py::query",
+            leaky: "query (client_pool.py:32)",
             one_path: true,
         },
-        "py::query_good",
+        "query_good",
         || client.requests(),
     );
+}
+
+#[test]
+fn python_39_client_pool_names_the_query_at_connect() {
+    python_client_pool(9);
+}
+
+#[test]
+fn python_313_client_pool_names_the_query_at_connect() {
+    python_client_pool(13);
 }
 
 #[test]
