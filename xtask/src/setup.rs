@@ -289,20 +289,43 @@ fn ensure_chromium() -> Result<()> {
         .with_context(|| format!("chromium is installed but `{CHROMIUM} --version` fails"))
 }
 
-/// The runtimes tests/code_paths.rs runs its leaky servers in, at the paths
-/// it uses (keep the two lists the same), with the version each must report.
-/// Debian has no Python 3.12 or Node 20 to install, and the image has all of
-/// them, so a missing one is said, not installed, and only that test fails.
-const TEST_RUNTIMES: [(&str, &[&str], &str); 5] = [
+/// The runtimes tests/code_paths.rs and tests/origin_paths.rs run their
+/// leaky programs in, at the paths they use (tests find a pyenv Python by
+/// its minor version), with the version each must report. Python 3.8 is
+/// the version whose frames tcptrace does not read, for its note. Debian
+/// has none of these Pythons or Node 20 to install, and the image has all
+/// of them, so a missing one is said, not installed, and only its tests
+/// fail.
+const TEST_RUNTIMES: [(&str, &[&str], &str); 9] = [
+    (
+        "/root/.pyenv/versions/3.8.18/bin/python3.8",
+        &["--version"],
+        "Python 3.8",
+    ),
+    (
+        "/root/.pyenv/versions/3.9.18/bin/python3.9",
+        &["--version"],
+        "Python 3.9",
+    ),
+    (
+        "/root/.pyenv/versions/3.10.13/bin/python3.10",
+        &["--version"],
+        "Python 3.10",
+    ),
+    (
+        "/root/.pyenv/versions/3.11.7/bin/python3.11",
+        &["--version"],
+        "Python 3.11",
+    ),
     (
         "/root/.pyenv/versions/3.12.1/bin/python3.12",
         &["--version"],
         "Python 3.12",
     ),
     (
-        "/root/.pyenv/versions/3.11.7/bin/python3.11",
+        "/root/.pyenv/versions/3.13.0/bin/python3.13",
         &["--version"],
-        "Python 3.11",
+        "Python 3.13",
     ),
     (
         "/usr/lib/jvm/java-17-openjdk-amd64/bin/javac",

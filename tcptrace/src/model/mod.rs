@@ -20,7 +20,7 @@ pub(crate) mod leak_report;
 pub(crate) mod leaks;
 pub(crate) mod process;
 pub(crate) mod python_frames;
-pub(crate) mod python_layout;
+pub mod python_layout;
 pub(crate) mod python_lines;
 pub(crate) mod stack;
 pub(crate) mod stack_gaps;

@@ -37,7 +37,7 @@ pub fn tool(path: &str) -> PathBuf {
     found.unwrap_or_else(|| {
         panic!(
             "{path} is missing: run `cargo xtask setup`, which installs golang-go and says \
-             which of Python 3.12/3.11 (pyenv), Java 17 and Node 20 the image lacks"
+             which of Python 3.8-3.13 (pyenv), Java 17 and Node 20 the image lacks"
         )
     })
 }
