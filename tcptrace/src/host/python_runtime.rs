@@ -7,12 +7,12 @@
 
 use std::{collections::HashMap, fs, io, ops::Range, sync::Arc};
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 use crate::{
     host::{
         process_memory::ProcessMemory,
-        unwind::{Mapping, executable_mappings, load_bias},
+        unwind::{Mapping, executable_mappings, executable_segments, load_bias, read_mapped_file},
     },
     model::python_layout::{
         DEBUG_OFFSETS_BYTES, NEWEST_MINOR, OLDEST_MINOR, PyLayout, from_debug_offsets,
@@ -221,26 +221,10 @@ fn check(memory: &ProcessMemory, minor: u8, runtime: u64) -> Result<Option<PyLay
 }
 
 fn read_symbols(pid: u32, mapping: &Mapping) -> Option<FileSymbols> {
-    let through_map_files = format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        mapping.range.start, mapping.range.end
-    );
-    let data = fs::read(&through_map_files)
-        .or_else(|_| fs::read(format!("/proc/{pid}/root{}", mapping.path)))
-        .ok()?;
+    let data = read_mapped_file(pid, mapping)?;
     let file = object::File::parse(&*data).ok()?;
     let mut symbols = FileSymbols {
-        segments: file
-            .segments()
-            .filter(|segment| match segment.flags() {
-                object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
-                _ => false,
-            })
-            .filter_map(|segment| {
-                let (offset, size) = segment.file_range();
-                (size > 0).then(|| (offset..offset + size, segment.address()))
-            })
-            .collect(),
+        segments: executable_segments(&file),
         ..FileSymbols::default()
     };
     for symbol in file.dynamic_symbols().chain(file.symbols()) {

@@ -443,25 +443,22 @@ pub fn load_bias(segments: &[(Range<u64>, u64)], mapping: &Mapping) -> Option<u6
     mapping.range.start.checked_sub(stated)
 }
 
-/// The unwind sections of a mapped file, read through the process's own
-/// view of it (its mount namespace; still there if the file was replaced).
-fn read_sections(pid: u32, mapping: &Mapping) -> Option<FileSections> {
+/// A mapped file's bytes, read through the process's own view of it (its
+/// mount namespace; still there if the file was replaced).
+pub fn read_mapped_file(pid: u32, mapping: &Mapping) -> Option<Vec<u8>> {
     let through_map_files = format!(
         "/proc/{pid}/map_files/{:x}-{:x}",
         mapping.range.start, mapping.range.end
     );
-    let data = fs::read(&through_map_files)
+    fs::read(&through_map_files)
         .or_else(|_| fs::read(format!("/proc/{pid}/root{}", mapping.path)))
-        .ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let section = |name: &str| -> Option<(Range<u64>, SectionData)> {
-        let section = file.section_by_name(name)?;
-        let bytes = section.uncompressed_data().ok()?;
-        let start = section.address();
-        Some((start..start + section.size(), Arc::from(&*bytes)))
-    };
-    let segments = file
-        .segments()
+        .ok()
+}
+
+/// (file range, p_vaddr) of each executable loadable segment: what
+/// `load_bias` maps an executable mapping's offset with.
+pub fn executable_segments(file: &object::File<'_>) -> Vec<(Range<u64>, u64)> {
+    file.segments()
         .filter(|segment| match segment.flags() {
             object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
             _ => false,
@@ -470,7 +467,20 @@ fn read_sections(pid: u32, mapping: &Mapping) -> Option<FileSections> {
             let (offset, size) = segment.file_range();
             (size > 0).then(|| (offset..offset + size, segment.address()))
         })
-        .collect();
+        .collect()
+}
+
+/// The unwind sections of a mapped file.
+fn read_sections(pid: u32, mapping: &Mapping) -> Option<FileSections> {
+    let data = read_mapped_file(pid, mapping)?;
+    let file = object::File::parse(&*data).ok()?;
+    let section = |name: &str| -> Option<(Range<u64>, SectionData)> {
+        let section = file.section_by_name(name)?;
+        let bytes = section.uncompressed_data().ok()?;
+        let start = section.address();
+        Some((start..start + section.size(), Arc::from(&*bytes)))
+    };
+    let segments = executable_segments(&file);
     Some(FileSections {
         text_svma: file
             .section_by_name(".text")
