@@ -39,6 +39,23 @@ struct Churned {
     server_pid: u32,
 }
 
+/// testpeer's churn client, CLIENT_THREADS threads against 127.0.0.1:`port`
+/// for `seconds`; it says `done` with its rate.
+pub(super) fn churn_client(bench: &Bench, port: &str, seconds: f64) -> Result<Proc> {
+    Proc::spawn(
+        &bench.peer,
+        &[
+            "churn-client",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--threads",
+            CLIENT_THREADS,
+            "--seconds",
+            &seconds.to_string(),
+        ],
+    )
+}
+
 /// Churn for `seconds` against a leaking server, which keeps its leaks until
 /// `until` has returned.
 fn churn(bin: &Bench, seconds: f64, until: impl FnOnce(u32) -> Result<()>) -> Result<Churned> {
@@ -54,18 +71,7 @@ fn churn(bin: &Bench, seconds: f64, until: impl FnOnce(u32) -> Result<()>) -> Re
         ],
     )?;
     let port = server.expect("listening")?["port"].clone();
-    let client = Proc::spawn(
-        &bin.peer,
-        &[
-            "churn-client",
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-            "--threads",
-            CLIENT_THREADS,
-            "--seconds",
-            &seconds.to_string(),
-        ],
-    )?;
+    let client = churn_client(bin, &port, seconds)?;
     let done = client.expect("done")?;
     let per_second: f64 = done["per_second"].parse()?;
     // The server keeps its leaks until the tracer has reported.
