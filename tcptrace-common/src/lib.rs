@@ -505,10 +505,12 @@ pub enum Counter {
     StackBudgetRefused = 10,
     /// Of `StackCopied`, those the targeted processes' budget paid for.
     StackCopiedTargeted = 11,
+    /// Of `StackCopied`, those stored with the thread's Python frames.
+    PythonFramesCopied = 12,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
@@ -521,6 +523,7 @@ impl Counter {
         Self::StackCopied,
         Self::StackBudgetRefused,
         Self::StackCopiedTargeted,
+        Self::PythonFramesCopied,
     ];
 }
 

@@ -7,6 +7,8 @@
 
 use core::ffi::c_void;
 
+use crate::count;
+
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::generated::bpf_probe_read_user,
@@ -14,7 +16,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use tcptrace_common::{
-    PY_BLOCK_MAX, PY_FRAME_ENTRY, PY_FRAMES_MAX, PY_NO_FIELD, PY_PROCESSES_CAPACITY,
+    Counter, PY_BLOCK_MAX, PY_FRAME_ENTRY, PY_FRAMES_MAX, PY_NO_FIELD, PY_PROCESSES_CAPACITY,
     PY_THREADS_MAX, PY_WALK_COMPLETE, PY_WALK_DEEPER, PY_WALK_NO_THREAD, PY_WALK_NO_THREAD_POINTER,
     PY_WALK_READ_FAILED, PyFrame, PyFrames, PyProcess, StackCopyKey,
 };
@@ -66,7 +68,11 @@ pub(crate) fn copy_python_frames(tgid: u32, thread_pointer: u64, key: &StackCopy
     scratch.frames.status = walk(&process, thread_pointer, scratch);
     // By reference: 560 bytes do not fit the program's stack.
     let frames: &PyFrames = &scratch.frames;
-    PY_FRAMES.insert(key, frames, BPF_ANY as u64).is_ok()
+    let stored = PY_FRAMES.insert(key, frames, BPF_ANY as u64).is_ok();
+    if stored {
+        count(Counter::PythonFramesCopied);
+    }
+    stored
 }
 
 fn walk(process: &PyProcess, thread_pointer: u64, scratch: &mut Scratch) -> i32 {

@@ -161,6 +161,13 @@ pub struct LeaksArgs {
           default_value_t = DEFAULT_STACK_BUDGET)]
     pub stack_budget: u32,
 
+    /// Python 3.9-3.13 frames with each stack copy: on (the probe walks the
+    /// reading thread's frames, as py-spy does, so a Python program's
+    /// functions are named with no flag) or off.
+    #[arg(long, value_name = "ON|OFF", value_parser = parse_on_off, default_value = "on",
+          action = clap::ArgAction::Set)]
+    pub python_frames: bool,
+
     /// Frames of the program's own code shown per stack in the text report,
     /// 1 to 128; runtime and library frames between them are folded into one
     /// line each. JSON has every frame.
@@ -223,6 +230,14 @@ pub fn parse_stack_level(text: &str) -> Result<StackLevel, String> {
     }
 }
 
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("'{other}': on or off")),
+    }
+}
+
 pub fn parse_stack_budget(text: &str) -> Result<u32, String> {
     const MAX: u32 = 1_000_000;
     match text.trim().parse::<u32>() {
@@ -258,6 +273,7 @@ impl LeaksArgs {
             probe: ProbeOptions {
                 stacks: self.stacks,
                 stack_budget: self.stack_budget,
+                python_frames: self.python_frames,
                 ..self.kernel.probe_options()
             },
             min_age: self.min_age,
@@ -354,6 +370,11 @@ pub struct HostArgs {
           default_value_t = DEFAULT_STACK_BUDGET)]
     pub stack_budget: u32,
 
+    /// Python frames with each stack copy: on or off (see `tcptrace leaks --help`).
+    #[arg(long, value_name = "ON|OFF", value_parser = parse_on_off, default_value = "on",
+          action = clap::ArgAction::Set)]
+    pub python_frames: bool,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -364,6 +385,7 @@ impl HostArgs {
             probe: ProbeOptions {
                 stacks: self.stacks,
                 stack_budget: self.stack_budget,
+                python_frames: self.python_frames,
                 ..self.kernel.probe_options()
             },
             min_age: self.min_age,
@@ -601,6 +623,32 @@ mod tests {
         };
         assert_eq!(args.into_options().stack_depth, 3);
         assert!(Cli::try_parse_from(["tcptrace", "leaks", "--stack-depth", "0"]).is_err());
+    }
+
+    #[test]
+    fn python_frames_are_on_unless_turned_off() {
+        let python_frames = |args: &[&str]| match Cli::try_parse_from(args).ok()?.command? {
+            Command::Leaks(args) => Some(args.into_options().probe.python_frames),
+            Command::Serve(args) => Some(args.into_options().leaks.probe.python_frames),
+            _ => None,
+        };
+        assert_eq!(python_frames(&["tcptrace", "leaks"]), Some(true));
+        assert_eq!(
+            python_frames(&["tcptrace", "leaks", "--python-frames", "off"]),
+            Some(false)
+        );
+        assert_eq!(
+            python_frames(&["tcptrace", "serve", "--python-frames", "off"]),
+            Some(false)
+        );
+        assert_eq!(
+            python_frames(&["tcptrace", "leaks", "--python-frames"]),
+            None
+        );
+        assert_eq!(
+            python_frames(&["tcptrace", "leaks", "--python-frames", "yes"]),
+            None
+        );
     }
 
     #[test]

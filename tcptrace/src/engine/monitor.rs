@@ -265,6 +265,7 @@ impl Monitor {
             copies_taken: counters.stack_copied,
             copies_refused: counters.stack_budget_refused,
             copies_targeted: counters.stack_copied_targeted,
+            python_frames_copied: counters.python_frames_copied,
             targeted_processes: self.targets.len().min(MAX_STACK_TARGETS),
         };
     }

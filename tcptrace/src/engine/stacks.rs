@@ -132,6 +132,7 @@ impl SocketStackBook {
                 watch: PythonWatch::start()
                     .map_err(|e| anyhow::anyhow!("cannot start the Python thread: {e}"))?,
                 seen: foldhash::HashSet::default(),
+                seen_since: Instant::now(),
                 known: HashSet::new(),
                 exited: Vec::new(),
                 looked_at_all: false,
@@ -386,13 +387,19 @@ impl SocketStackBook {
 /// found: a libpython's symbols are read once, in well under a second.
 const LOOK_AT_ALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a process found not to be Python is not looked at again.
+const SEEN_FOR: Duration = Duration::from_secs(60);
+
 /// Which processes run Python, and which of them the probe was told
 /// about.
 struct PythonProcesses {
     watch: PythonWatch,
     /// Looked at, or on their way: each process is looked at once (again
-    /// only while its interpreter was not ready).
+    /// while its interpreter was not ready). Those found not to be Python
+    /// are forgotten every SEEN_FOR, which bounds the set on a host where
+    /// processes come and go, and looks again at a pid reused since.
     seen: foldhash::HashSet<u32>,
+    seen_since: Instant,
     /// Python processes the symbolizer was told about (and the probe, where
     /// their frames can be walked): forgotten in both when they exit.
     known: HashSet<u32>,
@@ -406,6 +413,11 @@ struct PythonProcesses {
 
 impl PythonProcesses {
     fn notice(&mut self, pid: u32) {
+        if self.seen_since.elapsed() >= SEEN_FOR {
+            self.seen_since = Instant::now();
+            let known = &self.known;
+            self.seen.retain(|pid| known.contains(pid));
+        }
         if pid != 0 && self.seen.insert(pid) && !self.watch.look(pid) {
             // Asked again at its next socket.
             self.seen.remove(&pid);
@@ -441,8 +453,14 @@ impl PythonProcesses {
         for pid in self.exited.drain(..) {
             probe.forget_python(pid);
         }
-        for (pid, detection) in self.watch.found() {
+        for (pid, mut detection) in self.watch.found() {
             self.seen.insert(pid);
+            if let (Detection::Python(runtime), false) = (&detection, probe.python_frames) {
+                detection = Detection::Unsupported {
+                    version: runtime.version.clone(),
+                    why: "tcptrace runs with --python-frames off".to_owned(),
+                };
+            }
             match &detection {
                 Detection::NotPython => continue,
                 Detection::NotReady => {

@@ -91,6 +91,9 @@ pub struct ProbeOptions {
     pub stacks: StackLevel,
     /// Stack copies a second, host-wide, with `StackLevel::Sampled`.
     pub stack_budget: u32,
+    /// Walk the Python frames of the processes the agent describes, at
+    /// each stack copy.
+    pub python_frames: bool,
 }
 
 impl Default for ProbeOptions {
@@ -103,6 +106,7 @@ impl Default for ProbeOptions {
             track_closed_held: false,
             stacks: StackLevel::Off,
             stack_budget: DEFAULT_STACK_BUDGET,
+            python_frames: true,
         }
     }
 }
@@ -195,6 +199,8 @@ pub struct KernelCounters {
     /// Stack copies taken and stored, and of those the targeted processes'.
     pub stack_copied: u64,
     pub stack_copied_targeted: u64,
+    /// Of the copies, those stored with their thread's Python frames.
+    pub python_frames_copied: u64,
     /// Moments to copy a stack that the budget refused.
     pub stack_budget_refused: u64,
 }
@@ -250,6 +256,9 @@ pub struct Probe {
     pub accept_hook: bool,
     /// What the probe can copy on this kernel.
     pub stack_moments: StackMoments,
+    /// Whether Python processes may be described to the probe
+    /// (`ProbeOptions::python_frames`).
+    pub python_frames: bool,
 }
 
 struct PythonMaps {
@@ -461,6 +470,7 @@ impl Probe {
             notices,
             accept_hook,
             stack_moments,
+            python_frames: options.python_frames,
         })
     }
 
@@ -627,6 +637,7 @@ impl Probe {
             map_insert_failed: read(Counter::MapInsertFailed)?,
             stack_copied: read(Counter::StackCopied)?,
             stack_copied_targeted: read(Counter::StackCopiedTargeted)?,
+            python_frames_copied: read(Counter::PythonFramesCopied)?,
             stack_budget_refused: read(Counter::StackBudgetRefused)?,
         })
     }

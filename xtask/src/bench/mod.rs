@@ -24,6 +24,7 @@
 
 mod baseline;
 mod bpftrace;
+mod python_walk;
 mod report;
 mod rounds;
 mod stats;
@@ -363,6 +364,7 @@ pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
 
     step("bench: in-kernel cost, short runs with bpf_stats enabled");
     let mut kernel = Vec::new();
+    let python;
     {
         let _stats = BpfStatsGuard::enable()?;
         // serve attaches what `leaks --stacks default` does.
@@ -372,6 +374,8 @@ pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
         {
             kernel.push((config.name(), kernel_cost(&bench, *config)?));
         }
+        step("bench: the Python walk's cost per copy, each Python with and without it");
+        python = python_walk::run(&bench, root)?;
     }
 
     step("bench: criterion, decode and track on one core");
@@ -388,6 +392,7 @@ pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
             pipeline_rate,
             baseline: bench.baseline.as_ref().map(|b| b.commit.as_str()),
             paths: &paths,
+            python: &python,
         },
         started.elapsed(),
     );

@@ -9,6 +9,7 @@ use super::{
     CLIENT_THREADS, Config, KernelCost, LEAK_EVERY, Round, SCALE_ENV, SERVE_INTERVAL,
     SERVE_REPORT_DELAY_S, Timing,
     bpftrace::{self, Availability, PEERS},
+    python_walk::WalkCost,
     stats::{Spread, paired_ratios, spread},
     time_to_path::{self, PathRun, Scenario},
 };
@@ -27,6 +28,8 @@ pub(super) struct Run<'a> {
     pub(super) baseline: Option<&'a str>,
     /// The time-to-code-path runs.
     pub(super) paths: &'a [(Scenario, PathRun)],
+    /// The Python walk's runs, one per Python.
+    pub(super) python: &'a [WalkCost],
 }
 
 const TRANSITION_PROGRAM: &str = "inet_sock_set_state";
@@ -635,6 +638,54 @@ fn render_kernel(out: &mut String, run: &Run) {
     );
 }
 
+fn render_python_walk(out: &mut String, run: &Run) {
+    if run.python.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Python frames: the walk's cost per copy\n\nA Python server with no flag (xtask/src/bench/python_server.py: each connection read once, answered, read to EOF and closed, a few Python frames deep) under {CLIENT_THREADS} churn client threads, traced by `leaks --stacks full --pid SERVER` (every origin and EOF read copied) with bpf_stats enabled, once with `--python-frames on` and once `off`. ns per copy is every program's time over the copies taken (the client's connects are copied too, and are not walked); the walk's cost is the programs' time beyond what the same copies cost unwalked, over the copies walked.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| Python | connections (on / off) | copies (on / off) | copies walked | programs' ns per copy, frames walked | not walked | **walk per walked copy** |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for cost in run.python {
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} | {} / {} | {} | {} | {} | **{}** |",
+            cost.python,
+            cost.on.connections,
+            cost.off.connections,
+            cost.on.copies,
+            cost.off.copies,
+            cost.on.walks,
+            ns(cost.on.ns_per_copy()),
+            ns(cost.off.ns_per_copy()),
+            ns(cost.walk_ns_per_copy()),
+        );
+    }
+    let worst = run
+        .python
+        .iter()
+        .filter_map(WalkCost::walk_ns_per_copy)
+        .fold(None, |worst: Option<f64>, ns| {
+            Some(worst.map_or(ns, |w| w.max(ns)))
+        });
+    if let Some(worst) = worst {
+        let _ = writeln!(
+            out,
+            "\nAt the default budget of {DEFAULT_BUDGET} copies a second host-wide, the walk adds at most {:.2} ms of CPU a second ({:.0} ns per copy, the worst Python here): the budget bounds it with the copies it goes with.",
+            worst * f64::from(DEFAULT_BUDGET) / 1e6,
+            worst
+        );
+    }
+}
+
+/// tcptrace's default `--stack-budget`.
+const DEFAULT_BUDGET: u32 = 500;
+
 pub(super) fn render(run: &Run, elapsed: Duration) -> String {
     let mut out = String::new();
     let timing = run.timing;
@@ -673,6 +724,7 @@ pub(super) fn render(run: &Run, elapsed: Duration) -> String {
     render_churn(&mut out, run);
     render_other_traffic(&mut out, run);
     render_kernel(&mut out, run);
+    render_python_walk(&mut out, run);
     render_time_to_path(&mut out, run);
     render_targets(&mut out, run);
     let _ = writeln!(out, "\n## Agent hot path (criterion)\n");
@@ -748,6 +800,7 @@ mod tests {
                 pipeline_rate: 3e6,
                 baseline,
                 paths,
+                python: &[],
             },
             Duration::from_secs(60),
         )
@@ -888,5 +941,52 @@ mod tests {
                 peer.name()
             )));
         }
+    }
+    #[test]
+    fn the_python_walk_is_judged_per_copy_walked_and_the_worst_is_priced_at_the_budget() {
+        use crate::bench::python_walk::{WalkCost, WalkRun};
+        // Off: 1000 copies at 3000 ns. On: the same rate of copies, 600 of
+        // them walked, 600 * 1500 ns more.
+        let cost = WalkCost {
+            python: "3.11.7",
+            on: WalkRun {
+                connections: 500,
+                copies: 1000,
+                walks: 600,
+                runs: 4000,
+                run_ns: 1000 * 3000 + 600 * 1500,
+            },
+            off: WalkRun {
+                connections: 400,
+                copies: 800,
+                walks: 0,
+                runs: 3200,
+                run_ns: 800 * 3000,
+            },
+        };
+        assert_eq!(cost.walk_ns_per_copy(), Some(1500.0));
+        let mut out = String::new();
+        render_python_walk(
+            &mut out,
+            &Run {
+                rounds: 1,
+                timing: Timing::FULL,
+                bpftrace: &Availability::Cannot("x".into()),
+                configs: &[],
+                results: &HashMap::new(),
+                kernel: &[],
+                pipeline_rate: 1.0,
+                baseline: None,
+                paths: &[],
+                python: &[cost],
+            },
+        );
+        assert!(
+            out.contains(
+                "| 3.11.7 | 500 / 400 | 1000 / 800 | 600 | 3900 ns | 3000 ns | **1500 ns** |"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("at most 0.75 ms of CPU a second"), "{out}");
     }
 }
