@@ -507,10 +507,12 @@ pub enum Counter {
     StackCopiedTargeted = 11,
     /// Of `StackCopied`, those stored with the thread's Python frames.
     PythonFramesCopied = 12,
+    /// Nanoseconds those walks and their inserts took, summed.
+    PythonFramesNs = 13,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
@@ -524,6 +526,7 @@ impl Counter {
         Self::StackBudgetRefused,
         Self::StackCopiedTargeted,
         Self::PythonFramesCopied,
+        Self::PythonFramesNs,
     ];
 }
 

@@ -374,11 +374,15 @@ fn wakeup_flag() -> u64 {
 }
 
 fn count(counter: Counter) {
+    add(counter, 1);
+}
+
+fn add(counter: Counter, amount: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU slot, and the kernel never nests this program on
         // one CPU (a nested run is skipped and counted as a recursion miss),
-        // so a plain increment cannot race.
-        unsafe { *slot += 1 };
+        // so a plain addition cannot race.
+        unsafe { *slot += amount };
     }
 }
 

@@ -7,11 +7,11 @@
 
 use core::ffi::c_void;
 
-use crate::count;
+use crate::{add, count};
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::generated::bpf_probe_read_user,
+    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
@@ -65,12 +65,21 @@ pub(crate) fn copy_python_frames(tgid: u32, thread_pointer: u64, key: &StackCopy
     let scratch = unsafe { &mut *scratch };
     scratch.frames.count = 0;
     scratch.frames.thread_state = 0;
+    // SAFETY: a helper with no arguments.
+    let started = unsafe { bpf_ktime_get_ns() };
     scratch.frames.status = walk(&process, thread_pointer, scratch);
     // By reference: 560 bytes do not fit the program's stack.
     let frames: &PyFrames = &scratch.frames;
     let stored = PY_FRAMES.insert(key, frames, BPF_ANY as u64).is_ok();
     if stored {
         count(Counter::PythonFramesCopied);
+        // What the walk and its insert cost: bpf_stats times whole
+        // programs only.
+        // SAFETY: a helper with no arguments.
+        add(
+            Counter::PythonFramesNs,
+            unsafe { bpf_ktime_get_ns() } - started,
+        );
     }
     stored
 }

@@ -266,6 +266,7 @@ impl Monitor {
             copies_refused: counters.stack_budget_refused,
             copies_targeted: counters.stack_copied_targeted,
             python_frames_copied: counters.python_frames_copied,
+            python_frames_ns: counters.python_frames_ns,
             targeted_processes: self.targets.len().min(MAX_STACK_TARGETS),
         };
     }

@@ -72,8 +72,10 @@ pub struct StackSampling {
     pub copies_refused: u64,
     /// Of `copies_taken`, those paid by targeted processes' budget.
     pub copies_targeted: u64,
-    /// Of `copies_taken`, those with their thread's Python frames.
+    /// Of `copies_taken`, those with their thread's Python frames, and the
+    /// nanoseconds the probe spent walking them.
     pub python_frames_copied: u64,
+    pub python_frames_ns: u64,
     /// Processes whose new sockets are copied from a budget of their own.
     pub targeted_processes: usize,
 }

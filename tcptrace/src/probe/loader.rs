@@ -199,8 +199,10 @@ pub struct KernelCounters {
     /// Stack copies taken and stored, and of those the targeted processes'.
     pub stack_copied: u64,
     pub stack_copied_targeted: u64,
-    /// Of the copies, those stored with their thread's Python frames.
+    /// Of the copies, those stored with their thread's Python frames, and
+    /// the nanoseconds their walks took.
     pub python_frames_copied: u64,
+    pub python_frames_ns: u64,
     /// Moments to copy a stack that the budget refused.
     pub stack_budget_refused: u64,
 }
@@ -638,6 +640,7 @@ impl Probe {
             stack_copied: read(Counter::StackCopied)?,
             stack_copied_targeted: read(Counter::StackCopiedTargeted)?,
             python_frames_copied: read(Counter::PythonFramesCopied)?,
+            python_frames_ns: read(Counter::PythonFramesNs)?,
             stack_budget_refused: read(Counter::StackBudgetRefused)?,
         })
     }

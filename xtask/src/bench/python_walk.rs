@@ -1,9 +1,9 @@
 //! What walking a Python thread's frames adds to a stack copy: a plain
 //! Python 3 server (python_server.py, no flag) under testpeer's churn,
 //! traced by `leaks --stacks full` (every origin and EOF read copied) with
-//! bpf_stats enabled, once with `--python-frames on` and once `off`, for
-//! each Python the image has. The walk's cost per copy is what the
-//! programs spent beyond the same copies unwalked, over the copies walked.
+//! bpf_stats enabled, for each Python the image has. The probe times each
+//! walk itself (`stacks.python_frames_ns`): bpf_stats times whole programs,
+//! whose runs on this load are mostly not copies.
 
 use std::{path::Path, thread, time::Duration};
 
@@ -17,44 +17,34 @@ pub(super) const PYTHONS: [&str; 5] = ["3.9.18", "3.10.13", "3.11.7", "3.12.1", 
 /// Load seconds per run: a Python server serves a few thousand a second.
 const SECONDS: u64 = 4;
 
-/// One traced run.
+/// One Python's run.
 #[derive(Clone, Debug, Default)]
-pub(super) struct WalkRun {
+pub(super) struct WalkCost {
+    pub(super) python: &'static str,
     pub(super) connections: u64,
     pub(super) copies: u64,
     /// Of `copies`, those with Python frames (the client's connects are
-    /// copied too, and have none).
+    /// copied too, and have none), and the probe's time walking them.
     pub(super) walks: u64,
+    pub(super) walk_ns: u64,
     /// Every program's runs and nanoseconds, summed.
     pub(super) runs: u64,
     pub(super) run_ns: u64,
 }
 
-impl WalkRun {
+impl WalkCost {
+    /// Nanoseconds a walk (and its insert) took, on average.
+    pub(super) fn walk_ns_per_copy(&self) -> Option<f64> {
+        (self.walks > 0).then(|| self.walk_ns as f64 / self.walks as f64)
+    }
+
+    /// The programs' whole time per copy, walks included.
     pub(super) fn ns_per_copy(&self) -> Option<f64> {
         (self.copies > 0).then(|| self.run_ns as f64 / self.copies as f64)
     }
 }
 
-/// One Python, walked and not.
-#[derive(Clone, Debug)]
-pub(super) struct WalkCost {
-    pub(super) python: &'static str,
-    pub(super) on: WalkRun,
-    pub(super) off: WalkRun,
-}
-
-impl WalkCost {
-    /// Nanoseconds the walk adds to a copy of a Python thread: the time the
-    /// programs spent beyond what the same copies cost unwalked, over the
-    /// copies walked.
-    pub(super) fn walk_ns_per_copy(&self) -> Option<f64> {
-        let unwalked = self.off.ns_per_copy()? * self.on.copies as f64;
-        (self.on.walks > 0).then(|| (self.on.run_ns as f64 - unwalked) / self.on.walks as f64)
-    }
-}
-
-/// Runs each Python on and off; bpf_stats must be enabled.
+/// Runs each Python; bpf_stats must be enabled.
 pub(super) fn run(bench: &Bench, root: &Path) -> Result<Vec<WalkCost>> {
     let script = root.join("xtask/src/bench/python_server.py");
     PYTHONS
@@ -63,16 +53,17 @@ pub(super) fn run(bench: &Bench, root: &Path) -> Result<Vec<WalkCost>> {
             let minor = python.rsplit_once('.').map_or(python, |(mm, _)| mm);
             let interpreter =
                 Path::new("/root/.pyenv/versions").join(format!("{python}/bin/python{minor}"));
-            Ok(WalkCost {
-                python,
-                on: traced(bench, &interpreter, &script, "on")?,
-                off: traced(bench, &interpreter, &script, "off")?,
-            })
+            traced(bench, python, &interpreter, &script)
         })
         .collect()
 }
 
-fn traced(bench: &Bench, interpreter: &Path, script: &Path, frames: &str) -> Result<WalkRun> {
+fn traced(
+    bench: &Bench,
+    python: &'static str,
+    interpreter: &Path,
+    script: &Path,
+) -> Result<WalkCost> {
     let mut server = Proc::spawn(interpreter, &[&script.to_string_lossy()])
         .with_context(|| format!("{} (run `cargo xtask setup`)", interpreter.display()))?;
     let listening = server.expect("listening")?;
@@ -87,8 +78,6 @@ fn traced(bench: &Bench, interpreter: &Path, script: &Path, frames: &str) -> Res
         "1s",
         "--stacks",
         "full",
-        "--python-frames",
-        frames,
         "--pid",
         &pid,
     ]
@@ -105,13 +94,14 @@ fn traced(bench: &Bench, interpreter: &Path, script: &Path, frames: &str) -> Res
     let served: u64 = server.expect("served")?["count"].parse()?;
     let last = exit.stdout.last().context("leaks printed no report")?;
     let report: serde_json::Value = serde_json::from_str(last)?;
-    let mut run = WalkRun {
+    let stacks = &report["stacks"];
+    let mut run = WalkCost {
+        python,
         connections: served,
-        copies: report["stacks"]["copies_taken"].as_u64().unwrap_or(0),
-        walks: report["stacks"]["python_frames_copied"]
-            .as_u64()
-            .unwrap_or(0),
-        ..WalkRun::default()
+        copies: stacks["copies_taken"].as_u64().unwrap_or(0),
+        walks: stacks["python_frames_copied"].as_u64().unwrap_or(0),
+        walk_ns: stacks["python_frames_ns"].as_u64().unwrap_or(0),
+        ..WalkCost::default()
     };
     for program in report["health"]["programs"]
         .as_array()
