@@ -34,6 +34,9 @@ use crate::{
 
 /// Frames past this are cut (and said to be).
 const MAX_FRAMES: usize = 128;
+/// The default size of a thread's stack (glibc's, the main thread's
+/// RLIMIT_STACK): an address further above the copy is no frame of it.
+const STACK_REACH: u64 = 8 << 20;
 /// Copies waiting for the thread. The agent queues no more than
 /// `QUEUE_DEPTH - CONTROL_SLOTS` (the rest stay in the probe's map until
 /// there is room), so forget and flush jobs find a slot too.
@@ -361,7 +364,14 @@ pub fn unwind_copy(
             },
             Ok(None) => break ended_at(code, frame),
             Err(framehop::Error::CouldNotReadStack(address)) => {
-                break Some(if address >= base + len as u64 {
+                // Past a full copy, and near it, the stack goes on; past a
+                // short one (the stack ended, or the thread pointer), or
+                // far away (a register that a JIT used for data, taken for
+                // a frame pointer), no frame can be.
+                let past_copy = address >= base + len as u64
+                    && len == copy.stack.len()
+                    && address - base < STACK_REACH;
+                break Some(if past_copy {
                     format!(
                         "the {} KiB stack copy ended before the outermost frame",
                         len / 1024
@@ -632,21 +642,41 @@ mod tests {
 
     #[test]
     fn a_stack_longer_than_the_copy_says_where_the_copy_ended() {
-        let mut copy = zeroed_copy();
-        copy.base = 0x7ffd_0000_0000;
-        copy.len = 4096;
-        copy.ip = 0x1000;
-        copy.sp = copy.base + 0x80;
-        // The frame chain leads past the copied page.
-        copy.bp = copy.base + 0xff8;
-        let unwinder = UnwinderX86_64::new();
-        let mut cache = CacheX86_64::new();
-        let stack = unwind_copy(&unwinder, &mut cache, &mut Trampolines(vec![]), &copy);
+        let walk = |len: usize, bp_offset: u64| {
+            let mut copy = zeroed_copy();
+            copy.base = 0x7ffd_0000_0000;
+            copy.len = len as u32;
+            copy.ip = 0x1000;
+            copy.sp = copy.base + 0x80;
+            copy.bp = copy.base + bp_offset;
+            let unwinder = UnwinderX86_64::new();
+            let mut cache = CacheX86_64::new();
+            unwind_copy(&unwinder, &mut cache, &mut Trampolines(vec![]), &copy)
+        };
+        // The frame chain leads just past a full copy: the stack goes on.
+        let stack = walk(copy_bytes(), copy_bytes() as u64 - 8);
         assert_eq!(stack.addresses, vec![0x1000]);
         assert_eq!(
             stack.truncated.as_deref(),
-            Some("the 4 KiB stack copy ended before the outermost frame")
+            Some("the 8 KiB stack copy ended before the outermost frame")
         );
+        // A copy cut short held the whole stack: past it is no frame.
+        let stack = walk(4096, 0xff8);
+        assert_eq!(
+            stack.truncated.as_deref(),
+            Some("a frame pointed outside the stack (0x7ffd00001000)")
+        );
+        // Nor is an address far above a full copy (JIT code's rbp holding
+        // an object).
+        let stack = walk(copy_bytes(), 0x1000_0000);
+        assert_eq!(
+            stack.truncated.as_deref(),
+            Some("a frame pointed outside the stack (0x7ffd10000000)")
+        );
+    }
+
+    fn copy_bytes() -> usize {
+        tcptrace_common::STACK_COPY_BYTES
     }
 
     /// This test process unwinds a copy of its own stack, taken as the
