@@ -16,7 +16,7 @@ use common::{
     LeakRun, LeakTextRun, kernel_has_recv_tracepoint,
     programs::{
         PYTHON_312, Scratch, Server, build_c, go_build, java_command, programs_dir, pyenv_python,
-        tool, write_java_perf_map,
+        run, tool, write_java_perf_map,
     },
     require_root,
 };
@@ -441,6 +441,41 @@ fn java_17_with_a_perf_map_names_the_leaking_method() {
             good: "handleGood",
         },
         |server| write_java_perf_map(server.pid()),
+    );
+}
+
+/// C# on Mono, the classic CLOSE_WAIT demo: Mono's JIT code keeps frame
+/// pointers with MONO_DEBUG=disable_omit_fp, and `--jitmap` names its
+/// methods; mono-runtime-dbg names Mono's own frames.
+#[test]
+fn csharp_on_mono_names_the_leaking_method() {
+    if !require_root() {
+        return;
+    }
+    let scratch = Scratch::new("mono");
+    let exe = scratch.path("Leaky.exe");
+    run(Command::new(tool("mcs"))
+        .arg(format!("-out:{}", exe.display()))
+        .arg(programs_dir().join("Leaky.cs")));
+    let mut command = Command::new(tool("mono"));
+    command
+        .env("MONO_DEBUG", "disable_omit_fp")
+        .arg("--jitmap")
+        .arg(&exe);
+    let server = Server::start(command, scratch.path("stderr"));
+    let path = check(
+        "c# on mono",
+        server,
+        Expect::Handler {
+            leaky: "Program:HandleLegacy",
+            good: "Program:HandleGood",
+        },
+        |_| {},
+    );
+    let eof = frames(&path);
+    assert!(
+        eof.iter().any(|f| f.starts_with("mono_w32socket_recv")),
+        "Mono's own frames are named: {path:#}"
     );
 }
 

@@ -39,6 +39,7 @@ pub fn run() -> Result<Installed> {
     ensure_bpf_linker(llvm_major)?;
     let prometheus = ensure_prometheus()?;
     ensure_go()?;
+    ensure_mono()?;
     ensure_chromium()?;
     check_test_runtimes();
     Ok(Installed { prometheus })
@@ -268,6 +269,38 @@ fn ensure_go() -> Result<()> {
     version()
         .map(|_| ())
         .with_context(|| format!("golang-go is installed but `{GO} version` fails"))
+}
+
+/// Where tests/code_paths.rs finds Mono: Debian's `mono-runtime` (`mono`
+/// is `mono-sgen`), `mono-mcs` (the C# compiler) and `mono-runtime-dbg`
+/// (the symbols that name Mono's own frames, a stripped binary's).
+const MONO: &str = "/usr/bin/mono";
+const MCS: &str = "/usr/bin/mcs";
+const MONO_SYMBOLS: &str = "/usr/lib/debug/usr/bin/mono-sgen";
+
+/// Mono runs tests/code_paths.rs's C# server.
+fn ensure_mono() -> Result<()> {
+    let version = || {
+        let mono = output(Command::new(MONO).arg("--version")).ok()?;
+        output(Command::new(MCS).arg("--version")).ok()?;
+        Path::new(MONO_SYMBOLS).is_file().then_some(mono)
+    };
+    if let Some(version) = version() {
+        step(&format!(
+            "setup: mono: present ({})",
+            version.lines().next().unwrap_or_default().trim()
+        ));
+        return Ok(());
+    }
+    step(
+        "setup: mono-runtime, mono-mcs, mono-runtime-dbg: missing, installing with apt-get (tests/code_paths.rs runs a C# server)",
+    );
+    apt_install(&["mono-runtime", "mono-mcs", "mono-runtime-dbg"])?;
+    version().map(|_| ()).with_context(|| {
+        format!(
+            "mono is installed but `{MONO} --version`, `{MCS} --version` or {MONO_SYMBOLS} fails"
+        )
+    })
 }
 
 /// Where tests/page.rs finds the browser: Debian's `chromium`.

@@ -88,6 +88,9 @@ impl Frame {
             if is_jvm_stub_name(&self.text) {
                 return "JVM stubs".to_owned();
             }
+            if mono_class(&self.text).is_some() {
+                return "Mono".to_owned();
+            }
             return "V8".to_owned();
         }
         self.module
@@ -235,6 +238,8 @@ fn is_runtime_module_path(path: &str) -> bool {
         // a Python program's own code is its Python.
         || path.contains("/lib/python")
         || path.contains("/lib64/python")
+        // Mono's class libraries, compiled ahead of time (`mscorlib.dll.so`).
+        || path.contains("/lib/mono/")
 }
 
 /// Shared objects and executables that are runtimes or system libraries,
@@ -267,8 +272,18 @@ pub fn is_runtime_module(module: &str) -> bool {
         "libnode",
         "libuv",
         "libv8",
+        "libmono",
     ];
-    const EXECUTABLES: &[&str] = &["node", "nodejs", "java", "python", "python2", "python3"];
+    const EXECUTABLES: &[&str] = &[
+        "node",
+        "nodejs",
+        "java",
+        "python",
+        "python2",
+        "python3",
+        "mono",
+        "mono-sgen",
+    ];
     if module.starts_with('[') {
         // [vdso], [vsyscall]; [anon] is no runtime.
         return module != "[anon]";
@@ -368,6 +383,13 @@ pub fn classify_jit_name(name: &str) -> FrameKind {
             FrameKind::Jit
         };
     }
+    if let Some(class) = mono_class(name) {
+        return if is_mono_library(class) {
+            FrameKind::Runtime
+        } else {
+            FrameKind::Jit
+        };
+    }
     if is_jvm_stub_name(name) {
         return FrameKind::Runtime;
     }
@@ -405,6 +427,28 @@ fn java_method(name: &str) -> Option<&str> {
     method.contains('.').then_some(method)
 }
 
+/// The class of a Mono `--jitmap` entry: `Program:HandleLegacy
+/// (System.Net.Sockets.TcpClient)`, `System.Net.Sockets.Socket:Receive
+/// (byte[],int,int)`, or `(wrapper …)` for Mono's own wrappers.
+fn mono_class(name: &str) -> Option<&str> {
+    if name.starts_with("(wrapper ") {
+        return Some("(wrapper");
+    }
+    let (head, _signature) = name.split_once(" (")?;
+    if head.contains("::") || head.contains(' ') {
+        return None;
+    }
+    let (class, method) = head.rsplit_once(':')?;
+    (!class.is_empty() && !method.is_empty()).then_some(class)
+}
+
+fn is_mono_library(class: &str) -> bool {
+    class == "(wrapper"
+        || ["System.", "Mono.", "Microsoft."]
+            .iter()
+            .any(|p| class.starts_with(p))
+}
+
 fn is_jdk_class(method: &str) -> bool {
     let method = method.replace('/', ".");
     ["java.", "javax.", "jdk.", "sun.", "com.sun."]
@@ -435,6 +479,7 @@ enum Runtime {
     Node,
     /// Go's net/http client transport, in the goroutines it starts.
     GoHttpClient,
+    Mono,
 }
 
 /// The runtime whose frames fill a stack, if one does.
@@ -447,6 +492,7 @@ fn runtime_of(frames: &[Frame]) -> Option<Runtime> {
     };
     let java = |m: &str| m.starts_with("libjvm") || m == "java";
     let node = |m: &str| m.starts_with("libnode") || m == "node" || m == "nodejs";
+    let mono = |m: &str| m.starts_with("libmono") || m == "mono-sgen" || m == "mono";
     if is_go_http_client(frames) {
         return Some(Runtime::GoHttpClient);
     }
@@ -461,6 +507,9 @@ fn runtime_of(frames: &[Frame]) -> Option<Runtime> {
         .any(|f| module_is(f, java) || f.text == "Interpreter")
     {
         return Some(Runtime::Java);
+    }
+    if frames.iter().any(|f| module_is(f, mono)) {
+        return Some(Runtime::Mono);
     }
     if frames.iter().any(|f| {
         module_is(f, node) || module_is(f, |m| m.starts_with("libuv")) || f.text.starts_with("uv_")
@@ -542,6 +591,7 @@ pub fn runtime_note(frames: &[Frame], pid: u32) -> Option<String> {
             )
         }
         Runtime::GoHttpClient => GO_HTTP_CLIENT_NOTE.to_owned(),
+        Runtime::Mono => "Mono: its JIT code is walked by frame pointers, which Mono leaves out by default, and named from its --jitmap: run with MONO_DEBUG=disable_omit_fp and `mono --jitmap` (Mono buffers the map, so the newest methods are named once it writes more; each report reads it again)".to_owned(),
         Runtime::Node => "Node.js: the read happens in the event loop (libuv); the JS handler is not on the stack at a read. The peer closed; the socket stays open until JS calls end() or destroy() (allowHalfOpen, or an 'end' handler that does neither)".to_owned(),
     };
     Some(note)
@@ -672,6 +722,104 @@ mod tests {
     }
 
     #[test]
+    fn python_notes_a_walk_cut_short_even_under_named_frames_and_asyncio_always() {
+        use crate::model::python_frames::PythonFrame;
+        let py = |function: &str, path: &str| {
+            PythonFrame {
+                function: function.into(),
+                path: path.into(),
+                line: Some(7),
+            }
+            .frame()
+        };
+        let libpython = Frame {
+            text: "_PyEval_EvalFrameDefault".into(),
+            module: Some("libpython3.11.so.1.0".into()),
+            kind: FrameKind::Runtime,
+        };
+        // Frames named, the walk cut short: said.
+        let cut = NamedStack::with_python_note(
+            vec![libpython.clone(), py("handle", "/srv/app.py")],
+            None,
+            1,
+            Some("more than 32 Python frames: the outer ones were not copied".into()),
+        );
+        assert!(cut.note.as_deref().unwrap().starts_with("more than 32"));
+        // No Python frame and a program frame from elsewhere (a perf map):
+        // why they are missing is not said over the named frame.
+        let perf = Frame {
+            text: "py::handle:/srv/app.py".into(),
+            module: Some("[anon]".into()),
+            kind: FrameKind::Jit,
+        };
+        let named = NamedStack::with_python_note(
+            vec![libpython.clone(), perf],
+            None,
+            1,
+            Some("Python 3.12.1 frames were not copied with this stack".into()),
+        );
+        assert_eq!(named.note, None);
+        // Nothing named: the reason replaces the generic advice.
+        let unnamed = NamedStack::with_python_note(
+            vec![libpython.clone()],
+            None,
+            1,
+            Some("Python 3.8 frames are not read: …".into()),
+        );
+        assert!(unnamed.note.as_deref().unwrap().starts_with("Python 3.8"));
+        // asyncio: the loop's frames under the program's `<module>`.
+        let asyncio = NamedStack::with_python_note(
+            vec![
+                libpython,
+                py(
+                    "BaseEventLoop._run_once",
+                    "/usr/lib/python3.11/asyncio/base_events.py",
+                ),
+                py("<module>", "/srv/app.py"),
+            ],
+            None,
+            1,
+            None,
+        );
+        assert!(asyncio.note.as_deref().unwrap().contains("event loop"));
+        assert_eq!(asyncio.frames[1].area(), "Python stdlib");
+    }
+
+    #[test]
+    fn a_mono_stack_cut_in_its_jit_code_says_what_would_walk_and_name_it() {
+        let stack = test_stack(
+            &[
+                ("__libc_recvfrom", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                ("mono_w32socket_recv", "/usr/bin/mono-sgen"),
+                (
+                    "(wrapper managed-to-native) System.Net.Sockets.Socket:Receive_internal (intptr)",
+                    "[anon]",
+                ),
+                ("[anon]+0x671bf", "[anon]"),
+            ],
+            Some("unwinding stopped: Frame pointer unwinding moved backwards"),
+        );
+        let note = stack.note.as_deref().unwrap();
+        assert!(note.starts_with("Mono:"), "{note}");
+        assert!(note.contains("MONO_DEBUG=disable_omit_fp"), "{note}");
+        assert!(note.contains("--jitmap"), "{note}");
+        assert_eq!(stack.frames[2].area(), "Mono");
+        // Named down to the program's method: no note.
+        let named = test_stack(
+            &[
+                ("mono_w32socket_recv", "/usr/bin/mono-sgen"),
+                (
+                    "Program:HandleLegacy (System.Net.Sockets.TcpClient)",
+                    "[anon]",
+                ),
+            ],
+            None,
+        );
+        assert_eq!(named.note, None);
+        assert!(named.frames[1].is_program());
+    }
+
+    #[test]
     fn perf_map_names_are_jit_code_unless_a_runtimes() {
         use FrameKind::*;
         for (name, kind) in [
@@ -717,6 +865,17 @@ mod tests {
             ("JS:*onData /srv/app.js:12", Jit),
             ("Builtin:ArgumentsAdaptorTrampoline", Runtime),
             ("LazyCompile:~emit node:events:490", Runtime),
+            ("Program:HandleLegacy (System.Net.Sockets.TcpClient)", Jit),
+            ("Program/<Main>c__AnonStorey0:<>m__0 ()", Jit),
+            ("Acme.Billing.Gateway:Charge (Acme.Order)", Jit),
+            (
+                "System.Net.Sockets.Socket:Receive (byte[],int,int,System.Net.Sockets.SocketFlags)",
+                Runtime,
+            ),
+            (
+                "(wrapper managed-to-native) System.Net.Sockets.Socket:Receive_internal (intptr,byte*,int,System.Net.Sockets.SocketFlags,int&,bool)",
+                Runtime,
+            ),
         ] {
             assert_eq!(classify_jit_name(name), kind, "{name}");
             assert_eq!(classify(Some(name), None, NameSource::PerfMap), kind);
