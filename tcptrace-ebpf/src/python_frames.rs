@@ -11,7 +11,7 @@ use crate::{add, count};
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
@@ -84,6 +84,27 @@ pub(crate) fn copy_python_frames(tgid: u32, thread_pointer: u64, key: &StackCopy
     stored
 }
 
+/// What the loops' callbacks share: `bpf_loop` runs each step as a
+/// function the verifier checks once, where a bounded loop is checked
+/// iteration by iteration at every program's load.
+#[repr(C)]
+struct Walk {
+    thread_pointer: u64,
+    /// The thread state looked at, then the frame.
+    at: u64,
+    /// 1 once the step found what it looked for or the end.
+    found: u64,
+    failed: u64,
+    next: u32,
+    id: u32,
+    block: u32,
+    frame_code: u32,
+    frame_instr: u32,
+    frame_owner: u32,
+    frame_entry: u32,
+    _pad: u32,
+}
+
 fn walk(process: &PyProcess, thread_pointer: u64, scratch: &mut Scratch) -> i32 {
     if thread_pointer == 0 {
         return PY_WALK_NO_THREAD_POINTER;
@@ -91,27 +112,41 @@ fn walk(process: &PyProcess, thread_pointer: u64, scratch: &mut Scratch) -> i32 
     let Some(interpreter) = read_u64(process.runtime + process.interpreters_head as u64) else {
         return PY_WALK_READ_FAILED;
     };
-    let Some(mut thread) = read_u64(interpreter + process.threads_head as u64) else {
+    let Some(thread) = read_u64(interpreter + process.threads_head as u64) else {
         return PY_WALK_READ_FAILED;
     };
-    let mut found = false;
-    for _ in 0..PY_THREADS_MAX {
-        if thread == 0 {
-            break;
-        }
-        if !read_block(&mut scratch.block, thread, process.thread_block) {
-            return PY_WALK_READ_FAILED;
-        }
-        if field_u64(&scratch.block, process.thread_id) == thread_pointer {
-            found = true;
-            break;
-        }
-        thread = field_u64(&scratch.block, process.thread_next);
+    let mut walk = Walk {
+        thread_pointer,
+        at: thread,
+        found: 0,
+        failed: 0,
+        next: process.thread_next,
+        id: process.thread_id,
+        block: process.thread_block,
+        frame_code: process.frame_code,
+        frame_instr: process.frame_instr,
+        frame_owner: process.frame_owner,
+        frame_entry: process.frame_entry,
+        _pad: 0,
+    };
+    // SAFETY: `thread_step` takes the pointer to `walk`, which outlives the
+    // loop.
+    unsafe {
+        bpf_loop(
+            PY_THREADS_MAX,
+            thread_step as *const () as *mut c_void,
+            &raw mut walk as *mut c_void,
+            0,
+        )
+    };
+    if walk.failed != 0 {
+        return PY_WALK_READ_FAILED;
     }
-    if !found {
+    if walk.found == 0 || walk.at == 0 {
         return PY_WALK_NO_THREAD;
     }
-    scratch.frames.thread_state = thread;
+    // The matching thread state is still in the block.
+    scratch.frames.thread_state = walk.at;
     let mut frame = field_u64(&scratch.block, process.thread_frame);
     if process.cframe_frame != PY_NO_FIELD && frame != 0 {
         match read_u64(frame + process.cframe_frame as u64) {
@@ -119,40 +154,95 @@ fn walk(process: &PyProcess, thread_pointer: u64, scratch: &mut Scratch) -> i32 
             None => return PY_WALK_READ_FAILED,
         }
     }
-    for i in 0..PY_FRAMES_MAX {
-        if frame == 0 {
-            return PY_WALK_COMPLETE;
-        }
-        if !read_block(&mut scratch.block, frame, process.frame_block) {
-            return PY_WALK_READ_FAILED;
-        }
-        let mut flags = 0;
-        if process.frame_owner != PY_NO_FIELD {
-            flags = field_u8(&scratch.block, process.frame_owner) & 0x0f;
-        }
-        if process.frame_entry != PY_NO_FIELD && field_u8(&scratch.block, process.frame_entry) != 0
-        {
-            flags |= PY_FRAME_ENTRY;
-        }
-        let copied = PyFrame {
-            code: field_u64(&scratch.block, process.frame_code),
-            instr: field_u64(&scratch.block, process.frame_instr),
-        };
-        if let (Some(slot), Some(flag)) = (
-            scratch.frames.frames.get_mut(i),
-            scratch.frames.flags.get_mut(i),
-        ) {
-            *slot = copied;
-            *flag = flags;
-        }
-        scratch.frames.count = i as u32 + 1;
-        frame = field_u64(&scratch.block, process.frame_previous);
-    }
-    if frame == 0 {
+    walk.at = frame;
+    walk.found = 0;
+    walk.next = process.frame_previous;
+    walk.block = process.frame_block;
+    // SAFETY: as above.
+    unsafe {
+        bpf_loop(
+            PY_FRAMES_MAX as u32,
+            frame_step as *const () as *mut c_void,
+            &raw mut walk as *mut c_void,
+            0,
+        )
+    };
+    if walk.failed != 0 {
+        PY_WALK_READ_FAILED
+    } else if walk.at == 0 {
         PY_WALK_COMPLETE
     } else {
         PY_WALK_DEEPER
     }
+}
+
+/// One thread state: 1 (stop) once it is the copying thread's, at the
+/// list's end, or on a failed read; its block stays in the scratch.
+unsafe extern "C" fn thread_step(_index: u32, context: *mut c_void) -> i64 {
+    // SAFETY: `walk` passes a pointer to its own `Walk`.
+    let walk = unsafe { &mut *(context as *mut Walk) };
+    if walk.at == 0 {
+        return 1;
+    }
+    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
+        walk.failed = 1;
+        return 1;
+    };
+    // SAFETY: this CPU's slot; the program does not nest on a CPU.
+    let block = unsafe { &mut (*scratch).block };
+    if !read_block(block, walk.at, walk.block) {
+        walk.failed = 1;
+        return 1;
+    }
+    if field_u64(block, walk.id) == walk.thread_pointer {
+        walk.found = 1;
+        return 1;
+    }
+    walk.at = field_u64(block, walk.next);
+    0
+}
+
+/// One frame, copied into slot `index`: 1 (stop) past the outermost frame
+/// or on a failed read.
+unsafe extern "C" fn frame_step(index: u32, context: *mut c_void) -> i64 {
+    // SAFETY: `walk` passes a pointer to its own `Walk`.
+    let walk = unsafe { &mut *(context as *mut Walk) };
+    if walk.at == 0 {
+        return 1;
+    }
+    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
+        walk.failed = 1;
+        return 1;
+    };
+    // SAFETY: this CPU's slot; the program does not nest on a CPU.
+    let scratch = unsafe { &mut *scratch };
+    if !read_block(&mut scratch.block, walk.at, walk.block) {
+        walk.failed = 1;
+        return 1;
+    }
+    let block = &scratch.block;
+    let mut flags = 0;
+    if walk.frame_owner != PY_NO_FIELD {
+        flags = field_u8(block, walk.frame_owner) & 0x0f;
+    }
+    if walk.frame_entry != PY_NO_FIELD && field_u8(block, walk.frame_entry) != 0 {
+        flags |= PY_FRAME_ENTRY;
+    }
+    let copied = PyFrame {
+        code: field_u64(block, walk.frame_code),
+        instr: field_u64(block, walk.frame_instr),
+    };
+    let index = index as usize;
+    if let (Some(slot), Some(flag)) = (
+        scratch.frames.frames.get_mut(index),
+        scratch.frames.flags.get_mut(index),
+    ) {
+        *slot = copied;
+        *flag = flags;
+        scratch.frames.count = index as u32 + 1;
+    }
+    walk.at = field_u64(block, walk.next);
+    0
 }
 
 fn read_u64(address: u64) -> Option<u64> {
