@@ -340,6 +340,50 @@ fn python_313_names_the_leaking_function_with_no_flag() {
     python_reads_to_eof(13);
 }
 
+/// A container's Python: its files exist only in its own mount namespace
+/// (here the pyenv install bound over an empty directory in a namespace
+/// of the test's own), so the agent reads them through /proc/PID/map_files.
+#[test]
+fn python_in_another_mount_namespace_names_the_leaking_function() {
+    if !require_root() {
+        return;
+    }
+    let scratch = Scratch::new("py311-mntns");
+    let python = pyenv_python(11);
+    let install = python.parent().and_then(|bin| bin.parent()).unwrap();
+    let root = scratch.path("container-python");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut command = Command::new(tool("unshare"));
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {install} {root} && LD_LIBRARY_PATH={root}/lib exec {root}/bin/python3.11 {program} \"$1\"",
+            install = install.display(),
+            root = root.display(),
+            program = programs_dir().join("leaky.py").display(),
+        ))
+        .arg("sh");
+    let server = Server::start(command, scratch.path("stderr"));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    assert!(
+        maps.contains(&format!("{}/lib/libpython3.11.so", root.display())),
+        "the server does not run the namespace's libpython:\n{maps}"
+    );
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "the namespace's files are visible outside it"
+    );
+    check(
+        "python3.11 in a mount namespace",
+        server,
+        Expect::Handler {
+            leaky: "handle_leaky (leaky.py:39)",
+            good: "handle_good",
+        },
+        |_| {},
+    );
+}
+
 /// A thread per connection, each still alive with frames of its own: the
 /// frames shown are those of the thread that read, never another's.
 fn python_thread_per_connection(minor: u8) {
