@@ -365,6 +365,7 @@ pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
     step("bench: in-kernel cost, short runs with bpf_stats enabled");
     let mut kernel = Vec::new();
     let python;
+    let data_reads;
     {
         let _stats = BpfStatsGuard::enable()?;
         // serve attaches what `leaks --stacks default` does.
@@ -374,7 +375,9 @@ pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
         {
             kernel.push((config.name(), kernel_cost(&bench, *config)?));
         }
-        step("bench: the Python walk's cost per copy, each Python with and without it");
+        step("bench: sock_recv_length on data reads alone (bulk load, default stacks)");
+        data_reads = Some(rounds::data_read_cost(&bench)?);
+        step("bench: the Python walk's cost per copy, each Python");
         python = python_walk::run(&bench, root)?;
     }
 
@@ -393,6 +396,7 @@ pub fn run(root: &Path, rounds: u32, baseline: Option<&str>) -> Result<()> {
             baseline: bench.baseline.as_ref().map(|b| b.commit.as_str()),
             paths: &paths,
             python: &python,
+            data_reads,
         },
         started.elapsed(),
     );

@@ -107,6 +107,37 @@ fn bulk(bin: &Bench) -> Result<(f64, f64)> {
     ))
 }
 
+/// `sock_recv_length` on data reads alone: (runs, ns per run) of the
+/// default `leaks` probe while the bulk load (16 KiB recvs, each returning
+/// data but the streams' last) runs, with bpf_stats enabled.
+pub(super) fn data_read_cost(bench: &Bench) -> Result<(u64, f64)> {
+    let seconds = bench.timing.bulk.ceil() as u64 + 2;
+    let args: Vec<String> = [
+        "leaks",
+        "--json",
+        "-d",
+        &format!("{seconds}s"),
+        "--stacks",
+        "default",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let tracer = Tracer::start(&bench.tcptrace, &args, true)?;
+    bulk(bench)?;
+    let exit = tracer.wait()?;
+    let report = leak_report(&exit.stdout)?;
+    let recv = report["health"]["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["program"] == "sock_recv_length")
+        .context("no sock_recv_length in the report's programs")?;
+    let runs = recv["runs"].as_u64().unwrap_or(0);
+    let ns = recv["run_ns"].as_u64().unwrap_or(0);
+    Ok((runs, ns as f64 / runs.max(1) as f64))
+}
+
 fn syscalls(bin: &Bench) -> Result<f64> {
     let looper = Proc::spawn(
         &bin.peer,
