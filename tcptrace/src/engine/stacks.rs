@@ -412,12 +412,8 @@ struct PythonProcesses {
 }
 
 impl PythonProcesses {
+    /// Called at every connect() and listen() on the host: a set lookup.
     fn notice(&mut self, pid: u32) {
-        if self.seen_since.elapsed() >= SEEN_FOR {
-            self.seen_since = Instant::now();
-            let known = &self.known;
-            self.seen.retain(|pid| known.contains(pid));
-        }
         if pid != 0 && self.seen.insert(pid) && !self.watch.look(pid) {
             // Asked again at its next socket.
             self.seen.remove(&pid);
@@ -452,6 +448,11 @@ impl PythonProcesses {
         }
         for pid in self.exited.drain(..) {
             probe.forget_python(pid);
+        }
+        if self.seen_since.elapsed() >= SEEN_FOR {
+            self.seen_since = Instant::now();
+            let known = &self.known;
+            self.seen.retain(|pid| known.contains(pid));
         }
         for (pid, mut detection) in self.watch.found() {
             self.seen.insert(pid);
