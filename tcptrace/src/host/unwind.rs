@@ -28,7 +28,10 @@ use object::{Object, ObjectSection, ObjectSegment};
 use tcptrace_common::StackCopy;
 
 use crate::{
-    host::{thread_priority::run_in_background, worker_queue::send_and_wait},
+    host::{
+        process_memory::ProcessMemory, thread_priority::run_in_background,
+        worker_queue::send_and_wait,
+    },
     model::{python_frames::CopiedPython, stack::UnwoundStack},
 };
 
@@ -213,12 +216,12 @@ impl Processes {
         let Some(process) = self.by_pid.get_mut(&pid) else {
             return UnwoundStack::default();
         };
-        let mut memory = ProcessMemory {
-            pid,
+        let mut code = JitCode {
+            memory: ProcessMemory::of(pid),
             files: &process.files,
             known: HashMap::new(),
         };
-        unwind_copy(&process.unwinder, &mut process.cache, &mut memory, copy)
+        unwind_copy(&process.unwinder, &mut process.cache, &mut code, copy)
     }
 
     fn build(&mut self, pid: u32, maps: &str) -> (UnwinderX86_64<SectionData>, Vec<FileKey>) {
@@ -290,15 +293,15 @@ pub trait CodeReader {
     fn is_file_backed(&self, address: u64) -> bool;
 }
 
-/// Reads /proc/PID/mem, remembering answers per address.
-struct ProcessMemory<'a> {
-    pid: u32,
+/// Reads the process's JIT code, remembering answers per address.
+struct JitCode<'a> {
+    memory: ProcessMemory,
     /// Code mapped from files: never a trampoline, and not read.
     files: &'a [Range<u64>],
     known: HashMap<u64, bool>,
 }
 
-impl CodeReader for ProcessMemory<'_> {
+impl CodeReader for JitCode<'_> {
     fn is_file_backed(&self, address: u64) -> bool {
         self.files.iter().any(|file| file.contains(&address))
     }
@@ -307,15 +310,14 @@ impl CodeReader for ProcessMemory<'_> {
         if self.is_file_backed(return_address) {
             return false;
         }
-        let pid = self.pid;
+        let memory = self.memory;
         *self.known.entry(return_address).or_insert_with(|| {
-            use std::os::unix::fs::FileExt;
             let Some(start) = return_address.checked_sub(PYTHON_TRAMPOLINE_RETURN) else {
                 return false;
             };
             let mut code = [0u8; PYTHON_TRAMPOLINE.len()];
-            fs::File::open(format!("/proc/{pid}/mem"))
-                .and_then(|mem| mem.read_exact_at(&mut code, start))
+            memory
+                .read(start, &mut code)
                 .is_ok_and(|()| code == PYTHON_TRAMPOLINE)
         })
     }
