@@ -243,14 +243,6 @@ fn read_symbols(pid: u32, mapping: &Mapping) -> Option<FileSymbols> {
     Some(symbols)
 }
 
-/// The processes whose mappings name a Python: a cheap first look, before
-/// any ELF file is read.
-pub fn maps_name_python(maps: &str) -> bool {
-    executable_mappings(maps)
-        .iter()
-        .any(|m| python_minor(&m.path).is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,17 +264,15 @@ mod tests {
     #[test]
     fn a_process_with_no_python_file_is_not_python() {
         let maps = "55d0c0001000-55d0c0002000 r-xp 00001000 08:01 42 /usr/bin/server\n";
-        assert!(!maps_name_python(maps));
         assert_eq!(Detector::default().detect_in(1, maps), Detection::NotPython);
     }
 
-    /// This test's own process is no Python; a real interpreter is checked
-    /// by the integration tests (python_frames.rs), each version apart.
+    /// This test's own process is no Python; real interpreters are checked
+    /// by tests/code_paths.rs and tests/origin_paths.rs, each version apart.
     #[test]
     fn a_python_file_that_cannot_be_read_is_not_taken_for_python() {
         let maps =
             "7f0000001000-7f0000002000 r-xp 00001000 08:01 43 /nonexistent/libpython3.11.so.1.0\n";
-        assert!(maps_name_python(maps));
         assert_eq!(
             Detector::default().detect_in(u32::MAX, maps),
             Detection::NotPython

@@ -5,12 +5,12 @@
 
 use std::{
     fs,
-    sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel},
+    sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel},
     time::Duration,
 };
 
 use crate::host::{
-    python_runtime::{Detection, Detector, maps_name_python},
+    python_runtime::{Detection, Detector},
     thread_priority::run_in_background,
     worker_queue::send_and_wait,
 };
@@ -45,7 +45,7 @@ impl PythonWatch {
                 while let Ok(job) = queue.recv() {
                     let (pids, done) = match job {
                         Job::Look(pid) => (vec![pid], None),
-                        Job::LookAtAll(done) => (running_pythons(), Some(done)),
+                        Job::LookAtAll(done) => (running_processes(), Some(done)),
                         Job::ClearFiles => {
                             detector.clear_files();
                             continue;
@@ -66,10 +66,7 @@ impl PythonWatch {
 
     /// Queues a process to look at; false when the thread is too far behind.
     pub fn look(&self, pid: u32) -> bool {
-        !matches!(
-            self.jobs.try_send(Job::Look(pid)),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
-        )
+        self.jobs.try_send(Job::Look(pid)).is_ok()
     }
 
     /// Looks at every process now running, and waits at most `timeout`
@@ -90,17 +87,14 @@ impl PythonWatch {
     }
 }
 
-/// The processes whose mappings name a Python.
-fn running_pythons() -> Vec<u32> {
+/// Every process now running; one whose mappings name no Python is told
+/// apart by reading them once, as any other.
+fn running_processes() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/maps"))
-                .is_ok_and(|maps| maps_name_python(&maps))
-        })
         .collect()
 }
