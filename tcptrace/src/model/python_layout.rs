@@ -133,28 +133,17 @@ impl PyLayout {
                 ascii_size: 40,
                 compact_size: 56,
             },
+            // 3.12's frames, code objects and strings; the runtime, the
+            // interpreter and the thread state moved (`cframe` is gone).
             13 => Self {
                 minor,
                 runtime_interpreters_head: 632,
                 interp_threads_head: 7344,
-                thread_next: 8,
-                thread_interp: 16,
                 thread_id: 152,
                 thread_frame: 72,
                 cframe_frame: None,
-                frame_previous: 8,
-                frame_code: 0,
-                frame_instr: 56,
-                frame_owner: Some(70),
-                frame_entry: None,
-                code_name: 120,
-                code_qualname: Some(128),
-                code_filename: 112,
-                code_firstlineno: 68,
-                code_linetable: 136,
                 code_adaptive: Some(200),
-                ascii_size: 40,
-                compact_size: 56,
+                ..Self::known(12)?
             },
             _ => return None,
         };
