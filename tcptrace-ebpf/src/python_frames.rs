@@ -142,7 +142,7 @@ fn walk(process: &PyProcess, thread_pointer: u64, scratch: &mut Scratch) -> i32 
     if walk.failed != 0 {
         return PY_WALK_READ_FAILED;
     }
-    if walk.found == 0 || walk.at == 0 {
+    if walk.found == 0 {
         return PY_WALK_NO_THREAD;
     }
     // The matching thread state is still in the block.
@@ -181,19 +181,10 @@ fn walk(process: &PyProcess, thread_pointer: u64, scratch: &mut Scratch) -> i32 
 unsafe extern "C" fn thread_step(_index: u32, context: *mut c_void) -> i64 {
     // SAFETY: `walk` passes a pointer to its own `Walk`.
     let walk = unsafe { &mut *(context as *mut Walk) };
-    if walk.at == 0 {
-        return 1;
-    }
-    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
-        walk.failed = 1;
+    let Some(scratch) = read_next(walk) else {
         return 1;
     };
-    // SAFETY: this CPU's slot; the program does not nest on a CPU.
-    let block = unsafe { &mut (*scratch).block };
-    if !read_block(block, walk.at, walk.block) {
-        walk.failed = 1;
-        return 1;
-    }
+    let block = &scratch.block;
     if field_u64(block, walk.id) == walk.thread_pointer {
         walk.found = 1;
         return 1;
@@ -207,19 +198,9 @@ unsafe extern "C" fn thread_step(_index: u32, context: *mut c_void) -> i64 {
 unsafe extern "C" fn frame_step(index: u32, context: *mut c_void) -> i64 {
     // SAFETY: `walk` passes a pointer to its own `Walk`.
     let walk = unsafe { &mut *(context as *mut Walk) };
-    if walk.at == 0 {
-        return 1;
-    }
-    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
-        walk.failed = 1;
+    let Some(scratch) = read_next(walk) else {
         return 1;
     };
-    // SAFETY: this CPU's slot; the program does not nest on a CPU.
-    let scratch = unsafe { &mut *scratch };
-    if !read_block(&mut scratch.block, walk.at, walk.block) {
-        walk.failed = 1;
-        return 1;
-    }
     let block = &scratch.block;
     let mut flags = 0;
     if walk.frame_owner != PY_NO_FIELD {
@@ -243,6 +224,25 @@ unsafe extern "C" fn frame_step(index: u32, context: *mut c_void) -> i64 {
     }
     walk.at = field_u64(block, walk.next);
     0
+}
+
+/// Reads the object `walk` is at into this CPU's scratch block; `None`
+/// (the step stops) past the list's end, or with `failed` set.
+fn read_next(walk: &mut Walk) -> Option<&'static mut Scratch> {
+    if walk.at == 0 {
+        return None;
+    }
+    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
+        walk.failed = 1;
+        return None;
+    };
+    // SAFETY: this CPU's slot; the program does not nest on a CPU.
+    let scratch = unsafe { &mut *scratch };
+    if !read_block(&mut scratch.block, walk.at, walk.block) {
+        walk.failed = 1;
+        return None;
+    }
+    Some(scratch)
 }
 
 fn read_u64(address: u64) -> Option<u64> {
