@@ -283,6 +283,16 @@ fn python_312_with_perf_support_names_the_leaking_function_from_its_own_frames()
     );
 }
 
+/// `program` (in tests/programs) under Python 3.`minor` with no flag, and
+/// the scratch directory its stderr goes to, which must outlive it.
+fn python_server(minor: u8, program: &str) -> (Scratch, Server) {
+    let scratch = Scratch::new(&format!("py3{minor}-{}", program.trim_end_matches(".py")));
+    let mut command = Command::new(pyenv_python(minor));
+    command.arg(programs_dir().join(program));
+    let server = Server::start(command, scratch.path("stderr"));
+    (scratch, server)
+}
+
 /// Python with no flag: the probe copies the reading thread's Python frames
 /// beside its stack, and the leak names its handler, file and line, in
 /// its place among the native frames.
@@ -290,10 +300,7 @@ fn python_reads_to_eof(minor: u8) {
     if !require_root() {
         return;
     }
-    let scratch = Scratch::new(&format!("py3{minor}"));
-    let mut command = Command::new(pyenv_python(minor));
-    command.arg(programs_dir().join("leaky.py"));
-    let server = Server::start(command, scratch.path("stderr"));
+    let (_scratch, server) = python_server(minor, "leaky.py");
     let path = check(
         &format!("python3.{minor}"),
         server,
@@ -390,10 +397,7 @@ fn python_thread_per_connection(minor: u8) {
     if !require_root() {
         return;
     }
-    let scratch = Scratch::new(&format!("py3{minor}-threads"));
-    let mut command = Command::new(pyenv_python(minor));
-    command.arg(programs_dir().join("threaded.py"));
-    let server = Server::start(command, scratch.path("stderr"));
+    let (_scratch, server) = python_server(minor, "threaded.py");
     check(
         &format!("python3.{minor} threads"),
         server,
@@ -428,10 +432,7 @@ fn python_asyncio_says_the_read_is_in_the_event_loop() {
         return;
     }
     for minor in [9, 13] {
-        let scratch = Scratch::new(&format!("py3{minor}-asyncio"));
-        let mut command = Command::new(pyenv_python(minor));
-        command.arg(programs_dir().join("leaky_asyncio.py"));
-        let server = Server::start(command, scratch.path("stderr"));
+        let (_scratch, server) = python_server(minor, "leaky_asyncio.py");
         let path = check(
             &format!("python3.{minor} asyncio"),
             server,
@@ -454,10 +455,7 @@ fn python_38_says_its_frames_are_not_read_and_names_its_version() {
     if !require_root() {
         return;
     }
-    let scratch = Scratch::new("py38");
-    let mut command = Command::new(pyenv_python(8));
-    command.arg(programs_dir().join("leaky.py"));
-    let server = Server::start(command, scratch.path("stderr"));
+    let (_scratch, server) = python_server(8, "leaky.py");
     check(
         "python3.8",
         server,
