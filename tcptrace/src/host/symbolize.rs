@@ -13,7 +13,7 @@
 //! looked up again when a report shows them.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     fs,
     path::Path,
     sync::{
@@ -54,9 +54,7 @@ enum Job {
     Resolve {
         pid: u32,
         stack_id: u32,
-        addresses: Vec<u64>,
-        truncated: Option<String>,
-        python: Option<CopiedPython>,
+        stack: UnwoundStack,
     },
     /// What a process is, for its Python frames: sent before any stack of
     /// it that carries them.
@@ -103,7 +101,7 @@ pub struct SymbolizerWorker {
     /// resolved once per process.
     requested: HashSet<(u32, u32)>,
     /// Process descriptions not yet taken by the worker (`describe_python`).
-    undescribed: Vec<(u32, Detection)>,
+    undescribed: VecDeque<(u32, Detection)>,
     counters: Arc<Counters>,
 }
 
@@ -122,7 +120,7 @@ impl SymbolizerWorker {
             jobs,
             resolved,
             requested: HashSet::new(),
-            undescribed: Vec::new(),
+            undescribed: VecDeque::new(),
             counters,
         })
     }
@@ -135,19 +133,19 @@ impl SymbolizerWorker {
     /// Tells the worker what process `pid` is, for the Python frames of
     /// its stacks; before any of them is requested.
     pub fn describe_python(&mut self, pid: u32, detection: Detection) {
-        self.undescribed.push((pid, detection));
+        self.undescribed.push_back((pid, detection));
         self.send_descriptions();
     }
 
     /// Descriptions a full queue refused go first, so that they still come
     /// before the stacks they describe.
     fn send_descriptions(&mut self) -> bool {
-        while let Some((pid, detection)) = self.undescribed.first().cloned() {
-            match self.jobs.try_send(Job::Python { pid, detection }) {
-                Ok(()) => {
-                    self.undescribed.remove(0);
-                }
-                Err(_) => return false,
+        while let Some((pid, detection)) = self.undescribed.pop_front() {
+            if let Err(TrySendError::Full(Job::Python { pid, detection })) =
+                self.jobs.try_send(Job::Python { pid, detection })
+            {
+                self.undescribed.push_front((pid, detection));
+                return false;
             }
         }
         true
@@ -162,9 +160,7 @@ impl SymbolizerWorker {
         match self.jobs.try_send(Job::Resolve {
             pid,
             stack_id,
-            addresses: stack.addresses,
-            truncated: stack.truncated,
-            python: stack.python,
+            stack,
         }) {
             Ok(()) => {
                 self.requested.insert((pid, stack_id));
@@ -275,11 +271,9 @@ fn work(queue: Receiver<Job>, resolved: Resolved, counters: Arc<Counters>) {
             Job::Resolve {
                 pid,
                 stack_id,
-                addresses,
-                truncated,
-                python,
+                stack,
             } => {
-                let named = namer.resolve(pid, &addresses, truncated, python);
+                let named = namer.resolve(pid, stack);
                 namer.publish_counts();
                 let mut resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
                 resolved.insert((pid, stack_id), named);
@@ -338,13 +332,12 @@ impl Namer {
             .store(self.perf_maps.skipped_lines, Ordering::Relaxed);
     }
 
-    fn resolve(
-        &mut self,
-        pid: u32,
-        addresses: &[u64],
-        truncated: Option<String>,
-        python: Option<CopiedPython>,
-    ) -> Named {
+    fn resolve(&mut self, pid: u32, stack: UnwoundStack) -> Named {
+        let UnwoundStack {
+            addresses,
+            truncated,
+            python,
+        } = stack;
         // blazesym's own perf-map reader fails the whole stack on a map it
         // cannot parse (the JVM's `0x` addresses): ours is used instead.
         let source = Source::Process(Process {
@@ -354,7 +347,7 @@ impl Namer {
         // Best effort: a failure leaves the frames unnamed, and is counted.
         let symbolized = self
             .symbolizer
-            .symbolize(&source, Input::AbsAddr(addresses))
+            .symbolize(&source, Input::AbsAddr(&addresses))
             .unwrap_or_else(|_| {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 Vec::new()
