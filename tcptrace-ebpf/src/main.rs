@@ -132,14 +132,16 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if ret < 0 {
         return 0;
     }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket; offsets are from BTF.
-    if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
-        return 0;
-    }
     if ret > 0 {
+        // A data read, nearly every run: the tcp_sock cast also tells TCP
+        // from any other socket, so the protocol is not read first.
         if first_io::is_first_read(sk, ret as u32) {
             sample_origin(sk, StackKind::FirstRead);
         }
+        return 0;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket; offsets are from BTF.
+    if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
         return 0;
     }
     // 0 is EOF only in CLOSE_WAIT: a zero-length read on a live socket returns 0 too.
@@ -171,10 +173,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
     if ret <= 0 {
         return 0;
     }
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket; offsets are from BTF.
-    if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
-        return 0;
-    }
+    // The tcp_sock cast tells TCP from any other socket.
     if first_io::is_first_write(sk, ret as u32) {
         sample_origin(sk, StackKind::FirstWrite);
     }
