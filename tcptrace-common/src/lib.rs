@@ -207,10 +207,12 @@ const _: () = assert!(core::mem::size_of::<TransitionRecord>() == TRANSITION_REC
 const _: () = assert!(core::mem::align_of::<TransitionRecord>() == 8);
 
 /// The kernel destroyed a TCP socket (`tcp:tcp_destroy_sock`): no fd or
-/// kernel reference is left. Sent only in leak mode, and only for a socket
-/// that moved to CLOSE while a file still referred to it (the one kind of
-/// suspicion a destruction ends): any other socket's CLOSE record, whose
-/// `socket_inode` is 0, already says that nothing will report it again.
+/// kernel reference is left. Sent only in leak mode, for a socket that
+/// moved to CLOSE while a file still referred to it (the one kind of
+/// suspicion a destruction ends), and with `verdicts_only` for a socket
+/// with stack copies, whose CLOSE is not recorded. Any other socket's CLOSE
+/// record, whose `socket_inode` is 0, already says that nothing will report
+/// it again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DestroyedRecord {
@@ -509,10 +511,13 @@ pub enum Counter {
     PythonFramesCopied = 12,
     /// Nanoseconds those walks and their inserts took, summed.
     PythonFramesNs = 13,
+    /// Transitions of TCP sockets the probe ran for, recorded or not: with
+    /// `verdicts_only`, most are counted here and never recorded.
+    TransitionsSeen = 14,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
@@ -527,6 +532,7 @@ impl Counter {
         Self::StackCopiedTargeted,
         Self::PythonFramesCopied,
         Self::PythonFramesNs,
+        Self::TransitionsSeen,
     ];
 }
 
@@ -615,9 +621,15 @@ pub struct ProbeConfig {
     /// every socket it wants a copy of, paid from a bucket of their own.
     pub targeted_copy_cost_ns: u32,
     pub targeted_burst_copies: u32,
+    /// 1: record only the transitions a leak verdict reads (into and out of
+    /// CLOSE_WAIT, CLOSE while a file holds the socket) and the listeners'
+    /// (which attribute accepted sockets); count the rest in
+    /// `Counter::TransitionsSeen`. A socket with stack copies then has its
+    /// destruction recorded, which frees the agent's copy of its stacks.
+    pub verdicts_only: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 140);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 144);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -656,6 +668,7 @@ impl ProbeConfig {
         stack_burst_copies: 0,
         targeted_copy_cost_ns: 0,
         targeted_burst_copies: 0,
+        verdicts_only: 0,
     };
 }
 
@@ -747,7 +760,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 35 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 36 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

@@ -72,10 +72,25 @@ const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let old_state: i32 = ctx.arg(1);
-    let new_state: i32 = ctx.arg(2);
-    match record_transition(sk, old_state as u8, new_state as u8) {
-        Ok(Some(cookie)) if new_state as u8 == SYN_SENT && old_state as u8 == CLOSE => {
+    let old_state = ctx.arg::<i32>(1) as u8;
+    let new_state = ctx.arg::<i32>(2) as u8;
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket; the offset is from BTF.
+    if unsafe { load_field::<u16>(sk, config!(protocol_offset)) } != IPPROTO_TCP {
+        count(Counter::NotTcp);
+        return 0;
+    }
+    count(Counter::TransitionsSeen);
+    let connect = old_state == CLOSE && new_state == SYN_SENT;
+    let held_inode = held_at_close(sk, new_state);
+    if config!(verdicts_only) != 0 && held_inode == 0 && !is_verdict(old_state, new_state) {
+        // Counted above, and nothing else: most transitions end here.
+        if connect && config!(stack_level) != STACKS_OFF {
+            sample_origin(sk, StackKind::Connect);
+        }
+        return 0;
+    }
+    match record_transition(sk, old_state, new_state, held_inode) {
+        Ok(Some(cookie)) if connect => {
             // connect(): the client-side creator, in its own syscall.
             if config!(stack_level) != STACKS_OFF {
                 sample_stack(sk, cookie, StackKind::Connect);
@@ -85,6 +100,31 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         Err(ReadFailed) => count(Counter::SocketReadFailed),
     }
     0
+}
+
+/// What a leak verdict reads, besides a CLOSE while held: entering and
+/// leaving CLOSE_WAIT, and the listeners, through which the agent
+/// attributes the accepted sockets those records name. Listeners come and
+/// go rarely; a new child's LISTEN -> SYN_RECV is not a listener's move.
+fn is_verdict(old_state: u8, new_state: u8) -> bool {
+    old_state == CLOSE_WAIT
+        || new_state == CLOSE_WAIT
+        || (old_state == CLOSE && new_state == LISTEN)
+        || (old_state == LISTEN && new_state == CLOSE)
+}
+
+/// Leak mode, at a move to CLOSE: the inode of the file that still holds
+/// the socket (0 for none, nearly every socket), and the socket marked so
+/// that its destruction is recorded.
+fn held_at_close(sk: *const u8, new_state: u8) -> u64 {
+    if new_state != CLOSE || config!(read_socket_inode) == 0 {
+        return 0;
+    }
+    let inode = read_socket_inode(sk);
+    if inode != 0 {
+        mark_closed_with_file(sk);
+    }
+    inode
 }
 
 /// Where fexit works (most kernels, not every one): the accepted socket and
@@ -186,21 +226,17 @@ fn sample_origin(sk: *const u8, kind: StackKind) {
     sample_stack(sk, cookie, kind);
 }
 
-/// Returns the socket's cookie when the transition was recorded.
+/// Returns the socket's cookie when the transition was recorded. `inode`:
+/// the file still holding a socket at CLOSE, or 0.
 fn record_transition(
     sk: *const u8,
     old_state: u8,
     new_state: u8,
+    inode: u64,
 ) -> Result<Option<u64>, ReadFailed> {
     // SAFETY: `sk` is the tracepoint's BTF-typed socket; the offset is from BTF.
-    let protocol: u16 = unsafe { load_field(sk, config!(protocol_offset)) };
-    if protocol != IPPROTO_TCP {
-        count(Counter::NotTcp);
-        return Ok(None);
-    }
-    // SAFETY: as for the protocol.
     let family: u16 = unsafe { load_field(sk, config!(family_offset)) };
-    // SAFETY: as for the protocol.
+    // SAFETY: as for the family.
     let mut local_port: u16 = unsafe { load_field(sk, config!(local_port_offset)) };
     if local_port == 0 && new_state == CLOSE && config!(inet_sport_offset) != 0 {
         // The kernel released the port just before this transition; the
@@ -210,7 +246,7 @@ fn record_transition(
         // checks plain loads against.
         local_port = u16::from_be(read_field(sk, config!(inet_sport_offset))?);
     }
-    // SAFETY: as for the protocol.
+    // SAFETY: as for the family.
     let remote_port = u16::from_be(unsafe { load_field(sk, config!(remote_port_offset)) });
 
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
@@ -220,15 +256,6 @@ fn record_transition(
         forget_eof_reads(cookie);
     }
     let owner = track_owner(sk, old_state, new_state);
-    let inode = if new_state == CLOSE && config!(read_socket_inode) != 0 {
-        let inode = read_socket_inode(sk);
-        if inode != 0 {
-            mark_closed_with_file(sk);
-        }
-        inode
-    } else {
-        0
-    };
 
     if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
@@ -341,7 +368,10 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     forget_stack_copies(cookie, state.stacks_taken);
-    if state.closed_with_file == 0 {
+    // With `verdicts_only` no CLOSE tells the agent to forget the socket's
+    // stacks; copies are budgeted, and so are these records.
+    let copied = state.stacks_taken != 0 && config!(verdicts_only) != 0;
+    if state.closed_with_file == 0 && !copied {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<DestroyedRecord>(0) else {

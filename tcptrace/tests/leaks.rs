@@ -155,6 +155,46 @@ fn a_server_that_closes_properly_reports_nothing() {
     }
 }
 
+/// Leak mode records what a verdict reads: a connection whose client
+/// closes first passes through CLOSE_WAIT on the server's side, in and out,
+/// and its other transitions are only counted in the kernel.
+#[test]
+fn leak_mode_records_two_transitions_a_connection_and_counts_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let run = LeakRun::start(&["--duration", "4s", "--stacks", "off"]);
+    let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "1"]);
+    let target = format!("127.0.0.1:{}", server.expect("listening")["port"]);
+    let mut client = Peer::spawn(&[
+        "churn-client",
+        "--connect",
+        &target,
+        "--threads",
+        "1",
+        "--seconds",
+        "1",
+    ]);
+    let done = client.expect("done");
+    let made: u64 = done["connections"].parse().unwrap();
+    assert_eq!(done["failed"], "0", "{done:?}");
+    assert!(made > 100, "the generator made only {made} connections");
+    client.wait_success();
+    server.go();
+    let report = run.report();
+    let health = &report.0["health"];
+    let transitions = health["transitions"].as_u64().unwrap();
+    let records = health["events"].as_u64().unwrap();
+    assert_eq!(health["drops"], 0, "{health:#}");
+    // Nine transitions a connection, both ends, and whatever else the host did.
+    assert!(transitions >= 9 * made, "{made} connections: {health:#}");
+    // Other programs on the host may add a few records of their own.
+    assert!(
+        records >= 2 * made && records <= 2 * made + 200,
+        "{made} connections: {health:#}"
+    );
+}
+
 #[test]
 fn rst_out_of_close_wait_is_not_a_leak() {
     // The others go CLOSE_WAIT -> CLOSE by SO_LINGER 0 while the fd is

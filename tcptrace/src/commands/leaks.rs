@@ -235,6 +235,7 @@ pub async fn run<W: Write>(
 
     let probe = Probe::load(&ProbeOptions {
         track_closed_held: true,
+        verdicts_only: true,
         ..options.probe.clone()
     })?;
     // SAFETY: the probe owns the ring buffer's fd and keeps it open and

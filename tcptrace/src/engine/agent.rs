@@ -352,6 +352,7 @@ impl HostAgent {
     pub fn totals(&self) -> AgentTotals {
         let health = &self.monitor.health;
         AgentTotals {
+            transitions: health.transitions,
             events: health.events,
             dropped: health.drops,
             decode_errors: health.decode_errors,

@@ -252,6 +252,7 @@ impl Monitor {
     /// copies: from `counters`, which the caller reads anyway.
     pub(crate) fn note_counters(&mut self, moments: &StackMoments, counters: &KernelCounters) {
         self.health.drops = all_drops(counters);
+        self.health.transitions = counters.transitions_seen;
         self.sampling = StackSampling {
             mode: match moments.level {
                 StackLevel::Off => StackMode::Off,

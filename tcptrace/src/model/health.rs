@@ -27,6 +27,8 @@ impl Occupancy {
 /// Agent-wide counts, running totals since start, and how full its tables are.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentTotals {
+    /// TCP transitions the probe saw, recorded or only counted.
+    pub transitions: u64,
     pub events: u64,
     pub dropped: u64,
     pub decode_errors: u64,

@@ -179,6 +179,10 @@ pub struct ProcessLeaks {
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ProbeHealth {
+    /// TCP transitions the probe saw, recorded or only counted in the
+    /// kernel (most, in leak mode: a verdict reads few of them).
+    pub transitions: u64,
+    /// Records received from the probe.
     pub events: u64,
     pub drops: u64,
     pub decode_errors: u64,

@@ -88,6 +88,9 @@ pub struct ProbeOptions {
     /// Leak mode: the inode of a socket still held at CLOSE, and a record
     /// when the kernel frees such a socket (`tcp_destroy_sock`).
     pub track_closed_held: bool,
+    /// Record only what a leak verdict reads, and count every other
+    /// transition in the kernel (`ProbeConfig::verdicts_only`).
+    pub verdicts_only: bool,
     pub stacks: StackLevel,
     /// Stack copies a second, host-wide, with `StackLevel::Sampled`.
     pub stack_budget: u32,
@@ -104,6 +107,7 @@ impl Default for ProbeOptions {
             owner_tgid_filter: None,
             port_filter: None,
             track_closed_held: false,
+            verdicts_only: false,
             stacks: StackLevel::Off,
             stack_budget: DEFAULT_STACK_BUDGET,
             python_frames: true,
@@ -205,6 +209,8 @@ pub struct KernelCounters {
     pub python_frames_ns: u64,
     /// Moments to copy a stack that the budget refused.
     pub stack_budget_refused: u64,
+    /// TCP transitions the probe ran for, recorded or only counted.
+    pub transitions_seen: u64,
 }
 
 impl KernelCounters {
@@ -298,6 +304,7 @@ impl Probe {
         // trickle is picked up by its timer instead of by interrupts.
         config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
         config.read_socket_inode = u32::from(options.track_closed_held);
+        config.verdicts_only = u32::from(options.verdicts_only);
         let mut notices = Vec::new();
         let mut stack_level = options.stacks;
         if stack_level != StackLevel::Off && config.regs_sp_offset == 0 {
@@ -642,6 +649,7 @@ impl Probe {
             python_frames_copied: read(Counter::PythonFramesCopied)?,
             python_frames_ns: read(Counter::PythonFramesNs)?,
             stack_budget_refused: read(Counter::StackBudgetRefused)?,
+            transitions_seen: read(Counter::TransitionsSeen)?,
         })
     }
 

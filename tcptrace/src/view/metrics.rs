@@ -451,6 +451,11 @@ fn register_findings(registry: &mut Registry, snapshot: &TopSnapshot) {
 fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
     for (name, help, value) in [
         (
+            "tcptrace_transitions",
+            "TCP state transitions the probe saw: recorded, or counted in the kernel",
+            totals.transitions,
+        ),
+        (
             "tcptrace_events",
             "Records received from the probe",
             totals.events,

@@ -302,8 +302,13 @@ fn findings(findings: &[Finding]) -> String {
 fn health(report: &LeakReport) -> String {
     let health = &report.health;
     let sampling = &report.stacks;
-    let rows: [(&str, u64, &str); 9] = [
-        ("events", health.events, ""),
+    let rows: [(&str, u64, &str); 10] = [
+        (
+            "transitions",
+            health.transitions,
+            "seen by the probe, recorded or counted",
+        ),
+        ("records", health.events, ""),
         (
             "dropped",
             health.drops,

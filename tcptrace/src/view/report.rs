@@ -183,7 +183,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
     let h = &report.health;
     let _ = writeln!(
         out,
-        "tcptrace leaks: {} leaking socket{} (in CLOSE_WAIT or closed but held for >= {}), {} process{}   [events {}, drops {}, corrections {}{}]",
+        "tcptrace leaks: {} leaking socket{} (in CLOSE_WAIT or closed but held for >= {}), {} process{}   [transitions {}, records {}, drops {}, corrections {}{}]",
         report.leaking_sockets,
         if report.leaking_sockets == 1 { "" } else { "s" },
         age_text(report.min_age_ms, false),
@@ -193,6 +193,7 @@ pub fn render_text(report: &LeakReport, stack_depth: usize) -> String {
         } else {
             "es"
         },
+        h.transitions,
         h.events,
         h.drops,
         h.corrections,

@@ -186,8 +186,8 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
     let health = &snapshot.health;
     let _ = writeln!(
         text,
-        "\nevents {} dropped {} decode errors {} corrections {}",
-        health.events, health.drops, health.decode_errors, health.corrections
+        "\ntransitions {} records {} dropped {} decode errors {} corrections {}",
+        health.transitions, health.events, health.drops, health.decode_errors, health.corrections
     );
     text
 }
