@@ -93,7 +93,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         Ok(Some(cookie)) if connect => {
             // connect(): the client-side creator, in its own syscall.
             if config!(stack_level) != STACKS_OFF {
-                sample_stack(sk, cookie, StackKind::Connect);
+                sample_stack(sk, || cookie, StackKind::Connect);
             }
         }
         Ok(_) => {}
@@ -199,7 +199,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if eof_taken {
         count_repeated_eof_read(cookie);
     } else {
-        sample_stack(sk, cookie, StackKind::Eof);
+        sample_stack(sk, || cookie, StackKind::Eof);
     }
     0
 }
@@ -222,7 +222,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 
 fn sample_origin(sk: *const u8, kind: StackKind) {
     // SAFETY: `sk` is a BTF-typed socket pointer the kernel gave.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let cookie = || unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     sample_stack(sk, cookie, kind);
 }
 

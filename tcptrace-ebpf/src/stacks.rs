@@ -67,11 +67,13 @@ const _: () = assert!(core::mem::size_of::<StackScratch>().is_multiple_of(STACK_
 /// Copies the stack of the current syscall for `sk` where the budget
 /// allows, and marks the copy in the socket's storage, so that the
 /// socket's destruction deletes it without a lookup in the copy map for
-/// every socket that has none.
-pub(crate) fn sample_stack(sk: *const u8, cookie: u64, kind: StackKind) {
+/// every socket that has none. `cookie` is asked for only then: most
+/// moments find the budget spent.
+pub(crate) fn sample_stack(sk: *const u8, cookie: impl FnOnce() -> u64, kind: StackKind) {
     let Some(payer) = allows_copy() else {
         return;
     };
+    let cookie = cookie();
     let state = socket_state(sk, true);
     let taken = take_stack(cookie, kind);
     match state {
