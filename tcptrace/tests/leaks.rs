@@ -166,7 +166,7 @@ fn leak_mode_records_two_transitions_a_connection_and_counts_the_rest() {
     let run = LeakRun::start(&["--duration", "4s", "--stacks", "off"]);
     let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "1"]);
     let target = format!("127.0.0.1:{}", server.expect("listening")["port"]);
-    let mut client = Peer::spawn(&[
+    let client = Peer::spawn(&[
         "churn-client",
         "--connect",
         &target,
