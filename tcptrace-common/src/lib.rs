@@ -6,6 +6,8 @@
 //! them field by field with length checks (see `tcptrace::decode`).
 #![no_std]
 
+pub mod owner_counts;
+
 /// What a ring-buffer record is. Every record starts with this as a `u32`.
 /// Numbers are never reused: a retired kind keeps its number forever.
 #[repr(u32)]
@@ -514,10 +516,13 @@ pub enum Counter {
     /// Transitions of TCP sockets the probe ran for, recorded or not: with
     /// `verdicts_only`, most are counted here and never recorded.
     TransitionsSeen = 14,
+    /// A transition or connect that per-owner counting could not count (the
+    /// kernel refused the map entry): `top`'s counts are low by as many.
+    OwnerCountLost = 15,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Self::RingReserveFailed,
         Self::OwnerInsertFailed,
         Self::NotTcp,
@@ -533,6 +538,7 @@ impl Counter {
         Self::PythonFramesCopied,
         Self::PythonFramesNs,
         Self::TransitionsSeen,
+        Self::OwnerCountLost,
     ];
 }
 
@@ -627,9 +633,14 @@ pub struct ProbeConfig {
     /// `Counter::TransitionsSeen`. A socket with stack copies then has its
     /// destruction recorded, which frees the agent's copy of its stacks.
     pub verdicts_only: u32,
+    /// 1: count every transition per owner, and connects per owner and
+    /// destination, in the `owner_counts` maps (`top`, `serve`); a
+    /// connect()ing socket then keeps its owner in its storage, so that its
+    /// transitions in softirq are counted for it.
+    pub count_owners: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 144);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 148);
 
 impl ProbeConfig {
     pub const UNSET: ProbeConfig = ProbeConfig {
@@ -669,6 +680,7 @@ impl ProbeConfig {
         targeted_copy_cost_ns: 0,
         targeted_burst_copies: 0,
         verdicts_only: 0,
+        count_owners: 0,
     };
 }
 
@@ -700,6 +712,8 @@ pub mod names {
     pub const PY_PROCESSES_MAP: &str = "PY_PROCESSES";
     pub const PY_FRAMES_MAP: &str = "PY_FRAMES";
     pub const PY_SCRATCH_MAP: &str = "PY_SCRATCH";
+    pub const OWNER_COUNTS_MAP: &str = "OWNER_COUNTS";
+    pub const DESTINATIONS_MAP: &str = "DESTINATIONS";
     pub const CONFIG_GLOBAL: &str = "PROBE_CONFIG";
 }
 
@@ -760,7 +774,7 @@ mod tests {
         assert_eq!(offset_of!(TransitionRecord, new_state), 99);
         assert_eq!(offset_of!(TransitionRecord, _reserved), 100);
         assert_eq!(offset_of!(DestroyedRecord, cookie), 16);
-        assert_eq!(size_of::<ProbeConfig>(), 36 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 37 * 4);
         assert_eq!(offset_of!(StackRecord, copy_status), 24);
         assert_eq!(offset_of!(StackRecord, stack_kind), 28);
     }

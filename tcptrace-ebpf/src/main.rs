@@ -33,6 +33,7 @@ macro_rules! config {
 mod budget;
 mod first_io;
 mod kernel_read;
+mod owner_counts;
 mod python_frames;
 mod socket_storage;
 mod stacks;
@@ -82,14 +83,26 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     count(Counter::TransitionsSeen);
     let connect = old_state == CLOSE && new_state == SYN_SENT;
     let held_inode = held_at_close(sk, new_state);
-    if config!(verdicts_only) != 0 && held_inode == 0 && !is_verdict(old_state, new_state) {
-        // Counted above, and nothing else: most transitions end here.
+    let ships = config!(verdicts_only) == 0 || held_inode != 0 || is_verdict(old_state, new_state);
+    let counts_owners = config!(count_owners) != 0;
+    if !ships && !counts_owners {
+        // Counted above, and nothing else: most transitions of `leaks` end here.
         if connect && config!(stack_level) != STACKS_OFF {
             sample_origin(sk, StackKind::Connect);
         }
         return 0;
     }
-    match record_transition(sk, old_state, new_state, held_inode) {
+    let owner = track_owner(sk, old_state, new_state);
+    if counts_owners {
+        count_for_owner(sk, old_state, new_state, &owner);
+    }
+    if !ships {
+        if connect && config!(stack_level) != STACKS_OFF {
+            sample_origin(sk, StackKind::Connect);
+        }
+        return 0;
+    }
+    match record_transition(sk, old_state, new_state, held_inode, &owner) {
         Ok(Some(cookie)) if connect => {
             // connect(): the client-side creator, in its own syscall.
             if config!(stack_level) != STACKS_OFF {
@@ -111,6 +124,37 @@ fn is_verdict(old_state: u8, new_state: u8) -> bool {
         || new_state == CLOSE_WAIT
         || (old_state == CLOSE && new_state == LISTEN)
         || (old_state == LISTEN && new_state == CLOSE)
+}
+
+/// `top` and `serve`: the transition counted for its owner. A connect()ing
+/// socket keeps its owner in its storage from here, so that its later
+/// transitions, in softirq, are counted for it too (an accepted one has
+/// the owner accept() stored, where fexit works, or its listener's port).
+fn count_for_owner(sk: *const u8, old_state: u8, new_state: u8, owner: &SocketOwner) {
+    if old_state == CLOSE && new_state == SYN_SENT {
+        remember_owner(sk, owner);
+        owner_counts::count_connect(sk, owner.tgid, false);
+    } else if old_state == SYN_SENT && new_state == CLOSE && owner.tgid != 0 {
+        owner_counts::count_connect(sk, owner.tgid, true);
+    }
+    owner_counts::count_transition(sk, old_state, new_state, owner, || {
+        local_port(sk, new_state).unwrap_or(0)
+    });
+}
+
+/// The socket's local port, also at CLOSE, after the kernel released it.
+fn local_port(sk: *const u8, new_state: u8) -> Result<u16, ReadFailed> {
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket; the offset is from BTF.
+    let port: u16 = unsafe { load_field(sk, config!(local_port_offset)) };
+    if port == 0 && new_state == CLOSE && config!(inet_sport_offset) != 0 {
+        // The kernel released the port just before this transition; the
+        // source port it used is still in the inet_sock, and a socket
+        // closed but held must stay findable by its service's port.
+        // A probe read: inet_sock lies beyond the struct sock the verifier
+        // checks plain loads against.
+        return Ok(u16::from_be(read_field(sk, config!(inet_sport_offset))?));
+    }
+    Ok(port)
 }
 
 /// Leak mode, at a move to CLOSE: the inode of the file that still holds
@@ -233,19 +277,11 @@ fn record_transition(
     old_state: u8,
     new_state: u8,
     inode: u64,
+    owner: &SocketOwner,
 ) -> Result<Option<u64>, ReadFailed> {
     // SAFETY: `sk` is the tracepoint's BTF-typed socket; the offset is from BTF.
     let family: u16 = unsafe { load_field(sk, config!(family_offset)) };
-    // SAFETY: as for the family.
-    let mut local_port: u16 = unsafe { load_field(sk, config!(local_port_offset)) };
-    if local_port == 0 && new_state == CLOSE && config!(inet_sport_offset) != 0 {
-        // The kernel released the port just before this transition; the
-        // source port it used is still in the inet_sock, and a socket
-        // closed but held must stay findable by its service's port.
-        // A probe read: inet_sock lies beyond the struct sock the verifier
-        // checks plain loads against.
-        local_port = u16::from_be(read_field(sk, config!(inet_sport_offset))?);
-    }
+    let local_port = local_port(sk, new_state)?;
     // SAFETY: as for the family.
     let remote_port = u16::from_be(unsafe { load_field(sk, config!(remote_port_offset)) });
 
@@ -255,9 +291,8 @@ fn record_transition(
         // Only the receive hook, attached with stacks, counts EOF reads.
         forget_eof_reads(cookie);
     }
-    let owner = track_owner(sk, old_state, new_state);
 
-    if is_filtered_out(&owner, old_state, new_state, local_port, remote_port) {
+    if is_filtered_out(owner, old_state, new_state, local_port, remote_port) {
         count(Counter::FilteredInKernel);
         return Ok(None);
     }

@@ -112,6 +112,54 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
             "state kept after {connections} connections of exited peers:\n{now}"
         );
     };
+    // Many clients, each counted under its own pid, and a server whose
+    // accepted sockets are counted under its port: the entries are there
+    // while they live, and go once they have exited and their last counts
+    // are read.
+    let owners_before = map(&after, "owner_counts");
+    const CLIENTS: u64 = 30;
+    let server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "1"]);
+    let target = format!("127.0.0.1:{}", server.expect("listening")["port"]);
+    let clients: Vec<Peer> = (0..CLIENTS)
+        .map(|_| {
+            let client = Peer::spawn(&[
+                "churn-client",
+                "--connect",
+                &target,
+                "--threads",
+                "1",
+                "--seconds",
+                "0.2",
+                "--hold",
+            ]);
+            client.expect("done");
+            client
+        })
+        .collect();
+    let during = after_refreshes(&serve, 2);
+    assert!(
+        map(&during, "owner_counts") > owners_before + CLIENTS,
+        "the clients' counts are kept while they live\n{during}"
+    );
+    for mut client in clients {
+        client.go();
+        client.wait_success();
+    }
+    let mut server = server;
+    server.go();
+    server.expect("served");
+    drop(server);
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let after = loop {
+        let now = after_refreshes(&serve, 1);
+        if map(&now, "owner_counts") <= owners_before + 5 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "per-owner entries kept for {CLIENTS} exited clients and their server:\n{now}"
+        );
+    };
     // Every socket had its owner recorded: no storage failed.
     assert_eq!(
         counter(&after, "tcptrace_kernel_storage_failures_total"),

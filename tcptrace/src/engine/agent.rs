@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_common::TcpState;
+use tcptrace_common::{
+    TcpState,
+    owner_counts::{DestinationKey, OwnerKey, PAIR_SLOTS},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -21,13 +24,15 @@ use crate::{
     model::activity::Activity,
     model::health::{AgentTotals, Occupancy},
     model::holder::Holder,
+    model::inferred_owners::InferredOwners,
+    model::kernel_counts::CountDeltas,
     model::leak_report::LeakReport,
     model::process::Placement,
     model::top_snapshot::{RateBaseline, SnapshotInputs, TopSnapshot, build_snapshot},
     model::tracker::SocketTracker,
-    model::transition::{Process, Record},
+    model::transition::{Comm, Process, Record},
     probe::loader::{KernelCounters, Probe, ProbeOptions},
-    probe::records::decode,
+    probe::records::{decode, destination_address},
 };
 
 /// The holder scan walks every process's fds; sockets with no history are
@@ -45,6 +50,8 @@ const PLACEMENT_REREAD_INTERVAL: Duration = Duration::from_secs(30);
 pub fn start(options: &LeaksOptions) -> anyhow::Result<(AsyncFd<Probe>, HostAgent)> {
     let probe = Probe::load(&ProbeOptions {
         track_closed_held: true,
+        verdicts_only: true,
+        count_owners: true,
         ..options.probe.clone()
     })?;
     // SAFETY: the probe owns the ring buffer's fd and keeps it open and
@@ -73,6 +80,9 @@ pub struct HostAgent {
     /// Kernel counters at the last refresh.
     kernel: KernelCounters,
     told_owner_storage_full: bool,
+    /// The kernel's per-owner and per-destination counts at the last read.
+    owner_deltas: CountDeltas<OwnerKey, PAIR_SLOTS>,
+    destination_deltas: CountDeltas<DestinationKey, 2>,
     /// Capped tables already said to be forgetting entries.
     told_forgetting: Vec<&'static str>,
 }
@@ -92,6 +102,8 @@ impl HostAgent {
             diagnoses: Diagnoses::default(),
             kernel: KernelCounters::default(),
             told_owner_storage_full: false,
+            owner_deltas: CountDeltas::default(),
+            destination_deltas: CountDeltas::default(),
             told_forgetting: Vec::new(),
         })
     }
@@ -101,10 +113,11 @@ impl HostAgent {
         match decode(bytes) {
             // The leak monitor reads the transition, then the tracker takes
             // it: no copy per event.
+            // Its counts come from the kernel's per-owner maps
+            // (`read_owner_counts`): a record adds none.
             Ok(Record::Transition(transition)) => {
                 self.monitor.observe_transition(&transition);
-                let tracked = self.tracker.observe(transition);
-                self.activity.observe(&tracked);
+                self.tracker.observe(transition);
             }
             Ok(record) => self.monitor.handle_record(record),
             Err(_) => self.monitor.health.decode_errors += 1,
@@ -233,6 +246,7 @@ impl HostAgent {
             }
             self.kernel = counters;
         }
+        self.read_owner_counts(probe);
         self.tell_forgetting();
         let dump_started_ns = read.started_ns;
         self.monitor.apply_host(&read, startup);
@@ -295,11 +309,13 @@ impl HostAgent {
                 .map(|(placement, _)| placement.clone())
                 .unwrap_or_default()
         };
+        let inferred = InferredOwners::new(&self.activity);
         let mut snapshot = build_snapshot(SnapshotInputs {
             activity: &self.activity,
             tracker: &self.tracker,
             table: &table.sockets,
             holders: &self.monitor.holders,
+            inferred: &inferred,
             leaks: &leaks,
             rates: &rates,
             span,
@@ -313,15 +329,109 @@ impl HostAgent {
             .map(|row| row.pid)
             .collect();
         self.activity.retain_processes(|pid| !exited.contains(&pid));
+        // Their last counts are in: the kernel's entries go with them.
+        let gone = self.owner_deltas.forget(|key| exited.contains(&key.tgid));
+        probe.forget_owner_keys(&gone);
+        let gone = self
+            .destination_deltas
+            .forget(|key| exited.contains(&key.tgid));
+        probe.forget_destinations(&gone);
         let owners = Owners {
             activity: &self.activity,
             tracker: &self.tracker,
             holders: &self.monitor.holders,
+            inferred: &inferred,
         };
         snapshot.findings = self
             .diagnoses
             .diagnose(&owners, &table.sockets, &leaks, probe, now_ns);
         (snapshot, leaks)
+    }
+
+    /// What the kernel counted per owner and per destination since the
+    /// last refresh, into the activity: a known owner's, or, for a port of
+    /// no known owner, its listener's (as for a record), else unattributed.
+    /// A failed read keeps the counts for the next one.
+    fn read_owner_counts(&mut self, probe: &mut Probe) {
+        let now_ns = monotonic_now_ns();
+        let owners = match probe.owner_counts() {
+            Ok(read) => read,
+            Err(error) => {
+                self.monitor.health.host_read_failures += 1;
+                eprintln!("tcptrace: cannot read the per-owner counts ({error})");
+                return;
+            }
+        };
+        let mut comms: HashMap<OwnerKey, Comm> = HashMap::new();
+        let values = owners
+            .into_iter()
+            .map(|(key, cpus)| {
+                if let Some(named) = cpus.iter().find(|c| c.comm[0] != 0) {
+                    comms.insert(key, Comm::from_kernel(&named.comm));
+                }
+                (
+                    key,
+                    cpus.into_iter().map(|c| (c.created_ns, c.pairs)).collect(),
+                )
+            })
+            .collect();
+        let changed = self.owner_deltas.advance(values);
+        // A port no one listens on any more, idle since the last read: its
+        // counts are all in, and its entry would only wait for eviction.
+        let counted: HashSet<OwnerKey> = changed.iter().map(|(key, _)| *key).collect();
+        let idle = self.owner_deltas.forget(|key| {
+            key.tgid == 0
+                && !counted.contains(key)
+                && self
+                    .tracker
+                    .listening_owner(
+                        (key.netns_inode != 0).then_some(key.netns_inode),
+                        None,
+                        key.local_port,
+                    )
+                    .is_none()
+        });
+        probe.forget_owner_keys(&idle);
+        for (key, counts) in changed {
+            let owner = if key.tgid != 0 {
+                Some(Process {
+                    tgid: key.tgid,
+                    comm: comms.get(&key).copied().unwrap_or_else(|| Comm::from("")),
+                })
+            } else {
+                let netns = (key.netns_inode != 0).then_some(key.netns_inode);
+                self.tracker
+                    .listening_owner(netns, None, key.local_port)
+                    .cloned()
+            };
+            self.activity.add_counted(owner.as_ref(), now_ns, &counts);
+        }
+        self.tracker.forget_closed_listeners();
+        let destinations = match probe.destination_counts() {
+            Ok(read) => read,
+            Err(error) => {
+                self.monitor.health.host_read_failures += 1;
+                eprintln!("tcptrace: cannot read the per-destination connects ({error})");
+                return;
+            }
+        };
+        let values = destinations
+            .into_iter()
+            .map(|(key, cpus)| {
+                (
+                    key,
+                    cpus.into_iter()
+                        .map(|c| (c.created_ns, [c.attempted, c.failed]))
+                        .collect(),
+                )
+            })
+            .collect();
+        for (key, [attempted, failed]) in self.destination_deltas.advance(values) {
+            if let Some(destination) = destination_address(&key) {
+                self.activity
+                    .count_connects(key.tgid, destination, attempted, failed);
+            }
+        }
     }
 
     /// Once per table: a full table costs precision, not leaks, and says
@@ -338,15 +448,30 @@ impl HostAgent {
                 self.activity.dropped_entries,
                 "connects to destinations past it are left out of the per-destination counts",
             ),
+            (
+                "owner_counts",
+                self.owner_counts_forgotten(),
+                "what an evicted owner counted since the last refresh is lost, and `top`'s counts are low by as much",
+            ),
+            (
+                "destination_counts",
+                self.destination_deltas.evicted,
+                "what an evicted destination counted since the last refresh is lost",
+            ),
         ];
         for (table, forgotten, cost) in full {
             if forgotten > 0 && !self.told_forgetting.contains(&table) {
                 self.told_forgetting.push(table);
                 eprintln!(
-                    "tcptrace: the agent's {table} table is full: {cost} (precision only, no leak is missed; tcptrace_agent_table_forgotten_total counts them)"
+                    "tcptrace: the {table} table is full: {cost} (precision only, no leak is missed; tcptrace_agent_table_forgotten_total counts them)"
                 );
             }
         }
+    }
+
+    /// Per-owner entries the kernel's map evicted, and counts it refused.
+    fn owner_counts_forgotten(&self) -> u64 {
+        self.owner_deltas.evicted + self.kernel.owner_count_lost
     }
 
     pub fn totals(&self) -> AgentTotals {
@@ -360,6 +485,9 @@ impl HostAgent {
             forgotten_entries: vec![
                 ("destinations", self.activity.dropped_entries),
                 ("time_wait_owners", self.tracker.dropped_time_wait_owners),
+                ("owner_counts", self.owner_counts_forgotten()),
+                ("closed_listeners", self.tracker.dropped_closed_listeners),
+                ("destination_counts", self.destination_deltas.evicted),
             ],
             reconcile_corrections: health.corrections,
             host_read_failures: health.host_read_failures,

@@ -21,6 +21,7 @@ use crate::{
         fin_wait2_findings, leak_findings, sort_findings, syn_backlog_findings, time_wait_finding,
     },
     model::holder::Holder,
+    model::inferred_owners::InferredOwners,
     model::kernel_socket::KernelSocket,
     model::leak_report::{CodePath, LeakReport},
     model::stack_gaps::StackMode,
@@ -48,11 +49,13 @@ pub(super) struct Owners<'a> {
     pub(super) activity: &'a Activity,
     pub(super) tracker: &'a SocketTracker,
     pub(super) holders: &'a HashMap<u64, Vec<Holder>>,
+    pub(super) inferred: &'a InferredOwners,
 }
 
 impl Owners<'_> {
     fn owner_of(&self, socket: &KernelSocket) -> Option<String> {
-        socket_owner(socket, self.tracker, self.holders).map(|(pid, comm)| owner_label(pid, &comm))
+        socket_owner(socket, self.tracker, self.holders, self.inferred)
+            .map(|(pid, comm)| owner_label(pid, &comm))
     }
 }
 

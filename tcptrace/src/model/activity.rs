@@ -7,9 +7,15 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use tcptrace_common::TcpState;
+use tcptrace_common::{
+    TcpState,
+    owner_counts::{PAIR_SLOTS, PAIRS},
+};
 
-use crate::{model::health::Occupancy, model::tracker::TrackedTransition, model::transition::Comm};
+use crate::{
+    model::health::Occupancy,
+    model::transition::{Comm, Process},
+};
 
 /// Bounds on what is remembered, so a host with unbounded churn cannot grow
 /// the agent without limit. Past them, entries are not added (and counted).
@@ -29,6 +35,9 @@ pub struct ProcessCounts {
     /// with unread data). The tracepoint does not tell these apart.
     pub resets: u64,
     pub transitions: TransitionCounts,
+    /// Transitions of a pair the probe's per-owner counts have no slot for
+    /// (none Linux makes today).
+    pub other_transitions: u64,
 }
 
 /// How often each (old, new) pair of states was seen: a fixed table, since
@@ -96,12 +105,87 @@ impl Activity {
         Self::default()
     }
 
-    pub fn observe(&mut self, tracked: &TrackedTransition) {
+    /// One transition as a record shows it. The agent counts from the
+    /// kernel's per-owner maps (`add_counted`); tests and the pipeline
+    /// benchmark feed records one by one.
+    #[cfg(test)]
+    pub fn observe(&mut self, tracked: &crate::model::tracker::TrackedTransition) {
         let t = &tracked.transition;
         let (old, new) = (t.old_state, t.new_state);
         let owner = tracked.owner.as_ref().map(|o| &o.process);
+        self.add(owner, t.timestamp_ns, (old, new), 1);
 
-        let counts = match owner {
+        if let Some(process) = owner {
+            match (old, new) {
+                (TcpState::Close, TcpState::SynSent) => {
+                    self.count_connects(process.tgid, t.remote, 1, 0)
+                }
+                (TcpState::SynSent, TcpState::Close) => {
+                    self.count_connects(process.tgid, t.remote, 0, 1)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `n` transitions `pair` of `owner` (unattributed: `None`) at `at_ns`,
+    /// counted in the kernel rather than seen one by one.
+    pub fn add(&mut self, owner: Option<&Process>, at_ns: u64, pair: (TcpState, TcpState), n: u64) {
+        *self
+            .counts_of(owner, at_ns)
+            .transitions
+            .count(pair.0, pair.1) += n;
+        self.count_pair(owner, at_ns, pair, n);
+    }
+
+    /// What the kernel counted for one owner since the last read: one
+    /// count per slot of `PAIRS`, the last for any other pair.
+    pub fn add_counted(&mut self, owner: Option<&Process>, at_ns: u64, counts: &[u64; PAIR_SLOTS]) {
+        for (slot, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            match PAIRS.get(slot) {
+                Some(&pair) => self.add(owner, at_ns, pair, n),
+                None => self.counts_of(owner, at_ns).other_transitions += n,
+            }
+        }
+    }
+
+    /// Connects of `tgid` to `destination`, attempted and failed.
+    pub fn count_connects(
+        &mut self,
+        tgid: u32,
+        destination: SocketAddr,
+        attempted: u64,
+        failed: u64,
+    ) {
+        let key = (tgid, destination);
+        if self.destinations.len() < MAX_DESTINATIONS || self.destinations.contains_key(&key) {
+            let entry = self.destinations.entry(key).or_default();
+            entry.attempted += attempted;
+            entry.failed += failed;
+        } else {
+            self.dropped_entries += 1;
+        }
+    }
+
+    fn count_pair(
+        &mut self,
+        owner: Option<&Process>,
+        at_ns: u64,
+        (old, new): (TcpState, TcpState),
+        n: u64,
+    ) {
+        let counts = self.counts_of(owner, at_ns);
+        match (old, new) {
+            (TcpState::Close, TcpState::SynSent) => counts.connects += n,
+            (TcpState::SynRecv, TcpState::Established) => counts.accepts += n,
+            (TcpState::SynSent, TcpState::Close) => counts.failed_connects += n,
+            _ if is_reset(old, new) => counts.resets += n,
+            _ => {}
+        }
+    }
+
+    fn counts_of(&mut self, owner: Option<&Process>, at_ns: u64) -> &mut ProcessCounts {
+        match owner {
             Some(process) => {
                 let entry = self
                     .processes
@@ -111,43 +195,12 @@ impl Activity {
                         counts: ProcessCounts::default(),
                         last_ns: 0,
                     });
-                entry.last_ns = entry.last_ns.max(t.timestamp_ns);
+                entry.last_ns = entry.last_ns.max(at_ns);
                 // A process's comm can change (exec, prctl); show the latest.
                 entry.comm = process.comm;
                 &mut entry.counts
             }
             None => &mut self.unattributed,
-        };
-        *counts.transitions.count(old, new) += 1;
-        match (old, new) {
-            (TcpState::Close, TcpState::SynSent) => counts.connects += 1,
-            (TcpState::SynRecv, TcpState::Established) => counts.accepts += 1,
-            (TcpState::SynSent, TcpState::Close) => counts.failed_connects += 1,
-            _ if is_reset(old, new) => counts.resets += 1,
-            _ => {}
-        }
-
-        if let Some(process) = owner {
-            let outcome = match (old, new) {
-                (TcpState::Close, TcpState::SynSent) => Some(false),
-                (TcpState::SynSent, TcpState::Close) => Some(true),
-                _ => None,
-            };
-            if let Some(failed) = outcome {
-                let key = (process.tgid, t.remote);
-                if self.destinations.len() < MAX_DESTINATIONS
-                    || self.destinations.contains_key(&key)
-                {
-                    let entry = self.destinations.entry(key).or_default();
-                    if failed {
-                        entry.failed += 1;
-                    } else {
-                        entry.attempted += 1;
-                    }
-                } else {
-                    self.dropped_entries += 1;
-                }
-            }
         }
     }
 
@@ -190,7 +243,7 @@ impl Activity {
 mod tests {
     use super::*;
     use crate::{
-        model::tracker::{Owner, OwnerSource},
+        model::tracker::{Owner, OwnerSource, TrackedTransition},
         model::transition::{Process, Transition},
     };
     use TcpState::*;
@@ -271,6 +324,42 @@ mod tests {
                 }
             )]
         );
+    }
+
+    #[test]
+    fn kernel_counts_add_up_as_records_would_and_an_unlisted_pair_is_other() {
+        use tcptrace_common::owner_counts::OTHER_PAIR_SLOT;
+        let mut counted = Activity::new();
+        let mut observed = Activity::new();
+        let mut counts = [0u64; PAIR_SLOTS];
+        for (old, new, n) in [
+            (Close, SynSent, 3),
+            (SynSent, Close, 1),
+            (Established, Close, 2),
+        ] {
+            counts[PAIRS.iter().position(|p| *p == (old, new)).unwrap()] = n;
+            for _ in 0..n {
+                observed.observe(&step(1, 1, old, new, Some((7, "app")), "127.0.0.1:1"));
+            }
+        }
+        counts[OTHER_PAIR_SLOT] = 4;
+        let app = Process {
+            tgid: 7,
+            comm: "app".into(),
+        };
+        counted.add_counted(Some(&app), 1_000_000_000, &counts);
+        let (c, o) = (
+            &counted.process(7).unwrap().counts,
+            &observed.process(7).unwrap().counts,
+        );
+        assert_eq!(
+            (c.connects, c.failed_connects, c.resets),
+            (o.connects, o.failed_connects, o.resets)
+        );
+        assert_eq!((c.connects, c.failed_connects, c.resets), (3, 1, 2));
+        assert_eq!(c.transitions, o.transitions);
+        assert_eq!(c.other_transitions, 4);
+        assert_eq!(counted.process(7).unwrap().last_ns, 1_000_000_000);
     }
 
     #[test]

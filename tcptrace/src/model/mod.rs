@@ -15,6 +15,8 @@ pub(crate) mod filter;
 pub(crate) mod fixtures;
 pub(crate) mod health;
 pub(crate) mod holder;
+pub(crate) mod inferred_owners;
+pub(crate) mod kernel_counts;
 pub mod kernel_socket;
 pub(crate) mod leak_report;
 pub(crate) mod leaks;

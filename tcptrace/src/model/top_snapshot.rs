@@ -15,6 +15,7 @@ use crate::{
     model::activity::{Activity, ProcessCounts},
     model::diagnose::Finding,
     model::holder::Holder,
+    model::inferred_owners::InferredOwners,
     model::kernel_socket::KernelSocket,
     model::leak_report::{LeakReport, ProbeHealth},
     model::process::Placement,
@@ -75,11 +76,15 @@ fn transition_name((old, new): (TcpState, TcpState)) -> String {
 }
 
 fn transition_names(counts: &ProcessCounts) -> BTreeMap<String, u64> {
-    counts
+    let mut names: BTreeMap<String, u64> = counts
         .transitions
         .iter()
         .map(|(pair, n)| (transition_name(pair), n))
-        .collect()
+        .collect();
+    if counts.other_transitions > 0 {
+        names.insert("other".into(), counts.other_transitions);
+    }
+    names
 }
 
 /// Connect and accept counts at the previous snapshot, for rates.
@@ -124,19 +129,22 @@ impl RateBaseline {
     }
 }
 
-/// Who owns a socket the kernel lists: its history first (exact, and the
-/// only way for TIME_WAIT entries, which have no file), else the process
-/// holding its file (the lowest pid, when several share it).
+/// Who owns a socket the kernel lists: its history first (exact, and for
+/// TIME_WAIT entries, which have no file, where their move there was
+/// recorded), else the process holding its file (the lowest pid, when
+/// several share it), else, for a socket with no file, the owner
+/// `inferred` from its listener or its destination.
 pub fn socket_owner(
     socket: &KernelSocket,
     tracker: &SocketTracker,
     holders: &HashMap<u64, Vec<Holder>>,
+    inferred: &InferredOwners,
 ) -> Option<(u32, String)> {
     if let Some(process) = tracker.owner_of(socket.cookie) {
         return Some((process.tgid, process.comm.to_string()));
     }
     if socket.inode == 0 {
-        return None;
+        return inferred.owner_of(socket, tracker);
     }
     holders
         .get(&socket.inode)?
@@ -150,6 +158,7 @@ pub struct SnapshotInputs<'a> {
     pub tracker: &'a SocketTracker,
     pub table: &'a [KernelSocket],
     pub holders: &'a HashMap<u64, Vec<Holder>>,
+    pub inferred: &'a InferredOwners,
     pub leaks: &'a LeakReport,
     pub rates: &'a HashMap<u32, (f64, f64)>,
     pub span: Duration,
@@ -163,6 +172,7 @@ pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
         tracker,
         table,
         holders,
+        inferred,
         leaks,
         rates,
         span,
@@ -198,7 +208,7 @@ pub fn build_snapshot(inputs: SnapshotInputs<'_>) -> TopSnapshot {
     };
     for socket in table {
         let state = socket.state.name();
-        match socket_owner(socket, tracker, holders) {
+        match socket_owner(socket, tracker, holders, inferred) {
             Some((pid, comm)) => {
                 let entry = rows.entry(pid).or_insert_with(|| ProcessRow {
                     pid,

@@ -5,7 +5,10 @@
 //! Pure: takes decoded transitions, knows nothing of aya or the kernel, so it
 //! is tested without root.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use tcptrace_common::TcpState;
 
@@ -81,6 +84,12 @@ pub struct SocketTracker {
     // every event.
     sockets: foldhash::HashMap<u64, SocketState>,
     listeners: foldhash::HashMap<u64, Listener>,
+    /// Listeners closed since the kernel's per-owner counts were last
+    /// read: the sockets they accepted were counted under their port
+    /// meanwhile, and are still theirs.
+    closed_listeners: Vec<Listener>,
+    /// Closed listeners not kept because `MAX_CLOSED_LISTENERS` were.
+    pub dropped_closed_listeners: u64,
     /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
     /// table's TIME_WAIT entries are attributed through the cookie.
     time_wait_owners: TimeWaitOwners,
@@ -253,6 +262,41 @@ impl SocketTracker {
         }
     }
 
+    /// The one process owning every listener on `port` in namespace
+    /// `netns_inode` that could have taken a socket with local address
+    /// `ip` (any, when the probe counted it by port alone), if one does:
+    /// the inferred owner of a socket having none of its own.
+    pub fn listening_owner(
+        &self,
+        netns_inode: Option<u32>,
+        ip: Option<IpAddr>,
+        port: u16,
+    ) -> Option<&Process> {
+        let ip = ip.map(|ip| ip.to_canonical());
+        let mut owners = self
+            .listeners
+            .values()
+            .chain(&self.closed_listeners)
+            .filter(|l| {
+                l.local.port() == port
+                    && l.netns_inode == netns_inode
+                    && ip.is_none_or(|ip| {
+                        l.local.ip().is_unspecified() || l.local.ip().to_canonical() == ip
+                    })
+            })
+            .map(|l| &l.owner);
+        let first = owners.next()?;
+        owners
+            .all(|other| other.tgid == first.tgid)
+            .then_some(first)
+    }
+
+    /// After the kernel's per-owner counts were read: the listeners closed
+    /// before have no more sockets counted under their port to claim.
+    pub fn forget_closed_listeners(&mut self) {
+        self.closed_listeners.clear();
+    }
+
     /// A listener that existed before tracing began, owned by `owner`
     /// according to the holder scan.
     pub fn seed_listener(
@@ -286,10 +330,20 @@ impl SocketTracker {
         } else if t.old_state == TcpState::Listen && t.new_state == TcpState::Close {
             // LISTEN -> SYN_RECV is always a new child, even when (before
             // the kernel gives it its own) it shows its listener's cookie.
-            self.listeners.remove(&t.cookie);
+            if let Some(closed) = self.listeners.remove(&t.cookie) {
+                if self.closed_listeners.len() < MAX_CLOSED_LISTENERS {
+                    self.closed_listeners.push(closed);
+                } else {
+                    self.dropped_closed_listeners += 1;
+                }
+            }
         }
     }
 }
+
+/// Listeners closed between two reads of the per-owner counts that are kept
+/// to attribute them (a process that opens and closes listeners in a loop).
+const MAX_CLOSED_LISTENERS: usize = 4096;
 
 /// The owner of the listener an accepted socket arrived on, if exactly one
 /// process owns every listener that could have taken it. Listeners opened
@@ -551,6 +605,56 @@ mod tests {
         assert_eq!(fin.time_in_old_state, Some(Duration::from_millis(4)));
         // The listener's entry and the child's; no entry under cookie 0.
         assert_eq!(tracker.tracked_sockets(), 2);
+    }
+
+    /// The kernel counts an accepted socket of no known owner under its
+    /// port; a listener closed before those counts were read still claims
+    /// them, until they were.
+    #[test]
+    fn a_port_is_its_listeners_even_just_after_it_closed() {
+        use TcpState::*;
+        let server = process(20, "server");
+        let mut tracker = SocketTracker::new();
+        let listen = transition(9, 0, Close, Listen, Some(server.clone()), "0.0.0.0:8080");
+        tracker.observe(listen);
+        let netns = Some(4026531840);
+        assert_eq!(tracker.listening_owner(netns, None, 8080), Some(&server));
+        assert_eq!(tracker.listening_owner(netns, None, 8081), None);
+        assert_eq!(tracker.listening_owner(None, None, 8080), None);
+        tracker.observe(transition(
+            9,
+            5,
+            Listen,
+            Close,
+            Some(server.clone()),
+            "0.0.0.0:8080",
+        ));
+        assert_eq!(tracker.listening_owner(netns, None, 8080), Some(&server));
+        tracker.forget_closed_listeners();
+        assert_eq!(tracker.listening_owner(netns, None, 8080), None);
+        // Two owners on one port: no one is named.
+        tracker.observe(transition(
+            10,
+            6,
+            Close,
+            Listen,
+            Some(server.clone()),
+            "127.0.0.1:8080",
+        ));
+        tracker.observe(transition(
+            11,
+            7,
+            Close,
+            Listen,
+            Some(process(21, "other")),
+            "127.0.0.2:8080",
+        ));
+        assert_eq!(tracker.listening_owner(netns, None, 8080), None);
+        let first: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            tracker.listening_owner(netns, Some(first), 8080),
+            Some(&server)
+        );
     }
 
     #[test]

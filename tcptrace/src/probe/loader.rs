@@ -10,12 +10,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as AyaHashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap as AyaHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, FExit, ProgramError},
 };
 use tcptrace_common::{
     COUNTER_SLOTS, CopySlot, Counter, PY_PROCESSES_CAPACITY, ProbeConfig, PyFrames, PyProcess,
     STACK_TARGETS_CAPACITY, STACKS_OFF, STACKS_ON, StackCopy, StackCopyKey, names,
+    owner_counts::{
+        DESTINATION_KEYS_CAPACITY, DestinationCounts, DestinationKey, OWNER_KEYS_CAPACITY,
+        OwnerCounts, OwnerKey,
+    },
 };
 use thiserror::Error;
 
@@ -91,6 +95,9 @@ pub struct ProbeOptions {
     /// Record only what a leak verdict reads, and count every other
     /// transition in the kernel (`ProbeConfig::verdicts_only`).
     pub verdicts_only: bool,
+    /// Count every transition per owner, and connects per destination, in
+    /// the kernel (`ProbeConfig::count_owners`), for `Probe::owner_counts`.
+    pub count_owners: bool,
     pub stacks: StackLevel,
     /// Stack copies a second, host-wide, with `StackLevel::Sampled`.
     pub stack_budget: u32,
@@ -108,6 +115,7 @@ impl Default for ProbeOptions {
             port_filter: None,
             track_closed_held: false,
             verdicts_only: false,
+            count_owners: false,
             stacks: StackLevel::Off,
             stack_budget: DEFAULT_STACK_BUDGET,
             python_frames: true,
@@ -211,6 +219,8 @@ pub struct KernelCounters {
     pub stack_budget_refused: u64,
     /// TCP transitions the probe ran for, recorded or only counted.
     pub transitions_seen: u64,
+    /// Transitions or connects per-owner counting could not count.
+    pub owner_count_lost: u64,
 }
 
 impl KernelCounters {
@@ -230,6 +240,8 @@ struct MapCapacities {
     /// As many as stack copies: each copy may have its Python frames.
     python_frames: u32,
     python_processes: u32,
+    owner_keys: u32,
+    destination_keys: u32,
 }
 
 /// The kernel's own accounting of the program (run counts need bpf_stats).
@@ -254,6 +266,8 @@ pub struct Probe {
     /// Python processes the probe walks the frames of, and the frames it
     /// copied (`None` without stacks).
     python: Option<PythonMaps>,
+    /// Per-owner counts (`None` unless `ProbeOptions::count_owners`).
+    owner_counts: Option<OwnerMaps>,
     /// EOF reads per CLOSE_WAIT socket; `None` when the receive hook is not attached.
     eof_reads: Option<AyaHashMap<MapData, u64, u64>>,
     /// The capacities the maps were created with.
@@ -267,6 +281,11 @@ pub struct Probe {
     /// Whether Python processes may be described to the probe
     /// (`ProbeOptions::python_frames`).
     pub python_frames: bool,
+}
+
+struct OwnerMaps {
+    owners: PerCpuHashMap<MapData, OwnerKey, OwnerCounts>,
+    destinations: PerCpuHashMap<MapData, DestinationKey, DestinationCounts>,
 }
 
 struct PythonMaps {
@@ -305,6 +324,7 @@ impl Probe {
         config.wakeup_threshold_bytes = ring_buffer_bytes / 2;
         config.read_socket_inode = u32::from(options.track_closed_held);
         config.verdicts_only = u32::from(options.verdicts_only);
+        config.count_owners = u32::from(options.count_owners);
         let mut notices = Vec::new();
         let mut stack_level = options.stacks;
         if stack_level != StackLevel::Off && config.regs_sp_offset == 0 {
@@ -344,6 +364,17 @@ impl Probe {
             eof_reads: if attach_recv { max_sockets } else { 1 },
             python_frames: if stacks { STACK_COPY_ENTRIES } else { 1 },
             python_processes: if stacks { PY_PROCESSES_CAPACITY } else { 1 },
+            // An LRU map spreads its free entries over the CPUs: one each.
+            owner_keys: if options.count_owners {
+                OWNER_KEYS_CAPACITY
+            } else {
+                possible_cpus()?
+            },
+            destination_keys: if options.count_owners {
+                DESTINATION_KEYS_CAPACITY
+            } else {
+                possible_cpus()?
+            },
         };
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -354,6 +385,8 @@ impl Probe {
             .map_max_entries(names::EOF_READS_MAP, capacities.eof_reads)
             .map_max_entries(names::PY_FRAMES_MAP, capacities.python_frames)
             .map_max_entries(names::PY_PROCESSES_MAP, capacities.python_processes)
+            .map_max_entries(names::OWNER_COUNTS_MAP, capacities.owner_keys)
+            .map_max_entries(names::DESTINATIONS_MAP, capacities.destination_keys)
             .load(PROBE_OBJECT)
             .map_err(ProbeError::Load)?;
 
@@ -397,6 +430,10 @@ impl Probe {
             Some(2) => Some(names::ACCEPT_PROGRAM_TWO_PARAMS),
             _ => None,
         };
+        if options.count_owners {
+            // A connect()ing socket keeps its owner in its storage.
+            set_owners_stored(&mut ebpf, true)?;
+        }
         let accept_hook = match accept_program {
             None => {
                 notices.push(
@@ -410,7 +447,7 @@ impl Probe {
                 match attach_fexit(&mut ebpf, program, names::ACCEPT_FUNCTION, &kernel_btf) {
                     Ok(()) => true,
                     Err(error) => {
-                        set_owners_stored(&mut ebpf, false)?;
+                        set_owners_stored(&mut ebpf, options.count_owners)?;
                         notices.push(format!(
                         "tcptrace: accepted sockets are attributed through their listener: this kernel refuses fexit on inet_csk_accept ({})",
                         first_line(&error.to_string())
@@ -458,6 +495,18 @@ impl Probe {
             reads: attach_recv,
             writes: attach_send && first_io,
         };
+        let owner_counts = if options.count_owners {
+            Some(OwnerMaps {
+                owners: take_map(&mut ebpf, names::OWNER_COUNTS_MAP, PerCpuHashMap::try_from)?,
+                destinations: take_map(
+                    &mut ebpf,
+                    names::DESTINATIONS_MAP,
+                    PerCpuHashMap::try_from,
+                )?,
+            })
+        } else {
+            None
+        };
         let eof_reads = if attach_recv {
             Some(take_map(
                 &mut ebpf,
@@ -475,6 +524,7 @@ impl Probe {
             stack_targets,
             python,
             eof_reads,
+            owner_counts,
             capacities,
             notices,
             accept_hook,
@@ -586,6 +636,18 @@ impl Probe {
                 Some(MAX_STACK_TARGETS),
             ));
         }
+        if let Some(counts) = &self.owner_counts {
+            maps.push(Occupancy::new(
+                "owner_counts",
+                counts.owners.keys().filter(Result::is_ok).count(),
+                Some(capacities.owner_keys as usize),
+            ));
+            maps.push(Occupancy::new(
+                "destination_counts",
+                counts.destinations.keys().filter(Result::is_ok).count(),
+                Some(capacities.destination_keys as usize),
+            ));
+        }
         if let Some(python) = &self.python {
             maps.push(Occupancy::new(
                 "python_processes",
@@ -599,6 +661,49 @@ impl Probe {
             ));
         }
         maps
+    }
+
+    /// Every per-owner entry, one value per CPU; empty unless
+    /// `ProbeOptions::count_owners`.
+    pub fn owner_counts(&self) -> Result<Vec<(OwnerKey, Vec<OwnerCounts>)>, ProbeError> {
+        match &self.owner_counts {
+            Some(maps) => per_cpu_entries(&maps.owners, "owner counts"),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every destination entry, one value per CPU; empty unless
+    /// `ProbeOptions::count_owners`.
+    pub fn destination_counts(
+        &self,
+    ) -> Result<Vec<(DestinationKey, Vec<DestinationCounts>)>, ProbeError> {
+        match &self.owner_counts {
+            Some(maps) => per_cpu_entries(&maps.destinations, "destination counts"),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Deletes per-owner entries whose last counts were read and that
+    /// nothing else frees before the map fills: those of processes that
+    /// exited, and idle ones of ports no one listens on any more.
+    pub fn forget_owner_keys(&mut self, keys: &[OwnerKey]) {
+        let Some(maps) = &mut self.owner_counts else {
+            return;
+        };
+        for key in keys {
+            // Already gone (evicted) is as good.
+            let _ = maps.owners.remove(key);
+        }
+    }
+
+    /// Deletes the destination entries of processes that exited.
+    pub fn forget_destinations(&mut self, keys: &[DestinationKey]) {
+        let Some(maps) = &mut self.owner_counts else {
+            return;
+        };
+        for key in keys {
+            let _ = maps.destinations.remove(key);
+        }
     }
 
     /// Hands every record waiting in the ring buffer to `each`; returns how many.
@@ -650,6 +755,7 @@ impl Probe {
             python_frames_ns: read(Counter::PythonFramesNs)?,
             stack_budget_refused: read(Counter::StackBudgetRefused)?,
             transitions_seen: read(Counter::TransitionsSeen)?,
+            owner_count_lost: read(Counter::OwnerCountLost)?,
         })
     }
 
@@ -754,6 +860,22 @@ fn set_owners_stored(ebpf: &mut Ebpf, stored: bool) -> Result<(), ProbeError> {
         Array::<_, u32>::try_from(map).map_err(|source| ProbeError::Map { what: name, source })?;
     flag.set(0, u32::from(stored), 0)
         .map_err(|source| ProbeError::Map { what: name, source })
+}
+
+fn per_cpu_entries<K: aya::Pod, V: aya::Pod>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    what: &'static str,
+) -> Result<Vec<(K, Vec<V>)>, ProbeError> {
+    let mut entries = Vec::new();
+    for entry in map.iter() {
+        match entry {
+            Ok((key, per_cpu)) => entries.push((key, per_cpu.iter().copied().collect())),
+            // Evicted or deleted between the key and its lookup.
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(ProbeError::Map { what, source }),
+        }
+    }
+    Ok(entries)
 }
 
 fn take_map<T>(

@@ -13,7 +13,7 @@ use bytes::Buf;
 use tcptrace_common::{
     AF_INET, AF_INET6, DESTROYED_RECORD_SIZE, RecordKind, STACK_COPY_NOT_STORED,
     STACK_COPY_UNREADABLE, STACK_RECORD_SIZE, StackKind, TRANSITION_RECORD_SIZE, TcpState,
-    TransitionRecord,
+    TransitionRecord, owner_counts::DestinationKey,
 };
 use thiserror::Error;
 
@@ -92,6 +92,18 @@ fn decode_destroyed(bytes: &[u8]) -> Result<Record, DecodeError> {
     Ok(Record::Destroyed {
         cookie: buf.get_u64_ne(),
     })
+}
+
+/// The address a per-destination count is for; `None` for a family that is
+/// neither IPv4 nor IPv6.
+pub fn destination_address(key: &DestinationKey) -> Option<SocketAddr> {
+    let raw = key.address;
+    let ip = match key.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(raw)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, key.port))
 }
 
 /// Fields are read at their offsets in `TransitionRecord` (constants, so

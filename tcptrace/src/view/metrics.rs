@@ -451,7 +451,7 @@ fn register_findings(registry: &mut Registry, snapshot: &TopSnapshot) {
 fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
     for (name, help, value) in [
         (
-            "tcptrace_transitions",
+            "tcptrace_probe_transitions",
             "TCP state transitions the probe saw: recorded, or counted in the kernel",
             totals.transitions,
         ),

@@ -239,6 +239,7 @@ mod tests {
             tracker: &SocketTracker::new(),
             table: &[],
             holders: &HashMap::new(),
+            inferred: &Default::default(),
             leaks: &LeakReport {
                 min_age_ms: 0,
                 leaking_sockets: 0,
