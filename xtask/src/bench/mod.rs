@@ -212,6 +212,8 @@ struct Round {
     /// The alternation cycle: its untraced round is this round's pair.
     cycle: usize,
     churn_per_second: f64,
+    /// Connections the churn made.
+    connections: Option<u64>,
     leaked: u64,
     leaks_reported: Option<u64>,
     events: Option<u64>,

@@ -35,6 +35,7 @@ impl Drop for BpfStatsGuard {
 /// What churn measured: its rate and the server's leaks.
 struct Churned {
     per_second: f64,
+    connections: u64,
     leaked: u64,
     server_pid: u32,
 }
@@ -74,6 +75,7 @@ fn churn(bin: &Bench, seconds: f64, until: impl FnOnce(u32) -> Result<()>) -> Re
     let client = churn_client(bin, &port, seconds)?;
     let done = client.expect("done")?;
     let per_second: f64 = done["per_second"].parse()?;
+    let connections: u64 = done["connections"].parse()?;
     // The server keeps its leaks until the tracer has reported.
     let server_pid = server.pid();
     until(server_pid)?;
@@ -81,6 +83,7 @@ fn churn(bin: &Bench, seconds: f64, until: impl FnOnce(u32) -> Result<()>) -> Re
     let leaked: u64 = server.expect("served")?["leaked"].parse()?;
     Ok(Churned {
         per_second,
+        connections,
         leaked,
         server_pid,
     })
@@ -300,6 +303,7 @@ pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<R
         Ok(())
     })?;
     round.churn_per_second = churned.per_second;
+    round.connections = Some(churned.connections);
     round.leaked = churned.leaked;
     match exited {
         None => {}
