@@ -179,7 +179,8 @@ impl HostAgent {
 
     /// What the next refresh must read from the host: the whole table with
     /// each namespace's sysctls; holders when due; where new processes run.
-    pub fn host_request(&self) -> HostRequest {
+    pub fn host_request(&mut self) -> HostRequest {
+        self.monitor.begin_read();
         let since = self.holders_scanned_at.map(|at| at.elapsed());
         let stale = since.is_none_or(|s| s >= HOLDER_RESCAN_INTERVAL);
         let unattributed =

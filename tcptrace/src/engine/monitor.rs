@@ -284,6 +284,13 @@ impl Monitor {
         self.read_new_stacks(probe);
     }
 
+    /// A host read is asked for: until it is joined, a socket that leaves
+    /// CLOSE_WAIT is remembered, so that a table listing it from before
+    /// does not bring it back.
+    pub(crate) fn begin_read(&mut self) {
+        self.tracker.reading();
+    }
+
     /// What the next host read must bring: the CLOSE_WAIT table (`states`
     /// may ask for more) and, when due, the holders of the leaks.
     pub(crate) fn host_request(&self, states: &[TcpState]) -> HostRequest {
@@ -311,6 +318,7 @@ impl Monitor {
     /// read: the events then say which sockets are in CLOSE_WAIT, and the
     /// lookups bring their inodes without walking every TIME_WAIT socket.
     pub(crate) fn leaks_request(&mut self, lost: u64, states: &[TcpState]) -> HostRequest {
+        self.begin_read();
         let lookups = (states == [TcpState::CloseWait] && self.lost_at_whole_read == Some(lost))
             .then(|| self.close_wait_lookups())
             .flatten();
@@ -440,6 +448,7 @@ impl Monitor {
                 }
             }
         }
+        self.tracker.read_done();
         self.health.corrections = self.tracker.corrections();
     }
 

@@ -100,8 +100,16 @@ pub struct LeakTracker {
     /// Suspects the last reconciliation removed or added on the kernel's
     /// word: if their late event shows up, it was a race, not a loss.
     removed_by_reconcile: foldhash::HashSet<u64>,
+    /// Sockets that left CLOSE_WAIT since a host read was asked for: a
+    /// table dumped before they left lists them there, and their leave,
+    /// already seen, explains it (`None`: no read is under way).
+    left_during_read: Option<foldhash::HashSet<u64>>,
     corrections: u64,
 }
+
+/// Leaves remembered during one host read: beyond them a socket that left
+/// while the table was read may be adopted until the next read.
+const MAX_LEFT_DURING_READ: usize = 1 << 18;
 
 impl LeakTracker {
     pub fn new() -> Self {
@@ -128,7 +136,25 @@ impl LeakTracker {
         leaks
     }
 
+    /// A host read is about to begin: from now until its reconciliation,
+    /// sockets leaving CLOSE_WAIT are remembered.
+    pub fn reading(&mut self) {
+        self.left_during_read.get_or_insert_with(Default::default);
+    }
+
+    /// The host read was joined (or failed): leaves are no longer
+    /// remembered.
+    pub fn read_done(&mut self) {
+        self.left_during_read = None;
+    }
+
     pub fn observe(&mut self, t: &Transition) {
+        if t.old_state == TcpState::CloseWait
+            && let Some(left) = &mut self.left_during_read
+            && left.len() < MAX_LEFT_DURING_READ
+        {
+            left.insert(t.cookie);
+        }
         if !self.removed_by_reconcile.is_empty()
             && self.removed_by_reconcile.remove(&t.cookie)
             && t.old_state == TcpState::CloseWait
@@ -208,9 +234,12 @@ impl LeakTracker {
         startup: bool,
     ) {
         self.removed_by_reconcile.clear();
+        let left = self.left_during_read.take().unwrap_or_default();
         let in_kernel: HashMap<u64, &KernelSocket> = table
             .iter()
             .filter(|s| s.state == TcpState::CloseWait)
+            // Listed before it left: its leave came in meanwhile.
+            .filter(|s| !left.contains(&s.cookie))
             .map(|s| (s.cookie, s))
             .collect();
 
@@ -390,6 +419,26 @@ mod tests {
             "at least since the snapshot"
         );
         assert_eq!(leaks[0].inode, Some(50));
+        assert_eq!(tracker.corrections(), 1);
+    }
+
+    /// A slow read lists a socket in CLOSE_WAIT, and the socket leaves it
+    /// before the read is joined: its leave explains the listing, which
+    /// must not bring it back as a recovered leak.
+    #[test]
+    fn a_socket_that_left_while_the_table_was_read_is_not_recovered() {
+        let mut tracker = LeakTracker::new();
+        tracker.observe(&event(1, 10, Established, CloseWait));
+        tracker.reading();
+        tracker.observe(&event(1, 21, CloseWait, LastAck));
+        let table = [close_wait_in_kernel(1, 50)];
+        tracker.reconcile_close_wait(&table, &HashSet::new(), 20 * S, false);
+        assert_eq!(tracker.suspects().count(), 0);
+        assert_eq!(tracker.corrections(), 0);
+        // Without a read under way, a listing no event explains is a lost
+        // entry: recovered, as before.
+        tracker.reconcile_close_wait(&table, &HashSet::new(), 30 * S, false);
+        assert_eq!(tracker.suspects().count(), 1);
         assert_eq!(tracker.corrections(), 1);
     }
 
