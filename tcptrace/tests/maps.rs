@@ -24,7 +24,10 @@ use tcptrace::{
         records::decode,
     },
 };
-use tcptrace_common::{StackKind, TcpState};
+use tcptrace_common::{
+    StackKind, TcpState,
+    owner_counts::{PAIR_SLOTS, PAIRS},
+};
 
 /// Entries other TCP traffic on the host may add meanwhile (the probe sees
 /// every process): far below what one entry per connection would add.
@@ -148,6 +151,93 @@ fn monotonic_ns() -> u64 {
     // SAFETY: a valid clock id and out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// What `top` and `serve` load: every transition counted per owner in the
+/// kernel, a connect()ing socket's under its own process even in softirq,
+/// an accepted one's under its process where accept() is hooked and under
+/// its port otherwise; every connect counted per destination.
+#[test]
+fn top_and_serve_count_each_owner_and_destination_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let mut probe = Probe::load(&ProbeOptions {
+        ring_buffer_bytes: 64 << 20,
+        stacks: StackLevel::Sampled,
+        track_closed_held: true,
+        verdicts_only: true,
+        count_owners: true,
+        ..ProbeOptions::default()
+    })
+    .expect("load probe");
+    let churn = Churn::start(1);
+    let (connections, done) = churn.done();
+    assert!(connections > 10, "{done:?}");
+    // The client closed first; its last moves and the server's closes come
+    // in softirq a moment later.
+    thread::sleep(Duration::from_millis(1500));
+    probe.drain(|_| {});
+    let port: u16 = churn.port.parse().unwrap();
+    let (client, server) = (churn.client.pid(), churn.server.pid());
+    let owners = probe.owner_counts().expect("read the per-owner counts");
+    let counted = |pick: &dyn Fn(&tcptrace_common::owner_counts::OwnerKey) -> bool| {
+        let mut total = [0u64; PAIR_SLOTS];
+        for (_, cpus) in owners.iter().filter(|(key, _)| pick(key)) {
+            for cpu in cpus {
+                for (slot, n) in cpu.pairs.iter().enumerate() {
+                    total[slot] += u64::from(*n);
+                }
+            }
+        }
+        total
+    };
+    let slot = |old: TcpState, new: TcpState| PAIRS.iter().position(|p| *p == (old, new)).unwrap();
+    let of_client = counted(&|key| key.tgid == client);
+    use TcpState::*;
+    for (old, new) in [
+        (Close, SynSent),
+        (SynSent, Established),
+        (Established, FinWait1),
+        (FinWait1, FinWait2),
+        (FinWait2, Close),
+    ] {
+        assert_eq!(
+            of_client[slot(old, new)],
+            connections,
+            "client {old:?} -> {new:?}"
+        );
+    }
+    // The server's accepted sockets: under its pid once accept() stored it
+    // there, under the listener's port before or without that.
+    let of_server = counted(&|key| key.tgid == server || (key.tgid == 0 && key.local_port == port));
+    for (old, new) in [
+        (SynRecv, Established),
+        (Established, CloseWait),
+        (CloseWait, LastAck),
+        (LastAck, Close),
+    ] {
+        assert_eq!(
+            of_server[slot(old, new)],
+            connections,
+            "server {old:?} -> {new:?}"
+        );
+    }
+    assert_eq!(of_server[slot(Close, Listen)], 1);
+    let destinations = probe.destination_counts().expect("read the destinations");
+    let to_server: Vec<(u64, u64)> = destinations
+        .iter()
+        .filter(|(key, _)| key.tgid == client)
+        .map(|(key, cpus)| {
+            assert_eq!(key.port, port, "{key:?}");
+            assert_eq!(&key.address[..4], &[127, 0, 0, 1], "{key:?}");
+            cpus.iter().fold((0, 0), |(a, f), c| {
+                (a + u64::from(c.attempted), f + u64::from(c.failed))
+            })
+        })
+        .collect();
+    assert_eq!(to_server, vec![(connections, 0)]);
+    churn.stop();
 }
 
 #[test]
