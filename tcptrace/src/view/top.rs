@@ -163,7 +163,7 @@ pub fn render_text(snapshot: &TopSnapshot, max_rows: usize) -> String {
             .collect();
         let _ = writeln!(
             text,
-            "no owner known for {unknown} sockets ({}): no file and no history since tcptrace started",
+            "no owner known for {unknown} sockets ({}): no process holds a file of theirs, and nothing seen since tcptrace started names one",
             states.join(", ")
         );
     }
