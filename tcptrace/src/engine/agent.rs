@@ -92,7 +92,7 @@ impl HostAgent {
         Ok(Self {
             min_age: options.min_age,
             monitor: Monitor::new(options)?,
-            tracker: SocketTracker::new(),
+            tracker: SocketTracker::for_verdicts(),
             activity: Activity::new(),
             rates: RateBaseline::default(),
             holders_scanned_at: None,

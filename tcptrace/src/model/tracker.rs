@@ -90,6 +90,10 @@ pub struct SocketTracker {
     closed_listeners: Vec<Listener>,
     /// Closed listeners not kept because `MAX_CLOSED_LISTENERS` were.
     pub dropped_closed_listeners: u64,
+    /// Fed only the records a leak verdict reads (`for_verdicts`): a socket
+    /// leaving CLOSE_WAIT is forgotten then, as no later move of it will be
+    /// recorded to end it.
+    verdicts_only: bool,
     /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
     /// table's TIME_WAIT entries are attributed through the cookie.
     time_wait_owners: TimeWaitOwners,
@@ -101,6 +105,15 @@ pub struct SocketTracker {
 impl SocketTracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// For the records of `top` and `serve`, which a probe sends only for
+    /// what a leak verdict reads, and the listeners'.
+    pub fn for_verdicts() -> Self {
+        Self {
+            verdicts_only: true,
+            ..Self::default()
+        }
     }
 
     /// Sockets currently remembered (forgotten at CLOSE).
@@ -234,7 +247,9 @@ impl SocketTracker {
             listener_owner,
             local_port: transition.local.port(),
         };
-        let keep = new_state != TcpState::Close && cookie != 0;
+        let keep = new_state != TcpState::Close
+            && cookie != 0
+            && !(self.verdicts_only && old_state == TcpState::CloseWait);
         match slot {
             Some(entry) if keep => *entry = state,
             Some(_) => {
@@ -605,6 +620,40 @@ mod tests {
         assert_eq!(fin.time_in_old_state, Some(Duration::from_millis(4)));
         // The listener's entry and the child's; no entry under cookie 0.
         assert_eq!(tracker.tracked_sockets(), 2);
+    }
+
+    /// With records for verdicts only, a socket's move out of CLOSE_WAIT
+    /// is the last recorded: it is forgotten then, not at a CLOSE that
+    /// will never come.
+    #[test]
+    fn fed_verdicts_only_a_socket_is_forgotten_as_it_leaves_close_wait() {
+        use TcpState::*;
+        let server = Some(process(20, "server"));
+        for (verdicts, kept) in [(false, 1), (true, 0)] {
+            let mut tracker = if verdicts {
+                SocketTracker::for_verdicts()
+            } else {
+                SocketTracker::new()
+            };
+            tracker.observe(transition(
+                1,
+                0,
+                Established,
+                CloseWait,
+                None,
+                "127.0.0.1:80",
+            ));
+            assert_eq!(tracker.tracked_sockets(), 1);
+            tracker.observe(transition(
+                1,
+                5,
+                CloseWait,
+                LastAck,
+                server.clone(),
+                "127.0.0.1:80",
+            ));
+            assert_eq!(tracker.tracked_sockets(), kept);
+        }
     }
 
     /// The kernel counts an accepted socket of no known owner under its
