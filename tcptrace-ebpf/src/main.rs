@@ -84,23 +84,20 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let connect = old_state == CLOSE && new_state == SYN_SENT;
     let held_inode = held_at_close(sk, new_state);
     let ships = config!(verdicts_only) == 0 || held_inode != 0 || is_verdict(old_state, new_state);
-    let counts_owners = config!(count_owners) != 0;
-    if !ships && !counts_owners {
-        // Counted above, and nothing else: most transitions of `leaks` end here.
+    if !ships {
+        // Counted above, and for `top` and `serve` per owner: most
+        // transitions of leak mode end here.
+        if config!(count_owners) != 0 {
+            count_for_owner(sk, old_state, new_state, &track_owner(sk, old_state, new_state));
+        }
         if connect && config!(stack_level) != STACKS_OFF {
             sample_origin(sk, StackKind::Connect);
         }
         return 0;
     }
     let owner = track_owner(sk, old_state, new_state);
-    if counts_owners {
+    if config!(count_owners) != 0 {
         count_for_owner(sk, old_state, new_state, &owner);
-    }
-    if !ships {
-        if connect && config!(stack_level) != STACKS_OFF {
-            sample_origin(sk, StackKind::Connect);
-        }
-        return 0;
     }
     match record_transition(sk, old_state, new_state, held_inode, &owner) {
         Ok(Some(cookie)) if connect => {
