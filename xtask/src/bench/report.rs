@@ -746,7 +746,7 @@ fn render_kernel(out: &mut String, run: &Run) {
     }
     let _ = writeln!(
         out,
-        "\nFor `watch`, every transition the program ran for is either delivered or counted as a drop: records delivered + drops = runs (less non-TCP runs, none here). In leak mode the delivered records also include stack records and the destroy records of sockets closed while held, so they can exceed the transition program's runs. For the count-only bpftrace peer, \"records delivered\" is its map's total. Agent CPU per transition is the tracer's whole CPU in that run over the transition program's runs, for comparing configurations (bpftrace's printf one-liner included) where events are not counted alike."
+        "\nFor `watch`, every transition the program ran for is either delivered or counted as a drop: records delivered + drops = runs (less non-TCP runs, none here). In leak mode the delivered records also include stack records and the destroy records of sockets closed while held, so they can exceed the transition program's runs. `serve`'s row is its probe run as `top --json -i 1s` (the same probe: leak mode with per-owner and per-destination counts), which reports by itself at the end. For the count-only bpftrace peer, \"records delivered\" is its map's total. Agent CPU per transition is the tracer's whole CPU in that run over the transition program's runs, for comparing configurations (bpftrace's printf one-liner included) where events are not counted alike."
     );
 }
 

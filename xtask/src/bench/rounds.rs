@@ -338,8 +338,18 @@ pub(super) fn run_round(bench: &Bench, config: Config, cycle: usize) -> Result<R
 
 pub(super) fn kernel_cost(bench: &Bench, config: Config) -> Result<KernelCost> {
     let stats = bench.timing.stats;
-    let tracer =
-        start(bench, config, stats.ceil() as u64 + 3)?.context("a traced configuration")?;
+    let seconds = stats.ceil() as u64 + 3;
+    let tracer = if config == Config::Serve {
+        // serve's probe (per-owner counts besides leak mode) runs as `top`,
+        // which loads the same and reports on its own when its time is up.
+        let args: Vec<String> = ["top", "--json", "-d", &format!("{seconds}s"), "-i", "1s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Running::Tcptrace(Tracer::start(&bench.tcptrace, &args, true)?)
+    } else {
+        start(bench, config, seconds)?.context("a traced configuration")?
+    };
     let mut exited = None;
     churn(bench, stats, |_| {
         exited = Some(match tracer {
