@@ -88,7 +88,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // Counted above, and for `top` and `serve` per owner: most
         // transitions of leak mode end here.
         if config!(count_owners) != 0 {
-            count_for_owner(sk, old_state, new_state, &track_owner(sk, old_state, new_state));
+            count_for_owner(
+                sk,
+                old_state,
+                new_state,
+                &track_owner(sk, old_state, new_state),
+            );
         }
         if connect && config!(stack_level) != STACKS_OFF {
             sample_origin(sk, StackKind::Connect);

@@ -18,7 +18,7 @@ use crate::{
     engine::drain_loop::{self, Refresh, Schedule, StopSignals},
     engine::monitor::{LeaksOptions, Monitor, RECONCILE_INTERVAL, events_lost, prune_due},
     host::reader::{HostRead, HostRequest, read_host, release_free_memory, states_with_files},
-    model::leak_report::{LeakReport, ProgramHealth},
+    model::leak_report::LeakReport,
     probe::loader::{Probe, ProbeOptions},
     probe::{loader::StackLevel, preflight},
     view::flamegraph::{FlamegraphKind, render_svg_of},
@@ -305,17 +305,7 @@ pub async fn run<W: Write>(
     monitor.wait_for_stacks(probe.get_mut());
     let counters = probe.get_ref().counters()?;
     monitor.note_counters(&probe.get_ref().stack_moments, &counters);
-    monitor.health.programs = probe
-        .get_ref()
-        .all_program_stats()
-        .into_iter()
-        .map(|(program, stats)| ProgramHealth {
-            program,
-            runs: stats.run_count,
-            run_ns: stats.run_time.as_nanos() as u64,
-            recursion_misses: stats.recursion_misses,
-        })
-        .collect();
+    monitor.note_programs(probe.get_ref());
     let report = monitor.report(min_age);
     if let Err(error) = write_report(&mut out, &report, json, stack_depth, false) {
         watch::reader_gone(error)?;

@@ -236,6 +236,7 @@ impl HostAgent {
         startup: bool,
     ) -> (TopSnapshot, LeakReport) {
         self.drain_settled(probe);
+        self.monitor.note_programs(probe);
         if let Ok(counters) = probe.counters() {
             self.monitor.note_counters(&probe.stack_moments, &counters);
             if counters.owner_insert_failed > 0 && !self.told_owner_storage_full {

@@ -18,7 +18,8 @@ use crate::{
     model::holder::Holder,
     model::kernel_socket::KernelSocket,
     model::leak_report::{
-        GrowthHistory, LeakReport, ProbeHealth, ReportFilter, SocketStacks, build_report,
+        GrowthHistory, LeakReport, ProbeHealth, ProgramHealth, ReportFilter, SocketStacks,
+        build_report,
     },
     model::leaks::{LeakKind, LeakTracker},
     model::process::FdUsage,
@@ -246,6 +247,21 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// Each attached program's kernel statistics, for the next report
+    /// (counted only while bpf_stats is enabled).
+    pub(crate) fn note_programs(&mut self, probe: &Probe) {
+        self.health.programs = probe
+            .all_program_stats()
+            .into_iter()
+            .map(|(program, stats)| ProgramHealth {
+                program,
+                runs: stats.run_count,
+                run_ns: stats.run_time.as_nanos() as u64,
+                recursion_misses: stats.recursion_misses,
+            })
+            .collect();
     }
 
     /// What the next report says of the probe's losses and its stack
