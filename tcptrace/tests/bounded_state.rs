@@ -137,8 +137,10 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
         })
         .collect();
     let during = after_refreshes(&serve, 2);
+    // Each live client has its own (what was there before may have gone
+    // meanwhile: the churn's processes exited).
     assert!(
-        map(&during, "owner_counts") > owners_before + CLIENTS,
+        map(&during, "owner_counts") >= CLIENTS,
         "the clients' counts are kept while they live\n{during}"
     );
     for mut client in clients {
