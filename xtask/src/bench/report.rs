@@ -75,11 +75,7 @@ impl Run<'_> {
         config: Config,
         cpu: impl Fn(&Round) -> Option<Duration>,
     ) -> Option<Spread> {
-        spread(
-            self.rounds(config)
-                .iter()
-                .filter_map(|r| Some(cpu(r)?.as_nanos() as f64 / r.events?.max(1) as f64)),
-        )
+        self.per(config, |r| Some(cpu(r)?.as_nanos() as f64), |r| r.events)
     }
 
     /// The agent's CPU per connection the churn made, from the CPU `cpu`
@@ -89,19 +85,29 @@ impl Run<'_> {
         config: Config,
         cpu: impl Fn(&Round) -> Option<Duration>,
     ) -> Option<Spread> {
-        spread(
-            self.rounds(config)
-                .iter()
-                .filter_map(|r| Some(cpu(r)?.as_nanos() as f64 / r.connections?.max(1) as f64)),
+        self.per(
+            config,
+            |r| Some(cpu(r)?.as_nanos() as f64),
+            |r| r.connections,
         )
     }
 
     /// Records the agent received per connection the churn made.
     fn records_per_connection(&self, config: Config) -> Option<Spread> {
+        self.per(config, |r| Some(r.events? as f64), |r| r.connections)
+    }
+
+    /// `amount` over `unit` in each round of `config` that says both.
+    fn per(
+        &self,
+        config: Config,
+        amount: impl Fn(&Round) -> Option<f64>,
+        unit: impl Fn(&Round) -> Option<u64>,
+    ) -> Option<Spread> {
         spread(
             self.rounds(config)
                 .iter()
-                .filter_map(|r| Some(r.events? as f64 / r.connections?.max(1) as f64)),
+                .filter_map(|r| Some(amount(r)? / unit(r)?.max(1) as f64)),
         )
     }
 
