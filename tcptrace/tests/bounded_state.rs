@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Churn, Peer, ServeRun, require_root};
+use common::{Churn, Peer, ServeRun, churn_client, require_root};
 
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries other TCP traffic on the host may add meanwhile.
@@ -122,16 +122,7 @@ fn a_churn_of_short_lived_peers_leaves_nothing_behind() {
     let target = format!("127.0.0.1:{}", server.expect("listening")["port"]);
     let clients: Vec<Peer> = (0..CLIENTS)
         .map(|_| {
-            let client = Peer::spawn(&[
-                "churn-client",
-                "--connect",
-                &target,
-                "--threads",
-                "1",
-                "--seconds",
-                "0.2",
-                "--hold",
-            ]);
+            let client = churn_client(&target, "0.2", true);
             client.expect("done");
             client
         })

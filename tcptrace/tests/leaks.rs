@@ -5,8 +5,8 @@ mod common;
 use std::{process::Command, thread, time::Duration};
 
 use common::{
-    LeakRun, Peer, addr, kernel_has_recv_tracepoint, require_root, serve_clients, sorted,
-    testpeer_path,
+    LeakRun, Peer, addr, churn_client, kernel_has_recv_tracepoint, require_root, serve_clients,
+    sorted, testpeer_path,
 };
 
 /// A server keeps `leak` of `connections` accepted sockets after reading EOF;
@@ -166,15 +166,7 @@ fn leak_mode_records_two_transitions_a_connection_and_counts_the_rest() {
     let run = LeakRun::start(&["--duration", "4s", "--stacks", "off"]);
     let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "1"]);
     let target = format!("127.0.0.1:{}", server.expect("listening")["port"]);
-    let client = Peer::spawn(&[
-        "churn-client",
-        "--connect",
-        &target,
-        "--threads",
-        "1",
-        "--seconds",
-        "1",
-    ]);
+    let client = churn_client(&target, "1", false);
     let done = client.expect("done");
     let made: u64 = done["connections"].parse().unwrap();
     assert_eq!(done["failed"], "0", "{done:?}");

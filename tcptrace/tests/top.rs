@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{FakeContainer, Peer, TopRun, require_root, top_row};
+use common::{FakeContainer, Peer, TopRun, churn_client, require_root, top_row};
 use serde_json::Value;
 
 fn count(row: &Value, field: &str) -> u64 {
@@ -36,16 +36,7 @@ fn churn_counts_match_the_generator_per_process() {
     let mut server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "1"]);
     let listening = server.expect("listening");
     let target = format!("127.0.0.1:{}", listening["port"]);
-    let mut client = Peer::spawn(&[
-        "churn-client",
-        "--connect",
-        &target,
-        "--threads",
-        "1",
-        "--seconds",
-        "1",
-        "--hold",
-    ]);
+    let mut client = churn_client(&target, "1", true);
     let done = client.expect("done");
     let made: u64 = done["connections"].parse().unwrap();
     assert_eq!(done["failed"], "0", "the generator itself failed: {done:?}");

@@ -6,7 +6,9 @@ mod peers;
 pub mod programs;
 
 #[allow(unused_imports)] // as dead_code above
-pub use peers::{Churn, Peer, ServedClients, addr, serve_clients, sorted, testpeer_path};
+pub use peers::{
+    Churn, Peer, ServedClients, addr, churn_client, serve_clients, sorted, testpeer_path,
+};
 
 use std::{
     collections::HashMap,

@@ -143,6 +143,24 @@ pub struct Churn {
     pub port: String,
 }
 
+/// A churn client on one thread against `target` for `seconds`; with
+/// `hold`, it stays after saying "done" until "go".
+pub fn churn_client(target: &str, seconds: &str, hold: bool) -> Peer {
+    let mut args = vec![
+        "churn-client",
+        "--connect",
+        target,
+        "--threads",
+        "1",
+        "--seconds",
+        seconds,
+    ];
+    if hold {
+        args.push("--hold");
+    }
+    Peer::spawn(&args)
+}
+
 impl Churn {
     pub fn start(seconds: u32) -> Self {
         let server = Peer::spawn(&["churn-server", "--addr", "127.0.0.1:0", "--threads", "2"]);
