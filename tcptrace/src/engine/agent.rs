@@ -80,6 +80,7 @@ pub struct HostAgent {
     /// Kernel counters at the last refresh.
     kernel: KernelCounters,
     told_owner_storage_full: bool,
+    told_counts_failed: bool,
     /// The kernel's per-owner and per-destination counts at the last read.
     owner_deltas: CountDeltas<OwnerKey, PAIR_SLOTS>,
     destination_deltas: CountDeltas<DestinationKey, 2>,
@@ -102,6 +103,7 @@ impl HostAgent {
             diagnoses: Diagnoses::default(),
             kernel: KernelCounters::default(),
             told_owner_storage_full: false,
+            told_counts_failed: false,
             owner_deltas: CountDeltas::default(),
             destination_deltas: CountDeltas::default(),
             told_forgetting: Vec::new(),
@@ -356,11 +358,23 @@ impl HostAgent {
     /// A failed read keeps the counts for the next one.
     fn read_owner_counts(&mut self, probe: &mut Probe) {
         let now_ns = monotonic_now_ns();
-        let owners = match probe.owner_counts() {
-            Ok(read) => read,
+        let read = probe
+            .owner_counts()
+            .and_then(|owners| Ok((owners, probe.destination_counts()?)));
+        let (owners, destinations) = match read {
+            Ok(read) => {
+                self.told_counts_failed = false;
+                read
+            }
             Err(error) => {
                 self.monitor.health.host_read_failures += 1;
-                eprintln!("tcptrace: cannot read the per-owner counts ({error})");
+                // Said once per run of failures: it is tried at every refresh.
+                if !self.told_counts_failed {
+                    self.told_counts_failed = true;
+                    eprintln!(
+                        "tcptrace: cannot read the per-owner counts ({error}); they are read again at the next refresh"
+                    );
+                }
                 return;
             }
         };
@@ -409,14 +423,6 @@ impl HostAgent {
             self.activity.add_counted(owner.as_ref(), now_ns, &counts);
         }
         self.tracker.forget_closed_listeners();
-        let destinations = match probe.destination_counts() {
-            Ok(read) => read,
-            Err(error) => {
-                self.monitor.health.host_read_failures += 1;
-                eprintln!("tcptrace: cannot read the per-destination connects ({error})");
-                return;
-            }
-        };
         let values = destinations
             .into_iter()
             .map(|(key, cpus)| {
