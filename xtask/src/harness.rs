@@ -208,7 +208,10 @@ impl Tracer {
                 tracer.address = rest.split('/').next().map(str::to_owned);
                 return Ok(tracer);
             }
-            if ready.starts_with("tcptrace: watching") {
+            // `watch` and `leaks` say "watching", `top` its refresh.
+            if ready.starts_with("tcptrace: watching")
+                || ready.starts_with("tcptrace: per-process TCP activity")
+            {
                 return Ok(tracer);
             }
             if !ready.starts_with("tcptrace: ") {
