@@ -278,7 +278,6 @@ impl HostAgent {
         }
         // A table's worth of cookies: freed before the snapshot is built.
         drop(listed);
-        self.tracker.settle_time_wait(now_ns);
         let leaks = self.monitor.report(self.min_age);
 
         self.unattributed = table
@@ -447,11 +446,6 @@ impl HostAgent {
     fn tell_forgetting(&mut self) {
         let full = [
             (
-                "time_wait_owners",
-                self.tracker.dropped_time_wait_owners,
-                "TIME_WAIT sockets past it are counted without their owner",
-            ),
-            (
                 "destinations",
                 self.activity.dropped_entries,
                 "connects to destinations past it are left out of the per-destination counts",
@@ -492,7 +486,6 @@ impl HostAgent {
             kernel_storage_failures: self.kernel.owner_insert_failed,
             forgotten_entries: vec![
                 ("destinations", self.activity.dropped_entries),
-                ("time_wait_owners", self.tracker.dropped_time_wait_owners),
                 ("owner_counts", self.owner_counts_forgotten()),
                 ("closed_listeners", self.tracker.dropped_closed_listeners),
                 ("destination_counts", self.destination_deltas.evicted),
@@ -510,7 +503,7 @@ impl HostAgent {
     pub fn occupancy(&self) -> Vec<Occupancy> {
         let mut tables = self.monitor.occupancy();
         tables.extend(self.activity.occupancy());
-        tables.extend(self.tracker.occupancy());
+        tables.push(self.tracker.occupancy());
         tables.push(Occupancy::new("placements", self.placements.len(), None));
         tables
     }

@@ -36,8 +36,8 @@ pub struct AgentTotals {
     /// lost, and they count as of an unknown owner.
     pub kernel_storage_failures: u64,
     /// Per capped agent table: entries it did not keep, or forgot early,
-    /// because it was full. Precision only: a TIME_WAIT socket counted
-    /// without its owner, a destination's connects left out.
+    /// because it was full. Precision only: a destination's connects left
+    /// out, an owner's counts the kernel's map evicted between two reads.
     pub forgotten_entries: Vec<(&'static str, u64)>,
     pub reconcile_corrections: u64,
     /// Reads of /proc or of the kernel's table that failed (fd exhaustion,

@@ -26,7 +26,6 @@ pub mod python_layout;
 pub(crate) mod python_lines;
 pub(crate) mod stack;
 pub(crate) mod stack_gaps;
-pub(crate) mod time_wait_owners;
 pub(crate) mod top_snapshot;
 pub mod tracker;
 pub mod transition;

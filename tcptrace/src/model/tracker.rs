@@ -14,7 +14,6 @@ use tcptrace_common::TcpState;
 
 use crate::model::{
     health::Occupancy,
-    time_wait_owners::{MAX_TIME_WAIT_OWNERS, TimeWaitOwners},
     transition::{Process, Transition},
 };
 
@@ -94,12 +93,6 @@ pub struct SocketTracker {
     /// leaving CLOSE_WAIT is forgotten then, as no later move of it will be
     /// recorded to end it.
     verdicts_only: bool,
-    /// The kernel copies a socket's cookie to its TIME_WAIT minisock, so the
-    /// table's TIME_WAIT entries are attributed through the cookie.
-    time_wait_owners: TimeWaitOwners,
-    /// TIME_WAIT owners not remembered, or forgotten early, because their
-    /// bound was reached.
-    pub dropped_time_wait_owners: u64,
 }
 
 impl SocketTracker {
@@ -121,20 +114,16 @@ impl SocketTracker {
         self.sockets.len()
     }
 
-    /// The owner of a socket the table lists, if its history says: a live
-    /// socket's owner (seen in process context, else its listener's), or
-    /// the owner of the socket a timewait minisock replaced. Those are
-    /// listed as TIME_WAIT, or as FIN_WAIT2 when an orphan's FIN_WAIT2 is
-    /// handed to a minisock; cookies are never reused, so the cookie alone
-    /// says which.
+    /// The owner of a live socket the table lists, if its history says:
+    /// seen in process context, else its listener's. (A timewait
+    /// minisock's is inferred, `model::inferred_owners`: the move that made
+    /// it is not recorded for `top` and `serve`.)
     pub fn owner_of(&self, cookie: u64) -> Option<&Process> {
-        match self.sockets.get(&cookie) {
-            Some(socket) => socket
-                .process_owner
-                .as_ref()
-                .or(socket.listener_owner.as_ref()),
-            None => self.time_wait_owners.owner_of(cookie),
-        }
+        let socket = self.sockets.get(&cookie)?;
+        socket
+            .process_owner
+            .as_ref()
+            .or(socket.listener_owner.as_ref())
     }
 
     /// The state a socket seen since start is in, and when it entered it
@@ -145,22 +134,9 @@ impl SocketTracker {
             .map(|socket| (socket.state, socket.entered_at_ns))
     }
 
-    /// Before the table is attributed: forgets the TIME_WAIT owners the
-    /// kernel has dropped by `now_ns`, and indexes the rest for lookups.
-    pub fn settle_time_wait(&mut self, now_ns: u64) {
-        self.time_wait_owners.settle(now_ns);
-    }
-
-    /// How many entries each table holds, against its bound.
-    pub fn occupancy(&self) -> [Occupancy; 2] {
-        [
-            Occupancy::new("tracked_sockets", self.sockets.len(), None),
-            Occupancy::new(
-                "time_wait_owners",
-                self.time_wait_owners.len(),
-                Some(MAX_TIME_WAIT_OWNERS),
-            ),
-        ]
+    /// How many entries its table holds.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy::new("tracked_sockets", self.sockets.len(), None)
     }
 
     /// Forgets sockets and listeners the kernel's table no longer lists
@@ -264,11 +240,6 @@ impl SocketTracker {
 
         let likely_time_wait = new_state == TcpState::Close
             && matches!(old_state, TcpState::FinWait2 | TcpState::Closing);
-        if likely_time_wait && let Some(owner) = &owner {
-            self.dropped_time_wait_owners +=
-                self.time_wait_owners
-                    .remember(cookie, owner.process.clone(), timestamp_ns);
-        }
         TrackedTransition {
             likely_time_wait,
             transition,
@@ -784,11 +755,9 @@ mod tests {
     }
 
     /// The table lists sockets by cookie with no owner: a live socket's
-    /// comes from its history, a TIME_WAIT entry's from the socket it
-    /// replaced, kept for as long as the kernel keeps the minisock.
+    /// comes from its history, and goes with its CLOSE.
     #[test]
-    fn owners_of_live_and_time_wait_sockets() {
-        use crate::model::time_wait_owners::{TIME_WAIT_GENERATION, TIME_WAIT_MEMORY};
+    fn owners_of_live_sockets() {
         use TcpState::*;
         let client = Some(process(10, "client"));
         let mut tracker = SocketTracker::new();
@@ -807,8 +776,7 @@ mod tests {
             tracker.observe(at(1, at_ms, old, new, &None));
         }
         assert_eq!(tracker.state_of(1), None);
-        assert_eq!(tracker.owner_of(1).map(|p| p.tgid), Some(10));
-        // Closed from LAST_ACK: no minisock, no owner left.
+        // Closed from LAST_ACK: no owner left.
         for (at_ms, old, new) in [
             (0, Close, SynSent),
             (20, CloseWait, LastAck),
@@ -817,15 +785,6 @@ mod tests {
             tracker.observe(at(2, at_ms, old, new, &client));
         }
         assert!(tracker.owner_of(2).is_none());
-        assert_eq!(tracker.occupancy()[1].entries, 1);
-
-        // Kept for TIME_WAIT's whole length, and gone one generation later.
-        let closed = 12 * MS;
-        tracker.settle_time_wait(closed + TIME_WAIT_MEMORY.as_nanos() as u64);
-        assert!(tracker.owner_of(1).is_some());
-        tracker
-            .settle_time_wait(closed + (TIME_WAIT_MEMORY + TIME_WAIT_GENERATION).as_nanos() as u64);
-        assert!(tracker.owner_of(1).is_none());
-        assert_eq!(tracker.dropped_time_wait_owners, 0);
+        assert_eq!(tracker.occupancy().entries, 0);
     }
 }

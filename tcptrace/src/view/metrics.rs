@@ -503,7 +503,7 @@ fn register_totals(registry: &mut Registry, totals: &AgentTotals) {
     }
     registry.register(
         "tcptrace_agent_table_forgotten",
-        "Entries a capped table of the agent did not keep, or forgot early, because it was full: precision only (TIME_WAIT sockets counted without their owner, a destination's connects left out), never a leak missed",
+        "Entries a capped table of the agent did not keep, or forgot early, because it was full: precision only (a destination's connects left out, an owner's counts the kernel's map evicted between two reads), never a leak missed",
         forgotten,
     );
 }
@@ -915,13 +915,13 @@ mod tests {
                 capacity: Some(65536),
             }],
             kernel_storage_failures: 1,
-            forgotten_entries: vec![("time_wait_owners", 7), ("destinations", 0)],
+            forgotten_entries: vec![("owner_counts", 7), ("destinations", 0)],
             ..AgentTotals::default()
         };
         let text = state.render(&snapshot(vec![]), &report(vec![]), &totals);
         for line in [
             "tcptrace_kernel_storage_failures_total 1",
-            "tcptrace_agent_table_forgotten_total{table=\"time_wait_owners\"} 7",
+            "tcptrace_agent_table_forgotten_total{table=\"owner_counts\"} 7",
             "tcptrace_agent_table_forgotten_total{table=\"destinations\"} 0",
             "tcptrace_map_entries{map=\"stacks\"} 12",
             "tcptrace_map_entries{map=\"owners\"} 40",
