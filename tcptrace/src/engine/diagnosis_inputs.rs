@@ -221,20 +221,15 @@ impl Diagnoses {
             if socket.state != TcpState::FinWait2 || socket.inode == 0 {
                 continue;
             }
-            let (since_ns, lower_bound) = match owners.tracker.state_of(socket.cookie) {
-                Some((TcpState::FinWait2, since_ns)) => (since_ns, false),
-                _ => (
-                    self.previous
-                        .fin_wait2_seen
-                        .get(&socket.cookie)
-                        .copied()
-                        .unwrap_or(now_ns),
-                    true,
-                ),
-            };
-            if lower_bound {
-                seen.insert(socket.cookie, since_ns);
-            }
+            // No move to FIN_WAIT2 is recorded for `top` and `serve`: its
+            // age runs from the first table that listed it there.
+            let since_ns = self
+                .previous
+                .fin_wait2_seen
+                .get(&socket.cookie)
+                .copied()
+                .unwrap_or(now_ns);
+            seen.insert(socket.cookie, since_ns);
             stuck
                 .entry(socket.netns_inode)
                 .or_default()
@@ -245,7 +240,7 @@ impl Diagnoses {
                     local: socket.local,
                     remote: socket.remote,
                     age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
-                    age_is_lower_bound: lower_bound,
+                    age_is_lower_bound: true,
                 });
         }
         self.previous.fin_wait2_seen = seen;

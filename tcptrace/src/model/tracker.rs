@@ -56,8 +56,7 @@ pub struct TrackedTransition {
 }
 
 struct SocketState {
-    /// The state it is in, entered at `entered_at_ns`.
-    state: TcpState,
+    /// When it entered the state it is in.
     entered_at_ns: u64,
     /// Seen on the CPU at this socket's last process-context transition:
     /// the probe reports the owner only there (and at accept where fexit
@@ -124,14 +123,6 @@ impl SocketTracker {
             .process_owner
             .as_ref()
             .or(socket.listener_owner.as_ref())
-    }
-
-    /// The state a socket seen since start is in, and when it entered it
-    /// (CLOCK_MONOTONIC ns).
-    pub fn state_of(&self, cookie: u64) -> Option<(TcpState, u64)> {
-        self.sockets
-            .get(&cookie)
-            .map(|socket| (socket.state, socket.entered_at_ns))
     }
 
     /// How many entries its table holds.
@@ -217,7 +208,6 @@ impl SocketTracker {
         };
 
         let state = SocketState {
-            state: new_state,
             entered_at_ns: timestamp_ns,
             process_owner: transition.owner.clone(),
             listener_owner,
@@ -767,7 +757,6 @@ mod tests {
         tracker.observe(at(1, 0, Close, SynSent, &client));
         tracker.observe(at(1, 3, SynSent, Established, &None));
         assert_eq!(tracker.owner_of(1).map(|p| p.tgid), Some(10));
-        assert_eq!(tracker.state_of(1), Some((Established, 3 * MS)));
         for (at_ms, old, new) in [
             (10, Established, FinWait1),
             (11, FinWait1, FinWait2),
@@ -775,7 +764,7 @@ mod tests {
         ] {
             tracker.observe(at(1, at_ms, old, new, &None));
         }
-        assert_eq!(tracker.state_of(1), None);
+        assert!(tracker.owner_of(1).is_none());
         // Closed from LAST_ACK: no owner left.
         for (at_ms, old, new) in [
             (0, Close, SynSent),
