@@ -145,12 +145,13 @@ impl Monitor {
     /// A transition; the caller counts it in `health.events`.
     pub(crate) fn observe_transition(&mut self, transition: &Transition) {
         self.tracker.observe(transition);
-        // listen() and connect(): a process's first sockets, before any of
-        // them is copied, so that a Python process's frames are copied
-        // from its first connection.
+        // listen(): a server's first socket, before any connection it
+        // accepts is copied, so that a Python server's frames are copied
+        // from its first connection. (A connect() is not recorded in leak
+        // mode: a client is looked at at its first copy.)
         if self.options.probe.stacks != StackLevel::Off
             && transition.old_state == TcpState::Close
-            && matches!(transition.new_state, TcpState::Listen | TcpState::SynSent)
+            && transition.new_state == TcpState::Listen
             && let Some(owner) = &transition.owner
         {
             self.stacks.notice_process(owner.tgid);
