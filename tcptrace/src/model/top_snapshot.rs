@@ -129,10 +129,9 @@ impl RateBaseline {
     }
 }
 
-/// Who owns a socket the kernel lists: its history first (exact, and for
-/// TIME_WAIT entries, which have no file, where their move there was
-/// recorded), else the process holding its file (the lowest pid, when
-/// several share it), else, for a socket with no file, the owner
+/// Who owns a socket the kernel lists: its recorded history first, else
+/// the process holding its file (the lowest pid, when several share it),
+/// else, for a socket with no file (TIME_WAIT, orphans), the owner
 /// `inferred` from its listener or its destination.
 pub fn socket_owner(
     socket: &KernelSocket,

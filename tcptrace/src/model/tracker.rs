@@ -1,6 +1,7 @@
 //! Per-socket bookkeeping: how long each socket spent in its previous state,
 //! who owns an accepted socket before its owner shows itself, and so who
-//! owns each socket the kernel's table lists, TIME_WAIT entries included.
+//! owns a live socket the kernel's table lists; and the listeners, by
+//! which accepted sockets and ports are attributed.
 //!
 //! Pure: takes decoded transitions, knows nothing of aya or the kernel, so it
 //! is tested without root.
