@@ -47,14 +47,23 @@ unsafe fn load_v6(sk: *const u8, offset: u32) -> [u32; 4] {
     }
 }
 
+/// The inode of `sk`'s network namespace, or 0 where the kernel has none.
+/// Two plain loads: the verifier types the `struct net *` member it loads,
+/// so the second load is checked against `struct net` and faults to 0
+/// instead of needing a helper call; `top` and `serve` pay this at every
+/// softirq transition of a socket whose owner is not known.
+///
+/// `sk` must be a BTF-typed socket the kernel gave (a tracing argument).
 pub(crate) fn read_netns_inode(sk: *const u8) -> u32 {
     if config!(has_netns) == 0 {
         return 0;
     }
-    let Ok(net) = read_field::<u64>(sk, config!(net_offset)) else {
-        return 0;
-    };
-    read_field::<u32>(net as *const u8, config!(netns_inode_offset)).unwrap_or(0)
+    // SAFETY: `sk` is a BTF-typed socket (the caller's contract); the
+    // offsets are `skc_net.net` in it and `ns.inum` in struct net, from BTF.
+    unsafe {
+        let net: *const u8 = load_field(sk, config!(net_offset));
+        load_field::<u32>(net, config!(netns_inode_offset))
+    }
 }
 
 /// The inode number of the file still attached to `sk`, or 0 when the
