@@ -195,7 +195,7 @@ fn once_draws_leaks_from_before_it_started_per_process_with_the_reason() {
     let clients: Vec<TcpStream> = b"UUD".iter().map(|&k| request(&server, k)).collect();
     let pid = server.pid().to_string();
     let svg_path = scratch.path("once.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+    let out = Command::new(common::tcptrace_binary())
         .args(["leaks", "--once", "--pid", &pid, "--flamegraph"])
         .arg(&svg_path)
         .output()

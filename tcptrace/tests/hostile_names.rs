@@ -77,7 +77,7 @@ fn hostile_comms_stay_text_in_every_view() {
 
     // Watchers first, so that the peers' own connects are shown with their comm.
     let json_watch = Watcher::start(&[]);
-    let mut text_watch = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+    let mut text_watch = Command::new(common::tcptrace_binary())
         .arg("watch")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -122,7 +122,7 @@ fn hostile_comms_stay_text_in_every_view() {
 
     // leaks --once, text and JSON.
     let leaks = |json: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tcptrace"));
+        let mut command = Command::new(common::tcptrace_binary());
         command.args(["leaks", "--once"]);
         if json {
             command.arg("--json");
@@ -144,7 +144,7 @@ fn hostile_comms_stay_text_in_every_view() {
     }
 
     // top: the table on a pipe (no terminal), every process, leaks at once.
-    let output = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+    let output = Command::new(common::tcptrace_binary())
         .args([
             "top",
             "--sort",

@@ -292,7 +292,7 @@ fn a_leak_closed_before_the_end_leaves_the_report() {
     let held = Peer::held_cookies(&leaker.expect("holding"));
     // Leaking past min-age: `--once` from a second instance sees them.
     thread::sleep(Duration::from_secs(1));
-    let once = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+    let once = Command::new(common::tcptrace_binary())
         .args([
             "leaks",
             "--once",

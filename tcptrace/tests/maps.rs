@@ -482,7 +482,7 @@ fn churn_and_resets_leave_the_maps_as_they_were_with_owners_right() {
 }
 
 fn tcptrace(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+    Command::new(common::tcptrace_binary())
         .args(args)
         .output()
         .expect("run tcptrace")

@@ -21,6 +21,14 @@ use std::{
 
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The tcptrace the tests run: cargo's, or TCPTRACE_BIN's where set (the
+/// kernel matrix's guests run the static dist binary).
+pub fn tcptrace_binary() -> std::path::PathBuf {
+    std::env::var_os("TCPTRACE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tcptrace").into())
+}
+
 /// Root tests fail without root rather than pass silently; set
 /// TCPTRACE_SKIP_ROOT_TESTS=1 to skip them knowingly.
 pub fn require_root() -> bool {
@@ -99,7 +107,7 @@ impl Agent {
     /// `tcptrace ARGS`; waits for the line starting with `ready_line` (notices
     /// may come first) and returns it.
     fn launch(args: &[&str], ready_line: &str) -> (Self, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        let mut child = Command::new(tcptrace_binary())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
