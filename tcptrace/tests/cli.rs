@@ -14,13 +14,51 @@ use std::{
 use common::{Peer, require_root};
 
 fn tcptrace(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tcptrace"));
+    let mut command = Command::new(common::tcptrace_binary());
     command.args(args);
     command
 }
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `--version` names what was built: the commit (the checkout's HEAD,
+/// asked of git here independently) and the build id of the embedded probe.
+/// `-V` stays one line, for scripts.
+#[test]
+fn version_names_the_commit_and_the_probe_build_id() {
+    let out = tcptrace(&["--version"]).output().expect("run tcptrace");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 3, "{said}");
+    assert_eq!(lines[0], format!("tcptrace {}", env!("CARGO_PKG_VERSION")));
+    let head = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    match head {
+        Some(head) => assert_eq!(lines[1], format!("commit {head}")),
+        // Built outside a checkout: it must say so, not make one up.
+        None => assert!(lines[1].starts_with("commit unknown"), "{said}"),
+    }
+    let id = lines[2]
+        .strip_prefix("probe build id ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{said}"
+    );
+
+    let short = tcptrace(&["-V"]).output().expect("run tcptrace");
+    assert_eq!(
+        String::from_utf8_lossy(&short.stdout).trim(),
+        format!("tcptrace {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
