@@ -3,6 +3,7 @@
 //! missing first.
 
 mod bench;
+mod dist;
 mod harness;
 mod setup;
 mod soak;
@@ -28,13 +29,17 @@ struct Cli {
 enum Task {
     /// Install what building the eBPF probe and running the tests need (idempotent).
     Setup,
-    /// Set up, build tcptrace (release) and run it as root with these arguments.
+    /// Install only what building needs, build tcptrace (release) and run it as root with these arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and lints, run every test (root tests included), then the root tests under QEMU on Debian 6.1 and 6.12.
+    /// Set up, check formatting and lints, run every test (root tests included), make and check
+    /// the dist artifacts, then the root tests under QEMU on Debian 6.1 and 6.12 with the dist binary.
     Test,
+    /// Make what operators install, in target/dist: the static binary, the .deb, the OCI image
+    /// archive, man pages and completions, each with its checks (installed, run, rendered).
+    Dist,
     /// Formatting and clippy, for the host crates and the eBPF crate separately.
     Lint,
     /// Measure what tracing costs, beside bpftrace peers (as root, about 10 minutes after the builds; TCPTRACE_BENCH_SCALE=0.25 shortens the loads for a smoke run); writes docs/PERFORMANCE.md.
@@ -88,7 +93,7 @@ fn run(task: Task) -> Result<ExitCode> {
     match task {
         Task::Setup => setup::run().map(|_| ExitCode::SUCCESS),
         Task::Run { args } => {
-            setup::run()?;
+            setup::build_tools()?;
             cargo(&["build", "--release", "--package", "tcptrace"])?;
             let binary = workspace_root()?.join("target/release/tcptrace");
             let status = as_root(&binary)
@@ -129,15 +134,24 @@ fn run(task: Task) -> Result<ExitCode> {
                     "the kernel matrix needs root (apt, mknod for the guests' /dev/console): run sudo -E cargo xtask test"
                 );
             }
-            step("kernel matrix: the root tests under QEMU on Debian's 6.1 and 6.12 kernels");
-            if vm::run(&workspace_root()?, &vm::Options::default())? {
+            step("dist: the artifacts operators install, made and checked");
+            let root = workspace_root()?;
+            let made = dist::run(&root)?;
+            step(
+                "kernel matrix: the root tests under QEMU on Debian's 6.1 and 6.12 kernels, with the dist binary",
+            );
+            if vm::run(&root, &made.binary, &vm::Options::default())? {
                 Ok(ExitCode::SUCCESS)
             } else {
                 bail!("the tests failed on at least one kernel (the lines above say which)")
             }
         }
+        Task::Dist => {
+            setup::build_tools()?;
+            dist::run(&workspace_root()?).map(|_| ExitCode::SUCCESS)
+        }
         Task::Lint => {
-            setup::run()?;
+            setup::build_tools()?;
             lint().map(|_| ExitCode::SUCCESS)
         }
         Task::Bench { rounds, baseline } => {
@@ -155,14 +169,16 @@ fn run(task: Task) -> Result<ExitCode> {
             memory,
             test_args,
         } => {
-            setup::run()?;
+            setup::build_tools()?;
+            let root = workspace_root()?;
+            let binary = dist::static_binary(&root)?;
             let options = vm::Options {
                 kernels,
                 test_args,
                 timeout: Duration::from_secs(timeout),
                 memory_mb: memory,
             };
-            Ok(if vm::run(&workspace_root()?, &options)? {
+            Ok(if vm::run(&root, &binary, &options)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -197,6 +213,9 @@ fn lint() -> Result<()> {
         "--exclude",
         "tcptrace-ebpf",
         "--all-targets",
+        // The man page and completion generator builds only with it.
+        "--features",
+        "tcptrace/docs",
         "--",
         "--deny",
         "warnings",

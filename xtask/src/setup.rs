@@ -25,7 +25,24 @@ pub struct Installed {
     pub prometheus: Prometheus,
 }
 
+/// Everything: what building needs, then what the tests, the bench and
+/// `dist` use.
 pub fn run() -> Result<Installed> {
+    build_tools()?;
+    ensure_bpftrace()?;
+    let prometheus = ensure_prometheus()?;
+    ensure_go()?;
+    ensure_mono()?;
+    ensure_chromium()?;
+    dist_tools()?;
+    check_test_runtimes();
+    Ok(Installed { prometheus })
+}
+
+/// Only what building and running tcptrace need (`cargo xtask run`): the
+/// nightly's rust-src, LLVM's development files and bpf-linker. No test
+/// runtime, browser or packaging tool.
+pub fn build_tools() -> Result<()> {
     let llvm_major = nightly_llvm_major()?;
     if !BPF_LINKER_LLVM_MAJORS.contains(&llvm_major) {
         bail!(
@@ -35,14 +52,87 @@ pub fn run() -> Result<Installed> {
     }
     ensure_rust_src()?;
     ensure_llvm_dev(llvm_major)?;
-    ensure_bpftrace()?;
-    ensure_bpf_linker(llvm_major)?;
-    let prometheus = ensure_prometheus()?;
-    ensure_go()?;
-    ensure_mono()?;
-    ensure_chromium()?;
-    check_test_runtimes();
-    Ok(Installed { prometheus })
+    ensure_bpf_linker(llvm_major)
+}
+
+/// What `cargo xtask dist` makes its artifacts with and checks them with.
+pub struct DistTools {
+    pub cargo_deb: PathBuf,
+    pub umoci: PathBuf,
+    pub skopeo: PathBuf,
+    pub lintian: PathBuf,
+    pub zsh: PathBuf,
+    pub fish: PathBuf,
+}
+
+const CARGO_DEB_VERSION: &str = "3.6.2";
+
+/// Debian's packages that make and check the artifacts, each found by a
+/// program that must run: (package, program, its version argument).
+const DIST_PACKAGES: [(&str, &str, &str); 9] = [
+    ("umoci", "/usr/bin/umoci", "--version"),
+    ("skopeo", "/usr/bin/skopeo", "--version"),
+    ("lintian", "/usr/bin/lintian", "--version"),
+    ("zsh", "/usr/bin/zsh", "--version"),
+    ("fish", "/usr/bin/fish", "--version"),
+    ("man-db", "/usr/bin/man", "--version"),
+    ("groff-base", "/usr/bin/groff", "--version"),
+    ("busybox", "/usr/bin/busybox", "--help"),
+    // systemd-analyze verifies the packaged unit.
+    ("systemd", "/usr/bin/systemd-analyze", "--version"),
+];
+
+pub fn dist_tools() -> Result<DistTools> {
+    let runs = |program: &str, arg: &str| {
+        output(Command::new(program).arg(arg))
+            .ok()
+            .map(|said| said.lines().next().unwrap_or_default().trim().to_owned())
+    };
+    let missing: Vec<&str> = DIST_PACKAGES
+        .iter()
+        .filter(|(_, program, arg)| runs(program, arg).is_none())
+        .map(|(package, ..)| *package)
+        .collect();
+    if !missing.is_empty() {
+        step(&format!(
+            "setup: {}: missing, installing with apt-get (cargo xtask dist makes and checks the packages with them)",
+            missing.join(", ")
+        ));
+        apt_install(&missing)?;
+    }
+    for (package, program, arg) in DIST_PACKAGES {
+        match runs(program, arg) {
+            Some(said) => step(&format!("setup: {package}: present ({said})")),
+            None => bail!("{package} is installed but `{program} {arg}` fails"),
+        }
+    }
+    let cargo_deb = cargo_bin_dir().join("cargo-deb");
+    let version = || output(Command::new(&cargo_deb).arg("--version")).ok();
+    match version() {
+        Some(said) if said.contains(CARGO_DEB_VERSION) => {
+            step(&format!("setup: cargo-deb: present ({})", said.trim()));
+        }
+        _ => {
+            step(&format!(
+                "setup: cargo-deb {CARGO_DEB_VERSION}: missing, installing with cargo install (cargo xtask dist makes the .deb with it)"
+            ));
+            let status = Command::new("cargo")
+                .args(["install", "--locked", "--quiet", "cargo-deb", "--version"])
+                .arg(format!("={CARGO_DEB_VERSION}"))
+                .status()
+                .context("starting cargo install cargo-deb")?;
+            check(status, "cargo install cargo-deb")?;
+            version().context("cargo-deb is installed but `cargo-deb --version` fails")?;
+        }
+    }
+    Ok(DistTools {
+        cargo_deb,
+        umoci: PathBuf::from(DIST_PACKAGES[0].1),
+        skopeo: PathBuf::from(DIST_PACKAGES[1].1),
+        lintian: PathBuf::from(DIST_PACKAGES[2].1),
+        zsh: PathBuf::from(DIST_PACKAGES[3].1),
+        fish: PathBuf::from(DIST_PACKAGES[4].1),
+    })
 }
 
 pub(crate) fn output(command: &mut Command) -> Result<String> {
@@ -366,9 +456,11 @@ const TEST_RUNTIMES: [(&str, &[&str], &str); 9] = [
         "javac 17",
     ),
     (
+        // -J passes -version to the JVM jcmd runs in: jcmd has no version
+        // option of its own.
         "/usr/lib/jvm/java-17-openjdk-amd64/bin/jcmd",
-        &["-h"],
-        "Usage",
+        &["-J-version"],
+        "version \"17.",
     ),
     ("node", &["--version"], "v20."),
 ];
@@ -383,7 +475,12 @@ fn check_test_runtimes() {
         });
         match said {
             Ok(text) if text.contains(version) => {
-                step(&format!("setup: {program}: present ({version})"));
+                // The line that says the version, not the pattern looked for.
+                let line = text
+                    .lines()
+                    .find(|line| line.contains(version))
+                    .unwrap_or_default();
+                step(&format!("setup: {program}: present ({})", line.trim()));
             }
             Ok(text) => step(&format!(
                 "setup: {program}: says {:?}, not {version}: tests/code_paths.rs will fail for it",

@@ -15,7 +15,8 @@ use crate::{check, is_root, setup, step};
 
 use super::kernels::{Kernel, kernel_modules};
 use super::{
-    Binaries, GUEST_MODULES, MARK_DONE, MARK_EXIT, MARK_KERNEL, MARK_START, elf_interpreter,
+    Binaries, GUEST_MODULES, GUEST_TCPTRACE, MARK_BINARY, MARK_DONE, MARK_EXIT, MARK_KERNEL,
+    MARK_START, elf_interpreter,
 };
 
 /// Builds `work/initramfs-root` and packs it into `work/initramfs.cpio`
@@ -44,7 +45,12 @@ pub(super) fn make_initramfs(
     // iproute2 keeps named network namespaces in /var/run/netns.
     symlink("/run", &tree.join("var/run"))?;
     let ip = find_program("ip").context("no `ip` (iproute2) on the host")?;
-    let mut programs = vec![&binaries.tcptrace, &binaries.testpeer, &ip];
+    // Static: nothing to bring with it.
+    let guest_tcptrace = tree.join(GUEST_TCPTRACE.trim_start_matches('/'));
+    create_dir(guest_tcptrace.parent().context("a binary in a directory")?)?;
+    fs::copy(&binaries.tcptrace, &guest_tcptrace)
+        .with_context(|| format!("copying {}", binaries.tcptrace.display()))?;
+    let mut programs = vec![&binaries.testpeer, &ip];
     programs.extend(binaries.tests.iter().map(|test| &test.path));
     for program in programs {
         copy_with_libraries(&tree, program)?;
@@ -253,6 +259,8 @@ fn init_script(binaries: &Binaries, test_args: &[String]) -> String {
 # from the serial console.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
 export TCPTRACE_TESTPEER={testpeer}
+# The tests run the dist binary, not the one cargo built beside them.
+export TCPTRACE_BIN={GUEST_TCPTRACE}
 # Debian's kernels allow fexit: the tests then require the accept hook.
 export TCPTRACE_EXPECT_FEXIT=1
 mount -t proc proc /proc
@@ -268,6 +276,8 @@ for module in /lib/modules/"$(uname -r)"/{GUEST_MODULES}/*.ko; do
     [ -e "$module" ] && insmod "$module"
 done
 echo "{MARK_KERNEL}$(uname -r)"
+# Which binary the tests run: its --version on one line, as the host joins it.
+echo "{MARK_BINARY}$({GUEST_TCPTRACE} --version | {{ v=; while IFS= read -r l; do v="${{v:+$v | }}$l"; done; printf %s "$v"; }})"
 "#
     );
     let args: String = test_args

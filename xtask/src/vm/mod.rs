@@ -77,6 +77,10 @@ const MARK_START: &str = "TCPTRACE-VM-START ";
 const MARK_EXIT: &str = "TCPTRACE-VM: ";
 const MARK_DONE: &str = "TCPTRACE-VM-DONE";
 const MARK_KERNEL: &str = "TCPTRACE-VM-KERNEL ";
+const MARK_BINARY: &str = "TCPTRACE-VM-BINARY ";
+/// Where the guest holds the dist binary, as the .deb installs it; the
+/// tests find it through TCPTRACE_BIN.
+const GUEST_TCPTRACE: &str = "/usr/bin/tcptrace";
 
 /// The guest's `/lib/modules/<release>/<this>/` holds the modules /init
 /// loads, numbered in load order.
@@ -103,21 +107,24 @@ impl Default for Options {
     }
 }
 
-/// Boots each selected kernel with the tests and prints one line per kernel.
-/// Returns whether every kernel passed.
-pub fn run(root: &Path, options: &Options) -> Result<bool> {
+/// Boots each selected kernel with the tests, which run `tcptrace` (the
+/// static dist binary), and prints one line per kernel. Returns whether
+/// every kernel passed.
+pub fn run(root: &Path, tcptrace: &Path, options: &Options) -> Result<bool> {
     let series = selected_series(&options.kernels)?;
     ensure_tools()?;
     let kernels = series
         .iter()
         .map(|series| ensure_kernel(series))
         .collect::<Result<Vec<_>>>()?;
-    let binaries = build()?;
+    let binaries = build(tcptrace)?;
+    let expected_binary = version_line(tcptrace)?;
     let work = root.join("target/vm");
     let initramfs = make_initramfs(&work, &binaries, &kernels, &options.test_args)?;
     let mut outcomes = Vec::new();
     for kernel in &kernels {
-        let outcome = boot(&work, kernel, &initramfs, options)?;
+        let mut outcome = boot(&work, kernel, &initramfs, options)?;
+        outcome.expected_binary = expected_binary.clone();
         if !outcome.passed() {
             print_tail(&outcome.log, 60);
         }
@@ -285,12 +292,18 @@ struct TestBinary {
 
 struct Binaries {
     tests: Vec<TestBinary>,
-    /// Found by the tests through the compile-time CARGO_BIN_EXE_tcptrace.
+    /// The dist binary, at GUEST_TCPTRACE in the guest.
     tcptrace: PathBuf,
     testpeer: PathBuf,
 }
 
-fn build() -> Result<Binaries> {
+/// `tcptrace --version`'s lines joined by " | ", as the guest prints them.
+fn version_line(tcptrace: &Path) -> Result<String> {
+    let said = setup::output(Command::new(tcptrace).arg("--version"))?;
+    Ok(said.lines().map(str::trim).collect::<Vec<_>>().join(" | "))
+}
+
+fn build(tcptrace: &Path) -> Result<Binaries> {
     step("vm-test: building tcptrace-testpeer and the integration tests");
     let peer = cargo_artifacts(&["build", "--package", "tcptrace-testpeer"])?;
     let testpeer = peer
@@ -304,12 +317,6 @@ fn build() -> Result<Binaries> {
         args.extend(["--test", test]);
     }
     let artifacts = cargo_artifacts(&args)?;
-    let tcptrace = artifacts
-        .iter()
-        .find(|a| a.name == "tcptrace" && !a.test)
-        .context("cargo built no tcptrace executable with the tests")?
-        .path
-        .clone();
     let tests = TESTS
         .iter()
         .map(|test| {
@@ -326,7 +333,7 @@ fn build() -> Result<Binaries> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Binaries {
         tests,
-        tcptrace,
+        tcptrace: tcptrace.to_owned(),
         testpeer,
     })
 }

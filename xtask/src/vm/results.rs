@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitStatus, time::Duration};
 
-use super::{MARK_DONE, MARK_EXIT, MARK_KERNEL, MARK_START, TESTS};
+use super::{MARK_BINARY, MARK_DONE, MARK_EXIT, MARK_KERNEL, MARK_START, TESTS};
 
 #[derive(Default)]
 struct BinaryResult {
@@ -56,6 +56,10 @@ pub(super) struct Outcome {
     pub(super) timeout: Duration,
     /// None when it was killed at the timeout.
     pub(super) qemu: Option<ExitStatus>,
+    /// What the guest's tcptrace said of itself (`--version`, lines
+    /// joined by " | "), and what the dist binary says: they must match.
+    pub(super) binary: Option<String>,
+    pub(super) expected_binary: String,
     booted: bool,
     done: bool,
     finished: Vec<BinaryResult>,
@@ -73,6 +77,8 @@ impl Outcome {
         for line in log.lines().map(|line| line.trim_end_matches('\r')) {
             if after(line, MARK_KERNEL).is_some() {
                 outcome.booted = true;
+            } else if let Some(version) = after(line, MARK_BINARY) {
+                outcome.binary = Some(version.trim().to_owned());
             } else if let Some(name) = after(line, MARK_START) {
                 outcome.running = Some(BinaryResult {
                     name: name.trim().to_owned(),
@@ -96,8 +102,14 @@ impl Outcome {
         outcome
     }
 
+    /// The kernel matrix proves the binary operators install, or nothing.
+    fn ran_the_dist_binary(&self) -> bool {
+        self.binary.as_deref() == Some(self.expected_binary.as_str())
+    }
+
     pub(super) fn passed(&self) -> bool {
-        self.done
+        self.ran_the_dist_binary()
+            && self.done
             && self.qemu.is_some()
             && self.running.is_none()
             && self.finished.len() == TESTS.len()
@@ -140,14 +152,21 @@ impl Outcome {
             "FAILED: the guest never reached /init's first line".to_owned()
         } else if !self.done {
             "FAILED: the guest stopped before the end of the tests".to_owned()
+        } else if !self.ran_the_dist_binary() {
+            format!(
+                "FAILED: the guest ran tcptrace {:?}, not the dist binary {:?}",
+                self.binary.as_deref().unwrap_or("(it said no version)"),
+                self.expected_binary
+            )
         } else {
             "FAILED".to_owned()
         };
         let mut lines = vec![format!(
-            "linux {}: {verdict} ({}) in {} s",
+            "linux {}: {verdict} ({}) in {} s, with {}",
             self.release,
             counts.join(", "),
-            self.elapsed.as_secs()
+            self.elapsed.as_secs(),
+            self.binary.as_deref().unwrap_or("no tcptrace version said")
         )];
         for binary in self.finished.iter().chain(&self.running) {
             for failure in &binary.failures {
@@ -310,5 +329,31 @@ TCPTRACE-VM-START kernel_table\r
         assert_eq!(outcome.finished[1].passed, 9);
         assert_eq!(outcome.running.as_ref().unwrap().name, "kernel_table");
         assert!(!outcome.passed());
+    }
+
+    /// Every test passing proves nothing of the dist binary unless the
+    /// guest ran it: a guest that names another build fails.
+    #[test]
+    fn a_guest_that_ran_another_binary_fails() {
+        let mut log = String::from(
+            "TCPTRACE-VM-KERNEL 6.12.1\nTCPTRACE-VM-BINARY tcptrace 0.1.0 | commit aaa\n",
+        );
+        for test in TESTS {
+            log.push_str(&format!(
+                "TCPTRACE-VM-START {test}\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s\nTCPTRACE-VM: {test} exit=0\n"
+            ));
+        }
+        log.push_str("TCPTRACE-VM-DONE\n");
+        let mut outcome = Outcome::parse(&log);
+        outcome.qemu = Some(std::process::ExitStatus::default());
+        outcome.expected_binary = "tcptrace 0.1.0 | commit aaa".to_owned();
+        assert!(outcome.passed());
+        outcome.expected_binary = "tcptrace 0.1.0 | commit bbb".to_owned();
+        assert!(!outcome.passed());
+        assert!(
+            outcome.summary()[0].contains("not the dist binary"),
+            "{:?}",
+            outcome.summary()
+        );
     }
 }
