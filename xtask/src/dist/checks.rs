@@ -238,8 +238,9 @@ fn deb_installs_and_purges(dist: &Dist, scratch: &Path) -> Result<()> {
     fs::write(root.join("var/lib/dpkg/status"), "").context("writing dpkg's status")?;
     // The scripts send output to /dev/null; a file does as well here.
     fs::write(root.join("dev/null"), "").context("writing the scratch /dev/null")?;
-    let busybox = which("busybox").context("busybox (for the scripts' /bin/sh)")?;
-    fs::copy(&busybox, root.join("bin/busybox")).context("copying busybox")?;
+    // Static: it runs in the scratch root, which has no libraries.
+    fs::copy(STATIC_BUSYBOX, root.join("bin/busybox"))
+        .with_context(|| format!("copying {STATIC_BUSYBOX}"))?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).context("linking /bin/sh")?;
     let dpkg = |args: &[&str]| -> Result<String> {
         setup::output(
@@ -297,6 +298,9 @@ fn deb_installs_and_purges(dist: &Dist, scratch: &Path) -> Result<()> {
 /// the unit expects it and systemd's own units (the targets a service is
 /// ordered after), so that the host's /usr/bin is not needed. Any line it
 /// says about the unit (an unknown key, a missing binary) fails the check.
+/// Debian's busybox-static (setup installs it).
+const STATIC_BUSYBOX: &str = "/bin/busybox";
+
 /// Where Debian's systemd keeps its units.
 const SYSTEMD_UNITS: &str = "/usr/lib/systemd/system";
 
@@ -466,7 +470,6 @@ fn man_pages_render(dist: &Dist) -> Result<()> {
             .arg(page)
             // Wide: no option name broken across lines.
             .env("MANWIDTH", "250")
-            .env("MAN_KEEP_FORMATTING", "0")
             .output()
             .context("starting man")?;
         let warnings = String::from_utf8_lossy(&out.stderr);
@@ -491,7 +494,13 @@ fn man_pages_render(dist: &Dist) -> Result<()> {
         ensure!(top.contains(sub), "tcptrace.1 does not name `{sub}`");
         let page = render(&dist.man.join(format!("tcptrace-{sub}.1")))?;
         let help = setup::output(Command::new(&dist.binary).args([sub, "--help"]))?;
-        for option in long_options(&help) {
+        let options = long_options(&help);
+        // An empty list would pass every page: --help lists --help at least.
+        ensure!(
+            options.iter().any(|o| o == "--help") && options.len() > 1,
+            "read no options from `tcptrace {sub} --help`: {help}"
+        );
+        for option in options {
             ensure!(
                 page.contains(&option),
                 "tcptrace-{sub}.1 does not show {option}, which `tcptrace {sub} --help` lists"
@@ -557,14 +566,6 @@ fn completions_complete(dist: &Dist, tools: &setup::DistTools) -> Result<()> {
 
 fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 fn text(out: &Output) -> String {
