@@ -25,7 +25,8 @@ use crate::{
 };
 
 /// `--version`: what was built, to match a running agent with a commit and
-/// with the probe it loads (`-V` prints the version alone).
+/// with the probe it loads (`-V` prints the version alone). The values of
+/// `build_info`, named again: `concat!` takes literals, not constants.
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\ncommit ",

@@ -6,6 +6,7 @@
 //! runs the loops the commands share; `view` renders; `commands` holds one
 //! file per subcommand; `cli` parses arguments.
 
+pub mod build_info;
 pub mod cli;
 pub mod commands;
 pub(crate) mod engine;

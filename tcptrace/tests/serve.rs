@@ -288,6 +288,30 @@ fn metrics_are_openmetrics_and_cover_the_alert_rules() {
         "{metrics}"
     );
 
+    // The build, as `--version` of the same binary names it.
+    let version = std::process::Command::new(common::tcptrace_binary())
+        .arg("--version")
+        .output()
+        .expect("tcptrace --version");
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let lines: Vec<&str> = version.lines().collect();
+    let field = |line: Option<&&str>, prefix: &str| {
+        line.and_then(|line| line.strip_prefix(prefix))
+            .and_then(|rest| rest.split(" (").next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let expected = format!(
+        "tcptrace_build_info{{version=\"{}\",commit=\"{}\",probe_build_id=\"{}\"}} 1",
+        field(lines.first(), "tcptrace "),
+        field(lines.get(1), "commit "),
+        field(lines.get(2), "probe build id "),
+    );
+    assert!(
+        metrics.lines().any(|line| line == expected),
+        "{expected} not in:\n{metrics}"
+    );
+
     assert_eq!(serve.get("/nope").0, 404);
     serve.stop();
 }

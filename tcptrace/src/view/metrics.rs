@@ -26,11 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prometheus_client::{
     encoding::{EncodeMetric, MetricEncoder, text::encode},
-    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::{Registry, Unit},
 };
 
 use crate::{
+    build_info,
     model::diagnose::{FindingKind, Severity},
     model::health::{AgentTotals, Occupancy},
     model::leak_report::LeakReport,
@@ -279,6 +280,7 @@ impl MetricsState {
         totals: &AgentTotals,
     ) -> String {
         let mut registry = Registry::default();
+        register_build(&mut registry);
         self.register_transitions(&mut registry);
         self.register_sockets(&mut registry, snapshot);
         self.register_leaks(&mut registry, snapshot, leaks);
@@ -422,6 +424,24 @@ impl MetricsState {
 }
 
 /// Every finding kind and severity, 0 when absent.
+/// Which build runs here: a fleet's agents told apart by version, commit
+/// and probe, as `--version` names them.
+fn register_build(registry: &mut Registry) {
+    let labels = vec![
+        ("version".to_owned(), build_info::VERSION.to_owned()),
+        ("commit".to_owned(), build_info::COMMIT.to_owned()),
+        (
+            "probe_build_id".to_owned(),
+            build_info::PROBE_BUILD_ID.to_owned(),
+        ),
+    ];
+    registry.register(
+        "tcptrace_build",
+        "The running tcptrace: its version, the commit it was built from, and its eBPF object's build id",
+        Info::new(labels),
+    );
+}
+
 fn register_findings(registry: &mut Registry, snapshot: &TopSnapshot) {
     let findings = GaugeFamily::default();
     // Every kind and severity, 0 when absent: alerts need no absent().
