@@ -262,6 +262,11 @@ pub(crate) fn check(status: std::process::ExitStatus, what: &str) -> Result<()> 
     }
 }
 
+/// A word for a shell, quoted whatever it holds.
+pub(crate) fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -284,4 +289,14 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(PathBuf::from)
         .context("xtask has no parent directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_survive_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
 }
