@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use tcptrace_common::TcpState;
 
 use crate::{
+    build_info,
     commands::leaks::FlamegraphOutput,
     commands::serve::{DEFAULT_LISTEN, ServeOptions},
     commands::top::TopOptions,
@@ -24,23 +25,11 @@ use crate::{
     view::watch::Format,
 };
 
-/// `--version`: what was built, to match a running agent with a commit and
-/// with the probe it loads (`-V` prints the version alone). The values of
-/// `build_info`, named again: `concat!` takes literals, not constants.
-const LONG_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "\ncommit ",
-    env!("TCPTRACE_GIT_COMMIT"),
-    "\nprobe build id ",
-    env!("TCPTRACE_PROBE_BUILD_ID"),
-    " (SHA-256 of the embedded eBPF object, first 16 hex digits)"
-);
-
 #[derive(Debug, Parser)]
 #[command(
     name = "tcptrace",
     version,
-    long_version = LONG_VERSION,
+    long_version = build_info::LONG_VERSION,
     about = "Finds TCP socket leaks with eBPF: which process, which peers, how old, which code path",
     after_help = "Without a command, tcptrace runs `leaks`.\nExit status: 0 ok, 1 runtime error, 2 usage error, 3 leaks found (with --fail-on-leak).\nNeeds root (or CAP_BPF and CAP_PERFMON) and a kernel with BTF and the BPF features of Linux 5.15 (or backported, as in RHEL 9)."
 )]
