@@ -57,11 +57,10 @@ fn main() -> anyhow::Result<()> {
 /// build script reruns when HEAD or the branch it names moves; it cannot
 /// tell edits not yet committed, so it never claims a clean tree.
 fn git_commit(workspace: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=TCPTRACE_GIT_COMMIT");
     if let Some(commit) = std::env::var_os("TCPTRACE_GIT_COMMIT") {
-        println!("cargo:rerun-if-env-changed=TCPTRACE_GIT_COMMIT");
         return commit.to_string_lossy().into_owned();
     }
-    println!("cargo:rerun-if-env-changed=TCPTRACE_GIT_COMMIT");
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")

@@ -423,7 +423,6 @@ impl MetricsState {
     }
 }
 
-/// Every finding kind and severity, 0 when absent.
 /// Which build runs here: a fleet's agents told apart by version, commit
 /// and probe, as `--version` names them.
 fn register_build(registry: &mut Registry) {
@@ -442,6 +441,7 @@ fn register_build(registry: &mut Registry) {
     );
 }
 
+/// Every finding kind and severity, 0 when absent.
 fn register_findings(registry: &mut Registry, snapshot: &TopSnapshot) {
     let findings = GaugeFamily::default();
     // Every kind and severity, 0 when absent: alerts need no absent().

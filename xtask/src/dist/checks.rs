@@ -294,16 +294,16 @@ fn deb_installs_and_purges(dist: &Dist, scratch: &Path) -> Result<()> {
     Ok(())
 }
 
-/// systemd's own verifier, in a root of its own holding the binary where
-/// the unit expects it and systemd's own units (the targets a service is
-/// ordered after), so that the host's /usr/bin is not needed. Any line it
-/// says about the unit (an unknown key, a missing binary) fails the check.
 /// Debian's busybox-static (setup installs it).
 const STATIC_BUSYBOX: &str = "/bin/busybox";
 
 /// Where Debian's systemd keeps its units.
 const SYSTEMD_UNITS: &str = "/usr/lib/systemd/system";
 
+/// systemd's own verifier, in a root of its own holding the binary where
+/// the unit expects it and systemd's own units (the targets a service is
+/// ordered after), so that the host's /usr/bin is not needed. Any line it
+/// says about the unit (an unknown key, a missing binary) fails the check.
 fn unit_verifies(unit: &Path, binary: &Path, scratch: &Path) -> Result<()> {
     let text_of_unit = fs::read_to_string(unit)?;
     ensure!(

@@ -73,7 +73,8 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// `dir/tcptrace_<version>_amd64.deb`, holding the binary cargo built for
-/// the static target, unstripped: the very bytes of the static binary.
+/// the static target as it is (already stripped by the build, so
+/// `--no-strip`): the very bytes of the download.
 pub(super) fn deb(
     root: &Path,
     dir: &Path,
