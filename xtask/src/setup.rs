@@ -86,15 +86,20 @@ const DIST_PACKAGES: [(&str, &str, &str); 9] = [
 ];
 
 pub fn dist_tools() -> Result<DistTools> {
-    let runs = |program: &str, arg: &str| {
-        output(Command::new(program).arg(arg))
-            .ok()
-            .map(|said| said.lines().next().unwrap_or_default().trim().to_owned())
+    // Each program's first line, or None where it does not run.
+    let probe = || {
+        DIST_PACKAGES.map(|(_, program, arg)| {
+            output(Command::new(program).arg(arg))
+                .ok()
+                .map(|said| said.lines().next().unwrap_or_default().trim().to_owned())
+        })
     };
+    let mut said = probe();
     let missing: Vec<&str> = DIST_PACKAGES
         .iter()
-        .filter(|(_, program, arg)| runs(program, arg).is_none())
-        .map(|(package, ..)| *package)
+        .zip(&said)
+        .filter(|(_, said)| said.is_none())
+        .map(|((package, ..), _)| *package)
         .collect();
     if !missing.is_empty() {
         step(&format!(
@@ -102,9 +107,10 @@ pub fn dist_tools() -> Result<DistTools> {
             missing.join(", ")
         ));
         apt_install(&missing)?;
+        said = probe();
     }
-    for (package, program, arg) in DIST_PACKAGES {
-        match runs(program, arg) {
+    for ((package, program, arg), said) in DIST_PACKAGES.iter().zip(said) {
+        match said {
             Some(said) => step(&format!("setup: {package}: present ({said})")),
             None => bail!("{package} is installed but `{program} {arg}` fails"),
         }
@@ -136,6 +142,14 @@ pub fn dist_tools() -> Result<DistTools> {
         zsh: PathBuf::from(DIST_PACKAGES[3].1),
         fish: PathBuf::from(DIST_PACKAGES[4].1),
     })
+}
+
+/// Runs `command` with its output on the terminal; a failure names it.
+pub(crate) fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    check(status, &format!("{command:?}"))
 }
 
 pub(crate) fn output(command: &mut Command) -> Result<String> {

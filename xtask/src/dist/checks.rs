@@ -13,18 +13,21 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{Dist, PACKAGED_BINARY, file_name};
-use crate::{setup, step};
+use crate::{
+    setup::{self, TempDir},
+    shell_quote, step,
+};
 
 /// The subcommands, each with a man page of its own.
 const SUBCOMMANDS: [&str; 4] = ["leaks", "watch", "top", "serve"];
 
-pub(super) fn run(dist: &Dist, tools: &setup::DistTools, scratch: &Path) -> Result<()> {
+pub(super) fn run(dist: &Dist, tools: &setup::DistTools) -> Result<()> {
     is_static(&dist.binary)?;
     says_its_version(&dist.binary, dist)?;
     sums_verify(&dist.dir, &[&dist.binary, &dist.deb, &dist.image])?;
     deb_fields(&dist.deb)?;
     deb_contents(&dist.deb)?;
-    let scratch = Scratch::new(scratch)?;
+    let scratch = TempDir::new("tcptrace-dist-check")?;
     deb_installs_and_purges(dist, scratch.path())?;
     unit_verifies(&dist.unit, &dist.binary, scratch.path())?;
     lintian_clean(&dist.deb, tools)?;
@@ -564,37 +567,10 @@ fn completions_complete(dist: &Dist, tools: &setup::DistTools) -> Result<()> {
     Ok(())
 }
 
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 fn text(out: &Output) -> String {
     let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
     said.push_str(&String::from_utf8_lossy(&out.stderr));
     said
-}
-
-/// A directory emptied at start and removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(path: &Path) -> Result<Self> {
-        if path.exists() {
-            fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
-        }
-        fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path.to_owned()))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]

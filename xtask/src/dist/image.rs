@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{PACKAGED_BINARY, file_name};
-use crate::{check, setup, step};
+use crate::{setup, step};
 
 /// `dir/tcptrace-<version>-oci.tar`, tagged `<version>`.
 pub(super) fn build(
@@ -30,13 +30,7 @@ pub(super) fn build(
     let layout = work.join("layout");
     let bundle = work.join("bundle");
     let image = format!("{}:{version}", layout.display());
-    let umoci = |args: &[&str]| -> Result<()> {
-        let status = Command::new(&tools.umoci)
-            .args(args)
-            .status()
-            .with_context(|| format!("starting umoci {}", args.join(" ")))?;
-        check(status, &format!("umoci {}", args.join(" ")))
-    };
+    let umoci = |args: &[&str]| setup::run_checked(Command::new(&tools.umoci).args(args));
     fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let layout_arg = layout.to_string_lossy().into_owned();
     let bundle_arg = bundle.to_string_lossy().into_owned();
@@ -85,16 +79,15 @@ pub(super) fn build(
 
     // An OCI archive is the layout directory as a tar.
     let archive = dir.join(format!("tcptrace-{version}-oci.tar"));
-    let status = Command::new("tar")
-        .arg("--create")
-        .arg("--file")
-        .arg(&archive)
-        .arg("--directory")
-        .arg(&layout)
-        .args(["--owner=0", "--group=0", "--numeric-owner", "."])
-        .status()
-        .context("starting tar")?;
-    check(status, "tar (the OCI archive)")?;
+    setup::run_checked(
+        Command::new("tar")
+            .arg("--create")
+            .arg("--file")
+            .arg(&archive)
+            .arg("--directory")
+            .arg(&layout)
+            .args(["--owner=0", "--group=0", "--numeric-owner", "."]),
+    )?;
     fs::remove_dir_all(&bundle).with_context(|| format!("removing {}", bundle.display()))?;
     super::write_sha256(&archive)?;
     step(&format!("dist: {} tagged {version}", file_name(&archive)));

@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{check, setup, step};
+use crate::{setup, step};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Static: glibc's crt-static. The eBPF probe is built for bpf by the
@@ -61,7 +61,7 @@ pub struct Dist {
 pub fn run(root: &Path) -> Result<Dist> {
     let tools = setup::dist_tools()?;
     let dist = build(root, &tools)?;
-    checks::run(&dist, &tools, &root.join("target/dist-work/check"))?;
+    checks::run(&dist, &tools)?;
     step(&format!(
         "dist: {} checked: {}, {}, {}",
         dist.dir.display(),
@@ -95,12 +95,9 @@ fn build(root: &Path, tools: &setup::DistTools) -> Result<Dist> {
     write_sha256(&binary)?;
 
     step("dist: man pages and completions from the clap definitions");
-    let docs = root.join(format!("target/{TARGET}/release/tcptrace-docs"));
-    let status = Command::new(&docs)
-        .arg(&dir)
-        .status()
-        .with_context(|| format!("starting {}", docs.display()))?;
-    check(status, "tcptrace-docs")?;
+    setup::run_checked(
+        Command::new(root.join(format!("target/{TARGET}/release/tcptrace-docs"))).arg(&dir),
+    )?;
     let man = dir.join("man");
     let completions = dir.join("completions");
 
@@ -134,23 +131,22 @@ fn build(root: &Path, tools: &setup::DistTools) -> Result<Dist> {
 /// beside `tcptrace-docs` (one build: the same features, one library).
 fn build_static(root: &Path) -> Result<PathBuf> {
     step("dist: building tcptrace statically linked (release, crt-static)");
-    let status = Command::new("cargo")
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "tcptrace",
-            "--features",
-            "docs",
-            "--bins",
-            "--target",
-            TARGET,
-        ])
-        .env(STATIC_RUSTFLAGS.0, STATIC_RUSTFLAGS.1)
-        .status()
-        .context("starting cargo build")?;
-    check(status, "cargo build (static)")?;
+    setup::run_checked(
+        Command::new("cargo")
+            .current_dir(root)
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "tcptrace",
+                "--features",
+                "docs",
+                "--bins",
+                "--target",
+                TARGET,
+            ])
+            .env(STATIC_RUSTFLAGS.0, STATIC_RUSTFLAGS.1),
+    )?;
     Ok(root.join(format!("target/{TARGET}/release/tcptrace")))
 }
 

@@ -83,22 +83,21 @@ pub(super) fn deb(
 ) -> Result<PathBuf> {
     step("dist: the .deb (cargo-deb)");
     let deb = dir.join(format!("tcptrace_{version}_amd64.deb"));
-    let status = Command::new(&tools.cargo_deb)
-        .current_dir(root)
-        .args([
-            "deb",
-            "--package",
-            "tcptrace",
-            "--no-build",
-            "--no-strip",
-            "--target",
-            TARGET,
-            "--output",
-        ])
-        .arg(&deb)
-        .status()
-        .with_context(|| format!("starting {}", tools.cargo_deb.display()))?;
-    check(status, "cargo deb")?;
+    setup::run_checked(
+        Command::new(&tools.cargo_deb)
+            .current_dir(root)
+            .args([
+                "deb",
+                "--package",
+                "tcptrace",
+                "--no-build",
+                "--no-strip",
+                "--target",
+                TARGET,
+                "--output",
+            ])
+            .arg(&deb),
+    )?;
     drop_empty_depends(&deb, &root.join("target/dist-work/deb-tree"))?;
     Ok(deb)
 }
@@ -113,13 +112,12 @@ fn drop_empty_depends(deb: &Path, tree: &Path) -> Result<()> {
     }
     let parent = tree.parent().context("a tree in a directory")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let status = Command::new("dpkg-deb")
-        .arg("--raw-extract")
-        .arg(deb)
-        .arg(tree)
-        .status()
-        .context("starting dpkg-deb --raw-extract")?;
-    check(status, "dpkg-deb --raw-extract")?;
+    setup::run_checked(
+        Command::new("dpkg-deb")
+            .arg("--raw-extract")
+            .arg(deb)
+            .arg(tree),
+    )?;
     let control_path = tree.join("DEBIAN/control");
     let control = fs::read_to_string(&control_path)
         .with_context(|| format!("reading {}", control_path.display()))?;
@@ -133,13 +131,12 @@ fn drop_empty_depends(deb: &Path, tree: &Path) -> Result<()> {
         .collect();
     fs::write(&control_path, kept)
         .with_context(|| format!("writing {}", control_path.display()))?;
-    let status = Command::new("dpkg-deb")
-        .args(["--root-owner-group", "-Zxz", "--build"])
-        .arg(tree)
-        .arg(deb)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("starting dpkg-deb --build")?;
-    check(status, "dpkg-deb --build")?;
+    setup::run_checked(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(tree)
+            .arg(deb)
+            .stdout(std::process::Stdio::null()),
+    )?;
     fs::remove_dir_all(tree).context("removing the unpacked package")
 }
