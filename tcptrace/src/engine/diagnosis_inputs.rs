@@ -240,7 +240,6 @@ impl Diagnoses {
                     local: socket.local,
                     remote: socket.remote,
                     age: Duration::from_nanos(now_ns.saturating_sub(since_ns)),
-                    age_is_lower_bound: true,
                 });
         }
         self.previous.fin_wait2_seen = seen;

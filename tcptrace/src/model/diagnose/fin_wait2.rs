@@ -12,9 +12,9 @@ pub struct StuckSocket {
     pub owner: String,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// Since the first table that listed it in FIN_WAIT2: no move there is
+    /// recorded, so every age is a lower bound, and says so.
     pub age: Duration,
-    /// First seen in FIN_WAIT2 by a scan, not at the transition.
-    pub age_is_lower_bound: bool,
 }
 
 /// This many stuck sockets per process is a leak that will run it out of
@@ -50,10 +50,9 @@ pub fn fin_wait2_findings(sockets: &[StuckSocket], settings: &PortSettings) -> V
                 severity,
                 subject: owner.to_owned(),
                 evidence: format!(
-                    "{} in FIN_WAIT2 past tcp_fin_timeout ({}), oldest {}{}, peers {}",
+                    "{} in FIN_WAIT2 past tcp_fin_timeout ({}), oldest >={}, peers {}",
                     plural(stuck.len() as u64, "socket"),
                     humantime::format_duration(settings.fin_timeout),
-                    if oldest.age_is_lower_bound { ">=" } else { "" },
                     age_text(oldest.age),
                     remotes_text(stuck.iter().map(|s| s.remote)),
                 ),
@@ -95,7 +94,6 @@ mod tests {
             local: addr("10.0.0.1:40000"),
             remote: addr(remote),
             age: Duration::from_secs(age_s),
-            age_is_lower_bound: false,
         }
     }
 
@@ -114,7 +112,7 @@ mod tests {
 
     #[test]
     fn fin_wait2_groups_by_owner() {
-        let mut sockets = vec![
+        let sockets = vec![
             stuck("pid 1 (a)", "10.0.0.2:80", 61),
             stuck("pid 1 (a)", "10.0.0.3:80", 303),
             stuck("pid 1 (a)", "10.0.0.2:80", 70),
@@ -122,7 +120,6 @@ mod tests {
             stuck("pid 1 (a)", "10.0.0.5:80", 62),
             stuck("pid 2 (b)", "10.0.0.9:443", 10),
         ];
-        sockets[1].age_is_lower_bound = true;
         let findings = fin_wait2_findings(&sockets, &settings(TimeWaitReuse::Off));
         assert_eq!(findings.len(), 1, "pid 2 is within tcp_fin_timeout");
         assert_eq!(findings[0].subject, "pid 1 (a)");
