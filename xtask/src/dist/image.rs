@@ -11,12 +11,14 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{PACKAGED_BINARY, file_name};
-use crate::{setup, step};
+use crate::{
+    setup::{self, TempDir},
+    step,
+};
 
 /// `dir/tcptrace-<version>-oci.tar`, tagged `<version>`.
 pub(super) fn build(
     dir: &Path,
-    work: &Path,
     binary: &Path,
     version: &str,
     commit: &str,
@@ -24,14 +26,11 @@ pub(super) fn build(
     tools: &setup::DistTools,
 ) -> Result<PathBuf> {
     step("dist: the OCI image (umoci, FROM scratch)");
-    if work.exists() {
-        fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
-    }
-    let layout = work.join("layout");
-    let bundle = work.join("bundle");
+    let work = TempDir::new("tcptrace-dist-image")?;
+    let layout = work.path().join("layout");
+    let bundle = work.path().join("bundle");
     let image = format!("{}:{version}", layout.display());
     let umoci = |args: &[&str]| setup::run_checked(Command::new(&tools.umoci).args(args));
-    fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let layout_arg = layout.to_string_lossy().into_owned();
     let bundle_arg = bundle.to_string_lossy().into_owned();
     umoci(&["init", "--layout", &layout_arg])?;
@@ -88,7 +87,6 @@ pub(super) fn build(
             .arg(&layout)
             .args(["--owner=0", "--group=0", "--numeric-owner", "."]),
     )?;
-    fs::remove_dir_all(&bundle).with_context(|| format!("removing {}", bundle.display()))?;
     super::write_sha256(&archive)?;
     step(&format!("dist: {} tagged {version}", file_name(&archive)));
     Ok(archive)

@@ -82,10 +82,7 @@ pub fn static_binary(root: &Path) -> Result<PathBuf> {
 fn build(root: &Path, tools: &setup::DistTools) -> Result<Dist> {
     let built = build_static(root)?;
     let dir = root.join("target/dist");
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fresh_dir(&dir)?;
     let version = version_of(&built)?;
     let commit = git_head(root)?;
     let source = git_source(root);
@@ -104,15 +101,7 @@ fn build(root: &Path, tools: &setup::DistTools) -> Result<Dist> {
     let unit = package::stage(root, &dir)?;
     let deb = package::deb(root, &dir, &version, tools)?;
     write_sha256(&deb)?;
-    let image = image::build(
-        &dir,
-        &root.join("target/dist-work/image"),
-        &binary,
-        &version,
-        &commit,
-        &source,
-        tools,
-    )?;
+    let image = image::build(&dir, &binary, &version, &commit, &source, tools)?;
     Ok(Dist {
         dir,
         version,
@@ -197,6 +186,14 @@ fn write_sha256(path: &Path) -> Result<()> {
     )?;
     let sums = PathBuf::from(format!("{}.sha256", path.display()));
     fs::write(&sums, said).with_context(|| format!("writing {}", sums.display()))
+}
+
+/// `dir`, emptied of what an earlier run left, or made.
+fn fresh_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 fn file_name(path: &Path) -> String {

@@ -6,7 +6,11 @@ use std::{fs, path::Path, path::PathBuf, process::Command};
 use anyhow::{Context as _, Result, bail};
 
 use super::{PACKAGED_BINARY, TARGET};
-use crate::{check, setup, step};
+use crate::{
+    check,
+    setup::{self, TempDir},
+    step,
+};
 
 /// Stages what cargo-deb packages beside the binary (the assets in
 /// `[package.metadata.deb]`), in `target/<target>/release/deb`: the
@@ -15,14 +19,11 @@ use crate::{check, setup, step};
 /// and the completions. Returns the staged unit.
 pub(super) fn stage(root: &Path, dist: &Path) -> Result<PathBuf> {
     let staging = root.join(format!("target/{TARGET}/release/deb"));
-    if staging.exists() {
-        fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
-    }
     let unit_dir = staging.join("systemd");
     let man_dir = staging.join("man");
     let completions_dir = staging.join("completions");
     for dir in [&unit_dir, &man_dir, &completions_dir] {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        super::fresh_dir(dir)?;
     }
     let source = root.join("deploy/systemd/tcptrace.service");
     let text =
@@ -98,7 +99,7 @@ pub(super) fn deb(
             ])
             .arg(&deb),
     )?;
-    drop_empty_depends(&deb, &root.join("target/dist-work/deb-tree"))?;
+    drop_empty_depends(&deb)?;
     Ok(deb)
 }
 
@@ -106,23 +107,20 @@ pub(super) fn deb(
 /// dependency was found (a static binary), which lintian reports as an
 /// empty field: the package is unpacked, the line taken out, and the
 /// package built again by dpkg-deb, owners root as before.
-fn drop_empty_depends(deb: &Path, tree: &Path) -> Result<()> {
-    if tree.exists() {
-        fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
-    }
-    let parent = tree.parent().context("a tree in a directory")?;
-    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+fn drop_empty_depends(deb: &Path) -> Result<()> {
+    let unpacked = TempDir::new("tcptrace-dist-deb")?;
+    let tree = unpacked.path().join("tree");
     setup::run_checked(
         Command::new("dpkg-deb")
             .arg("--raw-extract")
             .arg(deb)
-            .arg(tree),
+            .arg(&tree),
     )?;
     let control_path = tree.join("DEBIAN/control");
     let control = fs::read_to_string(&control_path)
         .with_context(|| format!("reading {}", control_path.display()))?;
     if !control.lines().any(|line| line.trim_end() == "Depends:") {
-        return fs::remove_dir_all(tree).context("removing the unpacked package");
+        return Ok(());
     }
     let kept: String = control
         .lines()
@@ -134,9 +132,8 @@ fn drop_empty_depends(deb: &Path, tree: &Path) -> Result<()> {
     setup::run_checked(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zxz", "--build"])
-            .arg(tree)
+            .arg(&tree)
             .arg(deb)
             .stdout(std::process::Stdio::null()),
-    )?;
-    fs::remove_dir_all(tree).context("removing the unpacked package")
+    )
 }
